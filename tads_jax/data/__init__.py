@@ -1,0 +1,1 @@
+"""Pool readers, task loaders, the synthetic world and the subset writers."""

@@ -1,0 +1,174 @@
+"""Stage bookkeeping: fingerprints, skip-if-done, and resumable per-item outputs.
+
+A stage's fingerprint hashes the config fields it reads and the fingerprints of the stages
+it reads from, so changing a field reruns exactly the stages that depend on it. A stage
+writes `_done.json` last; a stage directory holding another fingerprint is stale and is
+cleared before the stage runs, while a directory with the same fingerprint but no
+`_done.json` is a killed run whose finished items (shards) are kept and not redone.
+"""
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from typing import Callable, Sequence
+
+import ml_collections
+
+DONE = '_done.json'
+FINGERPRINT = '_fingerprint'
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  name: str
+  run: Callable[['Context'], dict]  # returns a JSON-able summary kept in _done.json
+  # Dotted config fields the outputs depend on, or a function of the config giving them.
+  config_keys: Sequence[str] | Callable[[ml_collections.ConfigDict], Sequence[str]]
+  inputs: Sequence[str] = ()        # stages whose outputs it reads
+  version: int = 1                  # bump when the stage's outputs change meaning
+  # Identity of input files outside the workdir (paths, sizes, mtimes), so that a changed
+  # pool reruns the stage even when the config is unchanged.
+  input_files: Callable[[ml_collections.ConfigDict], list] | None = None
+
+
+@dataclasses.dataclass
+class Context:
+  config: ml_collections.ConfigDict
+  workdir: str
+  fingerprints: dict = dataclasses.field(default_factory=dict)
+
+  def stage_dir(self, name: str) -> str:
+    return os.path.join(self.workdir, name)
+
+  def path(self, *parts: str) -> str:
+    return os.path.join(self.workdir, *parts)
+
+  def summary(self, name: str) -> dict:
+    """The summary a finished stage recorded."""
+    path = os.path.join(self.stage_dir(name), DONE)
+    if not os.path.exists(path):
+      raise FileNotFoundError(f'{path}: stage {name!r} has not finished in this workdir')
+    with open(path) as f:
+      return json.load(f)['summary']
+
+
+def config_value(config, dotted):
+  node = config
+  for part in dotted.split('.'):
+    node = node[part]
+  if isinstance(node, ml_collections.ConfigDict):
+    return node.to_dict()
+  return node
+
+
+def fingerprint(stage: Stage, config, upstream: dict) -> str:
+  keys = stage.config_keys(config) if callable(stage.config_keys) else stage.config_keys
+  payload = {
+      'stage': stage.name,
+      'version': stage.version,
+      'config': {k: config_value(config, k) for k in keys},
+      'inputs': {name: upstream[name] for name in stage.inputs},
+      'files': stage.input_files(config) if stage.input_files else [],
+  }
+  blob = json.dumps(payload, sort_keys=True, default=list).encode()
+  return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def read_done(stage_dir: str):
+  try:
+    with open(os.path.join(stage_dir, DONE)) as f:
+      return json.load(f)
+  except (FileNotFoundError, json.JSONDecodeError):
+    return None
+
+
+def write_json_atomic(path: str, obj) -> None:
+  tmp = f'{path}.tmp-{os.getpid()}'
+  with open(tmp, 'w') as f:
+    json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
+  os.replace(tmp, path)
+
+
+def _json_default(obj):
+  if hasattr(obj, 'item'):  # numpy scalars
+    return obj.item()
+  if hasattr(obj, 'tolist'):
+    return obj.tolist()
+  raise TypeError(f'cannot write {type(obj).__name__} to JSON')
+
+
+def run_stages(stages: Sequence[Stage], names: Sequence[str], ctx: Context) -> dict:
+  """Runs the named stages in order, skipping those already done with this fingerprint.
+
+  Returns {stage name: 'ran' | 'skipped'}.
+  """
+  by_name = {s.name: s for s in stages}
+  status = {}
+  for name in names:
+    stage = by_name[name]
+    for dep in stage.inputs:
+      if dep not in ctx.fingerprints:
+        done = read_done(ctx.stage_dir(dep))
+        if done is None:
+          raise RuntimeError(f'stage {name!r} reads the outputs of stage {dep!r}, which is '
+                             f'not in config.stages and has not finished in {ctx.workdir}')
+        ctx.fingerprints[dep] = done['fingerprint']
+    fp = fingerprint(stage, ctx.config, ctx.fingerprints)
+    stage_dir = ctx.stage_dir(name)
+    done = read_done(stage_dir)
+    if done is not None and done['fingerprint'] == fp:
+      logging.info('stage %s: done with fingerprint %s, skipped', name, fp)
+      ctx.fingerprints[name] = fp
+      status[name] = 'skipped'
+      continue
+    _prepare_dir(stage_dir, fp)
+    logging.info('stage %s: running (fingerprint %s)', name, fp)
+    start = time.time()
+    summary = stage.run(ctx)
+    write_json_atomic(os.path.join(stage_dir, DONE), {
+        'fingerprint': fp, 'seconds': round(time.time() - start, 3), 'summary': summary})
+    ctx.fingerprints[name] = fp
+    status[name] = 'ran'
+    logging.info('stage %s: finished in %.1f s', name, time.time() - start)
+  return status
+
+
+def _prepare_dir(stage_dir: str, fp: str) -> None:
+  """Clears a stage directory left by another config; keeps a killed run's items."""
+  marker = os.path.join(stage_dir, FINGERPRINT)
+  if os.path.isdir(stage_dir):
+    try:
+      with open(marker) as f:
+        previous = f.read().strip()
+    except FileNotFoundError:
+      previous = None
+    if previous != fp:
+      shutil.rmtree(stage_dir)
+    elif os.path.exists(os.path.join(stage_dir, DONE)):
+      os.remove(os.path.join(stage_dir, DONE))
+  os.makedirs(stage_dir, exist_ok=True)
+  with open(marker, 'w') as f:
+    f.write(fp)
+
+
+class Progress:
+  """Logs items/s and an ETA at most every `every` seconds for a long loop."""
+
+  def __init__(self, name: str, total: int, unit: str = 'samples', every: float = 5.0):
+    self.name, self.total, self.unit, self.every = name, total, unit, every
+    self.done = 0
+    self.start = self.last = time.time()
+
+  def update(self, n: int) -> None:
+    self.done += n
+    now = time.time()
+    if now - self.last >= self.every or self.done >= self.total:
+      self.last = now
+      rate = self.done / max(now - self.start, 1e-9)
+      eta = (self.total - self.done) / rate if rate > 0 else float('inf')
+      logging.info('%s: %d/%d %s, %.0f %s/s, ETA %.0f s', self.name, self.done, self.total,
+                   self.unit, rate, self.unit, eta)
