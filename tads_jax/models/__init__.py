@@ -1,0 +1,1 @@
+"""CLIP in Flax: model, Hugging Face checkpoint conversion, tokenizer, preprocessing."""

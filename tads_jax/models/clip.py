@@ -1,0 +1,347 @@
+"""CLIP in Flax linen: a ViT image tower and a causal text transformer.
+
+Follows OpenAI CLIP / Hugging Face `CLIPModel` exactly (pre-LayerNorm blocks, class-token
+pooling with a post LayerNorm on the image side, EOS pooling on the text side, bias-free
+projections, a learned log logit scale), so that converted checkpoints give the same
+embeddings. Every parameter and the main activations carry logical axis names; the mesh
+layout is decided by the rules in `tads_jax.sharding`, not here.
+
+Precision: `param_dtype` is how weights are stored, `dtype` is what matmul inputs are cast
+to. Matmuls accumulate in float32 (`preferred_element_type`), and LayerNorm, softmax and
+the residual stream stay in float32, so bfloat16 compute changes speed more than results.
+"""
+
+import dataclasses
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+ACTIVATIONS = ('quick_gelu', 'gelu', 'gelu_new', 'gelu_pytorch_tanh')
+
+
+@dataclasses.dataclass(frozen=True)
+class CLIPConfig:
+  """Architecture only (hashable, so it can be a static jit argument)."""
+  embed_dim: int = 512            # shared image-text embedding (HF projection_dim)
+  # Image tower.
+  image_size: int = 224
+  patch_size: int = 32
+  vision_width: int = 768
+  vision_layers: int = 12
+  vision_heads: int = 12
+  vision_mlp_dim: int = 3072
+  vision_act: str = 'quick_gelu'
+  vision_ln_eps: float = 1e-5
+  # Text tower.
+  vocab_size: int = 49408
+  context_length: int = 77        # HF max_position_embeddings
+  text_width: int = 512
+  text_layers: int = 12
+  text_heads: int = 8
+  text_mlp_dim: int = 2048
+  text_act: str = 'quick_gelu'
+  text_ln_eps: float = 1e-5
+  # HF pools at argmax(input_ids) when this is 2 (configs written before the fix of
+  # transformers PR #24773) and at the first eos_token_id otherwise.
+  eos_token_id: int = 49407
+  logit_scale_init: float = math.log(1 / 0.07)
+
+  def __post_init__(self):
+    for field in dataclasses.fields(self):
+      value = getattr(self, field.name)
+      if field.type is int:
+        lowest = 0 if field.name == 'eos_token_id' else 1
+        if not isinstance(value, int) or isinstance(value, bool) or value < lowest:
+          raise ValueError(f'CLIPConfig.{field.name}: expected an integer >= {lowest}, '
+                           f'got {value!r}')
+    for tower in ('vision', 'text'):
+      width, heads = getattr(self, f'{tower}_width'), getattr(self, f'{tower}_heads')
+      if width % heads:
+        raise ValueError(f'CLIPConfig.{tower}_heads: {heads} does not divide '
+                         f'{tower}_width={width}')
+      act = getattr(self, f'{tower}_act')
+      if act not in ACTIVATIONS:
+        raise ValueError(f'CLIPConfig.{tower}_act: {act!r} is not one of '
+                         f'{", ".join(ACTIVATIONS)}')
+    if self.image_size % self.patch_size:
+      raise ValueError(f'CLIPConfig.patch_size: {self.patch_size} does not divide '
+                       f'image_size={self.image_size}')
+
+  @property
+  def num_patches(self) -> int:
+    return (self.image_size // self.patch_size) ** 2
+
+
+_B32 = CLIPConfig()
+PRESETS = {
+    # OpenAI CLIP shapes (HF openai/clip-vit-*). LAION/OpenCLIP checkpoints of the same
+    # shapes use act='gelu': get_config('vit_b32', vision_act='gelu', text_act='gelu').
+    'vit_b32': _B32,
+    'vit_b16': dataclasses.replace(_B32, patch_size=16),
+    'vit_l14': dataclasses.replace(
+        _B32, embed_dim=768, patch_size=14, vision_width=1024, vision_layers=24,
+        vision_heads=16, vision_mlp_dim=4096, text_width=768, text_heads=12,
+        text_mlp_dim=3072),
+    'vit_l14_336': dataclasses.replace(
+        _B32, embed_dim=768, image_size=336, patch_size=14, vision_width=1024,
+        vision_layers=24, vision_heads=16, vision_mlp_dim=4096, text_width=768,
+        text_heads=12, text_mlp_dim=3072),
+    # Proxies trained from scratch on small images (the synthetic world is 64 px).
+    'small': dataclasses.replace(
+        _B32, embed_dim=256, image_size=64, patch_size=8, vision_width=384,
+        vision_layers=6, vision_heads=6, vision_mlp_dim=1536, text_width=256,
+        text_layers=6, text_heads=4, text_mlp_dim=1024, vision_act='gelu',
+        text_act='gelu'),
+    'tiny': dataclasses.replace(
+        _B32, embed_dim=32, image_size=32, patch_size=8, vision_width=64,
+        vision_layers=2, vision_heads=4, vision_mlp_dim=256, context_length=16,
+        text_width=64, text_layers=2, text_heads=4, text_mlp_dim=256),
+}
+
+
+def get_config(name: str, **overrides) -> CLIPConfig:
+  """A preset by name, with field overrides (e.g. vision_act='gelu')."""
+  if name not in PRESETS:
+    raise ValueError(f'CLIP preset {name!r} unknown; one of {", ".join(PRESETS)}')
+  return dataclasses.replace(PRESETS[name], **overrides)
+
+
+def _activation(name: str, x):
+  if name == 'quick_gelu':
+    return x * jax.nn.sigmoid(1.702 * x)
+  if name == 'gelu':
+    return jax.nn.gelu(x, approximate=False)
+  return jax.nn.gelu(x, approximate=True)  # gelu_new, gelu_pytorch_tanh
+
+
+def _kernel_init(names):
+  return nn.with_logical_partitioning(nn.initializers.normal(0.02), names)
+
+
+def _zeros_init(names):
+  return nn.with_logical_partitioning(nn.initializers.zeros_init(), names)
+
+
+def _dot(spec, x, kernel, dtype):
+  """einsum with inputs cast to the compute dtype and a float32 accumulator and result."""
+  return jnp.einsum(spec, x.astype(dtype), kernel.astype(dtype),
+                    preferred_element_type=jnp.float32)
+
+
+class Dense(nn.Module):
+  """Dense layer over the last axis whose kernel carries logical axis names."""
+  features: int
+  axes: tuple[str, str]
+  use_bias: bool = True
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param('kernel', _kernel_init(self.axes), (x.shape[-1], self.features),
+                        self.param_dtype)
+    y = _dot('...d,df->...f', x, kernel, self.dtype)
+    if self.use_bias:
+      bias = self.param('bias', _zeros_init(self.axes[1:]), (self.features,),
+                        self.param_dtype)
+      y = y + bias.astype(jnp.float32)
+    return y
+
+
+class LayerNorm(nn.Module):
+  """LayerNorm in float32 with two-pass variance, as torch.nn.LayerNorm computes it."""
+  epsilon: float
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):  # [..., D] -> float32 [..., D]
+    x = x.astype(jnp.float32)
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+    y = (x - mean) * jax.lax.rsqrt(var + self.epsilon)
+    width = x.shape[-1]
+    scale = self.param('scale', nn.with_logical_partitioning(
+        nn.initializers.ones_init(), ('embed',)), (width,), self.param_dtype)
+    bias = self.param('bias', _zeros_init(('embed',)), (width,), self.param_dtype)
+    return y * scale.astype(jnp.float32) + bias.astype(jnp.float32)
+
+
+class Attention(nn.Module):
+  """Multi-head self-attention with a fused q/k/v kernel [D, 3, H, Dh]."""
+  num_heads: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, causal: bool):  # x [B, N, D]
+    width = x.shape[-1]
+    head_dim = width // self.num_heads
+    qkv_kernel = self.param('qkv_kernel', _kernel_init(('embed', 'qkv', 'heads', 'kv')),
+                            (width, 3, self.num_heads, head_dim), self.param_dtype)
+    qkv_bias = self.param('qkv_bias', _zeros_init(('qkv', 'heads', 'kv')),
+                          (3, self.num_heads, head_dim), self.param_dtype)
+    qkv = _dot('bnd,dthk->tbnhk', x, qkv_kernel, self.dtype)  # [3, B, N, H, Dh]
+    qkv = qkv + qkv_bias.astype(jnp.float32)[:, None, None]
+    names = ('activation_batch', 'activation_length', 'activation_heads', 'activation_kv')
+    q, k, v = (nn.with_logical_constraint(t, names) for t in qkv)
+
+    logits = _dot('bqhk,bshk->bhqs', q, k, self.dtype) * head_dim**-0.5  # [B, H, N, N]
+    if causal:
+      n = x.shape[1]
+      mask = jnp.tril(jnp.ones((n, n), dtype=bool))
+      logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(logits, axis=-1)
+    out = _dot('bhqs,bshk->bqhk', weights, v, self.dtype)  # [B, N, H, Dh]
+    out = nn.with_logical_constraint(out, names)
+
+    out_kernel = self.param('out_kernel', _kernel_init(('heads', 'kv', 'embed')),
+                            (self.num_heads, head_dim, width), self.param_dtype)
+    out_bias = self.param('out_bias', _zeros_init(('embed',)), (width,), self.param_dtype)
+    return _dot('bnhk,hkd->bnd', out, out_kernel, self.dtype) + out_bias.astype(jnp.float32)
+
+
+class Block(nn.Module):
+  """Pre-LayerNorm transformer block (CLIP's ResidualAttentionBlock)."""
+  num_heads: int
+  mlp_dim: int
+  act: str
+  ln_eps: float
+  causal: bool = False
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):  # [B, N, D] float32
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    y = LayerNorm(self.ln_eps, self.param_dtype, name='ln1')(x)
+    x = x + Attention(self.num_heads, name='attn', **kw)(y, causal=self.causal)
+    x = nn.with_logical_constraint(
+        x, ('activation_batch', 'activation_length', 'activation_embed'))
+    y = LayerNorm(self.ln_eps, self.param_dtype, name='ln2')(x)
+    y = Dense(self.mlp_dim, ('embed', 'mlp'), name='fc1', **kw)(y)  # [B, N, F]
+    y = nn.with_logical_constraint(
+        y, ('activation_batch', 'activation_length', 'activation_mlp'))
+    y = _activation(self.act, y)
+    x = x + Dense(x.shape[-1], ('mlp', 'embed'), name='fc2', **kw)(y)
+    return nn.with_logical_constraint(
+        x, ('activation_batch', 'activation_length', 'activation_embed'))
+
+
+class VisionTower(nn.Module):
+  """ViT: patchify, class token, learned positions, blocks, class-token pooling."""
+  config: CLIPConfig
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, pixels):  # [B, H, W, 3] normalized float
+    c = self.config
+    b, h, w, ch = pixels.shape
+    if (h, w, ch) != (c.image_size, c.image_size, 3):
+      raise ValueError(f'VisionTower: pixels of shape {pixels.shape}; this config expects '
+                       f'[B, {c.image_size}, {c.image_size}, 3]')
+    p, kw = c.patch_size, dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    # Patches flattened in (row, column, channel) order; the conversion from a torch Conv2d
+    # kernel [D, 3, p, p] transposes it to match.
+    patches = pixels.reshape(b, h // p, p, w // p, p, 3).transpose(0, 1, 3, 2, 4, 5)
+    patches = patches.reshape(b, c.num_patches, p * p * 3)  # [B, N, p*p*3]
+    x = Dense(c.vision_width, ('patch', 'embed'), use_bias=False, name='patch_embed',
+              **kw)(patches)  # [B, N, D]
+    cls = self.param('cls', _kernel_init(('embed',)), (c.vision_width,), self.param_dtype)
+    cls = jnp.broadcast_to(cls.astype(jnp.float32), (b, 1, c.vision_width))
+    x = jnp.concatenate([cls, x], axis=1)  # [B, N+1, D]
+    pos = self.param('pos_embedding', _kernel_init((None, 'embed')),
+                     (c.num_patches + 1, c.vision_width), self.param_dtype)
+    x = x + pos.astype(jnp.float32)
+    x = nn.with_logical_constraint(
+        x, ('activation_batch', 'activation_length', 'activation_embed'))
+    x = LayerNorm(c.vision_ln_eps, self.param_dtype, name='pre_ln')(x)
+    for i in range(c.vision_layers):
+      x = Block(c.vision_heads, c.vision_mlp_dim, c.vision_act, c.vision_ln_eps,
+                name=f'block_{i}', **kw)(x)
+    pooled = LayerNorm(c.vision_ln_eps, self.param_dtype, name='post_ln')(x[:, 0])
+    return Dense(c.embed_dim, ('embed', 'proj'), use_bias=False, name='proj',
+                 **kw)(pooled)  # [B, E]
+
+
+def eos_positions(token_ids, eos_token_id: int):  # [B, L] -> [B]
+  """Where Hugging Face's CLIPTextModel pools (its two cases, kept as they are)."""
+  if eos_token_id == 2:  # legacy configs: the EOS token has the largest id
+    return jnp.argmax(token_ids, axis=-1)
+  return jnp.argmax(token_ids == eos_token_id, axis=-1)
+
+
+class TextTower(nn.Module):
+  """Causal transformer over token ids, pooled at the end-of-text token."""
+  config: CLIPConfig
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, token_ids):  # [B, L] int32
+    c = self.config
+    b, length = token_ids.shape
+    if length > c.context_length:
+      raise ValueError(f'TextTower: {length} tokens; the context length is '
+                       f'{c.context_length}')
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    table = self.param('token_embedding', _kernel_init(('vocab', 'embed')),
+                       (c.vocab_size, c.text_width), self.param_dtype)
+    pos = self.param('pos_embedding', _kernel_init((None, 'embed')),
+                     (c.context_length, c.text_width), self.param_dtype)
+    x = jnp.take(table, token_ids, axis=0).astype(jnp.float32)  # [B, L, D]
+    x = x + pos[:length].astype(jnp.float32)
+    x = nn.with_logical_constraint(
+        x, ('activation_batch', 'activation_length', 'activation_embed'))
+    for i in range(c.text_layers):
+      x = Block(c.text_heads, c.text_mlp_dim, c.text_act, c.text_ln_eps, causal=True,
+                name=f'block_{i}', **kw)(x)
+    x = LayerNorm(c.text_ln_eps, self.param_dtype, name='final_ln')(x)
+    pooled = x[jnp.arange(b), eos_positions(token_ids, c.eos_token_id)]  # [B, D]
+    return Dense(c.embed_dim, ('embed', 'proj'), use_bias=False, name='proj',
+                 **kw)(pooled)  # [B, E]
+
+
+class CLIP(nn.Module):
+  """Both towers and the logit scale; embeddings are returned unnormalized."""
+  config: CLIPConfig
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  def setup(self):
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    self.vision = VisionTower(self.config, **kw)
+    self.text = TextTower(self.config, **kw)
+    self.logit_scale = self.param(
+        'logit_scale',
+        nn.with_logical_partitioning(nn.initializers.constant(self.config.logit_scale_init),
+                                     ()),
+        (), self.param_dtype)
+
+  def encode_image(self, pixels):  # [B, H, W, 3] -> [B, E]
+    return self.vision(pixels)
+
+  def encode_text(self, token_ids):  # [B, L] -> [B, E]
+    return self.text(token_ids)
+
+  def __call__(self, pixels, token_ids):
+    """Returns (image_emb [B, E], text_emb [B, E], logit_scale []) (log scale, as HF)."""
+    return self.encode_image(pixels), self.encode_text(token_ids), self.logit_scale
+
+
+def init_params(module: CLIP, rng, batch_size: int = 1):
+  """Boxed params (nn.LogicallyPartitioned leaves) from dummy inputs."""
+  c = module.config
+  pixels = jnp.zeros((batch_size, c.image_size, c.image_size, 3), jnp.float32)
+  ids = jnp.zeros((batch_size, c.context_length), jnp.int32)
+  return jax.jit(module.init)(rng, pixels, ids)['params']
+
+
+def abstract_params(module: CLIP):
+  """Shapes, dtypes and logical axis names of the params, without allocating them."""
+  return jax.eval_shape(lambda: init_params(module, jax.random.PRNGKey(0)))
