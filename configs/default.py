@@ -1,0 +1,67 @@
+"""The embedded default: a synthetic web pool with known ground truth, no downloads.
+
+Run: python -m tads_jax.main --config configs/default.py --workdir /tmp/tads
+Override any field on the command line, e.g. --config.selection.fraction=0.2
+"""
+
+import ml_collections
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  # Stages run in this order; a finished stage whose config fingerprint matches is skipped.
+  c.stages = ('ingest', 'select', 'export', 'report')
+
+  c.pool = ml_collections.ConfigDict()
+  c.pool.format = 'synthetic'   # 'synthetic' | 'webdataset' | 'datacomp'
+  c.pool.shards = ''            # webdataset: brace pattern or glob of .tar shards
+  c.pool.metadata = ''          # datacomp: brace pattern or glob of .parquet (npz beside)
+  c.pool.embedding_model = 'b32'  # datacomp npz keys: 'b32' or 'l14'
+  c.pool.image_size = 64        # side of the square images the encoder sees
+  c.pool.ground_truth = ''      # optional parquet (uid, noise, on_task); synthetic sets it
+  # The synthetic world (pool.format='synthetic'); fractions are of the pool.
+  c.pool.synthetic = ml_collections.ConfigDict()
+  c.pool.synthetic.num_samples = 10_000
+  c.pool.synthetic.shard_size = 1_000
+  c.pool.synthetic.trusted_size = 5_000    # clean pairs to train the reference encoder on
+  c.pool.synthetic.offtask_fraction = 0.3  # concepts no task asks for
+  c.pool.synthetic.noise = ml_collections.ConfigDict(dict(
+      misaligned=0.15, partial=0.08, corrupt_noise=0.03, corrupt_blur=0.03, blank=0.02,
+      extreme_aspect=0.02, exact_dup=0.05, near_dup=0.05, text_in_image=0.04, spam=0.04))
+  c.pool.synthetic.train_per_class = 20    # task feedback / prototypes
+  c.pool.synthetic.eval_per_class = 50
+  c.pool.synthetic.retrieval_train = 300
+  c.pool.synthetic.retrieval_eval = 500
+
+  # Reference encoder: a Hugging Face CLIP folder or a tads-jax checkpoint, or, with no
+  # checkpoint, a CLIP trained on a trusted set (DFN-style). Read by the embed stage, which
+  # is not implemented yet.
+  # Device mesh: axes 'data' and 'model'; data=-1 takes every device. Rules map the
+  # parameters' logical axes to mesh axes: 'data_parallel', 'fsdp' or 'tensor_parallel'.
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, model=1, rules='data_parallel'))
+
+  c.encoder = ml_collections.ConfigDict()
+  c.encoder.checkpoint = ''
+  c.encoder.train_on = 'trusted'
+
+  # Downstream tasks: a list of {name, kind, classnames, templates, train, eval}, a path to
+  # a JSON file with that list, or 'synthetic' for the synthetic world's own tasks.
+  c.tasks = 'synthetic'
+
+  c.selector = ml_collections.ConfigDict()
+  c.selector.name = 'random'
+
+  c.selection = ml_collections.ConfigDict()
+  c.selection.fraction = 0.36   # TADS keeps 36% of CC12M in the paper
+  c.selection.method = 'topk'
+
+  # Proxy training budget (DataComp rule: fixed samples seen whatever the subset size). Read
+  # by the evaluate stage, which is not implemented yet.
+  c.evaluate = ml_collections.ConfigDict()
+  c.evaluate.samples_seen = 200_000
+
+  c.export = ml_collections.ConfigDict()
+  c.export.shards = False       # also write the subset as resharded webdataset tars
+  c.export.shard_size = 10_000
+  return c

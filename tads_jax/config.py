@@ -1,0 +1,132 @@
+"""Config validation: every bad value fails before any work, naming the field."""
+
+import os
+
+import ml_collections
+
+POOL_FORMATS = ('synthetic', 'webdataset', 'datacomp')
+SELECTION_METHODS = ('topk',)
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message starts with the field's dotted name."""
+
+
+def _get(config, dotted):
+  node = config
+  for part in dotted.split('.'):
+    try:
+      node = node[part]
+    except (KeyError, AttributeError, TypeError):
+      raise ConfigError(f'config.{dotted}: missing field') from None
+  return node
+
+
+def _expect_type(config, dotted, types, what):
+  value = _get(config, dotted)
+  # bool is an int subclass; a flag like --config.seed=True is still a mistake.
+  if isinstance(value, bool) and bool not in types:
+    raise ConfigError(f'config.{dotted}: expected {what}, got {value!r}')
+  if not isinstance(value, types):
+    raise ConfigError(f'config.{dotted}: expected {what}, got {type(value).__name__} '
+                      f'{value!r}')
+  return value
+
+
+def validate(config: ml_collections.ConfigDict, known_stages, known_selectors) -> None:
+  """Raises ConfigError naming the first field that cannot work."""
+  _expect_type(config, 'seed', (int,), 'an integer')
+
+  stages = _get(config, 'stages')
+  if isinstance(stages, str):
+    stages = tuple(s for s in stages.split(',') if s)
+  if not isinstance(stages, (tuple, list)) or not stages:
+    raise ConfigError(f'config.stages: expected a non-empty list of stage names, got '
+                      f'{stages!r}')
+  for name in stages:
+    if name not in known_stages:
+      raise ConfigError(f'config.stages: unknown stage {name!r}; known stages, in order: '
+                        f'{", ".join(known_stages)}')
+  order = [known_stages.index(s) for s in stages]
+  if order != sorted(order) or len(set(order)) != len(order):
+    raise ConfigError(f'config.stages: stages must be distinct and in the order '
+                      f'{", ".join(known_stages)}; got {", ".join(stages)}')
+
+  fmt = _expect_type(config, 'pool.format', (str,), 'a string')
+  if fmt not in POOL_FORMATS:
+    raise ConfigError(f'config.pool.format: unknown format {fmt!r}; one of '
+                      f'{", ".join(POOL_FORMATS)}')
+  size = _expect_type(config, 'pool.image_size', (int,), 'an integer')
+  if size < 8:
+    raise ConfigError(f'config.pool.image_size: must be >= 8, got {size}')
+  if fmt == 'synthetic':
+    _check_world(config)
+  if fmt == 'webdataset':
+    _check_spec(config, 'pool.shards')
+  if fmt == 'datacomp':
+    _check_spec(config, 'pool.metadata')
+    model = _expect_type(config, 'pool.embedding_model', (str,), 'a string')
+    if model not in ('b32', 'l14'):
+      raise ConfigError(f"config.pool.embedding_model: 'b32' or 'l14', got {model!r}")
+  _check_optional_path(config, 'pool.ground_truth')
+  _check_optional_path(config, 'encoder.checkpoint')
+  _expect_type(config, 'encoder.train_on', (str,), 'a string')
+
+  tasks = _get(config, 'tasks')
+  if isinstance(tasks, str):
+    if tasks == 'synthetic':
+      if fmt != 'synthetic':
+        raise ConfigError("config.tasks: 'synthetic' needs pool.format='synthetic'; give "
+                          'a task list or a JSON file instead')
+    elif not os.path.isfile(tasks):
+      raise ConfigError(f'config.tasks: no such task-list file {tasks!r}')
+  elif not isinstance(tasks, (list, tuple)):
+    raise ConfigError(f"config.tasks: expected a task list, a JSON path or 'synthetic', "
+                      f'got {type(tasks).__name__}')
+
+  name = _expect_type(config, 'selector.name', (str,), 'a string')
+  if name not in known_selectors:
+    raise ConfigError(f'config.selector.name: unknown selector {name!r}; known: '
+                      f'{", ".join(sorted(known_selectors))}')
+  fraction = _expect_type(config, 'selection.fraction', (float, int), 'a number')
+  if not 0 < fraction <= 1:
+    raise ConfigError(f'config.selection.fraction: must be in (0, 1], got {fraction}')
+  method = _expect_type(config, 'selection.method', (str,), 'a string')
+  if method not in SELECTION_METHODS:
+    raise ConfigError(f'config.selection.method: unknown method {method!r}; one of '
+                      f'{", ".join(SELECTION_METHODS)}')
+  seen = _expect_type(config, 'evaluate.samples_seen', (int,), 'an integer')
+  if seen <= 0:
+    raise ConfigError(f'config.evaluate.samples_seen: must be positive, got {seen}')
+  _expect_type(config, 'export.shards', (bool,), 'true or false')
+  shard_size = _expect_type(config, 'export.shard_size', (int,), 'an integer')
+  if shard_size <= 0:
+    raise ConfigError(f'config.export.shard_size: must be positive, got {shard_size}')
+
+
+def _check_world(config):
+  from tads_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  fields = dict(_get(config, 'pool.synthetic').to_dict())
+  fields.update(seed=config.seed, image_size=config.pool.image_size)
+  try:
+    synthetic.WorldConfig.from_dict(fields)
+  except (ValueError, TypeError) as e:
+    raise ConfigError(str(e).replace('WorldConfig.', 'config.pool.synthetic.')) from None
+
+
+def _check_spec(config, dotted):
+  """A shard spec must be given and match at least one file."""
+  from tads_jax.data import webdataset  # pylint: disable=g-import-not-at-top
+  spec = _expect_type(config, dotted, (str, list, tuple), 'a shard pattern')
+  if not spec:
+    raise ConfigError(f'config.{dotted}: required for this pool.format')
+  try:
+    webdataset.expand_shards(spec)
+  except (ValueError, OSError) as e:
+    raise ConfigError(f'config.{dotted}: {e}') from None
+
+
+def _check_optional_path(config, dotted):
+  path = _expect_type(config, dotted, (str,), 'a path string')
+  if path and not os.path.exists(path):
+    raise ConfigError(f'config.{dotted}: no such file or directory {path!r}')

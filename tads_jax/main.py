@@ -1,0 +1,60 @@
+r"""Runs the configured stages: python -m tads_jax.main --config configs/default.py --workdir DIR
+
+Config fields are overridden on the command line (`--config.selection.fraction=0.2`). A
+rerun skips finished stages, reruns the ones whose config changed, and resumes a killed
+stage where it was.
+"""
+
+import logging as pylogging
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from tads_jax import config as config_lib
+from tads_jax import pipeline
+from tads_jax import selectors
+from tads_jax import stages as stages_lib
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to a config file.',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for every output of the run.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def run(config, workdir: str) -> dict:
+  """Validates `config`, then runs its stages in `workdir`. Returns each stage's status.
+
+  The Python entry point for notebooks; the CLI calls it too.
+  """
+  config_lib.validate(config, stages_lib.STAGE_NAMES, selectors.SELECTORS)
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  ctx = pipeline.Context(config=config, workdir=workdir)
+  names = config.stages
+  if isinstance(names, str):
+    names = tuple(s for s in names.split(',') if s)
+  return pipeline.run_stages(stages_lib.STAGES, names, ctx)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  pylogging.getLogger('absl').setLevel(pylogging.INFO)
+  logging.set_verbosity(logging.INFO)
+  try:
+    status = run(_CONFIG.value, _WORKDIR.value)
+  except config_lib.ConfigError as e:
+    sys.exit(f'config error: {e}')
+  for name, s in status.items():
+    logging.info('%s: %s', name, s)
+  report = os.path.join(_WORKDIR.value, 'report.md')
+  if os.path.exists(report):
+    print(f'report: {os.path.abspath(report)}')
+
+
+if __name__ == '__main__':
+  app.run(main)

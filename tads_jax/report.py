@@ -1,0 +1,76 @@
+"""What the selection kept, in numbers (report.json) and in words (report.md)."""
+
+import numpy as np
+import pyarrow as pa
+
+
+def kept_by_group(scores: pa.Table, ground_truth: pa.Table, column: str) -> list[dict]:
+  """Per value of ground_truth[column]: pool size, samples kept, their share, subset entries.
+
+  Samples the ingest stage skipped are absent from `scores`; they count in `pool` (they
+  are part of the world) but never as kept, so they show up as removed.
+  """
+  selected = dict(zip(scores.column('uid').to_pylist(),
+                      scores.column('times_selected').to_pylist()))
+  groups = {}
+  for uid, value in zip(ground_truth.column('uid').to_pylist(),
+                        ground_truth.column(column).to_pylist()):
+    g = groups.setdefault(value, {'pool': 0, 'ingested': 0, 'kept': 0, 'entries': 0})
+    g['pool'] += 1
+    if uid in selected:
+      g['ingested'] += 1
+      g['kept'] += int(selected[uid] > 0)
+      g['entries'] += int(selected[uid])
+  rows = []
+  for value in sorted(groups, key=str):
+    g = groups[value]
+    rows.append({column: value, **g,
+                 'kept_fraction': g['kept'] / g['pool'] if g['pool'] else float('nan')})
+  return rows
+
+
+def _table(rows: list[dict], columns: list[str]) -> list[str]:
+  def fmt(v):
+    if isinstance(v, float):
+      return 'nan' if np.isnan(v) else f'{v:.3f}'
+    return str(v)
+  lines = ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
+  lines += ['| ' + ' | '.join(fmt(r[c]) for c in columns) + ' |' for r in rows]
+  return lines
+
+
+def render_markdown(report: dict) -> str:
+  """report.json as a page a person reads."""
+  out = ['# tads-jax report', '', f"workdir: `{report['workdir']}`", '']
+  out += ['## Stages', '']
+  out += _table([{'stage': name, **{k: s.get(k, '') for k in ('status', 'seconds')}}
+                 for name, s in report['stages'].items()], ['stage', 'status', 'seconds'])
+  pool = report['pool']
+  out += ['', '## Pool', '', f"format: {pool['format']}; sources: {pool['sources']}; "
+          f"samples ingested: {pool['samples']}", '']
+  if pool['skips']:
+    out += ['Skipped samples by reason:', '']
+    out += _table([{'reason': k, 'count': v} for k, v in pool['skips'].items()],
+                  ['reason', 'count'])
+  else:
+    out += ['No sample was skipped.']
+  sel = report['selection']
+  out += ['', '## Selection', '',
+          f"selector: {sel['selector']}; method: {sel['method']}; fraction: "
+          f"{sel['fraction']}; kept {sel['selected_unique']} of {sel['pool']} samples "
+          f"({sel['subset_entries']} entries in subset.npy)", '']
+  gt = report.get('ground_truth')
+  if gt:
+    out += ['### Kept share by noise type (ground truth)', '']
+    out += _table(gt['by_noise'], ['noise', 'pool', 'ingested', 'kept', 'kept_fraction'])
+    out += ['', '### Kept share on-task vs off-task (ground truth)', '']
+    out += _table(gt['by_on_task'], ['on_task', 'pool', 'ingested', 'kept',
+                                     'kept_fraction'])
+  else:
+    out += ['No ground truth for this pool (set pool.ground_truth to a parquet with uid, '
+            'noise and on_task columns).']
+  export = report['stages'].get('export', {}).get('summary', {})
+  if export.get('enabled'):
+    out += ['', '## Export', '', f"{export['samples']} samples in {export['shards']} "
+            'webdataset shards under export/']
+  return '\n'.join(out) + '\n'

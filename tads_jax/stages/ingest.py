@@ -1,0 +1,195 @@
+"""Ingest: list the pool, read every sample once, keep per-sample metadata, count skips.
+
+Streaming and resumable per shard: each shard's rows go to `ingest/shards/<name>.parquet`
+(written atomically with its skip counts), so a killed run redoes only unfinished shards.
+Samples whose uid was already seen in an earlier shard are dropped and counted.
+"""
+
+import collections
+import hashlib
+import json
+import logging
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tads_jax import pipeline
+from tads_jax.data import datacomp
+from tads_jax.data import synthetic
+from tads_jax.data import webdataset
+
+SAMPLES = 'samples.parquet'
+SCHEMA = pa.schema([
+    ('uid', pa.string()), ('key', pa.string()), ('shard', pa.string()),
+    ('caption', pa.string()), ('width', pa.int32()), ('height', pa.int32()),
+    ('image_format', pa.string()), ('sha256', pa.string()), ('uid_source', pa.string()),
+])
+
+
+def world_dir(ctx) -> str:
+  return os.path.join(ctx.stage_dir('ingest'), 'world')
+
+
+def world_config(config) -> synthetic.WorldConfig:
+  fields = dict(config.pool.synthetic.to_dict())
+  fields.update(seed=config.seed, image_size=config.pool.image_size)
+  return synthetic.WorldConfig.from_dict(fields)
+
+
+def pool_sources(config, world: str | None = None) -> list[str]:
+  """The pool's shard (webdataset) or metadata (datacomp) files, in order."""
+  fmt = config.pool.format
+  if fmt == 'synthetic':
+    return webdataset.expand_shards(os.path.join(world, 'pool', '*.tar'))
+  if fmt == 'webdataset':
+    return webdataset.expand_shards(config.pool.shards)
+  return datacomp.list_metadata(config.pool.metadata)
+
+
+def input_files(config) -> list:
+  """Sizes and mtimes of external pool files; the synthetic world is derived from config."""
+  if config.pool.format == 'synthetic':
+    return []
+  out = []
+  for path in pool_sources(config):
+    st = os.stat(path)
+    out.append([os.path.abspath(path), st.st_size, int(st.st_mtime)])
+  return out
+
+
+def _item_name(path: str) -> str:
+  digest = hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:8]
+  return f'{os.path.basename(path)}-{digest}'
+
+
+def _rows_from_shard(path: str, skips: collections.Counter) -> dict:
+  rows = {name: [] for name in SCHEMA.names}
+  for s in webdataset.iter_shard(path, skips, decode=True):
+    rows['uid'].append(s.uid)
+    rows['key'].append(s.key)
+    rows['shard'].append(path)
+    rows['caption'].append(s.caption)
+    rows['height'].append(int(s.image.shape[0]))
+    rows['width'].append(int(s.image.shape[1]))
+    rows['image_format'].append(s.image_ext)
+    rows['sha256'].append(hashlib.sha256(s.image_bytes).hexdigest())
+    rows['uid_source'].append(s.meta.get('uid_source', 'json'))
+  return rows
+
+
+def _rows_from_metadata(path: str, model: str, skips: collections.Counter) -> dict:
+  shard = datacomp.read_metadata(path, model=model)
+  table = shard.table
+  n = len(shard.uids)
+  captions = table.column('text').to_pylist() if 'text' in table.column_names else [''] * n
+
+  def column(name, default):
+    return table.column(name).to_pylist() if name in table.column_names else [default] * n
+
+  widths, heights = column('original_width', -1), column('original_height', -1)
+  sha = column('sha256', '')
+  rows = {name: [] for name in SCHEMA.names}
+  for i in range(n):
+    if not shard.valid[i]:
+      skips['bad_embedding'] += 1
+      continue
+    if not captions[i] or not str(captions[i]).strip():
+      skips['missing_caption'] += 1
+      continue
+    rows['uid'].append(shard.uids[i])
+    rows['key'].append(str(i))
+    rows['shard'].append(path)
+    rows['caption'].append(captions[i])
+    rows['width'].append(int(widths[i] if widths[i] is not None else -1))
+    rows['height'].append(int(heights[i] if heights[i] is not None else -1))
+    rows['image_format'].append('')
+    rows['sha256'].append(sha[i] or '')
+    rows['uid_source'].append('json')
+  return rows
+
+
+def _ingest_source(ctx, path: str) -> dict:
+  """Reads one shard (or metadata file) unless a finished item exists; returns skips."""
+  items = os.path.join(ctx.stage_dir('ingest'), 'shards')
+  os.makedirs(items, exist_ok=True)
+  name = _item_name(path)
+  table_path = os.path.join(items, name + '.parquet')
+  skips_path = os.path.join(items, name + '.json')
+  if os.path.exists(skips_path):  # written after the parquet: the item is complete
+    with open(skips_path) as f:
+      return json.load(f)
+  skips = collections.Counter()
+  if ctx.config.pool.format == 'datacomp':
+    rows = _rows_from_metadata(path, ctx.config.pool.embedding_model, skips)
+  else:
+    rows = _rows_from_shard(path, skips)
+  tmp = f'{table_path}.tmp-{os.getpid()}'
+  pq.write_table(pa.table(rows, schema=SCHEMA), tmp)
+  os.replace(tmp, table_path)
+  record = {'path': path, 'samples': len(rows['uid']), 'skips': dict(skips)}
+  pipeline.write_json_atomic(skips_path, record)
+  return record
+
+
+def run(ctx) -> dict:
+  config = ctx.config
+  world = None
+  if config.pool.format == 'synthetic':
+    world = world_dir(ctx)
+    logging.info('ingest: generating the synthetic world in %s', world)
+    synthetic.generate_world(world, world_config(config))
+  sources = pool_sources(config, world)
+  progress = pipeline.Progress('ingest', len(sources), unit='shards', every=2.0)
+  records = []
+  for path in sources:
+    records.append(_ingest_source(ctx, path))
+    progress.update(1)
+
+  # Merge in shard order; a uid seen in an earlier shard is a duplicate.
+  items = os.path.join(ctx.stage_dir('ingest'), 'shards')
+  skips = collections.Counter()
+  for r in records:
+    skips.update(r['skips'])
+  tables = [pq.read_table(os.path.join(items, _item_name(p) + '.parquet')) for p in sources]
+  table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
+  uids = np.asarray(table.column('uid').to_pylist(), dtype=object)
+  _, first = np.unique(uids, return_index=True)
+  keep = np.zeros(len(uids), bool)
+  keep[first] = True
+  if (~keep).any():
+    skips['duplicate_uid'] += int((~keep).sum())
+    table = table.filter(pa.array(keep))
+  tmp = ctx.path('ingest', SAMPLES + f'.tmp-{os.getpid()}')
+  pq.write_table(table, tmp)
+  os.replace(tmp, ctx.path('ingest', SAMPLES))
+
+  summary = {
+      'format': config.pool.format,
+      'sources': len(sources),
+      'samples': table.num_rows,
+      'skips': dict(sorted(skips.items())),
+      'per_source': records,
+  }
+  if world is not None:
+    summary['world'] = world
+    summary['ground_truth'] = os.path.join(world, 'ground_truth.parquet')
+    summary['tasks'] = os.path.join(world, 'tasks.json')
+  return summary
+
+
+def samples(ctx) -> pa.Table:
+  return pq.read_table(ctx.path('ingest', SAMPLES))
+
+
+def config_keys(config) -> tuple:
+  if config.pool.format == 'synthetic':  # the world is a function of these
+    return ('pool.format', 'seed', 'pool.image_size', 'pool.synthetic')
+  if config.pool.format == 'webdataset':
+    return ('pool.format', 'pool.shards')
+  return ('pool.format', 'pool.metadata', 'pool.embedding_model')
+
+
+STAGE = pipeline.Stage(name='ingest', run=run, config_keys=config_keys,
+                       input_files=input_files, version=1)

@@ -1,0 +1,54 @@
+"""Report: report.json and report.md in the workdir, from the stages' recorded summaries."""
+
+import os
+
+import pyarrow.parquet as pq
+
+from tads_jax import pipeline
+from tads_jax import report as report_lib
+from tads_jax.stages import select
+
+
+def ground_truth_path(ctx) -> str:
+  return ctx.config.pool.ground_truth or ctx.summary('ingest').get('ground_truth', '')
+
+
+def run(ctx) -> dict:
+  stages = {}
+  for name in ctx.config.stages:
+    if name == 'report':
+      continue
+    done = pipeline.read_done(ctx.stage_dir(name))
+    if done is not None:
+      stages[name] = {'status': 'done', 'seconds': done['seconds'],
+                      'summary': done['summary']}
+  ingest = ctx.summary('ingest')
+  report = {
+      'workdir': os.path.abspath(ctx.workdir),
+      'config': ctx.config.to_dict(),
+      'stages': stages,
+      'pool': {k: ingest[k] for k in ('format', 'sources', 'samples', 'skips')},
+      'selection': ctx.summary('select'),
+  }
+  gt_path = ground_truth_path(ctx)
+  if gt_path:
+    scores = pq.read_table(ctx.path(select.SCORES), columns=['uid', 'times_selected'])
+    gt = pq.read_table(gt_path)
+    for column in ('uid', 'noise', 'on_task'):
+      if column not in gt.column_names:
+        raise ValueError(f'{gt_path}: ground truth has no {column!r} column')
+    report['ground_truth'] = {
+        'path': gt_path,
+        'by_noise': report_lib.kept_by_group(scores, gt, 'noise'),
+        'by_on_task': report_lib.kept_by_group(scores, gt, 'on_task'),
+    }
+  pipeline.write_json_atomic(ctx.path('report.json'), report)
+  tmp = ctx.path(f'report.md.tmp-{os.getpid()}')
+  with open(tmp, 'w') as f:
+    f.write(report_lib.render_markdown(report))
+  os.replace(tmp, ctx.path('report.md'))
+  return {'report': ctx.path('report.md')}
+
+
+STAGE = pipeline.Stage(name='report', run=run, inputs=('ingest', 'select'),
+                       config_keys=('stages', 'export', 'pool.ground_truth'))

@@ -1,0 +1,77 @@
+"""Bad configs fail before any work, with a message naming the field."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tads_jax import config as config_lib
+from tads_jax import main
+from tads_jax import selectors
+from tads_jax import stages
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def validate(c):
+  config_lib.validate(c, stages.STAGE_NAMES, selectors.SELECTORS)
+
+
+def test_default_config_is_valid():
+  validate(default.get_config())
+
+
+@pytest.mark.parametrize('field,value,message', [
+    ('selector.name', 'nope', r"config.selector.name: unknown selector 'nope'"),
+    ('stages', ('ingest', 'teleport'), r"config.stages: unknown stage 'teleport'"),
+    ('stages', ('select', 'ingest'), r'config.stages: stages must be distinct and in the order'),
+    ('pool.format', 'csv', r"config.pool.format: unknown format 'csv'"),
+    ('selection.fraction', 1.5, r'config.selection.fraction: must be in \(0, 1\]'),
+    ('selection.fraction', 0.0, r'config.selection.fraction: must be in \(0, 1\]'),
+    ('encoder.checkpoint', '/no/such/ckpt', r'config.encoder.checkpoint: no such file'),
+    ('tasks', '/no/such/tasks.json', r'config.tasks: no such task-list file'),
+    ('pool.image_size', 4, r'config.pool.image_size: must be >= 8'),
+])
+def test_bad_values_name_the_field(field, value, message, tmp_path):
+  c = default.get_config()
+  node = c
+  *parents, leaf = field.split('.')
+  for p in parents:
+    node = node[p]
+  with c.unlocked():
+    node[leaf] = value
+  with pytest.raises(config_lib.ConfigError, match=message):
+    main.run(c, str(tmp_path / 'work'))
+  assert not (tmp_path / 'work').exists()  # failed before any work
+
+
+def test_webdataset_pool_needs_matching_shards(tmp_path):
+  c = default.get_config()
+  c.pool.format = 'webdataset'
+  del c['tasks']  # the default holds a string; a list is a different type
+  c.tasks = []
+  with pytest.raises(config_lib.ConfigError, match='config.pool.shards: required'):
+    validate(c)
+  c.pool.shards = str(tmp_path / 'missing' / '*.tar')
+  with pytest.raises(config_lib.ConfigError, match='config.pool.shards: .*missing'):
+    validate(c)
+
+
+def _cli(tmp_path, *flags):
+  return subprocess.run(
+      [sys.executable, '-m', 'tads_jax.main', '--config', os.path.join(REPO, 'configs',
+       'default.py'), '--workdir', str(tmp_path / 'work'), *flags],
+      capture_output=True, text=True, cwd=REPO, timeout=120)
+
+
+def test_cli_wrong_type_and_unknown_field_name_the_field(tmp_path):
+  r = _cli(tmp_path, '--config.selection.fraction=lots')
+  assert r.returncode != 0 and 'selection.fraction' in r.stderr
+  r = _cli(tmp_path, '--config.selection.fractoin=0.2')
+  assert r.returncode != 0 and 'fractoin' in r.stderr
+  r = _cli(tmp_path, '--config.selector.name=nope')
+  assert r.returncode != 0 and "config.selector.name: unknown selector 'nope'" in r.stderr
+  assert not (tmp_path / 'work').exists()
