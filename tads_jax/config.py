@@ -80,9 +80,13 @@ def validate(config: ml_collections.ConfigDict, known_stages, known_selectors) -
                           'a task list or a JSON file instead')
     elif not os.path.isfile(tasks):
       raise ConfigError(f'config.tasks: no such task-list file {tasks!r}')
+    else:
+      _check_tasks(tasks)
   elif not isinstance(tasks, (list, tuple)):
     raise ConfigError(f"config.tasks: expected a task list, a JSON path or 'synthetic', "
                       f'got {type(tasks).__name__}')
+  elif tasks:  # an empty list is allowed: selectors that need tasks say so themselves
+    _check_tasks(tasks)
 
   name = _expect_type(config, 'selector.name', (str,), 'a string')
   if name not in known_selectors:
@@ -112,6 +116,25 @@ def _check_world(config):
     synthetic.WorldConfig.from_dict(fields)
   except (ValueError, TypeError) as e:
     raise ConfigError(str(e).replace('WorldConfig.', 'config.pool.synthetic.')) from None
+
+
+def _check_tasks(value):
+  """Every task entry well formed and every local source present."""
+  from tads_jax.data import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
+  from tads_jax.data import webdataset  # pylint: disable=g-import-not-at-top
+  try:
+    specs = tasks_lib.parse_tasks(value)
+  except ValueError as e:
+    raise ConfigError(f'config.tasks: {e}') from None
+  for spec in specs:
+    for split in ('train', 'eval'):
+      source = getattr(spec, split)
+      if source.startswith('tfds:') or os.path.isdir(source):
+        continue
+      try:
+        webdataset.expand_shards(source)
+      except (ValueError, OSError) as e:
+        raise ConfigError(f'config.tasks[{spec.name}].{split}: {e}') from None
 
 
 def _check_spec(config, dotted):

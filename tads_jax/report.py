@@ -29,6 +29,12 @@ def kept_by_group(scores: pa.Table, ground_truth: pa.Table, column: str) -> list
   return rows
 
 
+def _counts(summary: dict) -> str:
+  """The integer fields of a stage summary, e.g. 'samples=9980, sources=10'."""
+  return ', '.join(f'{k}={v}' for k, v in summary.items()
+                   if isinstance(v, int) and not isinstance(v, bool))
+
+
 def _table(rows: list[dict], columns: list[str]) -> list[str]:
   def fmt(v):
     if isinstance(v, float):
@@ -43,8 +49,10 @@ def render_markdown(report: dict) -> str:
   """report.json as a page a person reads."""
   out = ['# tads-jax report', '', f"workdir: `{report['workdir']}`", '']
   out += ['## Stages', '']
-  out += _table([{'stage': name, **{k: s.get(k, '') for k in ('status', 'seconds')}}
-                 for name, s in report['stages'].items()], ['stage', 'status', 'seconds'])
+  out += _table([{'stage': name, 'status': s.get('status', ''), 'seconds': s.get('seconds', ''),
+                  'counts': _counts(s.get('summary', {}))}
+                 for name, s in report['stages'].items()],
+                ['stage', 'status', 'seconds', 'counts'])
   pool = report['pool']
   out += ['', '## Pool', '', f"format: {pool['format']}; sources: {pool['sources']}; "
           f"samples ingested: {pool['samples']}", '']

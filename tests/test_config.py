@@ -75,3 +75,19 @@ def test_cli_wrong_type_and_unknown_field_name_the_field(tmp_path):
   r = _cli(tmp_path, '--config.selector.name=nope')
   assert r.returncode != 0 and "config.selector.name: unknown selector 'nope'" in r.stderr
   assert not (tmp_path / 'work').exists()
+
+
+def test_task_entries_are_checked(tmp_path):
+  c = default.get_config()
+  c.pool.format = 'webdataset'
+  (tmp_path / 'p.tar').write_bytes(b'')
+  c.pool.shards = str(tmp_path / 'p.tar')
+  del c['tasks']
+  c.tasks = [dict(name='cls', kind='classification', classnames=['a', 'b'],
+                  templates=['a photo of a {}.'], train=str(tmp_path / 'missing-*.tar'),
+                  eval=str(tmp_path))]
+  with pytest.raises(config_lib.ConfigError, match=r'config.tasks\[cls\].train: .*missing'):
+    validate(c)
+  c.tasks[0]['kind'] = 'segmentation'
+  with pytest.raises(config_lib.ConfigError, match=r'config.tasks: .*kind'):
+    validate(c)

@@ -50,5 +50,5 @@ def run(ctx) -> dict:
   return {'report': ctx.path('report.md')}
 
 
-STAGE = pipeline.Stage(name='report', run=run, inputs=('ingest', 'select'),
+STAGE = pipeline.Stage(name='report', run=run, inputs=('ingest', 'select'), version=2,
                        config_keys=('stages', 'export', 'pool.ground_truth'))
