@@ -43,7 +43,29 @@ def get_config():
 
   c.encoder = ml_collections.ConfigDict()
   c.encoder.checkpoint = ''
-  c.encoder.train_on = 'trusted'
+  c.encoder.train_on = 'trusted'    # 'trusted' = the synthetic world's trusted set
+  # The CLIP trained when there is no checkpoint: a 'small' preset cut down to what 2 CPU
+  # cores train in a couple of minutes; image_size comes from pool.image_size.
+  c.encoder.model = 'small'
+  c.encoder.model_overrides = ml_collections.ConfigDict(dict(
+      embed_dim=128, vision_width=128, vision_layers=4, vision_heads=4,
+      vision_mlp_dim=512, text_width=128, text_layers=3, text_heads=4, text_mlp_dim=512))
+  c.encoder.context_length = 32     # synthetic captions are short
+  c.encoder.vocab_size = 2000       # BPE tokens learned on the trusted captions
+  c.encoder.batch_size = 128
+  c.encoder.samples_seen = 100_000  # ~20 epochs of the 5,000 trusted pairs
+  c.encoder.lr = 1e-3
+  c.encoder.warmup = 50
+  c.encoder.dtype = 'float32'
+  c.encoder.checkpoint_every = 200
+
+  # The embed stage: reference-CLIP embeddings of the pool and of the tasks (per shard,
+  # resumable).
+  c.embed = ml_collections.ConfigDict(dict(
+      dtype='float32',  # 'bfloat16' on TPUs / AMX CPUs (float32 accumulation and outputs);
+                        # slower than float32 on CPUs without bf16 hardware
+      batch_size=64,    # rows per jitted step, rounded up to a multiple of mesh.data
+      workers=2))       # image decode threads (not in the fingerprint)
 
   # Downstream tasks: a list of {name, kind, classnames, templates, train, eval}, a path to
   # a JSON file with that list, or 'synthetic' for the synthetic world's own tasks.

@@ -71,6 +71,15 @@ def validate(config: ml_collections.ConfigDict, known_stages, known_selectors) -
   _check_optional_path(config, 'pool.ground_truth')
   _check_optional_path(config, 'encoder.checkpoint')
   _expect_type(config, 'encoder.train_on', (str,), 'a string')
+  if not config.encoder.checkpoint and 'encoder' in stages and fmt != 'datacomp':
+    _check_encoder_training(config)
+  if 'embed' in stages:
+    dtype = _expect_type(config, 'embed.dtype', (str,), 'a string')
+    if dtype not in ('float32', 'bfloat16'):
+      raise ConfigError(f"config.embed.dtype: 'float32' or 'bfloat16', got {dtype!r}")
+    for field in ('embed.batch_size', 'embed.workers'):
+      if _expect_type(config, field, (int,), 'an integer') < 1:
+        raise ConfigError(f'config.{field}: must be positive')
 
   tasks = _get(config, 'tasks')
   if isinstance(tasks, str):
@@ -106,6 +115,18 @@ def validate(config: ml_collections.ConfigDict, known_stages, known_selectors) -
   shard_size = _expect_type(config, 'export.shard_size', (int,), 'an integer')
   if shard_size <= 0:
     raise ConfigError(f'config.export.shard_size: must be positive, got {shard_size}')
+
+
+def _check_encoder_training(config):
+  """The reference CLIP to train from scratch: every field must make a valid run."""
+  from tads_jax.stages import encoder  # pylint: disable=g-import-not-at-top
+  vocab = _expect_type(config, 'encoder.vocab_size', (int,), 'an integer')
+  if vocab < 514:  # the 256 byte tokens, their end-of-word forms and 2 special tokens
+    raise ConfigError(f'config.encoder.vocab_size: must be >= 514, got {vocab}')
+  try:
+    encoder.train_config(config, vocab).clip_config()
+  except (ValueError, TypeError, KeyError) as e:
+    raise ConfigError(f'config.encoder: {e}'.replace('TrainConfig.', 'config.encoder.'))
 
 
 def _check_world(config):

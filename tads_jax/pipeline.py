@@ -78,6 +78,16 @@ def fingerprint(stage: Stage, config, upstream: dict) -> str:
   return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def file_identities(paths) -> list:
+  """[path, size, mtime] of each existing file: a stage's input_files."""
+  out = []
+  for path in paths:
+    if os.path.isfile(path):
+      st = os.stat(path)
+      out.append([os.path.abspath(path), st.st_size, int(st.st_mtime)])
+  return out
+
+
 def read_done(stage_dir: str):
   try:
     with open(os.path.join(stage_dir, DONE)) as f:

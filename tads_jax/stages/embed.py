@@ -16,7 +16,8 @@ text_image [M] (the image each caption belongs to). Relevance prototypes and met
 feedback read these.
 
 A DataComp pool ships its embeddings (npz beside the parquet): the stage records that and
-embeds nothing. Otherwise it needs `encoder.checkpoint` (a Hugging Face CLIP folder).
+embeds nothing. Otherwise it embeds with the encoder stage's reference CLIP (the given
+`encoder.checkpoint`, or the one trained on `encoder.train_on`).
 """
 
 import collections
@@ -35,6 +36,7 @@ from tads_jax import sharding
 from tads_jax.data import tasks as tasks_lib
 from tads_jax.data import webdataset
 from tads_jax.models import api
+from tads_jax.stages import encoder as encoder_stage
 from tads_jax.stages import ingest
 
 STORE_DTYPE = np.float16
@@ -45,7 +47,7 @@ DEFAULT_WORKERS = 2
 def shard_item(ctx, path: str) -> str:
   """`embed/shards/<item>` (no extension) for a pool shard; items match ingest's."""
   return os.path.join(ctx.stage_dir('embed'), 'shards',
-                      ingest._item_name(path))  # pylint: disable=protected-access
+                      ingest.item_name(path))
 
 
 def task_item(ctx, task: str, split: str) -> str:
@@ -60,27 +62,38 @@ def task_specs(ctx) -> list:
     return tasks_lib.parse_tasks(ctx.summary('ingest')['tasks'])
   if isinstance(tasks, str):
     return tasks_lib.parse_tasks(tasks)
+  if not tasks:  # no downstream tasks: only the pool is embedded
+    return []
   return tasks_lib.parse_tasks(list(tasks))
 
 
-def load_encoder(config) -> embedding.Encoder:
-  """The reference encoder of `config.encoder`, placed on the mesh of `config.mesh`."""
-  checkpoint = config.encoder.checkpoint
-  if not checkpoint:
-    raise ValueError(
-        'config.encoder.checkpoint: empty. The embed stage needs a Hugging Face CLIP '
-        'folder; training a reference encoder on config.encoder.train_on='
-        f'{config.encoder.train_on!r} when no checkpoint exists is not built yet.')
-  dtype = embedding.compute_dtype(config.encoder.get('dtype', 'float32'))
+def option(config, name: str, default):
+  """`config.embed.<name>`, or `default` when the config has no such field."""
+  block = config.get('embed')
+  return default if block is None else block.get(name, default)
+
+
+def load_encoder(config, checkpoint: str) -> embedding.Encoder:
+  """The reference encoder at `checkpoint`, placed on the mesh of `config.mesh`.
+
+  `embed.dtype` is the matmul compute dtype ('bfloat16': bf16 weights and matmul inputs,
+  float32 accumulation and outputs), `embed.batch_size` the rows per jitted step and
+  `embed.workers` the image decode threads.
+  """
+  dtype = embedding.compute_dtype(option(config, 'dtype', 'float32'))
+  batch_size = option(config, 'batch_size', DEFAULT_BATCH_SIZE)
+  workers = option(config, 'workers', DEFAULT_WORKERS)
+  for name, value in (('batch_size', batch_size), ('workers', workers)):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise ValueError(f'config.embed.{name}: expected a positive integer, got {value!r}')
   mesh = sharding.mesh_from_config(config)
   rules = config.mesh.get('rules', 'data_parallel')
-  batch_size = config.encoder.get('batch_size', DEFAULT_BATCH_SIZE)
   try:
     clip = api.load_clip(checkpoint, dtype=dtype, param_dtype=dtype,
                          batch_size=batch_size, mesh=mesh, rules=rules)
   except ValueError as e:
     raise ValueError(f'config.encoder.checkpoint={checkpoint!r}: {e}') from None
-  return embedding.Encoder(clip, workers=config.encoder.get('workers', DEFAULT_WORKERS))
+  return embedding.Encoder(clip, workers=workers)
 
 
 def _save_npz(path: str, arrays: dict) -> None:
@@ -131,12 +144,22 @@ def _shard_rows(ctx, paths: list):
 
 
 def _shard_images(path: str, wanted: set, skips: collections.Counter):
-  """(uid, (bytes, where)) for the wanted uids of a shard, first occurrence, tar order."""
-  seen = set()
+  """(uid, (bytes, where)) for every sample of a shard whose uid is wanted, in tar order.
+
+  A uid can occur twice in a shard; ingest kept its first occurrence that decodes, so all
+  occurrences are read here and the caller keeps the first one that decoded.
+  """
   for sample in webdataset.iter_shard(path, skips, decode=False):
-    if sample.uid in wanted and sample.uid not in seen:
-      seen.add(sample.uid)
+    if sample.uid in wanted:
       yield sample.uid, (sample.image_bytes, f'{path}: {sample.key}.{sample.image_ext}')
+
+
+def _first_of_each(uids: list, emb: np.ndarray) -> tuple[list, np.ndarray]:
+  first = {}
+  for i, uid in enumerate(uids):
+    first.setdefault(uid, i)
+  rows = sorted(first.values())
+  return [uids[i] for i in rows], emb[rows]
 
 
 def _embed_shard(ctx, encoder: embedding.Encoder, path: str, uids: list,
@@ -148,6 +171,7 @@ def _embed_shard(ctx, encoder: embedding.Encoder, path: str, uids: list,
   start = time.time()
   skips = collections.Counter()
   got, image_emb = encoder.embed_images(_shard_images(path, set(uids), skips), skips=skips)
+  got, image_emb = _first_of_each(got, image_emb)
   if got != uids:
     got_set = set(got)
     missing = [u for u in uids if u not in got_set]
@@ -163,7 +187,7 @@ def _embed_shard(ctx, encoder: embedding.Encoder, path: str, uids: list,
   })
   seconds = time.time() - start
   record = {'path': path, 'npz': item + '.npz', 'samples': len(uids),
-            'seconds': round(seconds, 3)}
+            'skips': dict(skips), 'seconds': round(seconds, 3)}
   pipeline.write_json_atomic(item + '.json', record)
   return record
 
@@ -211,14 +235,13 @@ def run(ctx) -> dict:
                  config.pool.embedding_model)
     return {'format': 'datacomp', 'pool_ships_embeddings': True,
             'embedding_model': config.pool.embedding_model, 'embedded': 0}
-  if not config.encoder.checkpoint:
-    load_encoder(config)  # raises, saying what is missing
   specs = task_specs(ctx)  # before loading weights: a bad task list fails fast
   names = [os.path.basename(task_item(ctx, s.name, 'x')) for s in specs]
   if len(set(names)) != len(names):
     raise ValueError(f'config.tasks: task names {[s.name for s in specs]} collide as '
                      'file names')
-  encoder = load_encoder(config)
+  checkpoint = encoder_stage.checkpoint(ctx)
+  encoder = load_encoder(config, checkpoint)
   os.makedirs(os.path.join(ctx.stage_dir('embed'), 'shards'), exist_ok=True)
   os.makedirs(os.path.join(ctx.stage_dir('embed'), 'tasks'), exist_ok=True)
 
@@ -235,7 +258,11 @@ def run(ctx) -> dict:
 
   task_records = []
   for spec in specs:
-    prompts = _class_prompts(encoder, spec) if spec.kind == 'classification' else None
+    done = all(os.path.exists(task_item(ctx, spec.name, s) + '.json')
+               for s in tasks_lib.SPLITS)
+    prompts = None
+    if spec.kind == 'classification' and not done:
+      prompts = _class_prompts(encoder, spec)  # [C, T, E], stored with both splits
     for split in tasks_lib.SPLITS:
       task_records.append(_embed_task(ctx, encoder, spec, split, prompts))
 
@@ -243,8 +270,8 @@ def run(ctx) -> dict:
   return {
       'format': config.pool.format,
       'pool_ships_embeddings': False,
-      'encoder': {'checkpoint': config.encoder.checkpoint,
-                  'dtype': config.encoder.get('dtype', 'float32'),
+      'encoder': {'checkpoint': checkpoint,
+                  'dtype': option(config, 'dtype', 'float32'),
                   'embed_dim': clip.config.embed_dim, 'image_size': clip.config.image_size,
                   'batch_size': encoder.batch_size,
                   'devices': 1 if encoder.mesh is None else int(encoder.mesh.size)},
@@ -262,28 +289,24 @@ def config_keys(config) -> tuple:
   if config.pool.format == 'datacomp':
     return ('pool.format', 'pool.embedding_model')
   # Not pool.image_size: pool images are read from the shards and task images loaded at
-  # the encoder's input size; a synthetic world's size reaches here through ingest.
-  return ('pool.format', 'encoder', 'mesh', 'tasks')
+  # the encoder's input size; a synthetic world's size reaches here through ingest. Not
+  # embed.workers: the decode thread count does not change the outputs.
+  keys = ['pool.format', 'mesh', 'tasks']  # the encoder comes in through its stage
+  block = config.get('embed')
+  if block is not None:
+    keys += [f'embed.{name}' for name in ('dtype', 'batch_size') if name in block]
+  return tuple(keys)
 
 
 def input_files(config) -> list:
-  """Sizes and mtimes of the checkpoint's files and of a task-list file, so that new
-  weights or tasks at the same path re-embed."""
-  if config.pool.format == 'datacomp':
+  """Size and mtime of a task-list file, so that new tasks at the same path re-embed (new
+  weights at the same checkpoint path rerun the encoder stage, and so this one)."""
+  if config.pool.format == 'datacomp' or not isinstance(config.tasks, str) or \
+      config.tasks == 'synthetic':
     return []
-  folder = config.encoder.checkpoint
-  paths = []
-  if folder and os.path.isdir(folder):
-    paths = [os.path.join(folder, n) for n in sorted(os.listdir(folder))]
-  if isinstance(config.tasks, str) and config.tasks != 'synthetic':
-    paths.append(config.tasks)
-  out = []
-  for path in paths:
-    if os.path.isfile(path):
-      st = os.stat(path)
-      out.append([os.path.abspath(path), st.st_size, int(st.st_mtime)])
-  return out
+  return pipeline.file_identities([config.tasks])
 
 
-STAGE = pipeline.Stage(name='embed', run=run, inputs=('ingest',), config_keys=config_keys,
+STAGE = pipeline.Stage(name='embed', run=run, inputs=('ingest', 'encoder'),
+                       config_keys=config_keys,
                        input_files=input_files, version=1)

@@ -52,14 +52,10 @@ def input_files(config) -> list:
   """Sizes and mtimes of external pool files; the synthetic world is derived from config."""
   if config.pool.format == 'synthetic':
     return []
-  out = []
-  for path in pool_sources(config):
-    st = os.stat(path)
-    out.append([os.path.abspath(path), st.st_size, int(st.st_mtime)])
-  return out
+  return pipeline.file_identities(pool_sources(config))
 
 
-def _item_name(path: str) -> str:
+def item_name(path: str) -> str:
   digest = hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:8]
   return f'{os.path.basename(path)}-{digest}'
 
@@ -114,7 +110,7 @@ def _ingest_source(ctx, path: str) -> dict:
   """Reads one shard (or metadata file) unless a finished item exists; returns skips."""
   items = os.path.join(ctx.stage_dir('ingest'), 'shards')
   os.makedirs(items, exist_ok=True)
-  name = _item_name(path)
+  name = item_name(path)
   table_path = os.path.join(items, name + '.parquet')
   skips_path = os.path.join(items, name + '.json')
   if os.path.exists(skips_path):  # written after the parquet: the item is complete
@@ -152,7 +148,7 @@ def run(ctx) -> dict:
   skips = collections.Counter()
   for r in records:
     skips.update(r['skips'])
-  tables = [pq.read_table(os.path.join(items, _item_name(p) + '.parquet')) for p in sources]
+  tables = [pq.read_table(os.path.join(items, item_name(p) + '.parquet')) for p in sources]
   table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
   uids = np.asarray(table.column('uid').to_pylist(), dtype=object)
   _, first = np.unique(uids, return_index=True)

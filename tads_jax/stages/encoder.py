@@ -1,0 +1,120 @@
+"""Encoder: the reference CLIP in whose space every later signal is measured.
+
+With `encoder.checkpoint` set (a Hugging Face CLIP folder) the stage only records it. With
+no checkpoint, as for the synthetic world, it trains a small CLIP from scratch on a trusted
+set of image-caption pairs (`encoder.train_on`, DFN-style) and saves it as a Hugging Face
+CLIP folder (`encoder/clip`) with a BPE tokenizer trained on the same captions, so that one
+loader (load_clip) serves both cases. Training checkpoints (orbax) make it resumable.
+"""
+
+import collections
+import os
+
+import numpy as np
+
+from tads_jax import pipeline
+from tads_jax import train
+from tads_jax.data import images as images_lib
+from tads_jax.data import webdataset
+from tads_jax.models import bpe
+from tads_jax.models import hf_export
+from tads_jax.models import preprocess
+from tads_jax.models import tokenizer as tokenizer_lib
+
+CLIP_DIR = 'clip'
+
+
+def train_source(ctx) -> str:
+  """The shard spec of the trusted pairs; 'trusted' is the synthetic world's set."""
+  source = ctx.config.encoder.train_on
+  if source == 'trusted':
+    if ctx.config.pool.format != 'synthetic':
+      raise ValueError("config.encoder.train_on: 'trusted' names the synthetic world's "
+                       'trusted set; give a shard pattern of trusted pairs for this pool')
+    return os.path.join(ctx.summary('ingest')['world'], 'trusted', '*.tar')
+  return source
+
+
+def load_pairs(spec: str, image_size: int):
+  """Decoded, resized images [N, S, S, 3] uint8 and their captions; skips are counted."""
+  skips = collections.Counter()
+  pixels, captions = [], []
+  for path in webdataset.expand_shards(spec):
+    for s in webdataset.iter_shard(path, skips, decode=True):
+      pixels.append(images_lib.resize_center_crop(s.image, image_size))
+      captions.append(s.caption)
+  if not pixels:
+    raise ValueError(f'config.encoder.train_on: no usable pairs in {spec!r} '
+                     f'(skipped: {dict(skips)})')
+  return np.stack(pixels), captions, skips
+
+
+def train_config(config, vocab_size: int) -> train.TrainConfig:
+  e = config.encoder
+  overrides = dict(e.model_overrides.to_dict())
+  overrides.update(image_size=config.pool.image_size, vocab_size=vocab_size,
+                   eos_token_id=vocab_size - 1, context_length=e.context_length)
+  return train.TrainConfig(
+      kind='pixels', model=e.model, model_overrides=overrides, batch_size=e.batch_size,
+      samples_seen=e.samples_seen, lr=e.lr, warmup=e.warmup, seed=config.seed,
+      dtype=e.dtype, checkpoint_every=e.checkpoint_every)
+
+
+def run(ctx) -> dict:
+  config = ctx.config
+  if config.encoder.checkpoint:
+    return {'checkpoint': os.path.abspath(config.encoder.checkpoint), 'trained': False}
+  if config.pool.format == 'datacomp':  # the npz files carry the reference embeddings
+    return {'checkpoint': None, 'trained': False, 'pool_ships_embeddings': True}
+  out = ctx.stage_dir('encoder')
+  spec = train_source(ctx)
+  pixels, captions, skips = load_pairs(spec, config.pool.image_size)
+  tok_dir = os.path.join(out, 'tokenizer')
+  if not os.path.isdir(tok_dir):
+    bpe.train_bpe(captions, config.encoder.vocab_size, tok_dir)
+  tokenizer = tokenizer_lib.CLIPTextTokenizer(tok_dir, config.encoder.context_length)
+  vocab_size = len(tokenizer.tokenizer)
+  cfg = train_config(config, vocab_size)
+  params, history = train.train(cfg, (pixels, tokenizer(captions)),
+                                workdir=os.path.join(out, 'train'),
+                                mesh=_mesh(config))
+  folder = os.path.join(out, CLIP_DIR)
+  hf_export.save_hf_checkpoint(folder, cfg.clip_config(), params,
+                               preprocess.default_config(config.pool.image_size),
+                               tokenizer_dir=tok_dir)
+  losses = history['loss']
+  return {'checkpoint': folder, 'trained': True, 'pairs': len(captions),
+          'skips': dict(skips), 'vocab_size': vocab_size, 'steps': cfg.steps,
+          'first_loss': float(losses[0]) if losses else None,
+          'final_loss': float(np.mean(losses[-20:])) if losses else None,
+          'loss_curve': [float(x) for x in losses[::max(1, len(losses) // 100)]]}
+
+
+def _mesh(config):
+  from tads_jax import sharding  # pylint: disable=g-import-not-at-top
+  return sharding.make_mesh(config.mesh.data, config.mesh.model)
+
+
+def checkpoint(ctx) -> str:
+  """The reference encoder's folder, for the stages that embed with it."""
+  return ctx.summary('encoder')['checkpoint']
+
+
+def config_keys(config) -> tuple:
+  if config.encoder.checkpoint:
+    return ('encoder.checkpoint',)
+  if config.pool.format == 'datacomp':
+    return ('pool.format',)
+  return ('seed', 'encoder', 'pool.image_size', 'mesh')
+
+
+def input_files(config) -> list:
+  """The given checkpoint's files: new weights at the same path rerun what depends on them."""
+  folder = config.encoder.checkpoint
+  if not folder or not os.path.isdir(folder):
+    return []
+  return pipeline.file_identities(os.path.join(folder, n) for n in sorted(os.listdir(folder)))
+
+
+STAGE = pipeline.Stage(name='encoder', run=run, inputs=('ingest',), config_keys=config_keys,
+                       input_files=input_files)
