@@ -1,0 +1,110 @@
+"""Duplicate flags: semantic near-duplicates inside k-means clusters (SemDeDup) and exact
+duplicates by content hash. True means 'drop'; of every group of duplicates the copy of
+best quality is kept."""
+
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def semdedup_flags(emb, assignment, quality, eps: float, block: int = 256) -> np.ndarray:
+  """bool [N], True for a near-duplicate to drop.
+
+  Inside each cluster, items are visited by quality, best first (ties by index); an item is
+  dropped when its cosine to an item already kept is >= 1 - eps. Comparing with kept items
+  only (not with every better item, as SemDeDup's reference code does) keeps the end of a
+  chain a ~ b ~ c when c is not itself close to a.
+
+  Duplicates can only be found inside a cluster, so the cost is the sum of squared cluster
+  sizes; similarities are computed `block` rows at a time, so memory is block x cluster
+  size. Each cluster is padded to a power of two, so a few programs serve every cluster.
+
+  Args:
+    emb: [N, D] embeddings (numpy, may be a memmap; rows are normalized here).
+    assignment: [N] int cluster ids, e.g. kmeans.fit(...).assignment.
+    quality: [N] higher is better (e.g. clip_score); NaN counts as worst.
+    eps: similarity slack; SemDeDup uses values around 0.01 - 0.1.
+  """
+  emb = np.asarray(emb) if not hasattr(emb, 'shape') else emb
+  assignment = np.asarray(assignment)
+  quality = np.asarray(quality, np.float64)
+  n = assignment.shape[0]
+  if emb.ndim != 2 or emb.shape[0] != n or quality.shape != (n,):
+    raise ValueError(f'semdedup_flags: expected emb [N, D], assignment [N], quality [N]; got '
+                     f'{emb.shape}, {assignment.shape}, {quality.shape}')
+  if not 0 <= eps < 2:
+    raise ValueError(f'semdedup_flags: eps must be in [0, 2), got {eps}')
+  if block < 1 or block & (block - 1):
+    raise ValueError(f'semdedup_flags: block must be a power of two, got {block}')
+  quality = np.where(np.isnan(quality), -np.inf, quality)
+  order = np.lexsort((np.arange(n), -quality, assignment))  # by cluster, best first
+  starts = np.flatnonzero(np.r_[True, np.diff(assignment[order]) != 0])
+  ends = np.r_[starts[1:], n]
+  flags = np.zeros(n, bool)
+  threshold = np.float32(1.0 - eps)
+  for start, end in zip(starts, ends):
+    size = end - start
+    if size < 2:
+      continue
+    idx = order[start:end]
+    padded = max(8, 1 << int(size - 1).bit_length())  # next power of two
+    rows = min(block, padded)
+    cluster = np.zeros((padded, emb.shape[1]), np.float32)
+    cluster[:size] = np.asarray(emb[idx], np.float32)  # rows best first
+    dup = _cluster_duplicates(jnp.asarray(cluster), jnp.int32(size), threshold, rows)
+    flags[idx] = np.asarray(dup)[:size]
+  return flags
+
+
+@functools.partial(jax.jit, static_argnames=('rows',))
+def _cluster_duplicates(emb, n_valid, threshold, rows: int):  # [M, D] -> bool [M]
+  """Greedy kept-set scan of one cluster whose rows are sorted best first."""
+  emb = emb / jnp.maximum(jnp.linalg.norm(emb, axis=-1, keepdims=True), 1e-12)
+  size = emb.shape[0]
+  col = jnp.arange(size)
+
+  def block_step(b, kept):  # kept: bool [M], decided for every row before this block
+    start = b * rows
+    row = start + jnp.arange(rows)  # [rows]
+    block = jax.lax.dynamic_slice_in_dim(emb, start, rows)  # [rows, D]
+    sims = jnp.dot(block, emb.T, preferred_element_type=jnp.float32)  # [rows, M]
+    close = (sims >= threshold) & (col[None, :] < row[:, None])  # to an earlier row
+    # Earlier blocks only matter through their kept rows; rows of this block are undecided.
+    matters = close & (kept | (col >= start))[None, :]
+
+    def sequential(kept):
+      def row_step(r, kept):
+        i = start + r
+        dup = jnp.any(close[r] & kept)
+        return kept.at[i].set((i < n_valid) & ~dup)
+      return jax.lax.fori_loop(0, rows, row_step, kept)
+
+    def all_kept(kept):
+      return jax.lax.dynamic_update_slice_in_dim(kept, row < n_valid, start, axis=0)
+
+    return jax.lax.cond(jnp.any(matters), sequential, all_kept, kept)
+
+  kept = jax.lax.fori_loop(0, size // rows, block_step, jnp.zeros(size, bool))
+  return ~kept & (col < n_valid)
+
+
+def exact_duplicate_flags(hashes: Sequence[str | None], quality) -> np.ndarray:
+  """bool [N], True for every copy of a content hash (sha256 of the file, or an image hash)
+  but the one of best quality (ties: the first). A missing hash (None or '') never makes a
+  duplicate: nothing is known about that sample's content."""
+  n = len(hashes)
+  quality = np.asarray(quality, np.float64)
+  if quality.shape != (n,):
+    raise ValueError(f'exact_duplicate_flags: quality must be [{n}], got {quality.shape}')
+  quality = np.where(np.isnan(quality), -np.inf, quality)
+  known = np.array([bool(h) for h in hashes], bool)
+  keys = np.array([h if h else '' for h in hashes], dtype=object)
+  _, group = np.unique(keys.astype(str), return_inverse=True)
+  order = np.lexsort((np.arange(n), -quality, group))
+  first = np.r_[True, group[order][1:] != group[order][:-1]]
+  flags = np.zeros(n, bool)
+  flags[order[~first]] = True
+  return flags & known

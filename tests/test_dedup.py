@@ -1,0 +1,84 @@
+import numpy as np
+import pytest
+
+from tads_jax.scoring import dedup
+
+
+def _unit(x):
+  x = np.asarray(x, np.float64)
+  return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _brute_force_semdedup(emb, assignment, quality, eps):
+  """Reference: full similarity matrix per cluster, greedy over items best first."""
+  emb = _unit(emb)
+  flags = np.zeros(len(emb), bool)
+  for c in np.unique(assignment):
+    idx = np.flatnonzero(assignment == c)
+    idx = idx[np.lexsort((idx, -quality[idx]))]
+    sims = emb[idx] @ emb[idx].T
+    kept = []
+    for pos in range(len(idx)):
+      if any(sims[pos, j] >= 1 - eps for j in kept):
+        flags[idx[pos]] = True
+      else:
+        kept.append(pos)
+  return flags
+
+
+def test_chain_keeps_its_far_end_and_prefers_quality():
+  angle = np.deg2rad([0.0, 8.0, 16.0])  # neighbours 8 degrees apart, ends 16 apart
+  emb = np.stack([np.cos(angle), np.sin(angle)], axis=1).astype(np.float32)
+  eps = 1 - np.cos(np.deg2rad(10.0))  # duplicates: closer than 10 degrees
+  assignment = np.zeros(3, int)
+  # Best first a, b, c: b is a's duplicate; c is close only to the dropped b, so it stays.
+  flags = dedup.semdedup_flags(emb, assignment, np.array([3.0, 2.0, 1.0]), eps)
+  np.testing.assert_array_equal(flags, [False, True, False])
+  # With b best, both a and c are its duplicates.
+  flags = dedup.semdedup_flags(emb, assignment, np.array([1.0, 3.0, 2.0]), eps)
+  np.testing.assert_array_equal(flags, [True, False, True])
+
+
+def test_matches_brute_force_with_planted_duplicates():
+  rng = np.random.default_rng(0)
+  d, n_base = 16, 150
+  base = _unit(rng.normal(size=(n_base, d)))
+  copies = rng.integers(0, n_base, 80)
+  emb = np.concatenate([base, base[copies] + 0.02 * rng.normal(size=(80, d))])
+  emb = _unit(emb).astype(np.float32)
+  # Three clusters of different sizes, one larger than several blocks of 8 rows.
+  assignment = rng.choice(3, size=len(emb), p=[0.7, 0.25, 0.05])
+  quality = rng.random(len(emb))
+  quality[::17] = np.nan  # NaN counts as worst
+  for eps in (0.001, 0.01, 0.3):
+    expected = _brute_force_semdedup(emb, assignment, np.where(np.isnan(quality), -np.inf,
+                                                               quality), eps)
+    got = dedup.semdedup_flags(emb, assignment, quality, eps, block=8)
+    np.testing.assert_array_equal(got, expected)
+  assert 0 < expected.sum() < len(emb)
+
+
+def test_duplicates_in_different_clusters_are_not_compared():
+  emb = np.array([[1, 0], [1, 0]], np.float32)
+  flags = dedup.semdedup_flags(emb, np.array([0, 1]), np.array([1.0, 2.0]), 0.01)
+  np.testing.assert_array_equal(flags, [False, False])
+  flags = dedup.semdedup_flags(emb, np.array([0, 0]), np.array([1.0, 2.0]), 0.01)
+  np.testing.assert_array_equal(flags, [True, False])
+
+
+def test_semdedup_rejects_bad_input():
+  emb = np.ones((3, 2), np.float32)
+  with pytest.raises(ValueError, match='assignment'):
+    dedup.semdedup_flags(emb, np.zeros(2, int), np.zeros(3), 0.1)
+  with pytest.raises(ValueError, match='eps'):
+    dedup.semdedup_flags(emb, np.zeros(3, int), np.zeros(3), -0.1)
+
+
+def test_exact_duplicates_keep_the_best_copy():
+  hashes = ['x', 'y', 'x', '', None, '', 'x']
+  quality = [1.0, 5.0, 3.0, 0.0, 0.0, 0.0, 3.0]
+  # 'x' at 0, 2, 6: 2 and 6 tie on quality, the first (2) is kept. Missing hashes never match.
+  np.testing.assert_array_equal(dedup.exact_duplicate_flags(hashes, quality),
+                                [True, False, False, False, False, False, True])
+  with pytest.raises(ValueError, match='quality'):
+    dedup.exact_duplicate_flags(['a', 'b'], [1.0])
