@@ -52,7 +52,7 @@ def load_pairs(spec: str, image_size: int):
 def train_config(config, vocab_size: int) -> train.TrainConfig:
   e = config.encoder
   overrides = dict(e.model_overrides.to_dict())
-  overrides.update(image_size=config.pool.image_size, vocab_size=vocab_size,
+  overrides.update(image_size=e.image_size, vocab_size=vocab_size,
                    eos_token_id=vocab_size - 1, context_length=e.context_length)
   return train.TrainConfig(
       kind='pixels', model=e.model, model_overrides=overrides, batch_size=e.batch_size,
@@ -68,7 +68,7 @@ def run(ctx) -> dict:
     return {'checkpoint': None, 'trained': False, 'pool_ships_embeddings': True}
   out = ctx.stage_dir('encoder')
   spec = train_source(ctx)
-  pixels, captions, skips = load_pairs(spec, config.pool.image_size)
+  pixels, captions, skips = load_pairs(spec, config.encoder.image_size)
   tok_dir = os.path.join(out, 'tokenizer')
   if not os.path.isdir(tok_dir):
     bpe.train_bpe(captions, config.encoder.vocab_size, tok_dir)
@@ -80,7 +80,7 @@ def run(ctx) -> dict:
                                 mesh=_mesh(config))
   folder = os.path.join(out, CLIP_DIR)
   hf_export.save_hf_checkpoint(folder, cfg.clip_config(), params,
-                               preprocess.default_config(config.pool.image_size),
+                               preprocess.default_config(config.encoder.image_size),
                                tokenizer_dir=tok_dir)
   losses = history['loss']
   return {'checkpoint': folder, 'trained': True, 'pairs': len(captions),
@@ -105,7 +105,7 @@ def config_keys(config) -> tuple:
     return ('encoder.checkpoint',)
   if config.pool.format == 'datacomp':
     return ('pool.format',)
-  return ('seed', 'encoder', 'pool.image_size', 'mesh')
+  return ('seed', 'encoder', 'mesh')
 
 
 def input_files(config) -> list:
