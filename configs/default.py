@@ -69,6 +69,21 @@ def get_config():
       batch_size=64,    # rows per jitted step, rounded up to a multiple of mesh.data
       workers=2))       # image decode threads (not in the fingerprint)
 
+  # The features stage: quality operators, task relevance, k-means clusters and weights,
+  # SemDeDup and exact-duplicate flags, one row per pool sample.
+  c.features = ml_collections.ConfigDict(dict(
+      operators=('width', 'height', 'aspect_ratio', 'sharpness', 'contrast', 'colourfulness',
+                 'entropy', 'near_uniform', 'characters', 'words', 'alnum_ratio',
+                 'special_char_ratio', 'word_repetition', 'char_repetition', 'clip_score',
+                 'flipped_clip_score', 'caption_specificity'),
+      chunk=256,                 # rows per jitted operator call
+      kmeans_k=100,              # diversity clusters (capped at the pool size)
+      kmeans_iters=20,
+      alpha=0.5,                 # cluster weight (|C|/N)**-alpha; 0 turns it off
+      semdedup_eps=0.05,         # SemDeDup: duplicates at cosine >= 1 - eps
+      relevance_top_m=1,         # mean of the top-m prototype cosines (1 = max)
+      retrieval_prototypes=32))  # k-means prototypes per side of a retrieval task
+
   # Downstream tasks: a list of {name, kind, classnames, templates, train, eval}, a path to
   # a JSON file with that list, or 'synthetic' for the synthetic world's own tasks.
   c.tasks = 'synthetic'

@@ -73,6 +73,8 @@ def validate(config: ml_collections.ConfigDict, known_stages, known_selectors) -
   _expect_type(config, 'encoder.train_on', (str,), 'a string')
   if not config.encoder.checkpoint and 'encoder' in stages and fmt != 'datacomp':
     _check_encoder_training(config)
+  if 'features' in stages:
+    _check_features(config)
   if 'embed' in stages:
     dtype = _expect_type(config, 'embed.dtype', (str,), 'a string')
     if dtype not in ('float32', 'bfloat16'):
@@ -115,6 +117,25 @@ def validate(config: ml_collections.ConfigDict, known_stages, known_selectors) -
   shard_size = _expect_type(config, 'export.shard_size', (int,), 'an integer')
   if shard_size <= 0:
     raise ConfigError(f'config.export.shard_size: must be positive, got {shard_size}')
+
+
+def _check_features(config):
+  from tads_jax.stages import features as features_stage  # pylint: disable=g-import-not-at-top
+  try:
+    features_stage.operators(config)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  for field in ('features.chunk', 'features.kmeans_k', 'features.relevance_top_m',
+                'features.retrieval_prototypes'):
+    if _expect_type(config, field, (int,), 'an integer') < 1:
+      raise ConfigError(f'config.{field}: must be positive')
+  if _expect_type(config, 'features.kmeans_iters', (int,), 'an integer') < 0:
+    raise ConfigError('config.features.kmeans_iters: must be >= 0')
+  if _expect_type(config, 'features.alpha', (float, int), 'a number') < 0:
+    raise ConfigError('config.features.alpha: must be >= 0')
+  eps = _expect_type(config, 'features.semdedup_eps', (float, int), 'a number')
+  if not 0 <= eps < 2:
+    raise ConfigError(f'config.features.semdedup_eps: must be in [0, 2), got {eps}')
 
 
 def _check_encoder_training(config):

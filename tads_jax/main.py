@@ -34,10 +34,7 @@ def run(config, workdir: str) -> dict:
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   ctx = pipeline.Context(config=config, workdir=workdir)
-  names = config.stages
-  if isinstance(names, str):
-    names = tuple(s for s in names.split(',') if s)
-  return pipeline.run_stages(stages_lib.STAGES, names, ctx)
+  return pipeline.run_stages(stages_lib.STAGES, pipeline.stage_names(config), ctx)
 
 
 def main(argv):

@@ -28,7 +28,8 @@ class Stage:
   run: Callable[['Context'], dict]  # returns a JSON-able summary kept in _done.json
   # Dotted config fields the outputs depend on, or a function of the config giving them.
   config_keys: Sequence[str] | Callable[[ml_collections.ConfigDict], Sequence[str]]
-  inputs: Sequence[str] = ()        # stages whose outputs it reads
+  # Stages whose outputs it reads, or a function of the config giving them.
+  inputs: Sequence[str] | Callable[[ml_collections.ConfigDict], Sequence[str]] = ()
   version: int = 1                  # bump when the stage's outputs change meaning
   # Identity of input files outside the workdir (paths, sizes, mtimes), so that a changed
   # pool reruns the stage even when the config is unchanged.
@@ -65,13 +66,25 @@ def config_value(config, dotted):
   return node
 
 
+def stage_names(config) -> tuple:
+  """config.stages as a tuple (a command-line override may give 'a,b,c')."""
+  names = config.stages
+  if isinstance(names, str):
+    names = tuple(s for s in names.split(',') if s)
+  return tuple(names)
+
+
+def stage_inputs(stage: Stage, config) -> tuple:
+  return tuple(stage.inputs(config) if callable(stage.inputs) else stage.inputs)
+
+
 def fingerprint(stage: Stage, config, upstream: dict) -> str:
   keys = stage.config_keys(config) if callable(stage.config_keys) else stage.config_keys
   payload = {
       'stage': stage.name,
       'version': stage.version,
       'config': {k: config_value(config, k) for k in keys},
-      'inputs': {name: upstream[name] for name in stage.inputs},
+      'inputs': {name: upstream[name] for name in stage_inputs(stage, config)},
       'files': stage.input_files(config) if stage.input_files else [],
   }
   blob = json.dumps(payload, sort_keys=True, default=list).encode()
@@ -120,7 +133,7 @@ def run_stages(stages: Sequence[Stage], names: Sequence[str], ctx: Context) -> d
   status = {}
   for name in names:
     stage = by_name[name]
-    for dep in stage.inputs:
+    for dep in stage_inputs(stage, ctx.config):
       if dep not in ctx.fingerprints:
         done = read_done(ctx.stage_dir(dep))
         if done is None:

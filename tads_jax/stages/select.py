@@ -1,7 +1,8 @@
 """Select: fit the selector, score every sample, apply the budget, write the subset.
 
 Outputs `subset.npy` (DataComp format) and `scores.parquet` (one row per pool sample) in the
-workdir.
+workdir. The selector sees ingest/samples.parquet joined by uid with features/features.parquet
+when the features stage is configured and has finished in the workdir.
 """
 
 import logging
@@ -15,6 +16,7 @@ from tads_jax import pipeline
 from tads_jax import selection
 from tads_jax import selectors
 from tads_jax.data import subset
+from tads_jax.stages import features as features_stage
 from tads_jax.stages import ingest
 
 SUBSET = 'subset.npy'
@@ -23,7 +25,7 @@ SCORES = 'scores.parquet'
 
 def run(ctx) -> dict:
   config = ctx.config
-  features = ingest.samples(ctx)
+  features = _features_table(ctx)
   selector = selectors.get(config.selector.name, config)
   fit_summary = selector.fit(features)
   scores = np.asarray(selector.score(features), dtype=np.float64)
@@ -52,6 +54,39 @@ def run(ctx) -> dict:
   }
 
 
-STAGE = pipeline.Stage(
-    name='select', run=run, inputs=('ingest',),
-    config_keys=('seed', 'selector', 'selection'))
+def _features_table(ctx) -> pa.Table:
+  """samples.parquet, with every features column joined on by uid when there are any.
+
+  The width and height operators repeat ingest's columns of the same name (they read
+  them), so a features column whose name samples.parquet has is not joined twice.
+  """
+  table = ingest.samples(ctx)
+  path = features_stage.features_path(ctx)
+  if path is None:
+    return table
+  extra = pq.read_table(path)
+  extra = extra.select(['uid'] + [c for c in extra.column_names
+                                  if c not in table.column_names])
+  uids = table.column('uid').to_pylist()
+  index = {u: i for i, u in enumerate(extra.column('uid').to_pylist())}
+  missing = [u for u in uids if u not in index]
+  if missing or extra.num_rows != len(uids):
+    raise ValueError(f"{path}: field 'uid' does not match ingest/samples.parquet "
+                     f'({len(missing)} uids missing, {extra.num_rows} rows for {len(uids)} '
+                     'samples); rerun the features stage')
+  extra = extra.take(pa.array([index[u] for u in uids], pa.int64()))
+  for name in extra.column_names:
+    if name != 'uid':
+      table = table.append_column(name, extra.column(name))
+  return table
+
+
+def inputs(config) -> tuple:
+  """The selector sees the features when the features stage is configured."""
+  if 'features' in pipeline.stage_names(config):
+    return ('ingest', 'features')
+  return ('ingest',)
+
+
+STAGE = pipeline.Stage(name='select', run=run, inputs=inputs,
+                       config_keys=('seed', 'selector', 'selection'))

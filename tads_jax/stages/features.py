@@ -1,0 +1,424 @@
+"""Features: per-sample quality, task relevance and diversity signals for the selectors.
+
+Streaming part, per pool shard (resumable like ingest and embed): the shard's images are
+decoded again, resized to pool.image_size and scored by the image operators in fixed-shape
+chunks of `features.chunk` rows (the tail padded and masked, so XLA compiles one program);
+captions go through the text operators and the embed stage's npz rows through the
+cross-modal ones. flipped_clip_score embeds the horizontally flipped images with the
+reference encoder here. Each shard's columns go to `features/shards/<item>.parquet`; the
+`.json` sidecar is written last and marks the shard complete. Memory holds one chunk of
+images.
+
+Global part, over the whole pool: task relevance (top-m cosines to each task's prototypes
+from its train split), spherical k-means on the joint embedding normalize(image + text),
+cluster weights (|C| / N) ** -alpha, SemDeDup flags inside the clusters (best clip_score
+kept) and exact-duplicate flags by ingest's image sha256. It holds the pool's [N, E]
+embeddings (float16 as stored, plus one float32 joint copy for k-means): fine to tens of
+millions of rows on one host, the bound to lift when pools outgrow that.
+
+Output: `features/features.parquet`, uid plus one column per feature, rows in
+ingest/samples.parquet order. A DataComp pool has no images: the image operators and
+flipped_clip_score are left out (absent columns, listed in the summary) and the
+embeddings come from the pool's own npz files.
+"""
+
+import collections
+import json
+import logging
+import os
+import re
+
+import jax
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tads_jax import pipeline
+from tads_jax import scoring  # noqa: F401  (registers the operators)
+from tads_jax.data import datacomp
+from tads_jax.data import images as images_lib
+from tads_jax.data import tasks as tasks_lib
+from tads_jax.data import webdataset
+from tads_jax.scoring import dedup
+from tads_jax.scoring import kmeans
+from tads_jax.scoring import registry
+from tads_jax.scoring import relevance
+from tads_jax.stages import embed
+from tads_jax.stages import encoder as encoder_stage
+from tads_jax.stages import ingest
+
+FEATURES = 'features.parquet'
+# vocab_share is not run here: it needs a vocabulary setting the stage does not build yet.
+DEFAULT_OPERATORS = (
+    'width', 'height', 'aspect_ratio', 'sharpness', 'contrast', 'colourfulness', 'entropy',
+    'near_uniform', 'characters', 'words', 'alnum_ratio', 'special_char_ratio',
+    'word_repetition', 'char_repetition', 'clip_score', 'flipped_clip_score',
+    'caption_specificity')
+DEFAULTS = dict(
+    operators=DEFAULT_OPERATORS,
+    chunk=256,                 # rows per jitted operator call
+    kmeans_k=100,              # diversity clusters (capped at the pool size)
+    kmeans_iters=20,
+    alpha=0.5,                 # cluster weight (|C| / N) ** -alpha; 0 turns it off
+    semdedup_eps=0.05,         # SemDeDup: duplicates at cosine >= 1 - eps
+    relevance_top_m=1,         # mean of the top-m prototype cosines (1 = max)
+    retrieval_prototypes=32)   # k-means prototypes per side of a retrieval task
+GLOBAL_COLUMNS = ('cluster', 'cluster_weight', 'semantic_duplicate', 'exact_duplicate')
+_UNSUPPORTED = ('vocab_share',)
+
+
+def option(config, name: str):
+  """`config.features.<name>`, or its default when the config has no such field."""
+  block = config.get('features')
+  return DEFAULTS[name] if block is None else block.get(name, DEFAULTS[name])
+
+
+def operators(config) -> tuple:
+  """The configured operator names, checked against the registry."""
+  names = option(config, 'operators')
+  if isinstance(names, str):
+    names = tuple(n for n in names.split(',') if n)
+  names = tuple(names)
+  for name in names:
+    if name not in registry.OPERATORS:
+      raise ValueError(f'config.features.operators: unknown operator {name!r}; '
+                       f'registered: {sorted(registry.OPERATORS)}')
+    if name in _UNSUPPORTED:
+      raise ValueError(f'config.features.operators: {name!r} needs a vocabulary setting '
+                       'that the features stage does not provide')
+  if len(set(names)) != len(names):
+    raise ValueError(f'config.features.operators: repeated names in {names}')
+  return names
+
+
+def _needs_images(op) -> bool:
+  return 'images' in op.inputs
+
+
+def split_operators(config) -> tuple[list, list]:
+  """(operators run, operators left out): a DataComp pool has no images to score."""
+  names = operators(config)
+  if config.pool.format != 'datacomp':
+    return list(names), []
+  left_out = [n for n in names if registry.OPERATORS[n].kind == 'image'
+              or 'flipped_image_emb' in registry.OPERATORS[n].required]
+  return [n for n in names if n not in left_out], left_out
+
+
+def shard_item(ctx, path: str) -> str:
+  return os.path.join(ctx.stage_dir('features'), 'shards', ingest.item_name(path))
+
+
+def _shard_tables(ctx, paths: list):
+  """(path, {column: list}) per pool shard, from samples.parquet read in record batches
+  (each shard's rows are contiguous there, in shard order); empty for a shard none of
+  whose samples was kept."""
+  where = ctx.path('ingest', ingest.SAMPLES)
+  names = ('uid', 'shard', 'caption', 'width', 'height')
+  current, acc = None, None
+  order = {p: i for i, p in enumerate(paths)}
+  emitted = 0
+
+  def empty():
+    return {n: [] for n in names}
+
+  for batch in pq.ParquetFile(where).iter_batches(columns=list(names), batch_size=65536):
+    cols = batch.to_pydict()
+    for i, shard in enumerate(cols['shard']):
+      if shard != current:
+        if current is not None:
+          yield from _flush(paths, order, emitted, current, acc, where)
+          emitted = order[current] + 1
+        if shard not in order:
+          raise ValueError(f"{where}: column 'shard' names {shard!r}, which the ingest "
+                           'summary does not list')
+        if order[shard] < emitted:
+          raise ValueError(f"{where}: column 'shard' is not in shard order at {shard!r}; "
+                           'rerun ingest')
+        current, acc = shard, empty()
+      for n in names:
+        acc[n].append(cols[n][i])
+  if current is not None:
+    yield from _flush(paths, order, emitted, current, acc, where)
+    emitted = order[current] + 1
+  for path in paths[emitted:]:
+    yield path, empty()
+
+
+def _flush(paths, order, emitted, shard, acc, where):
+  for path in paths[emitted:order[shard]]:
+    yield path, {n: [] for n in acc}
+  yield shard, acc
+
+
+def _load_npz(path: str, keys) -> dict:
+  try:
+    with np.load(path, allow_pickle=False) as npz:
+      missing = [k for k in keys if k not in npz.files]
+      if missing:
+        raise ValueError(f'{path}: missing key(s) {missing} (keys: {npz.files}); rerun embed')
+      return {k: npz[k] for k in keys}
+  except OSError as e:
+    raise ValueError(f'{path}: cannot read ({e}); rerun embed') from e
+
+
+def _shard_embeddings(ctx, path: str, uids: list) -> tuple[np.ndarray, np.ndarray]:
+  """(image_emb, text_emb) float32 [N, E] of a shard's rows, from embed or the pool npz."""
+  if ctx.config.pool.format == 'datacomp':
+    shard = datacomp.read_metadata(path, model=ctx.config.pool.embedding_model,
+                                   columns=[])
+    index = {u: i for i, u in enumerate(shard.uids)}
+    missing = [u for u in uids if u not in index]
+    if missing:
+      raise ValueError(f'{path}: uid {missing[0]!r} of ingest/samples.parquet is not in '
+                       'this metadata file; rerun ingest')
+    rows = np.asarray([index[u] for u in uids], np.int64)
+    return shard.image_emb[rows], shard.text_emb[rows]
+  where = embed.shard_item(ctx, path) + '.npz'
+  arrays = _load_npz(where, ('uid', 'image_emb', 'text_emb'))
+  if arrays['uid'].tolist() != list(uids):
+    raise ValueError(f"{where}: field 'uid' does not match ingest/samples.parquet for "
+                     f'{path}; rerun embed')
+  return arrays['image_emb'].astype(np.float32), arrays['text_emb'].astype(np.float32)
+
+
+def _shard_images(path: str, uids: list, skips: collections.Counter):
+  """Decoded uint8 images [H, W, 3] of a shard's rows, in row order.
+
+  Ingest kept the first decodable occurrence of each uid, in tar order, so the tar is read
+  again in that order and checked against the rows as it goes.
+  """
+  wanted, seen, position = set(uids), set(), 0
+  for sample in webdataset.iter_shard(path, skips, decode=True):
+    if sample.uid not in wanted or sample.uid in seen:
+      continue
+    if position >= len(uids) or sample.uid != uids[position]:
+      raise ValueError(f'{path}: sample {sample.key} (uid {sample.uid}) is out of the order '
+                       'of ingest/samples.parquet; the shard changed, rerun ingest')
+    seen.add(sample.uid)
+    position += 1
+    yield sample.image
+  if position != len(uids):
+    raise ValueError(f'{path}: {position} of {len(uids)} ingested samples read back '
+                     f'(first missing uid {uids[position]!r}, skips {dict(skips)}); rerun '
+                     'ingest')
+
+
+def _chunks(items, size: int):
+  chunk = []
+  for item in items:
+    chunk.append(item)
+    if len(chunk) == size:
+      yield chunk
+      chunk = []
+  if chunk:
+    yield chunk
+
+
+def _pad(x: np.ndarray, rows: int, value=0) -> np.ndarray:
+  pad = [(0, rows - x.shape[0])] + [(0, 0)] * (x.ndim - 1)
+  return np.pad(x, pad, constant_values=value)
+
+
+def _score_chunk(names, start, count, chunk, table, image_emb, text_emb, images=None,
+                 flipped_emb=None) -> dict:
+  """The operators on rows [start, start + count) of a shard, padded to `chunk` rows."""
+  end = start + count
+  sizes = np.stack([np.asarray(table['height'][start:end], np.int32),
+                    np.asarray(table['width'][start:end], np.int32)], axis=1)  # [B, 2]
+  inputs = dict(
+      sizes=_pad(sizes, chunk, 1),
+      captions=list(table['caption'][start:end]) + [''] * (chunk - count),
+      image_emb=_pad(image_emb[start:end], chunk),    # [chunk, E]
+      text_emb=_pad(text_emb[start:end], chunk),      # [chunk, E]
+      mask=np.arange(chunk) < count)                  # [chunk]
+  if images is not None:
+    inputs['images'] = _pad(images, chunk)            # [chunk, S, S, 3] float32
+  if flipped_emb is not None:
+    inputs['flipped_image_emb'] = _pad(flipped_emb, chunk)
+  out = registry.compute(names, **inputs)
+  return {name: values[:count] for name, values in out.items()}
+
+
+def _features_shard(ctx, path: str, table: dict, names: list, encoder) -> dict:
+  item = shard_item(ctx, path)
+  if os.path.exists(item + '.json'):  # written after the parquet: the shard is complete
+    with open(item + '.json') as f:
+      return json.load(f)
+  config = ctx.config
+  chunk = option(config, 'chunk')
+  uids = table['uid']
+  n = len(uids)
+  image_emb, text_emb = _shard_embeddings(ctx, path, uids)  # [N, E] float32 each
+  columns = {name: [] for name in names}
+  skips = collections.Counter()
+  image_ops = any(_needs_images(registry.OPERATORS[m]) for m in names)
+  flipped = 'flipped_clip_score' in names
+  if image_ops or flipped:
+    decoded = _chunks(_shard_images(path, uids, skips), chunk)
+  else:
+    decoded = ([None] * len(range(s, min(s + chunk, n))) for s in range(0, n, chunk))
+  size = config.pool.image_size
+  for start, originals in zip(range(0, n, chunk), decoded):
+    count = len(originals)
+    images = flipped_emb = None
+    if image_ops:
+      images = np.stack([images_lib.resize_center_crop(im, size) for im in originals])
+      images = images.astype(np.float32) / 255.0  # [B, S, S, 3] in [0, 1]
+    if flipped:
+      items = [(i, np.ascontiguousarray(im[:, ::-1])) for i, im in enumerate(originals)]
+      got, flipped_emb = encoder.embed_images(items, skips=skips)  # [B, E]
+      if len(got) != count:
+        raise ValueError(f'{path}: {count - len(got)} flipped images failed to load')
+    out = _score_chunk(names, start, count, chunk, table, image_emb, text_emb, images,
+                       flipped_emb)
+    for name in names:
+      columns[name].append(out[name])
+  arrays = {'uid': pa.array(uids, pa.string())}
+  for name in names:
+    values = np.concatenate(columns[name]) if columns[name] else np.zeros(0, np.float32)
+    arrays[name] = pa.array(values.astype(np.float32))
+  tmp = f'{item}.parquet.tmp-{os.getpid()}'
+  pq.write_table(pa.table(arrays), tmp)
+  os.replace(tmp, item + '.parquet')
+  record = {'path': path, 'parquet': item + '.parquet', 'samples': n, 'skips': dict(skips)}
+  pipeline.write_json_atomic(item + '.json', record)
+  return record
+
+
+def _task_prototypes(ctx, key) -> list:
+  """(column prefix, prototypes) per task, from the embed stage's train-split npz."""
+  out = []
+  for spec in embed.task_specs(ctx):
+    where = embed.task_item(ctx, spec.name, 'train') + '.npz'
+    safe = re.sub(r'[^A-Za-z0-9_]', '_', spec.name)
+    if spec.kind == 'classification':
+      arrays = _load_npz(where, ('class_text_emb',))
+      protos = np.asarray(relevance.class_prototypes(arrays['class_text_emb']))  # [C, E]
+    else:
+      arrays = _load_npz(where, ('image_emb', 'text_emb', 'text_image'))
+      paired = arrays['image_emb'][arrays['text_image']].astype(np.float32)  # [M, E]
+      key, sub = jax.random.split(key)
+      protos = relevance.retrieval_prototypes(
+          paired, arrays['text_emb'].astype(np.float32),
+          option(ctx.config, 'retrieval_prototypes'), sub)
+    out.append((f'relevance_{safe}', protos))
+  return out
+
+
+def _relevance_columns(ctx, image_emb, text_emb, key) -> dict:
+  """{relevance_<task>_image|text: float32 [N]}, computed `chunk` rows at a time."""
+  tasks = _task_prototypes(ctx, key) if ctx.config.pool.format != 'datacomp' else []
+  if not tasks:
+    return {}
+  chunk, top_m = option(ctx.config, 'chunk'), option(ctx.config, 'relevance_top_m')
+  n = image_emb.shape[0]
+  parts = []
+  for start in range(0, n, chunk):
+    count = min(chunk, n - start)
+    block = relevance.relevance_vector(
+        _pad(image_emb[start:start + count].astype(np.float32), chunk),
+        _pad(text_emb[start:start + count].astype(np.float32), chunk),
+        [p for _, p in tasks], top_m=top_m)  # [chunk, 2T]
+    parts.append(np.asarray(block)[:count])
+  values = np.concatenate(parts) if parts else np.zeros((0, 2 * len(tasks)), np.float32)
+  columns = {}
+  for t, (prefix, _) in enumerate(tasks):
+    columns[f'{prefix}_image'] = values[:, 2 * t]
+    columns[f'{prefix}_text'] = values[:, 2 * t + 1]
+  return columns
+
+
+def run(ctx) -> dict:
+  config = ctx.config
+  names, left_out = split_operators(config)
+  ingested = ctx.summary('ingest')
+  paths = [r['path'] for r in ingested['per_source']]
+  os.makedirs(os.path.join(ctx.stage_dir('features'), 'shards'), exist_ok=True)
+  encoder = None
+  if 'flipped_clip_score' in names and not all(
+      os.path.exists(shard_item(ctx, p) + '.json') for p in paths):
+    encoder = embed.load_encoder(config, encoder_stage.checkpoint(ctx))
+
+  progress = pipeline.Progress('features', ingested['samples'], unit='samples')
+  records, computed = [], 0
+  image_parts, text_parts, tables = [], [], []
+  for path, table in _shard_tables(ctx, paths):
+    done = os.path.exists(shard_item(ctx, path) + '.json')
+    records.append(_features_shard(ctx, path, table, names, encoder))
+    computed += 0 if done else 1
+    progress.update(len(table['uid']))
+    tables.append(pq.read_table(shard_item(ctx, path) + '.parquet'))
+    image_emb, text_emb = _shard_embeddings(ctx, path, table['uid'])
+    image_parts.append(image_emb.astype(np.float16))  # [n, E]
+    text_parts.append(text_emb.astype(np.float16))
+
+  features = pa.concat_tables(tables)
+  n = features.num_rows
+  samples = pq.read_table(ctx.path('ingest', ingest.SAMPLES), columns=['uid', 'sha256'])
+  if features.column('uid').to_pylist() != samples.column('uid').to_pylist():
+    raise ValueError(f"{ctx.path('ingest', ingest.SAMPLES)}: field 'uid' does not match the "
+                     'features shards; rerun ingest')
+  image_emb = np.concatenate(image_parts)  # [N, E] float16
+  text_emb = np.concatenate(text_parts)    # [N, E] float16
+  key = jax.random.PRNGKey(config.seed)
+  relevance_key, kmeans_key = jax.random.split(key)
+  columns = _relevance_columns(ctx, image_emb, text_emb, relevance_key)
+
+  quality = (features.column('clip_score').to_numpy() if 'clip_score' in names else
+             np.sum(image_emb.astype(np.float32) * text_emb.astype(np.float32), axis=1))
+  summary_kmeans = None
+  if n:
+    joint = image_emb.astype(np.float32) + text_emb.astype(np.float32)  # [N, E]
+    joint = np.asarray(kmeans.normalize(joint))
+    k = min(option(config, 'kmeans_k'), n)
+    fit = kmeans.fit(joint, k, option(config, 'kmeans_iters'), kmeans_key)
+    columns['cluster'] = fit.assignment.astype(np.int32)
+    columns['cluster_weight'] = kmeans.cluster_weights(fit.assignment, k,
+                                                       option(config, 'alpha'))
+    columns['semantic_duplicate'] = dedup.semdedup_flags(
+        joint, fit.assignment, quality, option(config, 'semdedup_eps'))
+    summary_kmeans = {'k': k, 'objective': float(fit.objective)}
+  else:
+    columns.update(cluster=np.zeros(0, np.int32), cluster_weight=np.zeros(0, np.float32),
+                   semantic_duplicate=np.zeros(0, bool))
+  columns['exact_duplicate'] = dedup.exact_duplicate_flags(
+      samples.column('sha256').to_pylist(), quality)
+  for name, values in columns.items():
+    features = features.append_column(name, pa.array(values))
+  tmp = ctx.path('features', f'{FEATURES}.tmp-{os.getpid()}')
+  pq.write_table(features, tmp)
+  os.replace(tmp, ctx.path('features', FEATURES))
+  logging.info('features: %d samples, %d columns', n, features.num_columns - 1)
+  return {
+      'samples': n,
+      'shards': len(records),
+      'shards_computed': computed,
+      'operators': names,
+      'operators_left_out': left_out,
+      'columns': features.column_names[1:],
+      'kmeans': summary_kmeans,
+      'semantic_duplicates': int(np.sum(columns['semantic_duplicate'])),
+      'exact_duplicates': int(np.sum(columns['exact_duplicate'])),
+      'skips': dict(sum((collections.Counter(r['skips']) for r in records),
+                        collections.Counter())),
+  }
+
+
+def features_path(ctx) -> str | None:
+  """features/features.parquet when the features stage is configured (and so has run)."""
+  if 'features' not in pipeline.stage_names(ctx.config):
+    return None
+  return ctx.path('features', FEATURES)
+
+
+def config_keys(config) -> tuple:
+  # The encoder, the tasks and the embed settings come in through the embed stage.
+  keys = ['seed', 'pool.format', 'pool.image_size']
+  if config.get('features') is not None:
+    keys.append('features')
+  return tuple(keys)
+
+
+STAGE = pipeline.Stage(name='features', run=run, inputs=('ingest', 'embed'),
+                       config_keys=config_keys, version=1)

@@ -1,0 +1,262 @@
+"""The features stage end to end through tads_jax.main.run on a tiny synthetic world.
+
+The encoder is the tiny CLIP of test_encoder_stage.py, trained on the world's trusted set.
+References are computed independently of the stage: clip_score from the embed npz rows,
+sharpness by scoring.quality on images read back from the shards, exact duplicates from the
+world's ground truth.
+"""
+
+import collections
+import json
+import os
+import sys
+
+import ml_collections
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import test_encoder_stage  # noqa: E402  pylint: disable=wrong-import-position
+
+from tads_jax import main  # noqa: E402
+from tads_jax.data import images as images_lib  # noqa: E402
+from tads_jax.data import webdataset  # noqa: E402
+from tads_jax.scoring import quality  # noqa: E402
+from tads_jax.stages import features as features_stage  # noqa: E402
+from tads_jax.stages import ingest  # noqa: E402
+
+OPERATORS = ('width', 'aspect_ratio', 'sharpness', 'words', 'clip_score',
+             'flipped_clip_score', 'caption_specificity')
+
+
+def config():
+  c = test_encoder_stage.tiny_config()
+  c.stages = ('ingest', 'encoder', 'embed', 'features', 'select', 'report')
+  c.embed.batch_size = 32
+  c.features = ml_collections.ConfigDict(dict(
+      operators=OPERATORS, chunk=32, kmeans_k=4, kmeans_iters=3, alpha=0.5,
+      semdedup_eps=0.05, relevance_top_m=2, retrieval_prototypes=2))
+  c.selector.name = 'clip_score'
+  c.selection.fraction = 0.3
+  return c
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('features'))
+  status = main.run(config(), workdir)
+  return workdir, status
+
+
+def _features(workdir):
+  return pq.read_table(os.path.join(workdir, 'features', 'features.parquet'))
+
+
+def test_one_row_per_sample_and_the_columns(run):
+  workdir, status = run
+  assert status['features'] == 'ran'
+  table = _features(workdir)
+  samples = pq.read_table(os.path.join(workdir, 'ingest', ingest.SAMPLES))
+  assert table.column('uid').to_pylist() == samples.column('uid').to_pylist()
+  tasks = json.load(open(os.path.join(workdir, 'ingest', 'world', 'tasks.json')))
+  names = [t['name'] for t in (tasks['tasks'] if isinstance(tasks, dict) else tasks)]
+  relevance = [f'relevance_{n}_{side}' for n in names for side in ('image', 'text')]
+  assert table.column_names == ['uid', *OPERATORS, *relevance, *features_stage.GLOBAL_COLUMNS]
+  for name in table.column_names[1:]:
+    assert not np.isnan(table.column(name).to_numpy().astype(float)).any(), name
+  np.testing.assert_array_equal(table.column('width').to_numpy(),
+                                samples.column('width').to_numpy())
+  weights = table.column('cluster_weight').to_numpy()
+  counts = np.bincount(table.column('cluster').to_numpy(), minlength=4)
+  share = counts[table.column('cluster').to_numpy()] / len(weights)
+  np.testing.assert_allclose(weights, share ** -0.5, rtol=1e-5)
+
+
+def _embed_rows(workdir):
+  summary = json.load(open(os.path.join(workdir, 'ingest', '_done.json')))['summary']
+  paths = [r['path'] for r in summary['per_source']]
+  uids, image_emb, text_emb = [], [], []
+  for path in paths:
+    npz = np.load(os.path.join(workdir, 'embed', 'shards', ingest.item_name(path) + '.npz'))
+    uids += npz['uid'].tolist()
+    image_emb.append(npz['image_emb'].astype(np.float32))
+    text_emb.append(npz['text_emb'].astype(np.float32))
+  return paths, uids, np.concatenate(image_emb), np.concatenate(text_emb)
+
+
+def test_clip_score_is_the_dot_of_the_embed_rows(run):
+  workdir, _ = run
+  table = _features(workdir)
+  _, uids, image_emb, text_emb = _embed_rows(workdir)
+  assert uids == table.column('uid').to_pylist()
+  np.testing.assert_allclose(table.column('clip_score').to_numpy(),
+                             np.sum(image_emb * text_emb, axis=1), atol=1e-5)
+  # Flipped images are different inputs: the score moves, but stays a cosine.
+  flipped = table.column('flipped_clip_score').to_numpy()
+  assert np.all(np.abs(flipped) <= 1 + 1e-5)
+  assert not np.allclose(flipped, table.column('clip_score').to_numpy())
+
+
+def test_sharpness_matches_quality_on_the_same_images(run):
+  workdir, _ = run
+  table = _features(workdir)
+  paths, _, _, _ = _embed_rows(workdir)
+  kept = set(table.column('uid').to_pylist())
+  size = config().pool.image_size
+  got = {}
+  for path in paths:
+    for s in webdataset.iter_shard(path, collections.Counter(), decode=True):
+      if s.uid in kept and s.uid not in got:
+        got[s.uid] = images_lib.resize_center_crop(s.image, size).astype(np.float32) / 255
+  uids = table.column('uid').to_pylist()
+  expected = np.asarray(quality.sharpness(np.stack([got[u] for u in uids])))
+  np.testing.assert_allclose(table.column('sharpness').to_numpy(), expected, rtol=1e-4,
+                             atol=1e-7)
+
+
+def test_exact_duplicates_match_the_ground_truth(run):
+  workdir, _ = run
+  table = _features(workdir)
+  samples = pq.read_table(os.path.join(workdir, 'ingest', ingest.SAMPLES))
+  truth = pq.read_table(os.path.join(workdir, 'ingest', 'world', 'ground_truth.parquet'))
+  noise = dict(zip(truth.column('uid').to_pylist(), truth.column('noise').to_pylist()))
+  dup_of = dict(zip(truth.column('uid').to_pylist(), truth.column('dup_of').to_pylist()))
+  uids = samples.column('uid').to_pylist()
+  sha = dict(zip(uids, samples.column('sha256').to_pylist()))
+  flagged = {u for u, f in zip(uids, table.column('exact_duplicate').to_pylist()) if f}
+  # Ground-truth exact duplicates whose original was ingested: one copy of each pair goes.
+  pairs = [(u, dup_of[u]) for u in uids if noise[u] == 'exact_dup' and dup_of[u] in sha]
+  assert pairs, 'the tiny world has no exact duplicates to find'
+  for u, original in pairs:
+    assert sha[u] == sha[original]
+    assert (u in flagged) != (original in flagged)
+  # Precision 1: every flagged sample belongs to a ground-truth exact-duplicate pair.
+  in_pairs = {u for pair in pairs for u in pair}
+  assert flagged and flagged <= in_pairs
+
+
+def test_clip_score_selector_keeps_the_top_fraction(run):
+  workdir, _ = run
+  scores = pq.read_table(os.path.join(workdir, 'scores.parquet'))
+  assert set(_features(workdir).column_names) <= set(scores.column_names)
+  np.testing.assert_array_equal(scores.column('width').to_numpy(),  # ingest's, not doubled
+                                _features(workdir).column('width').to_numpy())
+  clip = scores.column('clip_score').to_numpy()
+  np.testing.assert_array_equal(scores.column('score').to_numpy(), clip)
+  kept = scores.column('times_selected').to_numpy() > 0
+  assert kept.sum() == round(0.3 * len(clip))
+  assert clip[kept].min() >= clip[~kept].max()
+
+
+def test_resume_recomputes_only_the_deleted_shard(run, tmp_path):
+  import shutil
+  workdir = str(tmp_path / 'w')
+  shutil.copytree(run[0], workdir)
+  before = _features(workdir)
+  shards = os.path.join(workdir, 'features', 'shards')
+  items = sorted(f[:-5] for f in os.listdir(shards) if f.endswith('.json'))
+  assert len(items) == 2
+  kept_mtime = os.stat(os.path.join(shards, items[1] + '.parquet')).st_mtime_ns
+  os.remove(os.path.join(shards, items[0] + '.parquet'))
+  os.remove(os.path.join(shards, items[0] + '.json'))
+  os.remove(os.path.join(workdir, 'features', '_done.json'))
+  status = main.run(config(), workdir)
+  assert status['embed'] == 'skipped' and status['features'] == 'ran'
+  summary = json.load(open(os.path.join(workdir, 'features', '_done.json')))['summary']
+  assert summary['shards'] == 2 and summary['shards_computed'] == 1
+  assert os.stat(os.path.join(shards, items[1] + '.parquet')).st_mtime_ns == kept_mtime
+  after = _features(workdir)
+  assert after.column_names == before.column_names
+  for name in before.column_names:
+    a, b = after.column(name).to_pylist(), before.column(name).to_pylist()
+    if isinstance(a[0], float):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=name)
+    else:
+      assert a == b, name
+
+
+def test_clip_score_selector_names_the_missing_column():
+  import pyarrow as pa
+  from tads_jax import selectors
+  selector = selectors.get('clip_score', config())
+  with pytest.raises(ValueError, match="'clip_score' column.*features stage"):
+    selector.score(pa.table({'uid': ['a']}))
+
+
+def test_semantic_duplicates_are_close_to_a_kept_sample_of_their_cluster(run):
+  workdir, _ = run
+  table = _features(workdir)
+  _, _, image_emb, text_emb = _embed_rows(workdir)
+  joint = image_emb + text_emb
+  joint /= np.linalg.norm(joint, axis=1, keepdims=True)
+  cluster = table.column('cluster').to_numpy()
+  dup = table.column('semantic_duplicate').to_numpy()
+  threshold = 1 - config().features.semdedup_eps
+  sims = joint @ joint.T
+  same = cluster[:, None] == cluster[None, :]
+  for i in np.flatnonzero(dup):  # each dropped sample has a kept near-copy in its cluster
+    assert np.any(same[i] & ~dup & (sims[i] >= threshold - 1e-4))
+  kept = np.flatnonzero(~dup)  # and no two kept samples of a cluster are near-copies
+  close = same[np.ix_(kept, kept)] & (sims[np.ix_(kept, kept)] >= threshold + 1e-4)
+  assert not np.any(close & ~np.eye(len(kept), dtype=bool))
+
+
+def test_classification_relevance_is_the_top_m_mean_cosine_to_class_prototypes(run):
+  workdir, _ = run
+  table = _features(workdir)
+  _, _, image_emb, text_emb = _embed_rows(workdir)
+  tasks_dir = os.path.join(workdir, 'embed', 'tasks')
+  checked = 0
+  for name in sorted(os.listdir(tasks_dir)):
+    if not name.endswith('_train.npz'):
+      continue
+    npz = np.load(os.path.join(tasks_dir, name))
+    if 'class_text_emb' not in npz.files:
+      continue
+    prompts = npz['class_text_emb'].astype(np.float32)  # [C, T, E]
+    prompts /= np.linalg.norm(prompts, axis=-1, keepdims=True)
+    protos = prompts.mean(1)
+    protos /= np.linalg.norm(protos, axis=-1, keepdims=True)  # [C, E]
+    task = name[:-len('_train.npz')]
+    for side, emb in (('image', image_emb), ('text', text_emb)):
+      top2 = np.sort(emb @ protos.T, axis=1)[:, -2:].mean(1)
+      np.testing.assert_allclose(table.column(f'relevance_{task}_{side}').to_numpy(), top2,
+                                 atol=1e-4)
+    checked += 1
+  assert checked
+
+
+def test_datacomp_pool_leaves_out_image_operators(tmp_path):
+  from tads_jax.data import datacomp
+  rng = np.random.default_rng(0)
+  uids = [f'{i:032x}' for i in range(8)]
+  emb = {k: rng.normal(size=(8, 8)) for k in ('b32_img', 'b32_txt')}
+  emb['b32_img'][3] = 0  # an unusable row: ingest skips it
+  datacomp.write_metadata(str(tmp_path / '00000000.parquet'), {
+      'uid': uids, 'url': ['http://x'] * 8, 'text': ['a red circle', 'two words'] * 4,
+      'sha256': ['a', 'b', 'c', 'd', 'a', 'e', 'f', 'g']}, emb)
+  c = config()
+  c.stages = ('ingest', 'encoder', 'embed', 'features')
+  c.pool.format = 'datacomp'
+  c.pool.metadata = str(tmp_path / '*.parquet')
+  del c['tasks']
+  c.tasks = []
+  c.features.kmeans_k = 2
+  main.run(c, str(tmp_path / 'work'))
+  table = _features(str(tmp_path / 'work'))
+  summary = main.pipeline.read_done(str(tmp_path / 'work' / 'features'))['summary']
+  assert summary['operators_left_out'] == ['width', 'aspect_ratio', 'sharpness',
+                                           'flipped_clip_score']
+  assert table.column_names == ['uid', 'words', 'clip_score', 'caption_specificity',
+                                *features_stage.GLOBAL_COLUMNS]
+  keep = [i for i in range(8) if i != 3]
+  assert table.column('uid').to_pylist() == [uids[i] for i in keep]
+  image = emb['b32_img'][keep].astype(np.float16).astype(np.float32)
+  text = emb['b32_txt'][keep].astype(np.float16).astype(np.float32)
+  cos = np.sum(image * text, 1) / np.linalg.norm(image, axis=1) / np.linalg.norm(text, axis=1)
+  np.testing.assert_allclose(table.column('clip_score').to_numpy(), cos, atol=1e-5)
+  # uids 0 and 4 share a sha256: the one with the lower clip_score is the duplicate.
+  flags = dict(zip(table.column('uid').to_pylist(), table.column('exact_duplicate').to_pylist()))
+  worse = uids[0] if cos[0] < cos[keep.index(4)] else uids[4]
+  assert [u for u, f in flags.items() if f] == [worse]
