@@ -27,8 +27,3 @@ def test_checks_use_the_intended_direction():
   rows = tool.evaluate(table, noise, np.ones(4, bool))
   assert rows == [{'noise': 'misaligned', 'vs': 'clean', 'feature': 'clip_score',
                    'meaning': 'low', 'n': 2, 'auroc': 1.0}]
-
-
-def test_flag_quality():
-  q = tool.flag_quality(np.array([1, 1, 0, 0], bool), np.array([1, 0, 1, 0], bool))
-  assert q == {'flagged': 2, 'true': 2, 'precision': 0.5, 'recall': 0.5}

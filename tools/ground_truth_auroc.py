@@ -48,20 +48,18 @@ def evaluate(table: dict, noise: np.ndarray, on_task: np.ndarray) -> list[dict]:
     rows.append({'noise': kind, 'vs': 'clean', 'feature': feature, 'meaning': meaning,
                  'n': int((noise == kind).sum()),
                  'auroc': auroc(s[noise == kind], s[clean])})
-  relevance = [c for c in table if c.startswith('relevance_')]
+  # Off-task: every relevance column alone (a concept can be off one task and on another),
+  # then the max over all of them.
+  relevance = sorted(c for c in table if c.startswith('relevance_'))
+  columns = [(c, table[c]) for c in relevance]
   if relevance:
-    s = np.max(np.stack([table[c] for c in relevance]), axis=0)
-    rows.append({'noise': 'off-task', 'vs': 'on-task (clean only)', 'feature':
-                 'max relevance over tasks and sides', 'meaning': 'high = on-task',
-                 'n': int((clean & ~on_task).sum()),
+    columns.append(('max over every relevance column',
+                    np.max(np.stack([table[c] for c in relevance]), axis=0)))
+  for name, s in columns:
+    rows.append({'noise': 'off-task', 'vs': 'on-task (clean only)', 'feature': name,
+                 'meaning': 'low', 'n': int((clean & ~on_task).sum()),
                  'auroc': auroc(s[clean & on_task], s[clean & ~on_task])})
   return rows
-
-
-def flag_quality(flag: np.ndarray, truth: np.ndarray) -> dict:
-  tp = int((flag & truth).sum())
-  return {'flagged': int(flag.sum()), 'true': int(truth.sum()),
-          'precision': tp / max(int(flag.sum()), 1), 'recall': tp / max(int(truth.sum()), 1)}
 
 
 def main(argv=None):
@@ -89,12 +87,21 @@ def main(argv=None):
   print()
   print('| flag | ground truth | flagged | true | precision | recall |')
   print('|---|---|---|---|---|---|')
+  # A duplicate group is an original and its copies; a flag is right on any member but one.
+  dup_of = np.asarray(gt['dup_of'], dtype=object)[rows]
+  uids = np.asarray(scores['uid'], dtype=object)
   for flag, kinds in (('exact_duplicate', ('exact_dup',)),
                       ('semantic_duplicate', ('exact_dup', 'near_dup'))):
-    if flag in table:
-      q = flag_quality(table[flag] > 0, np.isin(noise, kinds))
-      print(f"| {flag} | {' + '.join(kinds)} | {q['flagged']} | {q['true']} | "
-            f"{q['precision']:.3f} | {q['recall']:.3f} |")
+    if flag not in table:
+      continue
+    copies = np.isin(noise, kinds)
+    originals = np.isin(uids, dup_of[copies])
+    flagged = table[flag] > 0
+    precision = (flagged & (copies | originals)).sum() / max(flagged.sum(), 1)
+    # Per group, all but one member should be flagged: recall = flags in groups / copies.
+    recall = min((flagged & (copies | originals)).sum(), copies.sum()) / max(copies.sum(), 1)
+    print(f"| {flag} | {' + '.join(kinds)} (and their originals) | {int(flagged.sum())} | "
+          f"{int(copies.sum())} copies | {precision:.3f} | {recall:.3f} |")
   print(f'\ncommand: python tools/ground_truth_auroc.py --workdir {args.workdir}')
 
 
