@@ -40,8 +40,6 @@ from tads_jax.stages import encoder as encoder_stage
 from tads_jax.stages import ingest
 
 STORE_DTYPE = np.float16
-DEFAULT_BATCH_SIZE = 64
-DEFAULT_WORKERS = 2
 
 
 def shard_item(ctx, path: str) -> str:
@@ -67,10 +65,9 @@ def task_specs(ctx) -> list:
   return tasks_lib.parse_tasks(list(tasks))
 
 
-def option(config, name: str, default):
-  """`config.embed.<name>`, or `default` when the config has no such field."""
-  block = config.get('embed')
-  return default if block is None else block.get(name, default)
+def option(config, name: str):
+  """`config.embed.<name>` (configs/default.py documents every field)."""
+  return config.embed[name]
 
 
 def load_encoder(config, checkpoint: str) -> embedding.Encoder:
@@ -80,9 +77,9 @@ def load_encoder(config, checkpoint: str) -> embedding.Encoder:
   float32 accumulation and outputs), `embed.batch_size` the rows per jitted step and
   `embed.workers` the image decode threads.
   """
-  dtype = embedding.compute_dtype(option(config, 'dtype', 'float32'))
-  batch_size = option(config, 'batch_size', DEFAULT_BATCH_SIZE)
-  workers = option(config, 'workers', DEFAULT_WORKERS)
+  dtype = embedding.compute_dtype(option(config, 'dtype'))
+  batch_size = option(config, 'batch_size')
+  workers = option(config, 'workers')
   for name, value in (('batch_size', batch_size), ('workers', workers)):
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
       raise ValueError(f'config.embed.{name}: expected a positive integer, got {value!r}')
@@ -271,7 +268,7 @@ def run(ctx) -> dict:
       'format': config.pool.format,
       'pool_ships_embeddings': False,
       'encoder': {'checkpoint': checkpoint,
-                  'dtype': option(config, 'dtype', 'float32'),
+                  'dtype': option(config, 'dtype'),
                   'embed_dim': clip.config.embed_dim, 'image_size': clip.config.image_size,
                   'batch_size': encoder.batch_size,
                   'devices': 1 if encoder.mesh is None else int(encoder.mesh.size)},
@@ -291,11 +288,8 @@ def config_keys(config) -> tuple:
   # Not pool.image_size: pool images are read from the shards and task images loaded at
   # the encoder's input size; a synthetic world's size reaches here through ingest. Not
   # embed.workers: the decode thread count does not change the outputs.
-  keys = ['pool.format', 'mesh', 'tasks']  # the encoder comes in through its stage
-  block = config.get('embed')
-  if block is not None:
-    keys += [f'embed.{name}' for name in ('dtype', 'batch_size') if name in block]
-  return tuple(keys)
+  # The encoder comes in through its stage.
+  return ('pool.format', 'mesh', 'tasks', 'embed.dtype', 'embed.batch_size')
 
 
 def input_files(config) -> list:

@@ -49,28 +49,13 @@ from tads_jax.stages import ingest
 
 FEATURES = 'features.parquet'
 # vocab_share is not run here: it needs a vocabulary setting the stage does not build yet.
-DEFAULT_OPERATORS = (
-    'width', 'height', 'aspect_ratio', 'sharpness', 'contrast', 'colourfulness', 'entropy',
-    'near_uniform', 'characters', 'words', 'alnum_ratio', 'special_char_ratio',
-    'word_repetition', 'char_repetition', 'clip_score', 'flipped_clip_score',
-    'caption_specificity')
-DEFAULTS = dict(
-    operators=DEFAULT_OPERATORS,
-    chunk=256,                 # rows per jitted operator call
-    kmeans_k=100,              # diversity clusters (capped at the pool size)
-    kmeans_iters=20,
-    alpha=0.5,                 # cluster weight (|C| / N) ** -alpha; 0 turns it off
-    semdedup_eps=0.05,         # SemDeDup: duplicates at cosine >= 1 - eps
-    relevance_top_m=1,         # mean of the top-m prototype cosines (1 = max)
-    retrieval_prototypes=32)   # k-means prototypes per side of a retrieval task
 GLOBAL_COLUMNS = ('cluster', 'cluster_weight', 'semantic_duplicate', 'exact_duplicate')
 _UNSUPPORTED = ('vocab_share',)
 
 
 def option(config, name: str):
-  """`config.features.<name>`, or its default when the config has no such field."""
-  block = config.get('features')
-  return DEFAULTS[name] if block is None else block.get(name, DEFAULTS[name])
+  """`config.features.<name>` (configs/default.py documents every field)."""
+  return config.features[name]
 
 
 def operators(config) -> tuple:
@@ -414,10 +399,7 @@ def features_path(ctx) -> str | None:
 
 def config_keys(config) -> tuple:
   # The encoder, the tasks and the embed settings come in through the embed stage.
-  keys = ['seed', 'pool.format', 'pool.image_size']
-  if config.get('features') is not None:
-    keys.append('features')
-  return tuple(keys)
+  return ('seed', 'pool.format', 'pool.image_size', 'features')
 
 
 STAGE = pipeline.Stage(name='features', run=run, inputs=('ingest', 'embed'),
