@@ -95,10 +95,16 @@ def get_config():
   c.selection.fraction = 0.36   # TADS keeps 36% of CC12M in the paper
   c.selection.method = 'topk'
 
-  # Proxy training budget (DataComp rule: fixed samples seen whatever the subset size). Read
-  # by the evaluate stage, which is not implemented yet.
+  # Proxy evaluation (DataComp rule: fixed samples seen whatever the subset size): two heads
+  # on the frozen reference embeddings, trained from scratch once per seed; eval.json holds
+  # mean and std over the seeds.
   c.evaluate = ml_collections.ConfigDict()
   c.evaluate.samples_seen = 200_000
+  c.evaluate.seeds = 3
+  c.evaluate.batch_size = 256
+  c.evaluate.lr = 5e-4
+  c.evaluate.warmup = 100       # steps of linear warmup before the cosine decay
+  c.evaluate.head = 'mlp'       # 'mlp' (residual: starts at the reference space) | 'linear'
 
   c.export = ml_collections.ConfigDict()
   c.export.shards = False       # also write the subset as resharded webdataset tars

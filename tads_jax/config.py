@@ -113,10 +113,23 @@ def validate(config: ml_collections.ConfigDict, known_stages, known_selectors) -
   seen = _expect_type(config, 'evaluate.samples_seen', (int,), 'an integer')
   if seen <= 0:
     raise ConfigError(f'config.evaluate.samples_seen: must be positive, got {seen}')
+  if 'evaluate' in stages:
+    _check_evaluate(config)
   _expect_type(config, 'export.shards', (bool,), 'true or false')
   shard_size = _expect_type(config, 'export.shard_size', (int,), 'an integer')
   if shard_size <= 0:
     raise ConfigError(f'config.export.shard_size: must be positive, got {shard_size}')
+
+
+def _check_evaluate(config):
+  from tads_jax.stages import evaluate  # pylint: disable=g-import-not-at-top
+  if _expect_type(config, 'evaluate.seeds', (int,), 'an integer') < 1:
+    raise ConfigError('config.evaluate.seeds: must be >= 1')
+  _expect_type(config, 'evaluate.lr', (float, int), 'a number')
+  try:
+    evaluate.train_config(config, config.seed)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
 
 
 def _check_features(config):

@@ -45,6 +45,26 @@ def _table(rows: list[dict], columns: list[str]) -> list[str]:
   return lines
 
 
+def _evaluation_lines(evaluation: dict) -> list[str]:
+  """Per task and averaged: main metric mean and std over the proxy seeds."""
+  if evaluation.get('stale'):
+    return [f"{evaluation['path']} scores another subset.npy than the current one; rerun "
+            'the evaluate stage.']
+  rows = [{'task': name, 'kind': t['kind'], 'metric': evaluation['main_metric'][t['kind']],
+           'mean': t['mean']['main'], 'std': t['std']['main']}
+          for name, t in evaluation['tasks'].items()]
+  for key in ('classification_average', 'retrieval_average', 'average'):
+    if key in evaluation:
+      rows.append({'task': key, 'kind': '', 'metric': 'mean of main metrics',
+                   'mean': evaluation[key]['mean'], 'std': evaluation[key]['std']})
+  train = evaluation['train']
+  return ([f"{len(evaluation['seeds'])} seeds; {train['samples_seen']} samples seen; "
+           f"{evaluation['subset']['entries']} subset entries "
+           f"({evaluation['subset']['unique']} unique samples); {train['head']} heads on "
+           'the reference embeddings', '']
+          + _table(rows, ['task', 'kind', 'metric', 'mean', 'std']))
+
+
 def render_markdown(report: dict) -> str:
   """report.json as a page a person reads."""
   out = ['# tads-jax report', '', f"workdir: `{report['workdir']}`", '']
@@ -77,6 +97,10 @@ def render_markdown(report: dict) -> str:
   else:
     out += ['No ground truth for this pool (set pool.ground_truth to a parquet with uid, '
             'noise and on_task columns).']
+  evaluation = report.get('evaluation')
+  if evaluation:
+    out += ['', '## Evaluation (zero-shot, proxy trained on the subset)', '']
+    out += _evaluation_lines(evaluation)
   export = report['stages'].get('export', {}).get('summary', {})
   if export.get('enabled'):
     out += ['', '## Export', '', f"{export['samples']} samples in {export['shards']} "

@@ -1,16 +1,17 @@
 """The pipeline's stages, in the order they run (design section 3).
 
-Only implemented stages are listed; learn and evaluate are not built yet.
+Only implemented stages are listed; learn is not built yet.
 """
 
 from tads_jax.stages import embed
 from tads_jax.stages import encoder
+from tads_jax.stages import evaluate
 from tads_jax.stages import export
 from tads_jax.stages import features
 from tads_jax.stages import ingest
 from tads_jax.stages import report
 from tads_jax.stages import select
 
-STAGES = (ingest.STAGE, encoder.STAGE, embed.STAGE, features.STAGE, select.STAGE, export.STAGE,
-          report.STAGE)
+STAGES = (ingest.STAGE, encoder.STAGE, embed.STAGE, features.STAGE, select.STAGE,
+          evaluate.STAGE, export.STAGE, report.STAGE)
 STAGE_NAMES = tuple(s.name for s in STAGES)

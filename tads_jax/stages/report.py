@@ -1,11 +1,13 @@
 """Report: report.json and report.md in the workdir, from the stages' recorded summaries."""
 
+import json
 import os
 
 import pyarrow.parquet as pq
 
 from tads_jax import pipeline
 from tads_jax import report as report_lib
+from tads_jax.stages import evaluate
 from tads_jax.stages import select
 
 
@@ -42,6 +44,9 @@ def run(ctx) -> dict:
         'by_noise': report_lib.kept_by_group(scores, gt, 'noise'),
         'by_on_task': report_lib.kept_by_group(scores, gt, 'on_task'),
     }
+  evaluation = _evaluation(ctx)
+  if evaluation is not None:
+    report['evaluation'] = evaluation
   pipeline.write_json_atomic(ctx.path('report.json'), report)
   tmp = ctx.path(f'report.md.tmp-{os.getpid()}')
   with open(tmp, 'w') as f:
@@ -50,5 +55,26 @@ def run(ctx) -> dict:
   return {'report': ctx.path('report.md')}
 
 
-STAGE = pipeline.Stage(name='report', run=run, inputs=('ingest', 'select'), version=2,
+def _evaluation(ctx):
+  """eval.json when it scores the current subset.npy (select may have rerun since)."""
+  path = ctx.path(evaluate.EVAL)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    result = json.load(f)
+  subset_path = ctx.path(select.SUBSET)
+  sha = result.get('subset', {}).get('sha256')
+  if not os.path.exists(subset_path) or sha != evaluate.file_sha256(subset_path):
+    return {'path': path, 'stale': True}
+  return {'path': path, 'stale': False, **result}
+
+
+def inputs(config) -> tuple:
+  """The report reruns after the evaluate stage when that is configured."""
+  if 'evaluate' in pipeline.stage_names(config):
+    return ('ingest', 'select', 'evaluate')
+  return ('ingest', 'select')
+
+
+STAGE = pipeline.Stage(name='report', run=run, inputs=inputs, version=3,
                        config_keys=('stages', 'export', 'pool.ground_truth'))

@@ -1,0 +1,275 @@
+"""Evaluate: train a proxy CLIP from scratch on the subset, zero-shot on every task's eval split.
+
+DataComp's protocol on the cheap: the proxy is an 'embedding' proxy (two heads over the
+frozen reference embeddings the embed stage wrote), trained for `evaluate.samples_seen`
+samples whatever the subset size, once per seed in range(evaluate.seeds). Every task's eval
+split is scored through the trained heads: task images through the image head; the
+classifier of a classification task from its stored prompt embeddings [C, T, E] through
+the text head (then averaged per class as CLIP_benchmark does); retrieval captions through
+the text head. The spread over seeds is part of the result, so a difference between two
+subsets can be read against it.
+
+Output `eval.json` in the workdir:
+  tasks:   {name: {kind, num_images, num_texts, main_metric, per_seed: [{metric: value}],
+                   mean: {metric: value}, std: {metric: value}}}
+  average (and classification_average / retrieval_average when such tasks exist):
+           {per_seed: [value], mean, std}   (the mean over tasks of each task's main metric)
+  plus what was evaluated (subset path, sha256, entries, unique samples) and how (train
+  config, seeds). std is the sample standard deviation over seeds (0 with one seed).
+
+Checkpoints go to evaluate/seed_<s>/checkpoints, so a killed run resumes at its last
+checkpoint of the seed it was training, and finished seeds are not retrained.
+`evaluate_subset` is the stage without the stage: tools/evaluate_subset.py scores any
+DataComp subset file against the same embeddings with it.
+"""
+
+import hashlib
+import logging
+import os
+
+import numpy as np
+
+from tads_jax import eval as eval_lib
+from tads_jax import pipeline
+from tads_jax import sharding
+from tads_jax import train
+from tads_jax.data import subset as subset_lib
+from tads_jax.stages import embed as embed_stage
+from tads_jax.stages import encoder as encoder_stage
+from tads_jax.stages import ingest
+
+EVAL = 'eval.json'
+SUBSET = 'subset.npy'  # select's output (select.SUBSET); select is not imported for it
+# config.evaluate fields -> TrainConfig fields of the proxy.
+TRAIN_FIELDS = ('samples_seen', 'batch_size', 'lr', 'warmup', 'head')
+
+
+def train_config(config, seed: int) -> train.TrainConfig:
+  """The proxy run of one seed; raises ValueError naming the config.evaluate field."""
+  block = config.get('evaluate')
+  fields = {}
+  for name in TRAIN_FIELDS:
+    if block is None or name not in block:
+      raise ValueError(f'config.evaluate.{name}: missing field')
+    fields[name] = block[name]
+  mesh = config.get('mesh')
+  rules = 'data_parallel' if mesh is None else mesh.get('rules', 'data_parallel')
+  try:
+    return train.TrainConfig(kind='embedding', seed=seed, rules=rules, **fields)
+  except ValueError as e:
+    raise ValueError(str(e).replace('TrainConfig.', 'config.evaluate.')) from None
+
+
+def num_seeds(config) -> int:
+  block = config.get('evaluate')
+  seeds = None if block is None else block.get('seeds')
+  if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+    raise ValueError(f'config.evaluate.seeds: expected an integer >= 1, got {seeds!r}')
+  return seeds
+
+
+def pool_embeddings(ctx, subset=None) -> tuple[list, np.ndarray, np.ndarray, int]:
+  """(uids, image_emb [N, E], text_emb [N, E], pool size) from embed/shards, in
+  ingest/samples.parquet order; float16 as stored (the heads normalize in float32).
+
+  With `subset` (a subset array) only the pool rows it lists are kept, so memory follows
+  the subset, not the pool.
+  """
+  if ctx.config.pool.format == 'datacomp':
+    raise ValueError('config.pool.format: the evaluate stage reads the embed stage\'s own '
+                     'pool and task embeddings; a DataComp pool ships pool embeddings only, '
+                     'and task embeddings for it are not computed yet')
+  paths = [r['path'] for r in ctx.summary('ingest')['per_source']]
+  uids, image_emb, text_emb, pool = [], [], [], 0
+  for path in paths:
+    npz_path = embed_stage.shard_item(ctx, path) + '.npz'
+    if not os.path.exists(npz_path):
+      raise ValueError(f'{npz_path}: missing; the embed stage has not embedded pool shard '
+                       f'{path} (run ingest and embed with this config in {ctx.workdir})')
+    with np.load(npz_path) as npz:
+      for field in ('uid', 'image_emb', 'text_emb'):
+        if field not in npz.files:
+          raise ValueError(f'{npz_path}: no {field!r} field')
+      shard_uids = npz['uid'].tolist()
+      keep = (np.ones(len(shard_uids), bool) if subset is None
+              else subset_lib.times_selected(subset, shard_uids) > 0)  # [n]
+      pool += len(shard_uids)
+      uids += [u for u, k in zip(shard_uids, keep) if k]
+      image_emb.append(npz['image_emb'][keep])  # [n_kept, E]
+      text_emb.append(npz['text_emb'][keep])    # [n_kept, E]
+  if not uids:
+    raise ValueError(f'{ctx.stage_dir("embed")}: no embedded pool sample '
+                     f'{"is in the subset" if subset is not None else "found"}')
+  return uids, np.concatenate(image_emb), np.concatenate(text_emb), pool
+
+
+def task_embeddings(ctx) -> list:
+  """[(TaskSpec, {field: array})] of every task's eval split, from embed/tasks."""
+  out = []
+  for spec in embed_stage.task_specs(ctx):
+    npz_path = embed_stage.task_item(ctx, spec.name, 'eval') + '.npz'
+    if not os.path.exists(npz_path):
+      raise ValueError(f'{npz_path}: missing; the embed stage has not embedded the eval '
+                       f'split of task {spec.name!r}')
+    fields = (('image_emb', 'labels', 'class_text_emb') if spec.kind == 'classification'
+              else ('image_emb', 'text_emb', 'text_image'))
+    with np.load(npz_path) as npz:
+      for field in fields:
+        if field not in npz.files:
+          raise ValueError(f'{npz_path}: no {field!r} field (task {spec.name!r}, '
+                           f'{spec.kind})')
+      out.append((spec, {f: npz[f] for f in fields}))
+  return out
+
+
+def evaluate_heads(encode_images, encode_texts, tasks) -> dict:
+  """Zero-shot metrics of every task through the proxy's heads.
+
+  encode_images / encode_texts: reference embeddings [N, E] -> proxy embeddings [N, E']
+  (train.encoders without a reference). tasks: task_embeddings(). Returns
+  {name: {'kind', 'num_images', 'num_texts', metrics..., 'main'}}.
+  """
+  results = {}
+  for spec, data in tasks:
+    image_emb = encode_images(data['image_emb'].astype(np.float32))  # [N, E']
+    if spec.kind == 'classification':
+      prompts = data['class_text_emb'].astype(np.float32)  # [C, T, E]
+      c, t, e = prompts.shape
+      class_emb = encode_texts(prompts.reshape(c * t, e)).reshape(c, t, -1)  # [C, T, E']
+      metrics = eval_lib.classification_metrics(
+          image_emb, eval_lib.zero_shot_classifier(class_emb), data['labels'])
+      num_texts = c * t
+    else:
+      text_emb = encode_texts(data['text_emb'].astype(np.float32))  # [M, E']
+      metrics = eval_lib.retrieval_metrics(image_emb, text_emb, data['text_image'])
+      num_texts = len(text_emb)
+    results[spec.name] = {'kind': spec.kind, 'num_images': int(len(image_emb)),
+                          'num_texts': int(num_texts), **metrics,
+                          'main': eval_lib.main_metric(spec.kind, metrics)}
+  return results
+
+
+def _spread(values) -> dict:
+  values = np.asarray(values, np.float64)
+  std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+  return {'per_seed': values.tolist(), 'mean': float(np.mean(values)), 'std': std}
+
+
+def aggregate(per_seed: list) -> dict:
+  """Per task and averaged mean and std over seeds; per_seed: evaluate_heads() per seed."""
+  names = list(per_seed[0])
+  tasks = {}
+  for name in names:
+    runs = [r[name] for r in per_seed]
+    metrics = [k for k, v in runs[0].items() if isinstance(v, float)]  # incl. 'main'
+    tasks[name] = {
+        'kind': runs[0]['kind'], 'num_images': runs[0]['num_images'],
+        'num_texts': runs[0]['num_texts'],
+        'per_seed': [{k: r[k] for k in metrics} for r in runs],
+        'mean': {k: float(np.mean([r[k] for r in runs])) for k in metrics},
+        'std': {k: _spread([r[k] for r in runs])['std'] for k in metrics},
+    }
+  out = {'tasks': tasks,
+         'main_metric': {'classification': 'top1',
+                         'retrieval': 'mean of image_to_text_R@1 and text_to_image_R@1'}}
+  groups = {'average': names}
+  for kind in ('classification', 'retrieval'):
+    group = [n for n in names if tasks[n]['kind'] == kind]
+    if group:
+      groups[f'{kind}_average'] = group
+  for key, group in groups.items():
+    out[key] = _spread([np.mean([r[n]['main'] for n in group]) for r in per_seed])
+  return out
+
+
+def file_sha256(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for block in iter(lambda: f.read(1 << 20), b''):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def evaluate_subset(ctx, subset_path: str, checkpoints: str, seeds: int | None = None,
+                    mesh=None) -> dict:
+  """Trains one proxy per seed on `subset_path` and evaluates it; returns eval.json's dict.
+
+  ctx: a pipeline.Context of a workdir where ingest and embed finished. checkpoints: the
+  directory under which seed_<s>/ holds each seed's orbax checkpoints (a rerun resumes).
+  Seed s trains with TrainConfig.seed = config.seed + s (init and data order).
+  """
+  config = ctx.config
+  seeds = num_seeds(config) if seeds is None else seeds
+  if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+    raise ValueError(f'seeds: expected an integer >= 1, got {seeds!r}')
+  if not os.path.exists(subset_path):
+    raise ValueError(f'{subset_path}: no such subset file')
+  cfgs = [train_config(config, config.seed + s) for s in range(seeds)]
+  subset = subset_lib.read_subset(subset_path)
+  uids, image_emb, text_emb, pool = pool_embeddings(ctx, subset)
+  tasks = task_embeddings(ctx)
+  if not tasks:
+    raise ValueError('config.tasks: no tasks to evaluate on')
+  # [entries]: rows of the kept samples, each once per time the subset lists it.
+  rows = train.rows_from_subset(subset, uids)
+  missing = len(subset) - len(rows)  # uids ingest skipped or another pool's: counted
+  if missing:
+    logging.warning('%s: %d of its %d entries are not in the embedded pool; skipped',
+                    subset_path, missing, len(subset))
+  per_seed, final_loss = [], []
+  for s, cfg in enumerate(cfgs):
+    logging.info('evaluate: seed %d of %d, %d steps on %d subset entries', s + 1, seeds,
+                 cfg.steps, len(rows))
+    params, history = train.train(cfg, (image_emb, text_emb),
+                                  workdir=os.path.join(checkpoints, f'seed_{s}'),
+                                  mesh=mesh, rows=rows)
+    encode_images, encode_texts = train.encoders(cfg, params)
+    per_seed.append(evaluate_heads(encode_images, encode_texts, tasks))
+    final_loss.append(history['loss'][-1])  # the history is restored with a checkpoint
+  result = aggregate(per_seed)
+  train_fields = cfgs[0].to_dict()
+  train_fields.pop('seed')
+  result.update(
+      subset={'path': os.path.abspath(subset_path), 'sha256': file_sha256(subset_path),
+              'entries': int(len(rows)), 'unique': int(len(np.unique(rows))),
+              'entries_not_in_pool': int(missing), 'pool': pool},
+      train=train_fields, seeds=[cfg.seed for cfg in cfgs], final_loss=final_loss)
+  return result
+
+
+def check_embedded(ctx) -> None:
+  """Raises ValueError naming what is missing unless ingest, encoder and embed finished in
+  ctx.workdir with ctx.config (their recorded fingerprints match the config's)."""
+  stages = (ingest.STAGE, encoder_stage.STAGE, embed_stage.STAGE)
+  fingerprints = {}
+  for stage in stages:
+    done = pipeline.read_done(ctx.stage_dir(stage.name))
+    if done is None:
+      raise ValueError(f'{os.path.join(ctx.stage_dir(stage.name), pipeline.DONE)}: missing; '
+                       f'run the stages ingest, encoder and embed with this config in '
+                       f'{ctx.workdir} first')
+    expected = pipeline.fingerprint(stage, ctx.config, fingerprints)
+    if done['fingerprint'] != expected:
+      raise ValueError(f'{os.path.join(ctx.stage_dir(stage.name), pipeline.DONE)}: stage '
+                       f'{stage.name!r} finished with another config (fingerprint '
+                       f'{done["fingerprint"]}, this config gives {expected}); rerun it '
+                       'with this config')
+    fingerprints[stage.name] = expected
+  ctx.fingerprints.update(fingerprints)
+
+
+def run(ctx) -> dict:
+  subset_path = ctx.path(SUBSET)
+  mesh = sharding.mesh_from_config(ctx.config)
+  result = evaluate_subset(ctx, subset_path, ctx.stage_dir('evaluate'), mesh=mesh)
+  pipeline.write_json_atomic(ctx.path(EVAL), result)
+  logging.info('evaluate: average main metric %.4f +- %.4f over %d seeds',
+               result['average']['mean'], result['average']['std'], len(result['seeds']))
+  return {'eval': ctx.path(EVAL), 'seeds': len(result['seeds']),
+          'average_mean': result['average']['mean'],
+          'average_std': result['average']['std'],
+          'subset_entries': result['subset']['entries']}
+
+
+STAGE = pipeline.Stage(name='evaluate', run=run, inputs=('ingest', 'embed', 'select'),
+                       config_keys=('evaluate', 'seed'), version=1)
