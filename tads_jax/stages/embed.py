@@ -28,7 +28,6 @@ import re
 import time
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from tads_jax import embedding
 from tads_jax import pipeline
@@ -98,46 +97,6 @@ def _save_npz(path: str, arrays: dict) -> None:
   with open(tmp, 'wb') as f:  # a file object: np.savez would append '.npz' to a name
     np.savez(f, **arrays)
   os.replace(tmp, path)
-
-
-def _runs(where: str):
-  """(shard, uids, captions) per run of consecutive samples.parquet rows of one shard."""
-  current, uids, captions = None, [], []
-  samples = pq.ParquetFile(where)
-  for batch in samples.iter_batches(columns=['uid', 'shard', 'caption'], batch_size=65536):
-    for uid, shard, caption in zip(*(c.to_pylist() for c in batch.columns)):
-      if shard != current:
-        if current is not None:
-          yield current, uids, captions
-        current, uids, captions = shard, [], []
-      uids.append(uid)
-      captions.append(caption)
-  if current is not None:
-    yield current, uids, captions
-
-
-def _shard_rows(ctx, paths: list):
-  """Yields (shard path, uids, captions) for every path, from ingest/samples.parquet.
-
-  samples.parquet holds each shard's rows contiguously, in shard order, so it is read in
-  record batches and memory holds one shard's uids and captions, never the pool's.
-  """
-  where = ctx.path('ingest', ingest.SAMPLES)
-  order = {p: i for i, p in enumerate(paths)}
-  next_path = 0
-  for shard, uids, captions in _runs(where):
-    if shard not in order:
-      raise ValueError(f"{where}: column 'shard' names {shard!r}, which the ingest summary "
-                       'does not list')
-    if order[shard] < next_path:
-      raise ValueError(f"{where}: column 'shard' is not in shard order at {shard!r}; "
-                       'rerun ingest')
-    for path in paths[next_path:order[shard]]:  # shards none of whose samples was kept
-      yield path, [], []
-    yield shard, uids, captions
-    next_path = order[shard] + 1
-  for path in paths[next_path:]:
-    yield path, [], []
 
 
 def _shard_images(path: str, wanted: set, skips: collections.Counter):
@@ -246,7 +205,8 @@ def run(ctx) -> dict:
   paths = [r['path'] for r in ingested['per_source']]
   progress = pipeline.Progress('embed', ingested['samples'], unit='samples')
   start, computed, records = time.time(), 0, []
-  for path, uids, captions in _shard_rows(ctx, paths):
+  for path, rows in ingest.rows_by_shard(ctx, paths, ('uid', 'caption')):
+    uids, captions = rows['uid'], rows['caption']
     done = os.path.exists(shard_item(ctx, path) + '.json')
     records.append(_embed_shard(ctx, encoder, path, uids, captions))
     computed += 0 if done else len(uids)

@@ -94,48 +94,6 @@ def shard_item(ctx, path: str) -> str:
   return os.path.join(ctx.stage_dir('features'), 'shards', ingest.item_name(path))
 
 
-def _shard_tables(ctx, paths: list):
-  """(path, {column: list}) per pool shard, from samples.parquet read in record batches
-  (each shard's rows are contiguous there, in shard order); empty for a shard none of
-  whose samples was kept."""
-  where = ctx.path('ingest', ingest.SAMPLES)
-  names = ('uid', 'shard', 'caption', 'width', 'height')
-  current, acc = None, None
-  order = {p: i for i, p in enumerate(paths)}
-  emitted = 0
-
-  def empty():
-    return {n: [] for n in names}
-
-  for batch in pq.ParquetFile(where).iter_batches(columns=list(names), batch_size=65536):
-    cols = batch.to_pydict()
-    for i, shard in enumerate(cols['shard']):
-      if shard != current:
-        if current is not None:
-          yield from _flush(paths, order, emitted, current, acc, where)
-          emitted = order[current] + 1
-        if shard not in order:
-          raise ValueError(f"{where}: column 'shard' names {shard!r}, which the ingest "
-                           'summary does not list')
-        if order[shard] < emitted:
-          raise ValueError(f"{where}: column 'shard' is not in shard order at {shard!r}; "
-                           'rerun ingest')
-        current, acc = shard, empty()
-      for n in names:
-        acc[n].append(cols[n][i])
-  if current is not None:
-    yield from _flush(paths, order, emitted, current, acc, where)
-    emitted = order[current] + 1
-  for path in paths[emitted:]:
-    yield path, empty()
-
-
-def _flush(paths, order, emitted, shard, acc, where):
-  for path in paths[emitted:order[shard]]:
-    yield path, {n: [] for n in acc}
-  yield shard, acc
-
-
 def _load_npz(path: str, keys) -> dict:
   try:
     with np.load(path, allow_pickle=False) as npz:
@@ -328,7 +286,8 @@ def run(ctx) -> dict:
   progress = pipeline.Progress('features', ingested['samples'], unit='samples')
   records, computed = [], 0
   image_parts, text_parts, tables = [], [], []
-  for path, table in _shard_tables(ctx, paths):
+  for path, table in ingest.rows_by_shard(ctx, paths,
+                                         ('uid', 'caption', 'width', 'height')):
     done = os.path.exists(shard_item(ctx, path) + '.json')
     records.append(_features_shard(ctx, path, table, names, encoder))
     computed += 0 if done else 1

@@ -179,6 +179,44 @@ def samples(ctx) -> pa.Table:
   return pq.read_table(ctx.path('ingest', SAMPLES))
 
 
+def rows_by_shard(ctx, paths: list, columns):
+  """(shard path, {column: list}) for every path in order, from samples.parquet.
+
+  Each shard's rows are contiguous there, in shard order, so it is read in record batches
+  and memory holds one shard's rows, never the pool's. A shard none of whose samples was
+  kept gets empty lists.
+  """
+  where = ctx.path('ingest', SAMPLES)
+  names = list(dict.fromkeys(['shard', *columns]))
+  order = {p: i for i, p in enumerate(paths)}
+  current, rows, next_path = None, None, 0
+
+  def finish():  # the shards before `current` that kept nothing, then `current`
+    yield from ((p, {c: [] for c in columns}) for p in paths[next_path:order[current]])
+    yield current, rows
+
+  for batch in pq.ParquetFile(where).iter_batches(columns=names, batch_size=65536):
+    cols = batch.to_pydict()
+    for i, shard in enumerate(cols['shard']):
+      if shard != current:
+        if current is not None:
+          yield from finish()
+          next_path = order[current] + 1
+        if shard not in order:
+          raise ValueError(f"{where}: column 'shard' names {shard!r}, which the ingest "
+                           'summary does not list')
+        if order[shard] < next_path:
+          raise ValueError(f"{where}: column 'shard' is not in shard order at {shard!r}; "
+                           'rerun ingest')
+        current, rows = shard, {c: [] for c in columns}
+      for c in columns:
+        rows[c].append(cols[c][i])
+  if current is not None:
+    yield from finish()
+    next_path = order[current] + 1
+  yield from ((p, {c: [] for c in columns}) for p in paths[next_path:])
+
+
 def config_keys(config) -> tuple:
   if config.pool.format == 'synthetic':  # the world is a function of these
     return ('pool.format', 'seed', 'pool.image_size', 'pool.synthetic')
