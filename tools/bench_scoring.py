@@ -65,7 +65,6 @@ def _matmul_peak(d=512, rows=8192, cols=1000, repeats=5) -> float:
   """Best float32 GEMM rate (FLOP/s) of numpy and of jax on this machine, on the shape the
   scoring matmuls have."""
   import jax
-  import jax.numpy as jnp
   rng = np.random.default_rng(0)
   a = rng.standard_normal((rows, d), dtype=np.float32)
   b = rng.standard_normal((cols, d), dtype=np.float32)
@@ -184,9 +183,6 @@ def bench_kmeans(args):
 
 
 def bench_features(args):
-  import jax
-  import jax.numpy as jnp
-
   from tads_jax.scoring import registry, relevance
 
   n, d, b = args.points, args.dim, args.chunk

@@ -29,7 +29,8 @@ SAFETENSORS_INDEX = 'model.safetensors.index.json'
 TORCH_BIN = 'pytorch_model.bin'
 
 
-def _read_json(path: str) -> dict:
+def read_json(path: str) -> dict:
+  """A JSON object from a checkpoint folder; ValueError naming the file otherwise."""
   try:
     with open(path, encoding='utf-8') as f:
       data = json.load(f)
@@ -55,7 +56,7 @@ def _square(value, path: str, field: str) -> int:
 
 def config_from_hf(path: str) -> clip.CLIPConfig:
   """Reads a CLIPModel config.json."""
-  return config_from_hf_dict(_read_json(path), path)
+  return config_from_hf_dict(read_json(path), path)
 
 
 def config_from_hf_dict(cfg: dict, path: str = 'config.json') -> clip.CLIPConfig:
@@ -142,7 +143,7 @@ def read_state_dict(folder: str) -> tuple[dict[str, np.ndarray], str]:
     return _load_safetensors(single), single
   index = os.path.join(folder, SAFETENSORS_INDEX)
   if os.path.isfile(index):
-    weight_map = _read_json(index).get('weight_map')
+    weight_map = read_json(index).get('weight_map')
     if not isinstance(weight_map, dict) or not weight_map:
       raise ValueError(f'{index}: missing or empty weight_map')
     state = {}

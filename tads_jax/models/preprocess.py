@@ -7,11 +7,12 @@ the same pixels as the PyTorch one.
 """
 
 import dataclasses
-import json
 from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
+
+from tads_jax.models import hf_convert
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -54,14 +55,7 @@ def _three(value, path: str, field: str) -> tuple[float, float, float]:
 
 def config_from_hf(path: str) -> PreprocessConfig:
   """Reads preprocessor_config.json."""
-  try:
-    with open(path, encoding='utf-8') as f:
-      cfg = json.load(f)
-  except FileNotFoundError:
-    raise ValueError(f'{path}: no such file') from None
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise ValueError(f'{path}: not valid JSON ({e})') from None
-  return config_from_hf_dict(cfg, path)
+  return config_from_hf_dict(hf_convert.read_json(path), path)
 
 
 def config_from_hf_dict(cfg: dict, path: str = 'preprocessor_config.json'

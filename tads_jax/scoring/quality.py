@@ -7,7 +7,6 @@ thresholds quoted for 0..255 images); the value function standardizes features a
 """
 
 import re
-import string
 from collections import Counter
 from typing import Iterable, Mapping, Sequence
 

@@ -37,7 +37,6 @@ from tads_jax import pipeline
 from tads_jax import scoring  # noqa: F401  (registers the operators)
 from tads_jax.data import datacomp
 from tads_jax.data import images as images_lib
-from tads_jax.data import tasks as tasks_lib
 from tads_jax.data import webdataset
 from tads_jax.scoring import dedup
 from tads_jax.scoring import kmeans
