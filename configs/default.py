@@ -93,7 +93,11 @@ def get_config():
 
   c.selection = ml_collections.ConfigDict()
   c.selection.fraction = 0.36   # TADS keeps 36% of CC12M in the paper
-  c.selection.method = 'topk'
+  c.selection.method = 'topk'   # 'topk' | 'soft_cap' (FLYT's Soft Cap Sampling, repeats)
+  # soft_cap: the same number of entries as topk, drawn in batches from
+  # softmax(score / temperature), each draw lowering that sample's logit by `penalty`.
+  c.selection.soft_cap = ml_collections.ConfigDict(dict(
+      batch_size=256, penalty=0.15, temperature=1.0))
 
   # Proxy evaluation (DataComp rule: fixed samples seen whatever the subset size): two heads
   # on the frozen reference embeddings, trained from scratch once per seed; eval.json holds

@@ -5,7 +5,7 @@ import os
 import ml_collections
 
 POOL_FORMATS = ('synthetic', 'webdataset', 'datacomp')
-SELECTION_METHODS = ('topk',)
+SELECTION_METHODS = ('topk', 'soft_cap')
 
 
 class ConfigError(ValueError):
@@ -110,6 +110,13 @@ def validate(config: ml_collections.ConfigDict, known_stages, known_selectors) -
   if method not in SELECTION_METHODS:
     raise ConfigError(f'config.selection.method: unknown method {method!r}; one of '
                       f'{", ".join(SELECTION_METHODS)}')
+  if method == 'soft_cap':
+    if _expect_type(config, 'selection.soft_cap.batch_size', (int,), 'an integer') < 1:
+      raise ConfigError('config.selection.soft_cap.batch_size: must be >= 1')
+    if _expect_type(config, 'selection.soft_cap.penalty', (float, int), 'a number') < 0:
+      raise ConfigError('config.selection.soft_cap.penalty: must be >= 0')
+    if _expect_type(config, 'selection.soft_cap.temperature', (float, int), 'a number') <= 0:
+      raise ConfigError('config.selection.soft_cap.temperature: must be > 0')
   seen = _expect_type(config, 'evaluate.samples_seen', (int,), 'an integer')
   if seen <= 0:
     raise ConfigError(f'config.evaluate.samples_seen: must be positive, got {seen}')

@@ -34,6 +34,7 @@ def test_default_config_is_valid():
     ('encoder.checkpoint', '/no/such/ckpt', r'config.encoder.checkpoint: no such file'),
     ('tasks', '/no/such/tasks.json', r'config.tasks: no such task-list file'),
     ('pool.image_size', 4, r'config.pool.image_size: must be >= 8'),
+    ('selection.method', 'lottery', r"config.selection.method: unknown method 'lottery'"),
 ])
 def test_bad_values_name_the_field(field, value, message, tmp_path):
   c = default.get_config()
@@ -90,4 +91,18 @@ def test_task_entries_are_checked(tmp_path):
     validate(c)
   c.tasks[0]['kind'] = 'segmentation'
   with pytest.raises(config_lib.ConfigError, match=r'config.tasks: .*kind'):
+    validate(c)
+
+
+@pytest.mark.parametrize('field,value,message', [
+    ('batch_size', 0, r'config.selection.soft_cap.batch_size: must be >= 1'),
+    ('penalty', -0.1, r'config.selection.soft_cap.penalty: must be >= 0'),
+    ('temperature', 0.0, r'config.selection.soft_cap.temperature: must be > 0'),
+])
+def test_soft_cap_settings_are_checked(field, value, message):
+  c = default.get_config()
+  c.selection.method = 'soft_cap'
+  validate(c)
+  c.selection.soft_cap[field] = value
+  with pytest.raises(config_lib.ConfigError, match=message):
     validate(c)

@@ -33,7 +33,9 @@ def run(ctx) -> dict:
     raise ValueError(f'selector {selector.name!r} returned {scores.shape} scores for '
                      f'{features.num_rows} samples')
   uids = features.column('uid').to_pylist()
-  counts = selection.topk_counts(scores, uids, config.selection.fraction)
+  counts = selection.counts_for(config.selection.method, scores, uids,
+                                config.selection.fraction,
+                                config.selection.get('soft_cap'), seed=config.seed)
   written = subset.write_subset(ctx.path(SUBSET), uids, counts)
 
   table = features.append_column('score', pa.array(scores)) \
