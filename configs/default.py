@@ -109,6 +109,9 @@ def get_config():
   c.evaluate.lr = 5e-4
   c.evaluate.warmup = 100       # steps of linear warmup before the cosine decay
   c.evaluate.head = 'mlp'       # 'mlp' (residual: starts at the reference space) | 'linear'
+  # Subsets evaluated beside the selected one, at the same budget (top-k at
+  # selection.fraction): 'full' (every pool sample once) or any non-learning selector.
+  c.evaluate.baselines = ()
 
   c.export = ml_collections.ConfigDict()
   c.export.shards = False       # also write the subset as resharded webdataset tars

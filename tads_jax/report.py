@@ -58,11 +58,32 @@ def _evaluation_lines(evaluation: dict) -> list[str]:
       rows.append({'task': key, 'kind': '', 'metric': 'mean of main metrics',
                    'mean': evaluation[key]['mean'], 'std': evaluation[key]['std']})
   train = evaluation['train']
-  return ([f"{len(evaluation['seeds'])} seeds; {train['samples_seen']} samples seen; "
-           f"{evaluation['subset']['entries']} subset entries "
-           f"({evaluation['subset']['unique']} unique samples); {train['head']} heads on "
-           'the reference embeddings', '']
-          + _table(rows, ['task', 'kind', 'metric', 'mean', 'std']))
+  lines = ([f"{len(evaluation['seeds'])} seeds; {train['samples_seen']} samples seen; "
+            f"{evaluation['subset']['entries']} subset entries "
+            f"({evaluation['subset']['unique']} unique samples); {train['head']} heads on "
+            'the reference embeddings', '']
+           + _table(rows, ['task', 'kind', 'metric', 'mean', 'std']))
+  if evaluation.get('baselines'):
+    lines += ['', '### Comparison at the same samples-seen budget', '']
+    lines += _table(comparison_rows(evaluation),
+                    ['subset', 'entries', 'unique', 'average', 'std']
+                    + list(evaluation['tasks']))
+  return lines
+
+
+def comparison_rows(evaluation: dict) -> list[dict]:
+  """One row per evaluated subset (the selected one first, then the baselines): the mean
+  and std over seeds of the average main metric, and each task's mean main metric."""
+  runs = [(f"{evaluation.get('selector', 'selected')} (selected)", evaluation)]
+  runs += list(evaluation.get('baselines', {}).items())
+  rows = []
+  for name, r in runs:
+    row = {'subset': name, 'entries': r['subset']['entries'],
+           'unique': r['subset']['unique'], 'average': r['average']['mean'],
+           'std': r['average']['std']}
+    row.update({task: t['mean']['main'] for task, t in r['tasks'].items()})
+    rows.append(row)
+  return rows
 
 
 def render_markdown(report: dict) -> str:

@@ -47,7 +47,7 @@ def config():
   c.embed.batch_size = 32
   c.selection.fraction = 0.5
   c.evaluate.update(dict(samples_seen=16 * 12, seeds=2, batch_size=16, lr=1e-3, warmup=2,
-                         head='mlp'))
+                         head='mlp', baselines=('full', 'random')))
   return c
 
 
@@ -95,6 +95,29 @@ def test_every_task_has_mean_and_std_over_two_seeds(run):
   assert summary['average_std'] == result['average']['std']
 
 
+def test_baselines_are_evaluated_on_their_own_subsets_at_the_same_budget(run):
+  workdir, _ = run
+  result = _eval_json(workdir)
+  assert sorted(result['baselines']) == ['full', 'random']
+  ctx = pipeline.Context(config=config(), workdir=workdir)
+  uids, _, _, pool = evaluate.pool_embeddings(ctx)
+  full = subset_lib.read_subset(os.path.join(workdir, 'evaluate', 'baselines', 'full',
+                                             'subset.npy'))
+  np.testing.assert_array_equal(full, np.sort(subset_lib.uids_to_array(uids)))
+  assert result['baselines']['full']['subset']['entries'] == pool
+  # random at the selected subset's budget: round(0.5 * N) samples, a uniform draw seeded
+  # differently from nothing else (the selected subset here is also 'random' with the same
+  # seed, so the two subsets are the same file).
+  rand = result['baselines']['random']
+  assert rand['subset']['entries'] == round(0.5 * pool)
+  assert rand['subset']['sha256'] == result['subset']['sha256']
+  for name, b in result['baselines'].items():
+    assert b['seeds'] == [0, 1], name
+    assert sorted(b['tasks']) == sorted(_task_names(workdir)), name
+  # Same subset, same seeds, same training: identical metrics.
+  assert rand['average']['per_seed'] == result['average']['per_seed']
+
+
 def test_metrics_match_a_proxy_trained_and_scored_independently(run):
   """Seed 1 retrained from scratch here; tasks scored with eval.py on the npz arrays."""
   workdir, _ = run
@@ -130,7 +153,7 @@ def test_rerun_skips_and_a_killed_seed_resumes(run, tmp_path):
   assert set(main.run(config(), workdir).values()) == {'skipped'}
   # A run killed in seed 1: seed 0 finished; seed 1 has only a checkpoint at step 5 of 12
   # (written by the same training run stopped at step 7), no eval.json, no _done.json.
-  seed_dir = os.path.join(workdir, 'evaluate', 'seed_1', 'checkpoints')
+  seed_dir = os.path.join(workdir, 'evaluate', 'selected', 'seed_1', 'checkpoints')
   steps = sorted(int(d) for d in os.listdir(seed_dir) if d.isdigit())
   assert steps == [12]
   os.remove(os.path.join(workdir, 'evaluate', pipeline.DONE))
@@ -145,7 +168,7 @@ def test_rerun_skips_and_a_killed_seed_resumes(run, tmp_path):
   train.train(dataclasses.replace(cfg, checkpoint_every=5), (image_emb, text_emb),
               workdir=os.path.dirname(seed_dir), rows=rows, stop_after=7)
   assert sorted(int(d) for d in os.listdir(seed_dir) if d.isdigit()) == [5]
-  seed0 = os.path.join(workdir, 'evaluate', 'seed_0', 'checkpoints', '12')
+  seed0 = os.path.join(workdir, 'evaluate', 'selected', 'seed_0', 'checkpoints', '12')
   seed0_mtime = os.stat(seed0).st_mtime_ns
   status = main.run(c, workdir)
   assert status['evaluate'] == 'ran'
@@ -170,6 +193,11 @@ def test_report_shows_the_evaluation_table(run, tmp_path):
   for name, task in result['tasks'].items():
     assert f"| {name} | {task['kind']} |" in text
   assert f"| average |  | mean of main metrics | {result['average']['mean']:.3f} |" in text
+  assert '### Comparison at the same samples-seen budget' in text
+  for name in ('random (selected)', 'full', 'random'):
+    run_result = result if name.endswith('(selected)') else result['baselines'][name]
+    assert (f"| {name} | {run_result['subset']['entries']} | {run_result['subset']['unique']}"
+            f" | {run_result['average']['mean']:.3f} |") in text, name
   report = json.load(open(os.path.join(workdir, 'report.json')))
   assert report['evaluation']['stale'] is False
   # A subset.npy that eval.json did not score (select reran alone): no table, a note.

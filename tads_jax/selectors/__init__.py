@@ -27,6 +27,7 @@ def register(name: str):
 class Selector(abc.ABC):
   """Base interface: `fit` learns what the selector needs, `score` rates every sample."""
   name = ''
+  learns = False  # True: the learn stage fits it (`learn`) before select scores with it
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config

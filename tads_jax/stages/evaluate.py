@@ -17,7 +17,12 @@ Output `eval.json` in the workdir:
   plus what was evaluated (subset path, sha256, entries, unique samples) and how (train
   config, seeds). std is the sample standard deviation over seeds (0 with one seed).
 
-Checkpoints go to evaluate/seed_<s>/checkpoints, so a killed run resumes at its last
+With `evaluate.baselines` (e.g. ('full', 'random', 'clip_score')) the same protocol runs on
+each baseline's subset at the same budget (config.selection.fraction, top-k; 'full' = every
+pool sample once), so that the comparison table comes from one run; eval.json holds them
+under 'baselines'.
+
+Checkpoints go to evaluate/selected/seed_<s>/checkpoints, so a killed run resumes at its last
 checkpoint of the seed it was training, and finished seeds are not retrained.
 `evaluate_subset` is the stage without the stage: tools/evaluate_subset.py scores any
 DataComp subset file against the same embeddings with it.
@@ -31,15 +36,18 @@ import numpy as np
 
 from tads_jax import eval as eval_lib
 from tads_jax import pipeline
+from tads_jax import selection
+from tads_jax import selectors
 from tads_jax import sharding
 from tads_jax import train
 from tads_jax.data import subset as subset_lib
 from tads_jax.stages import embed as embed_stage
 from tads_jax.stages import encoder as encoder_stage
 from tads_jax.stages import ingest
+from tads_jax.stages import select as select_stage
 
 EVAL = 'eval.json'
-SUBSET = 'subset.npy'  # select's output (select.SUBSET); select is not imported for it
+SUBSET = select_stage.SUBSET
 # config.evaluate fields -> TrainConfig fields of the proxy.
 TRAIN_FIELDS = ('samples_seen', 'batch_size', 'lr', 'warmup', 'head')
 
@@ -258,18 +266,80 @@ def check_embedded(ctx) -> None:
   ctx.fingerprints.update(fingerprints)
 
 
+FULL = 'full'  # the baseline that trains on every pool sample once
+
+
+def baseline_names(config) -> tuple:
+  block = config.get('evaluate')
+  names = () if block is None else tuple(block.get('baselines', ()))
+  return names
+
+
+def baseline_counts(ctx, name: str, features) -> np.ndarray:
+  """Times each row of `features` is selected by baseline `name` at config.selection's
+  fraction: 'full' keeps every sample once; a selector name keeps its top-k."""
+  uids = features.column('uid').to_pylist()
+  if name == FULL:
+    return np.ones(len(uids), np.int64)
+  if name not in selectors.SELECTORS:
+    raise ValueError(f'config.evaluate.baselines: unknown baseline {name!r}; known: '
+                     f'{FULL}, {", ".join(sorted(selectors.SELECTORS))}')
+  selector = selectors.get(name, ctx.config)
+  if selector.learns:
+    raise ValueError(f'config.evaluate.baselines: {name!r} learns from the pool; run it as '
+                     'config.selector.name in its own workdir instead')
+  selector.fit(features)
+  scores = np.asarray(selector.score(features), np.float64)
+  return selection.topk_counts(scores, uids, ctx.config.selection.fraction)
+
+
+def evaluate_baselines(ctx, mesh=None) -> dict:
+  """{name: eval dict} for every config.evaluate.baselines entry, each at the budget of
+  the selected subset; subsets and checkpoints under evaluate/baselines/<name>/."""
+  names = baseline_names(ctx.config)
+  if not names:
+    return {}
+  features = select_stage.features_table(ctx)
+  uids = features.column('uid').to_pylist()
+  out = {}
+  for name in names:
+    directory = os.path.join(ctx.stage_dir('evaluate'), 'baselines', name)
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, SUBSET)
+    if not os.path.exists(path):
+      subset_lib.write_subset(path, uids, baseline_counts(ctx, name, features))
+    logging.info('evaluate: baseline %s', name)
+    out[name] = evaluate_subset(ctx, path, directory, mesh=mesh)
+  return out
+
+
 def run(ctx) -> dict:
   subset_path = ctx.path(SUBSET)
   mesh = sharding.mesh_from_config(ctx.config)
-  result = evaluate_subset(ctx, subset_path, ctx.stage_dir('evaluate'), mesh=mesh)
+  result = evaluate_subset(ctx, subset_path, os.path.join(ctx.stage_dir('evaluate'),
+                                                          'selected'), mesh=mesh)
+  result['selector'] = ctx.config.selector.name
+  result['baselines'] = evaluate_baselines(ctx, mesh)
   pipeline.write_json_atomic(ctx.path(EVAL), result)
   logging.info('evaluate: average main metric %.4f +- %.4f over %d seeds',
                result['average']['mean'], result['average']['std'], len(result['seeds']))
+  for name, b in result['baselines'].items():
+    logging.info('evaluate: baseline %s: %.4f +- %.4f', name, b['average']['mean'],
+                 b['average']['std'])
   return {'eval': ctx.path(EVAL), 'seeds': len(result['seeds']),
           'average_mean': result['average']['mean'],
           'average_std': result['average']['std'],
-          'subset_entries': result['subset']['entries']}
+          'subset_entries': result['subset']['entries'],
+          'baselines': {name: {'mean': b['average']['mean'], 'std': b['average']['std']}
+                        for name, b in result['baselines'].items()}}
 
 
-STAGE = pipeline.Stage(name='evaluate', run=run, inputs=('ingest', 'embed', 'select'),
-                       config_keys=('evaluate', 'seed'), version=1)
+def inputs(config) -> tuple:
+  """Baselines such as clip_score read the features when the features stage is configured."""
+  if 'features' in pipeline.stage_names(config):
+    return ('ingest', 'embed', 'features', 'select')
+  return ('ingest', 'embed', 'select')
+
+
+STAGE = pipeline.Stage(name='evaluate', run=run, inputs=inputs,
+                       config_keys=('evaluate', 'seed'), version=2)

@@ -25,7 +25,7 @@ SCORES = 'scores.parquet'
 
 def run(ctx) -> dict:
   config = ctx.config
-  features = _features_table(ctx)
+  features = features_table(ctx)
   selector = selectors.get(config.selector.name, config)
   fit_summary = selector.fit(features)
   scores = np.asarray(selector.score(features), dtype=np.float64)
@@ -56,7 +56,7 @@ def run(ctx) -> dict:
   }
 
 
-def _features_table(ctx) -> pa.Table:
+def features_table(ctx) -> pa.Table:
   """samples.parquet, with every features column joined on by uid when there are any.
 
   The width and height operators repeat ingest's columns of the same name (they read
