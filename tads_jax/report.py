@@ -1,5 +1,7 @@
 """What the selection kept, in numbers (report.json) and in words (report.md)."""
 
+import os
+
 import numpy as np
 import pyarrow as pa
 
@@ -86,6 +88,27 @@ def comparison_rows(evaluation: dict) -> list[dict]:
   return rows
 
 
+def _learn_lines(learn: dict) -> list[str]:
+  """Meta-learning in brief, and the value function's weight per named feature."""
+  lines = []
+  history = learn.get('history') or {}
+  if history.get('outer_loss'):
+    first, last = history['outer_loss'][0], history['outer_loss'][-1]
+    lines += [f"{len(history['outer_loss'])} meta steps; outer loss {first:.4f} -> "
+              f"{last:.4f}; groups: {', '.join(learn.get('groups', []))}", '']
+    weights = history.get('task_weights') or {}
+    if weights:
+      lines += ['Task weights at the end: ' + ', '.join(
+          f'{name} {values[-1]:.3f}' for name, values in weights.items()), '']
+  else:
+    lines += ['No meta-learning (the prior alone scores the pool).', '']
+  if learn.get('feature_weights'):
+    lines += ['Weight per standardized feature (prior; learned = mean dV/dz over the pool):',
+              '']
+    lines += _table(learn['feature_weights'], ['feature', 'group', 'prior', 'learned'])
+  return lines
+
+
 def render_markdown(report: dict) -> str:
   """report.json as a page a person reads."""
   out = ['# tads-jax report', '', f"workdir: `{report['workdir']}`", '']
@@ -118,12 +141,55 @@ def render_markdown(report: dict) -> str:
   else:
     out += ['No ground truth for this pool (set pool.ground_truth to a parquet with uid, '
             'noise and on_task columns).']
+  profile = report.get('selection_profile') or {}
+  if profile.get('relevance'):
+    out += ['', '### Task relevance of the kept samples vs the pool', '']
+    out += _table(profile['relevance'], ['feature', 'pool_mean', 'kept_mean'])
+  if profile.get('clusters'):
+    c = profile['clusters']
+    shares = np.asarray(c['kept_fraction_per_cluster'])
+    out += ['', f"Cluster coverage: {c['covered']} of {c['clusters']} diversity clusters "
+            f"keep at least one sample; share kept per cluster: median "
+            f"{np.median(shares):.3f}, min {shares.min():.3f}, max {shares.max():.3f}."]
+  learn = report.get('learn')
+  if learn:
+    out += ['', '## Learned value function', '']
+    out += _learn_lines(learn)
   evaluation = report.get('evaluation')
   if evaluation:
     out += ['', '## Evaluation (zero-shot, proxy trained on the subset)', '']
     out += _evaluation_lines(evaluation)
+  if report.get('plots'):
+    out += ['', '## Plots', '']
+    out += [f'![{name}]({os.path.relpath(path, report["workdir"])})'
+            for name, path in report['plots'].items()]
   export = report['stages'].get('export', {}).get('summary', {})
   if export.get('enabled'):
     out += ['', '## Export', '', f"{export['samples']} samples in {export['shards']} "
             'webdataset shards under export/']
   return '\n'.join(out) + '\n'
+
+
+def selection_profile(scores: pa.Table) -> dict:
+  """What the selection looks like through the features: per task, the mean relevance of
+  the kept samples against the pool's; per diversity cluster, the share kept."""
+  kept = scores.column('times_selected').to_numpy() > 0  # [N]
+  out = {}
+  relevance = [c for c in scores.column_names if c.startswith('relevance_')]
+  if relevance:
+    out['relevance'] = []
+    for column in relevance:
+      values = scores.column(column).to_numpy(zero_copy_only=False).astype(np.float64)
+      out['relevance'].append({
+          'feature': column, 'pool_mean': float(np.nanmean(values)),
+          'kept_mean': float(np.nanmean(values[kept])) if kept.any() else float('nan')})
+  if 'cluster' in scores.column_names:
+    cluster = scores.column('cluster').to_numpy()
+    k = int(cluster.max()) + 1 if len(cluster) else 0
+    size = np.bincount(cluster, minlength=k)
+    kept_per = np.bincount(cluster[kept], minlength=k)
+    present = size > 0
+    out['clusters'] = {
+        'clusters': int(present.sum()), 'covered': int((kept_per[present] > 0).sum()),
+        'kept_fraction_per_cluster': (kept_per[present] / size[present]).tolist()}
+  return out

@@ -6,9 +6,13 @@ import os
 import pyarrow.parquet as pq
 
 from tads_jax import pipeline
+from tads_jax import plots
 from tads_jax import report as report_lib
 from tads_jax.stages import evaluate
 from tads_jax.stages import select
+
+
+PLOTS = 'plots'  # directory of PNGs in the workdir
 
 
 def ground_truth_path(ctx) -> str:
@@ -44,9 +48,15 @@ def run(ctx) -> dict:
         'by_noise': report_lib.kept_by_group(scores, gt, 'noise'),
         'by_on_task': report_lib.kept_by_group(scores, gt, 'on_task'),
     }
+  report['selection_profile'] = report_lib.selection_profile(pq.read_table(
+      ctx.path(select.SCORES)))
+  learn = _learn(ctx)
+  if learn is not None:
+    report['learn'] = learn
   evaluation = _evaluation(ctx)
   if evaluation is not None:
     report['evaluation'] = evaluation
+  report['plots'] = plots.draw_all(report, ctx.path(PLOTS))
   pipeline.write_json_atomic(ctx.path('report.json'), report)
   tmp = ctx.path(f'report.md.tmp-{os.getpid()}')
   with open(tmp, 'w') as f:
@@ -69,12 +79,24 @@ def _evaluation(ctx):
   return {'path': path, 'stale': False, **result}
 
 
+def _learn(ctx):
+  """The learn stage's summary and meta-learning history, when it is configured."""
+  if 'learn' not in pipeline.stage_names(ctx.config):
+    return None
+  summary = dict(ctx.summary('learn'))
+  history_path = summary.get('history')
+  if history_path and os.path.exists(history_path):
+    with open(history_path) as f:
+      summary['history'] = json.load(f)
+  return summary
+
+
 def inputs(config) -> tuple:
-  """The report reruns after the evaluate stage when that is configured."""
-  if 'evaluate' in pipeline.stage_names(config):
-    return ('ingest', 'select', 'evaluate')
-  return ('ingest', 'select')
+  """The report reruns after the learn and evaluate stages when they are configured."""
+  names = pipeline.stage_names(config)
+  return ('ingest',) + tuple(s for s in ('learn', 'select', 'evaluate') if s in names
+                             or s == 'select')
 
 
-STAGE = pipeline.Stage(name='report', run=run, inputs=inputs, version=3,
+STAGE = pipeline.Stage(name='report', run=run, inputs=inputs, version=4,
                        config_keys=('stages', 'export', 'pool.ground_truth'))
