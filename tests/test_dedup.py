@@ -1,3 +1,6 @@
+import os
+import tracemalloc
+
 import numpy as np
 import pytest
 
@@ -64,6 +67,90 @@ def test_duplicates_in_different_clusters_are_not_compared():
   np.testing.assert_array_equal(flags, [False, False])
   flags = dedup.semdedup_flags(emb, np.array([0, 0]), np.array([1.0, 2.0]), 0.01)
   np.testing.assert_array_equal(flags, [True, False])
+
+
+def _blocks(emb, sizes):
+  """A callable streaming emb in blocks of the given sizes."""
+  assert sum(sizes) == len(emb)
+  ends = np.cumsum(sizes)
+  return lambda: (emb[end - size:end] for size, end in zip(sizes, ends))
+
+
+def test_stream_gives_the_in_memory_flags(tmp_path):
+  rng = np.random.default_rng(1)
+  d, n_base = 16, 150
+  base = _unit(rng.normal(size=(n_base, d)))
+  copies = rng.integers(0, n_base, 80)
+  emb = _unit(np.concatenate([base, base[copies] + 0.02 * rng.normal(size=(80, d))]))
+  emb = emb.astype(np.float16)  # as the embed stage stores them; both paths read float32
+  assignment = rng.choice(4, size=len(emb), p=[0.6, 0.25, 0.1, 0.05])
+  quality = rng.random(len(emb))
+  quality[::13] = np.nan
+  scratch = str(tmp_path / 'scratch.f32')
+  for eps in (0.001, 0.01, 0.3):
+    expected = dedup.semdedup_flags(emb, assignment, quality, eps, block=8)
+    got = dedup.semdedup_flags_stream(_blocks(emb, [7, 0, 100, 123]), assignment, quality, eps,
+                                      scratch, block=8)
+    np.testing.assert_array_equal(got, expected)
+    assert not os.path.exists(scratch)
+  assert 0 < expected.sum() < len(emb)
+  assert dedup.semdedup_flags_stream(lambda: iter(()), np.zeros(0, int), np.zeros(0), 0.1,
+                                     scratch).shape == (0,)
+
+
+def test_stream_checks_its_source_and_removes_the_scratch_file(tmp_path):
+  emb = _unit(np.random.default_rng(2).normal(size=(10, 4))).astype(np.float32)
+  scratch = str(tmp_path / 'scratch.f32')
+  for blocks, n, message in (([4, 6], 11, 'yielded 10 rows'), ([10], 9, 'more than the N=9')):
+    with pytest.raises(ValueError, match=message):
+      dedup.semdedup_flags_stream(_blocks(emb, blocks), np.zeros(n, int), np.zeros(n), 0.1,
+                                  scratch)
+    assert not os.path.exists(scratch)
+  with pytest.raises(ValueError, match='one width'):
+    dedup.semdedup_flags_stream(lambda: iter([emb[:4], emb[4:, :2]]), np.zeros(10, int),
+                                np.zeros(10), 0.1, scratch)
+  assert not os.path.exists(scratch)
+
+
+def _generated_pool(n, d, block=512, seed=0):
+  """A source that draws its blocks on demand, so the pool itself is never in memory."""
+  def chunks():
+    for start in range(0, n, block):
+      rng = np.random.default_rng([seed, start])
+      yield _unit(rng.normal(size=(min(block, n - start), d))).astype(np.float32)
+  return chunks
+
+
+def _traced_peak(fn) -> int:
+  """Peak bytes traced while fn runs (numpy reports its buffers to tracemalloc)."""
+  tracemalloc.start()
+  try:
+    fn()
+    return tracemalloc.get_traced_memory()[1]
+  finally:
+    tracemalloc.stop()
+
+
+def test_stream_memory_does_not_grow_with_the_pool(tmp_path):
+  d, n, cluster = 256, 4096, 128  # clusters of a fixed size, as k grows with a real pool
+  scratch = str(tmp_path / 'scratch.f32')
+
+  def labels(m):  # [m] cluster ids and [m] quality
+    rng = np.random.default_rng(m)
+    return rng.permutation(m) // cluster, rng.random(m)
+
+  stream = lambda m: dedup.semdedup_flags_stream(_generated_pool(m, d), *labels(m), 0.05,
+                                                 scratch)
+  memory = lambda m: dedup.semdedup_flags(np.concatenate(list(_generated_pool(m, d)())),
+                                          *labels(m), 0.05)
+  stream(n)  # compile outside the measurement
+  extra = 3 * n * d * 4  # the [N, E] float32 bytes the larger pool adds
+  stream_peaks = [_traced_peak(lambda: stream(m)) for m in (n, 4 * n)]
+  memory_peaks = [_traced_peak(lambda: memory(m)) for m in (n, 4 * n)]
+  print(f'SemDeDup peak bytes, N={n} and 4N, D={d}: stream {stream_peaks}, in memory '
+        f'{memory_peaks}; [3N, D] float32 = {extra}')
+  assert stream_peaks[1] - stream_peaks[0] < 0.1 * extra
+  assert memory_peaks[1] - memory_peaks[0] > extra  # the measure sees a pool in memory
 
 
 def test_semdedup_rejects_bad_input():

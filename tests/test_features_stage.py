@@ -202,6 +202,30 @@ def test_semantic_duplicates_are_close_to_a_kept_sample_of_their_cluster(run):
   assert not np.any(close & ~np.eye(len(kept), dtype=bool))
 
 
+def test_streamed_clusters_and_flags_match_the_in_memory_functions(run):
+  """The stage streams the pool from disk; on a pool smaller than its k-means++ sample it
+  gives what the in-memory functions give on the concatenated embeddings."""
+  import jax
+  from tads_jax.scoring import dedup
+  from tads_jax.scoring import kmeans
+  workdir, _ = run
+  table = _features(workdir)
+  _, _, image_emb, text_emb = _embed_rows(workdir)
+  c = config()
+  assert len(image_emb) <= features_stage._init_rows(c, c.features.kmeans_k)
+  joint = np.asarray(kmeans.normalize(image_emb + text_emb))  # [N, E]
+  key = jax.random.split(jax.random.PRNGKey(c.seed))[1]
+  fit = kmeans.fit(joint, c.features.kmeans_k, c.features.kmeans_iters, key)
+  np.testing.assert_array_equal(table.column('cluster').to_numpy(), fit.assignment)
+  summary = json.load(open(os.path.join(workdir, 'features', '_done.json')))['summary']
+  np.testing.assert_allclose(summary['kmeans']['objective'], fit.objective, rtol=1e-6)
+  flags = dedup.semdedup_flags(joint, fit.assignment, table.column('clip_score').to_numpy(),
+                               c.features.semdedup_eps)
+  np.testing.assert_array_equal(table.column('semantic_duplicate').to_numpy(), flags)
+  assert not [f for f in os.listdir(os.path.join(workdir, 'features'))
+              if 'tmp' in f or f == features_stage.SEMDEDUP_SCRATCH]
+
+
 def test_classification_relevance_is_the_top_m_mean_cosine_to_class_prototypes(run):
   workdir, _ = run
   table = _features(workdir)

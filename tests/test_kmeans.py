@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import tracemalloc
 
 import jax
 import jax.numpy as jnp
@@ -154,6 +155,120 @@ def test_bad_arguments():
     kmeans.fit(x, 2, 1, jax.random.key(0), init='farthest')
   with pytest.raises(ValueError, match=r'\[N, D\]'):
     kmeans.fit(x[0], 2, 1, jax.random.key(0))
+
+
+def _source(x, sizes):
+  """A callable streaming x in blocks of the given sizes (an empty one included), counting
+  its passes."""
+  assert sum(sizes) == len(x)
+  calls = []
+
+  def chunks():
+    calls.append(1)
+    start = 0
+    for size in sizes:
+      yield x[start:start + size]
+      start += size
+  return chunks, calls
+
+
+def _mixed_blobs(seed=8, n=1003, d=16, k=6):
+  rng = np.random.default_rng(seed)
+  centres = rng.normal(size=(k, d))
+  return _unit(centres[rng.integers(0, k, n)] + 0.5 * rng.normal(size=(n, d)))
+
+
+@pytest.mark.parametrize('prune', [True, False])
+def test_stream_matches_fit_from_the_same_centroids(prune):
+  x = _mixed_blobs()
+  init = x[:6] + 0.1  # not data points, not normalized: both paths normalize
+  chunks, calls = _source(x, [50, 3, 0, 200, 750])  # 750 > chunk: a source block is re-cut
+  memory = kmeans.fit(x, 6, 8, jax.random.key(0), chunk=64, init_centroids=init, prune=prune)
+  stream = kmeans.fit_stream(chunks, len(x), 6, 8, jax.random.key(0), chunk=64,
+                             init_centroids=init, prune=prune)
+  assert len(calls) == 9  # one pass per Lloyd iteration and one to assign
+  np.testing.assert_array_equal(stream.assignment, memory.assignment)
+  np.testing.assert_allclose(stream.centroids, memory.centroids, atol=1e-6)
+  np.testing.assert_allclose(stream.history, memory.history, rtol=1e-6)
+  np.testing.assert_allclose(stream.objective, memory.objective, rtol=1e-6)
+  assert stream.computed[0] == 1.0
+  if prune:  # the bounds skip rows in the stream as they do in memory
+    np.testing.assert_allclose(stream.computed, memory.computed, atol=0.01)
+    assert min(stream.computed) < 0.5
+  else:
+    assert stream.computed == [1.0] * 9
+  # And the stream's own fixed point: the assignment is the argmax to its centroids.
+  np.testing.assert_array_equal(stream.assignment, np.argmax(x @ stream.centroids.T, axis=1))
+
+
+@pytest.mark.parametrize('init, init_sample', [('kmeans++', 100), ('kmeans++', 5000),
+                                               ('random', 5000)])
+def test_stream_starts_from_the_rows_fit_picks(init, init_sample):
+  x = _mixed_blobs(seed=9)
+  chunks, calls = _source(x, [400, 603])
+  memory = kmeans.fit(x, 6, 0, jax.random.key(4), init=init,
+                      init_sample=init_sample if init_sample < len(x) else None)
+  stream = kmeans.fit_stream(chunks, len(x), 6, 0, jax.random.key(4), init=init,
+                             init_sample=init_sample)
+  assert len(calls) == 2  # one pass to pick the rows, one to assign
+  np.testing.assert_allclose(stream.centroids, memory.centroids, atol=1e-6)
+  np.testing.assert_array_equal(stream.assignment, memory.assignment)
+  # The starting centroids are data points.
+  for c in stream.centroids:
+    assert np.min(np.linalg.norm(x - c, axis=1)) < 1e-6
+
+
+def test_stream_checks_its_source():
+  x = _mixed_blobs(n=40)
+  with pytest.raises(ValueError, match='yielded 30 rows, expected N=40'):
+    kmeans.fit_stream(_source(x[:30], [30])[0], 40, 3, 1, jax.random.key(0))
+  with pytest.raises(ValueError, match='more than the N=30'):
+    kmeans.fit_stream(_source(x, [40])[0], 30, 3, 1, jax.random.key(0))
+  with pytest.raises(ValueError, match=r'blocks must be \[b, 16\]'):
+    kmeans.fit_stream(_source([x[:20], x[20:, :8]], [1, 1])[0], 40, 3, 1, jax.random.key(0),
+                      init_centroids=x[:3])
+  with pytest.raises(ValueError, match='k <= N'):
+    kmeans.fit_stream(_source(x, [40])[0], 40, 41, 1, jax.random.key(0))
+
+
+def _generated_pool(n, d, block=512, seed=0):
+  """A source that draws its blocks on demand (seeded by position), so the pool itself is
+  never in memory."""
+  centres = np.random.default_rng(seed).normal(size=(8, d))
+
+  def chunks():
+    for start in range(0, n, block):
+      rng = np.random.default_rng([seed, start])
+      rows = min(block, n - start)
+      yield _unit(centres[rng.integers(0, 8, rows)] + rng.normal(size=(rows, d)))
+  return chunks
+
+
+def _traced_peak(fn) -> int:
+  """Peak bytes traced while fn runs (numpy reports its buffers to tracemalloc)."""
+  tracemalloc.start()
+  try:
+    fn()
+    return tracemalloc.get_traced_memory()[1]
+  finally:
+    tracemalloc.stop()
+
+
+def test_stream_memory_does_not_grow_with_the_pool():
+  d, n = 128, 4096
+  key = jax.random.key(0)
+  stream = lambda m: kmeans.fit_stream(_generated_pool(m, d), m, 8, 2, key, chunk=256,
+                                       init_sample=1024)
+  memory = lambda m: kmeans.fit(np.concatenate(list(_generated_pool(m, d)())), 8, 2, key,
+                                chunk=256, init_sample=1024)
+  stream(n), stream(4 * n)  # compile outside the measurement
+  extra = 3 * n * d * 4  # the [N, E] float32 bytes the larger pool adds
+  stream_peaks = [_traced_peak(lambda: stream(m)) for m in (n, 4 * n)]
+  memory_peaks = [_traced_peak(lambda: memory(m)) for m in (n, 4 * n)]
+  print(f'k-means peak bytes, N={n} and 4N, D={d}: stream {stream_peaks}, in memory '
+        f'{memory_peaks}; [3N, D] float32 = {extra}')
+  assert stream_peaks[1] - stream_peaks[0] < 0.1 * extra
+  assert memory_peaks[1] - memory_peaks[0] > extra  # the measure sees a pool in memory
 
 
 _MESH_SCRIPT = textwrap.dedent('''

@@ -1,8 +1,13 @@
 """Duplicate flags: semantic near-duplicates inside k-means clusters (SemDeDup) and exact
 duplicates by content hash. True means 'drop'; of every group of duplicates the copy of
-best quality is kept."""
+best quality is kept.
+
+SemDeDup comes in two forms with the same flags: semdedup_flags over embeddings in memory
+(or a memmap), and semdedup_flags_stream over a pool read block by block, which sorts the
+embeddings by cluster into a scratch file in one pass and reads one cluster at a time."""
 
 import functools
+import os
 from typing import Sequence
 
 import jax
@@ -29,19 +34,76 @@ def semdedup_flags(emb, assignment, quality, eps: float, block: int = 256) -> np
     eps: similarity slack; SemDeDup uses values around 0.01 - 0.1.
   """
   emb = np.asarray(emb) if not hasattr(emb, 'shape') else emb
+  order, assignment = _cluster_order(assignment, quality, eps, block)
+  if emb.ndim != 2 or emb.shape[0] != order.shape[0]:
+    raise ValueError(f'semdedup_flags: expected emb [N, D] for assignment [N]; got '
+                     f'{emb.shape}, {assignment.shape}')
+  return _flag_clusters(order, assignment, eps, block, lambda start, end: emb[order[start:end]])
+
+
+def semdedup_flags_stream(chunks, assignment, quality, eps: float, scratch: str,
+                          block: int = 256) -> np.ndarray:
+  """semdedup_flags for a pool larger than memory, the same flags.
+
+  chunks() returns an iterator over the pool's embeddings in [b, D] blocks (any b), in
+  assignment's row order. One pass writes them to `scratch`, a float32 file, sorted by
+  cluster and quality, so that each cluster is then read back as one contiguous slice;
+  the file is removed at the end. Memory holds one source block and one cluster, never
+  [N, D]; the pool's embeddings pass through the file (and the OS page cache) once.
+  """
+  order, assignment = _cluster_order(assignment, quality, eps, block)
+  n = order.shape[0]
+  rank = np.empty(n, np.int64)  # [N] position of each row in the scratch file
+  rank[order] = np.arange(n)
+  table, seen = None, 0
+  try:
+    for part in chunks():
+      part = np.asarray(part)
+      if part.ndim != 2 or (table is not None and part.shape[1] != table.shape[1]):
+        raise ValueError(f'semdedup_flags_stream: blocks must be [b, D] of one width, got '
+                         f'{part.shape}')
+      if seen + part.shape[0] > n:
+        raise ValueError(f'semdedup_flags_stream: the source yields more than the N={n} '
+                         'rows of assignment')
+      if table is None:
+        table = np.memmap(scratch, np.float32, 'w+', shape=(max(n, 1), part.shape[1]))
+      where = rank[seen:seen + part.shape[0]]
+      table[np.sort(where)] = part[np.argsort(where)]  # in file order: fewer page faults
+      seen += part.shape[0]
+    if seen != n:
+      raise ValueError(f'semdedup_flags_stream: the source yielded {seen} rows, assignment '
+                       f'has N={n}')
+    if table is None:
+      return np.zeros(0, bool)
+    return _flag_clusters(order, assignment, eps, block, lambda start, end: table[start:end])
+  finally:
+    del table
+    if os.path.exists(scratch):
+      os.remove(scratch)
+
+
+def _cluster_order(assignment, quality, eps: float, block: int):
+  """Checked arguments -> (order [N]: rows by cluster, best quality first, ties by index;
+  assignment [N])."""
   assignment = np.asarray(assignment)
   quality = np.asarray(quality, np.float64)
-  n = assignment.shape[0]
-  if emb.ndim != 2 or emb.shape[0] != n or quality.shape != (n,):
-    raise ValueError(f'semdedup_flags: expected emb [N, D], assignment [N], quality [N]; got '
-                     f'{emb.shape}, {assignment.shape}, {quality.shape}')
+  n = assignment.shape[0] if assignment.ndim == 1 else -1
+  if n < 0 or quality.shape != (n,):
+    raise ValueError(f'semdedup_flags: expected assignment [N] and quality [N]; got '
+                     f'{assignment.shape}, {quality.shape}')
   if not 0 <= eps < 2:
     raise ValueError(f'semdedup_flags: eps must be in [0, 2), got {eps}')
   if block < 1 or block & (block - 1):
     raise ValueError(f'semdedup_flags: block must be a power of two, got {block}')
   quality = np.where(np.isnan(quality), -np.inf, quality)
-  order = np.lexsort((np.arange(n), -quality, assignment))  # by cluster, best first
-  starts = np.flatnonzero(np.r_[True, np.diff(assignment[order]) != 0])
+  return np.lexsort((np.arange(n), -quality, assignment)), assignment
+
+
+def _flag_clusters(order, assignment, eps: float, block: int, rows_of) -> np.ndarray:
+  """The greedy scan cluster by cluster; rows_of(start, end) returns the embeddings of
+  order[start:end], one cluster, best first."""
+  n = order.shape[0]
+  starts = np.flatnonzero(np.r_[n > 0, np.diff(assignment[order]) != 0])  # cluster starts
   ends = np.r_[starts[1:], n]
   flags = np.zeros(n, bool)
   threshold = np.float32(1.0 - eps)
@@ -49,13 +111,13 @@ def semdedup_flags(emb, assignment, quality, eps: float, block: int = 256) -> np
     size = end - start
     if size < 2:
       continue
-    idx = order[start:end]
+    first = np.asarray(rows_of(start, end), np.float32)  # [size, D] rows best first
     padded = max(8, 1 << int(size - 1).bit_length())  # next power of two
-    rows = min(block, padded)
-    cluster = np.zeros((padded, emb.shape[1]), np.float32)
-    cluster[:size] = np.asarray(emb[idx], np.float32)  # rows best first
-    dup = _cluster_duplicates(jnp.asarray(cluster), jnp.int32(size), threshold, rows)
-    flags[idx] = np.asarray(dup)[:size]
+    cluster = np.zeros((padded, first.shape[1]), np.float32)
+    cluster[:size] = first
+    dup = _cluster_duplicates(jnp.asarray(cluster), jnp.int32(size), threshold,
+                              min(block, padded))
+    flags[order[start:end]] = np.asarray(dup)[:size]
   return flags
 
 

@@ -19,6 +19,9 @@ fixed-size blocks, so the shapes stay static and only the block count varies. Th
 is Lloyd's algorithm exactly (up to float rounding, guarded by a margin), only cheaper;
 `prune=False` computes every row every time.
 
+fit_stream runs the same iterations over a source that yields the pool block by block (one
+pass per iteration), for pools that do not fit in memory.
+
 Empty clusters keep their previous centroid: the rule needs no extra pass over the data and
 no collective, and stays deterministic across device counts. (faiss instead splits a large
 cluster; with k much smaller than N empty clusters are rare either way.)
@@ -110,6 +113,16 @@ def chunk_stats(x, mask, centroids, matmul_dtype=jnp.float32):
   return sums, counts, jnp.sum(cos * w), best
 
 
+def _others_moved(centroids, previous):  # [k, D], [k, D] -> [k]
+  """Per cluster, the largest move among the other centroids: how much the bound on a
+  member's cosine to any other centroid loosens."""
+  k = centroids.shape[0]
+  moved = jnp.linalg.norm(centroids - previous, axis=-1)  # [k]
+  top = jax.lax.top_k(moved, min(2, k))[0]
+  other = top[1] if k > 1 else jnp.float32(0)
+  return jnp.where(moved >= top[0], other, top[0])
+
+
 def _pass(x, mask, centroids, previous, labels, bound, matmul_dtype, axis_name, prune):
   """One assignment pass over [n_chunks, chunk, D] and the summed statistics.
 
@@ -127,12 +140,7 @@ def _pass(x, mask, centroids, previous, labels, bound, matmul_dtype, axis_name, 
   own = own.reshape(-1)  # [n]
   labels, bound, valid = labels.reshape(-1), bound.reshape(-1), mask.reshape(-1)
   if prune:
-    moved = jnp.linalg.norm(centroids - previous, axis=-1)  # [k]
-    top = jax.lax.top_k(moved, min(2, k))[0]
-    other = top[1] if k > 1 else jnp.float32(0)
-    # The largest move among the centroids other than each point's own.
-    others_moved = jnp.where(moved[labels] >= top[0], other, top[0])  # [n]
-    bound = bound + others_moved
+    bound = bound + _others_moved(centroids, previous)[labels]
     stale = valid & (own - bound <= _MARGIN)
   else:
     stale = valid
@@ -195,11 +203,15 @@ def _lloyd_step(mesh, matmul_dtype, prune):
   return jax.jit(step)
 
 
+def _random_rows(key, n: int, m: int) -> np.ndarray:  # -> [m] int, sorted
+  """m distinct row indices of N drawn uniformly, in increasing order (so that a stream
+  can pick them up in one pass)."""
+  return np.sort(np.asarray(jax.random.choice(key, n, (m,), replace=False)))
+
+
 def random_init(x, k: int, key):  # [N, D] -> [k, D]
   """k distinct points drawn uniformly."""
-  n = x.shape[0]
-  idx = np.asarray(jax.random.choice(key, n, (k,), replace=False))
-  return normalize(jnp.asarray(np.asarray(x)[np.sort(idx)], jnp.float32))
+  return normalize(jnp.asarray(np.asarray(x)[_random_rows(key, x.shape[0], k)], jnp.float32))
 
 
 @functools.partial(jax.jit, static_argnames=('k',))
@@ -267,24 +279,8 @@ def fit(x, k: int, iters: int, key, chunk: int = 2048, init: str = 'kmeans++', m
   if iters < 0 or chunk < 1:
     raise ValueError(f'k-means: iters must be >= 0 and chunk >= 1, got {iters}, {chunk}')
 
-  if init_centroids is not None:
-    centroids = normalize(jnp.asarray(init_centroids, jnp.float32))
-    if centroids.shape != (k, d):
-      raise ValueError(f'init_centroids must be [{k}, {d}], got {centroids.shape}')
-  elif init == 'random':
-    centroids = random_init(x, k, key)
-  elif init == 'kmeans++':
-    key, sub = jax.random.split(key)
-    sample = x
-    if init_sample is not None and init_sample < n:
-      if init_sample < k:
-        raise ValueError(f'k-means: init_sample={init_sample} is smaller than k={k}')
-      idx = np.sort(np.asarray(jax.random.choice(sub, n, (init_sample,), replace=False)))
-      sample = np.asarray(x)[idx]
-    centroids = kmeans_plus_plus_init(jnp.asarray(sample), k, key)
-  else:
-    raise ValueError(f"k-means init must be 'kmeans++' or 'random', got {init!r}")
-
+  centroids = _init_centroids(lambda idx: x if idx is None else np.asarray(x)[idx], n, d, k,
+                              key, init, init_centroids, init_sample)
   x_chunks, mask = _pad_chunks(x, chunk, _data_devices(mesh), mesh)
   step = _lloyd_step(mesh, matmul_dtype, prune)
   labels = jnp.zeros(mask.shape, jnp.int32)
@@ -304,6 +300,190 @@ def fit(x, k: int, iters: int, key, chunk: int = 2048, init: str = 'kmeans++', m
   return KMeansResult(centroids=np.asarray(previous),
                       assignment=np.asarray(labels).reshape(-1)[:n].astype(np.int32),
                       objective=history.pop(), history=history, computed=computed)
+
+
+def _init_centroids(take, n: int, d: int | None, k: int, key, init: str, init_centroids,
+                    init_sample: int | None):
+  """[k, D] unit starting centroids, shared by fit and fit_stream so that both start from
+  the same points for the same key; take(idx) returns the rows at sorted indices idx, or
+  every row for idx=None."""
+  if init_centroids is not None:
+    centroids = normalize(jnp.asarray(init_centroids, jnp.float32))
+    if centroids.ndim != 2 or centroids.shape[0] != k or (d is not None and
+                                                         centroids.shape[1] != d):
+      raise ValueError(f'init_centroids must be [{k}, {d or "D"}], got {centroids.shape}')
+    return centroids
+  if init == 'random':
+    return normalize(jnp.asarray(take(_random_rows(key, n, k)), jnp.float32))
+  if init == 'kmeans++':
+    key, sub = jax.random.split(key)
+    idx = None
+    if init_sample is not None and init_sample < n:
+      if init_sample < k:
+        raise ValueError(f'k-means: init_sample={init_sample} is smaller than k={k}')
+      idx = _random_rows(sub, n, init_sample)
+    return kmeans_plus_plus_init(jnp.asarray(take(idx)), k, key)
+  raise ValueError(f"k-means init must be 'kmeans++' or 'random', got {init!r}")
+
+
+def fit_stream(chunks, n: int, k: int, iters: int, key, chunk: int = 2048,
+               init: str = 'kmeans++', matmul_dtype=jnp.float32, init_centroids=None,
+               init_sample: int = 65536, prune: bool = True, callback=None) -> KMeansResult:
+  """fit for a pool larger than memory: each Lloyd iteration is one pass over a source that
+  yields the rows block by block (e.g. one block per shard, read from disk).
+
+  Memory holds one source block, two `chunk`-row blocks of work and per-point scalars
+  (label, bound), never [N, D]. Rows whose bounds prove their label unchanged are summed
+  as they stream by; the others wait in a `chunk`-row buffer for their similarity rows, so
+  pruning saves the matmul here as it does in fit. The initialization takes one more pass:
+  k-means++ on init_sample rows drawn uniformly (every row when N <= init_sample), or k
+  random rows, the same rows fit picks for the same key. From the same starting centroids
+  the result is fit's up to float rounding (sums are added in another order).
+
+  Args (the others as in fit):
+    chunks: callable returning a fresh iterator over [b, D] arrays (any b; rows are
+      normalized here), the same N rows in the same order on every call.
+    n: the number of rows the source yields.
+    init_sample: k-means++ runs on at most this many rows, held in memory.
+  """
+  if iters < 0 or chunk < 1:
+    raise ValueError(f'k-means: iters must be >= 0 and chunk >= 1, got {iters}, {chunk}')
+  if not 1 <= k <= n:
+    raise ValueError(f'k-means: need 1 <= k <= N, got k={k}, N={n}')
+  centroids = _init_centroids(lambda idx: _take_rows(chunks, n, idx), n, None, k, key, init,
+                              init_centroids, init_sample)
+  chunk = min(chunk, -(-n // 8) * 8)  # a small pool does not pad to a big block
+  labels = np.zeros(n, np.int32)              # [N] label of each point (previous centroids)
+  bound = np.full(n, np.inf, np.float32)      # [N] bound on its cosine to any other one
+  previous = centroids
+  history, computed = [], []
+  for i in range(iters + 1):  # the last pass only assigns, to the final centroids
+    sums, counts, total, rows = _stream_pass(chunks, n, centroids, previous, labels, bound,
+                                             chunk, matmul_dtype, prune)
+    history.append(total / n)
+    computed.append(rows / n)
+    if callback is not None:
+      callback(i, history[-1], computed[-1])
+    previous, centroids = centroids, update_centroids(sums, counts, centroids)
+  return KMeansResult(centroids=np.asarray(previous), assignment=labels,
+                      objective=history.pop(), history=history, computed=computed)
+
+
+def _source_parts(chunks, n: int, d: int | None):
+  """(start, [b, D] float32) for each block of the source, checking the widths and that it
+  yields N rows."""
+  seen = 0
+  for part in chunks():
+    part = np.asarray(part, np.float32)
+    if part.ndim != 2 or (d is not None and part.shape[1] != d):
+      raise ValueError(f'k-means source: blocks must be [b, {d or "D"}], got {part.shape}')
+    d = part.shape[1]
+    if seen + part.shape[0] > n:
+      raise ValueError(f'k-means source: yielded more than the N={n} rows expected')
+    yield seen, part
+    seen += part.shape[0]
+  if seen != n:
+    raise ValueError(f'k-means source: yielded {seen} rows, expected N={n}')
+
+
+def _source_blocks(chunks, n: int, d: int, rows: int):
+  """(start, x [rows, D] float32, count) over the source re-cut into blocks of `rows` rows
+  (static shapes for jit), the last one padded with zeros."""
+  parts, have, start = [], 0, 0
+  for _, part in _source_parts(chunks, n, d):
+    while part.shape[0]:
+      taken = min(rows - have, part.shape[0])
+      parts.append(part[:taken])
+      have, part = have + taken, part[taken:]
+      if have == rows:
+        yield start, np.concatenate(parts), rows
+        parts, have, start = [], 0, start + rows
+  if have:
+    yield start, np.pad(np.concatenate(parts), ((0, rows - have), (0, 0))), have
+
+
+def _take_rows(chunks, n: int, idx):  # sorted [m] or None (all) -> [m, D] float32
+  """The source's rows at indices idx, in one pass."""
+  parts = []  # the source yields N >= k >= 1 rows, or _source_parts raises
+  for start, part in _source_parts(chunks, n, None):
+    if idx is None:
+      parts.append(part)
+    else:
+      lo, hi = np.searchsorted(idx, [start, start + part.shape[0]])
+      parts.append(part[idx[lo:hi] - start])
+  return np.concatenate(parts)
+
+
+def _stream_pass(chunks, n, centroids, previous, labels, bound, chunk, matmul_dtype, prune):
+  """One Lloyd pass over the source. labels and bound (numpy [N]) are updated in place.
+  Returns sums [k, D], counts [k], the summed cosine and the number of rows computed."""
+  k, d = centroids.shape
+  others = _others_moved(centroids, previous)  # [k]
+  sums, counts = jnp.zeros((k, d), jnp.float32), jnp.zeros((k,), jnp.float32)
+  total, computed = jnp.float32(0), 0
+  waiting_x, waiting_rows = [], []  # stale rows, until a block of `chunk` is full
+
+  def resolve(x, rows):  # x [m, D] unit rows, m <= chunk; rows [m] their indices
+    nonlocal sums, counts, total
+    m = rows.shape[0]
+    best, second, sums, counts, cos = _resolve_block(
+        np.pad(x, ((0, chunk - m), (0, 0))), m, centroids, sums, counts,
+        matmul_dtype=matmul_dtype)
+    labels[rows] = np.asarray(best)[:m]
+    bound[rows] = np.asarray(second)[:m]
+    total = total + cos
+
+  for start, x, count in _source_blocks(chunks, n, d, chunk):
+    end = start + count
+    x, stale, settled_bound, sums, counts, cos = _settle_block(
+        x, count, centroids, others, np.pad(labels[start:end], (0, chunk - count)),
+        np.pad(bound[start:end], (0, chunk - count)), sums, counts, prune=prune)
+    total = total + cos
+    bound[start:end] = np.asarray(settled_bound)[:count]
+    stale = np.flatnonzero(np.asarray(stale)[:count])
+    computed += stale.size
+    if stale.size:
+      waiting_x.append(np.asarray(x)[stale])
+      waiting_rows.append(start + stale)
+    while sum(r.size for r in waiting_rows) >= chunk:
+      x_all, rows_all = np.concatenate(waiting_x), np.concatenate(waiting_rows)
+      resolve(x_all[:chunk], rows_all[:chunk])
+      waiting_x, waiting_rows = [x_all[chunk:]], [rows_all[chunk:]]
+  if waiting_rows and sum(r.size for r in waiting_rows):
+    resolve(np.concatenate(waiting_x), np.concatenate(waiting_rows))
+  return sums, counts, float(total), computed
+
+
+@functools.partial(jax.jit, static_argnames=('prune',))
+def _settle_block(x, count, centroids, others_moved, labels, bound, sums, counts, prune):
+  """A block's rows whose label the bounds prove unchanged are added to the sums; the
+  others come back flagged stale, for full similarity rows. x [B, D] (normalized here),
+  the first `count` rows valid; labels, bound [B]."""
+  k = centroids.shape[0]
+  x = normalize(x)
+  valid = jnp.arange(x.shape[0]) < count  # [B]
+  own = jnp.sum(x * centroids[labels], axis=-1)  # [B] exact cosine to its own centroid
+  if prune:
+    bound = bound + others_moved[labels]
+    stale = valid & (own - bound <= _MARGIN)
+  else:
+    stale = valid
+  w = (valid & ~stale).astype(jnp.float32)
+  sums = sums + jax.ops.segment_sum(x * w[:, None], labels, num_segments=k)
+  counts = counts + jax.ops.segment_sum(w, labels, num_segments=k)
+  return x, stale, bound, sums, counts, jnp.sum(own * w)
+
+
+@functools.partial(jax.jit, static_argnames=('matmul_dtype',))
+def _resolve_block(x, count, centroids, sums, counts, matmul_dtype):
+  """Full similarity rows for a block of stale rows (the first `count` valid): labels [B],
+  bounds (second best cosine) [B], and the sums with these rows added."""
+  k = centroids.shape[0]
+  best, best_cos, second = _top2(_sims_t(x, centroids, matmul_dtype))
+  w = (jnp.arange(x.shape[0]) < count).astype(jnp.float32)
+  sums = sums + jax.ops.segment_sum(x * w[:, None], best, num_segments=k)
+  counts = counts + jax.ops.segment_sum(w, best, num_segments=k)
+  return best, second, sums, counts, jnp.sum(best_cos * w)
 
 
 def _pad_chunks(x, chunk: int, devices: int, mesh):

@@ -10,11 +10,14 @@ reference encoder here. Each shard's columns go to `features/shards/<item>.parqu
 images.
 
 Global part, over the whole pool: task relevance (top-m cosines to each task's prototypes
-from its train split), spherical k-means on the joint embedding normalize(image + text),
-cluster weights (|C| / N) ** -alpha, SemDeDup flags inside the clusters (best clip_score
-kept) and exact-duplicate flags by ingest's image sha256. It holds the pool's [N, E]
-embeddings (float16 as stored, plus one float32 joint copy for k-means): fine to tens of
-millions of rows on one host, the bound to lift when pools outgrow that.
+from its train split, computed shard by shard in the same loop), spherical k-means on the
+joint embedding normalize(image + text), cluster weights (|C| / N) ** -alpha, SemDeDup
+flags inside the clusters (best clip_score kept) and exact-duplicate flags by ingest's
+image sha256. It never holds the pool's [N, E] embeddings: k-means streams the shards'
+embeddings from disk once per Lloyd iteration (kmeans.fit_stream, k-means++ on at most
+_init_rows(...) sampled rows), and SemDeDup sorts them by cluster into a scratch file in one
+pass and reads one cluster at a time (dedup.semdedup_flags_stream). Memory holds one shard's
+embeddings, the largest cluster and per-sample scalars (labels, bounds, output columns).
 
 Output: `features/features.parquet`, uid plus one column per feature, rows in
 ingest/samples.parquet order. A DataComp pool has no images: the image operators and
@@ -47,6 +50,9 @@ from tads_jax.stages import encoder as encoder_stage
 from tads_jax.stages import ingest
 
 FEATURES = 'features.parquet'
+# The pool's joint embeddings sorted by cluster while SemDeDup runs ([N, E] float32 on disk,
+# removed after; a fixed name, so that a killed run's copy is overwritten by the next).
+SEMDEDUP_SCRATCH = 'semdedup_scratch.f32'
 # vocab_share is not run here: it needs a vocabulary setting the stage does not build yet.
 GLOBAL_COLUMNS = ('cluster', 'cluster_weight', 'semantic_duplicate', 'exact_duplicate')
 _UNSUPPORTED = ('vocab_share',)
@@ -102,6 +108,15 @@ def _load_npz(path: str, keys) -> dict:
       return {k: npz[k] for k in keys}
   except OSError as e:
     raise ValueError(f'{path}: cannot read ({e}); rerun embed') from e
+
+
+def _stored_embeddings(ctx, path: str, uids: list) -> tuple[np.ndarray, np.ndarray]:
+  """_shard_embeddings rounded to float16, for the global features: the embed stage stores
+  float16, and a DataComp pool's rows (normalized in float32 on load) get the same rounding,
+  so every pass over the pool sees the same values."""
+  image_emb, text_emb = _shard_embeddings(ctx, path, uids)
+  return (image_emb.astype(np.float16).astype(np.float32),  # [n, E]
+          text_emb.astype(np.float16).astype(np.float32))
 
 
 def _shard_embeddings(ctx, path: str, uids: list) -> tuple[np.ndarray, np.ndarray]:
@@ -248,27 +263,38 @@ def _task_prototypes(ctx, key) -> list:
   return out
 
 
-def _relevance_columns(ctx, image_emb, text_emb, key) -> dict:
-  """{relevance_<task>_image|text: float32 [N]}, computed `chunk` rows at a time."""
-  tasks = _task_prototypes(ctx, key) if ctx.config.pool.format != 'datacomp' else []
-  if not tasks:
-    return {}
+def _relevance_block(ctx, tasks, image_emb, text_emb) -> np.ndarray:
+  """[n, 2T] relevance of one shard's rows, `chunk` rows at a time; columns as
+  relevance.relevance_vector orders them."""
   chunk, top_m = option(ctx.config, 'chunk'), option(ctx.config, 'relevance_top_m')
   n = image_emb.shape[0]
-  parts = []
+  parts = [np.zeros((0, 2 * len(tasks)), np.float32)]
   for start in range(0, n, chunk):
     count = min(chunk, n - start)
     block = relevance.relevance_vector(
-        _pad(image_emb[start:start + count].astype(np.float32), chunk),
-        _pad(text_emb[start:start + count].astype(np.float32), chunk),
+        _pad(image_emb[start:start + count], chunk), _pad(text_emb[start:start + count], chunk),
         [p for _, p in tasks], top_m=top_m)  # [chunk, 2T]
     parts.append(np.asarray(block)[:count])
-  values = np.concatenate(parts) if parts else np.zeros((0, 2 * len(tasks)), np.float32)
-  columns = {}
-  for t, (prefix, _) in enumerate(tasks):
-    columns[f'{prefix}_image'] = values[:, 2 * t]
-    columns[f'{prefix}_text'] = values[:, 2 * t + 1]
-  return columns
+  return np.concatenate(parts)
+
+
+def _joint_source(ctx, shards: list, uid_column):
+  """A callable returning an iterator over the pool's joint embeddings normalize(image +
+  text), float32 [n, E] per shard, read from disk again on every call. shards lists
+  (path, first row, rows); uid_column holds the pool's uids in row order."""
+  def chunks():
+    for path, start, count in shards:
+      if count:
+        uids = uid_column.slice(start, count).to_pylist()
+        image_emb, text_emb = _stored_embeddings(ctx, path, uids)
+        yield np.asarray(kmeans.normalize(image_emb + text_emb))  # [n, E]
+  return chunks
+
+
+def _init_rows(config, k: int) -> int:
+  """Rows k-means++ starts from (all of them in a smaller pool): a bound set by the config,
+  not the pool, large enough that every centroid has many candidates."""
+  return max(64 * option(config, 'chunk'), 64 * k)
 
 
 def run(ctx) -> dict:
@@ -281,10 +307,14 @@ def run(ctx) -> dict:
   if 'flipped_clip_score' in names and not all(
       os.path.exists(shard_item(ctx, p) + '.json') for p in paths):
     encoder = embed.load_encoder(config, encoder_stage.checkpoint(ctx))
+  key = jax.random.PRNGKey(config.seed)
+  relevance_key, kmeans_key = jax.random.split(key)
+  tasks = (_task_prototypes(ctx, relevance_key) if config.pool.format != 'datacomp' else [])
 
   progress = pipeline.Progress('features', ingested['samples'], unit='samples')
   records, computed = [], 0
-  image_parts, text_parts, tables = [], [], []
+  tables, shards, relevance_parts, dot_parts = [], [], [], []
+  n = 0
   for path, table in ingest.rows_by_shard(ctx, paths,
                                          ('uid', 'caption', 'width', 'height')):
     done = os.path.exists(shard_item(ctx, path) + '.json')
@@ -292,35 +322,44 @@ def run(ctx) -> dict:
     computed += 0 if done else 1
     progress.update(len(table['uid']))
     tables.append(pq.read_table(shard_item(ctx, path) + '.parquet'))
-    image_emb, text_emb = _shard_embeddings(ctx, path, table['uid'])
-    image_parts.append(image_emb.astype(np.float16))  # [n, E]
-    text_parts.append(text_emb.astype(np.float16))
+    shards.append((path, n, len(table['uid'])))
+    n += len(table['uid'])
+    if tasks or 'clip_score' not in names:
+      image_emb, text_emb = _stored_embeddings(ctx, path, table['uid'])  # [n, E] each
+      if tasks:
+        relevance_parts.append(_relevance_block(ctx, tasks, image_emb, text_emb))
+      dot_parts.append(np.sum(image_emb * text_emb, axis=1))  # [n]
 
   features = pa.concat_tables(tables)
-  n = features.num_rows
   samples = pq.read_table(ctx.path('ingest', ingest.SAMPLES), columns=['uid', 'sha256'])
   if features.column('uid').to_pylist() != samples.column('uid').to_pylist():
     raise ValueError(f"{ctx.path('ingest', ingest.SAMPLES)}: field 'uid' does not match the "
                      'features shards; rerun ingest')
-  image_emb = np.concatenate(image_parts)  # [N, E] float16
-  text_emb = np.concatenate(text_parts)    # [N, E] float16
-  key = jax.random.PRNGKey(config.seed)
-  relevance_key, kmeans_key = jax.random.split(key)
-  columns = _relevance_columns(ctx, image_emb, text_emb, relevance_key)
+  columns = {}
+  if tasks:
+    values = np.concatenate(relevance_parts)  # [N, 2T]
+    for t, (prefix, _) in enumerate(tasks):
+      columns[f'{prefix}_image'] = values[:, 2 * t]
+      columns[f'{prefix}_text'] = values[:, 2 * t + 1]
 
   quality = (features.column('clip_score').to_numpy() if 'clip_score' in names else
-             np.sum(image_emb.astype(np.float32) * text_emb.astype(np.float32), axis=1))
+             np.concatenate([np.zeros(0, np.float32), *dot_parts]))
   summary_kmeans = None
   if n:
-    joint = image_emb.astype(np.float32) + text_emb.astype(np.float32)  # [N, E]
-    joint = np.asarray(kmeans.normalize(joint))
+    joint = _joint_source(ctx, shards, features.column('uid'))
     k = min(option(config, 'kmeans_k'), n)
-    fit = kmeans.fit(joint, k, option(config, 'kmeans_iters'), kmeans_key)
+    fit = kmeans.fit_stream(
+        joint, n, k, option(config, 'kmeans_iters'), kmeans_key,
+        init_sample=_init_rows(config, k),
+        callback=lambda i, cos, share: logging.info(
+            'features: k-means pass %d, mean cosine %.4f, %.0f%% of rows computed', i, cos,
+            100 * share))
     columns['cluster'] = fit.assignment.astype(np.int32)
     columns['cluster_weight'] = kmeans.cluster_weights(fit.assignment, k,
                                                        option(config, 'alpha'))
-    columns['semantic_duplicate'] = dedup.semdedup_flags(
-        joint, fit.assignment, quality, option(config, 'semdedup_eps'))
+    columns['semantic_duplicate'] = dedup.semdedup_flags_stream(
+        joint, fit.assignment, quality, option(config, 'semdedup_eps'),
+        scratch=ctx.path('features', SEMDEDUP_SCRATCH))
     summary_kmeans = {'k': k, 'objective': float(fit.objective)}
   else:
     columns.update(cluster=np.zeros(0, np.int32), cluster_weight=np.zeros(0, np.float32),
@@ -361,4 +400,4 @@ def config_keys(config) -> tuple:
 
 
 STAGE = pipeline.Stage(name='features', run=run, inputs=('ingest', 'embed'),
-                       config_keys=config_keys, version=1)
+                       config_keys=config_keys, version=2)
