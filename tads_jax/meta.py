@@ -1,0 +1,637 @@
+"""Meta-learning of the value function from downstream feedback (FLYT-style, design sec. 5).
+
+One meta step:
+  1. draw a pool batch (a pure function of (seed, step), so a resumed run draws the same);
+  2. w = softmax(V(z) / tau) over the batch;
+  3. K differentiable updates of the proxy (train.EmbeddingCLIP on frozen reference
+     embeddings) on train.weighted_clip_loss with weights w, in lax.scan, each step under
+     jax.checkpoint when cfg.remat (the backward pass then keeps only the K carries, not
+     every step's activations);
+  4. outer loss at the unrolled params: sum_t a_t L_t over the tasks (classification:
+     cross-entropy of zero-shot logits on a batch of task train images; retrieval: the
+     CLIP loss on a batch of task train pairs);
+  5. jax.grad w.r.t. the value params, AdamW update;
+  6. the proxy keeps training: its params and inner optimizer state become the unrolled
+     ones, gradient stopped (FLYT's update_reference_model).
+
+Task weights: a = softmax(rate * L / L0) over tasks, L the tasks' current losses and L0
+their losses at the first meta step (both gradient-stopped), so a task whose loss fell
+less than the others' (relative to where it started) gets more weight; rate 0 is uniform.
+
+    module = value.make_value_function(names)
+    value_params, history = learn(MetaConfig(steps=500), (module, value.init_params(module)),
+                                  {'z': z, 'image_emb': image_emb, 'text_emb': text_emb},
+                                  tasks, workdir='/tmp/meta')
+"""
+
+import dataclasses
+import functools
+import hashlib
+import json
+import math
+import os
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+from absl import logging
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+from tads_jax import sharding
+from tads_jax import train
+from tads_jax import value as value_lib
+
+INNER_OPTIMIZERS = ('sgd', 'adam')
+TASK_KINDS = ('classification', 'retrieval')
+# Fields that do not change what a run computes: a checkpoint written with other values
+# of these may be resumed.
+_RESUMABLE_FIELDS = ('checkpoint_every', 'keep_checkpoints', 'log_every')
+# Added to Adam's second moment under the square root: sqrt has an infinite derivative at
+# 0, and a parameter whose gradient is exactly 0 would otherwise turn the meta-gradient
+# into 0 * inf = NaN (optax's eps_root, for the same reason).
+_EPS_ROOT = 1e-30
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaConfig:
+  """One meta-learning run. Every field is checked in __post_init__."""
+  steps: int = 1000              # meta steps
+  batch_size: int = 256          # pool samples per meta step (split over the mesh)
+  unroll: int = 4                # K: differentiable proxy updates per meta step
+  inner_optimizer: str = 'adam'  # 'sgd' | 'adam', written out so gradients flow through
+  inner_lr: float = 1e-3
+  inner_b1: float = 0.9          # 'adam' only; CLIP's b2 and eps
+  inner_b2: float = 0.98
+  inner_eps: float = 1e-6
+  tau: float = 1.0               # softmax temperature of the batch weights
+  value_lr: float = 1e-3         # AdamW on the value params, warmup then cosine to 0
+  value_warmup: int = 0
+  value_weight_decay: float = 1e-4
+  value_grad_clip: float = 1.0   # global-norm clip of the meta-gradient; 0 = none
+  task_weight_rate: float = 1.0  # a = softmax(rate * L / L0); 0 = fixed uniform
+  task_batch_size: int = 256     # task train samples per task per meta step (at most n)
+  head: str = 'linear'           # proxy heads, as train.TrainConfig
+  head_dim: int = 0
+  head_hidden: int = 256
+  logit_scale_init: float = math.log(1 / 0.07)
+  seed: int = 0                  # proxy init and every batch draw
+  checkpoint_every: int = 100    # meta steps; 0 = only at the end
+  keep_checkpoints: int = 2
+  log_every: int = 10
+  remat: bool = True             # jax.checkpoint around each inner step
+
+  def __post_init__(self):
+    for name in ('steps', 'batch_size', 'unroll', 'task_batch_size', 'head_hidden',
+                 'keep_checkpoints', 'log_every'):
+      _int(name, getattr(self, name), 1)
+    for name in ('value_warmup', 'head_dim', 'seed', 'checkpoint_every'):
+      _int(name, getattr(self, name), 0)
+    if self.inner_optimizer not in INNER_OPTIMIZERS:
+      raise ValueError(f'MetaConfig.inner_optimizer: {self.inner_optimizer!r} is not one '
+                       f'of {", ".join(INNER_OPTIMIZERS)}')
+    if self.head not in train.HEADS:
+      raise ValueError(f'MetaConfig.head: {self.head!r} is not one of '
+                       f'{", ".join(train.HEADS)}')
+    for name in ('inner_lr', 'tau', 'value_lr', 'inner_eps'):
+      _number(name, getattr(self, name), positive=True)
+    for name in ('value_weight_decay', 'value_grad_clip', 'task_weight_rate'):
+      _number(name, getattr(self, name), positive=False)
+    for name in ('inner_b1', 'inner_b2'):
+      value = getattr(self, name)
+      if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
+        raise ValueError(f'MetaConfig.{name}: expected a number in [0, 1), got {value!r}')
+    if not isinstance(self.remat, bool):
+      raise ValueError(f'MetaConfig.remat: expected a bool, got {self.remat!r}')
+    if not 0 <= self.logit_scale_init <= train.MAX_LOGIT_SCALE:
+      raise ValueError(f'MetaConfig.logit_scale_init: {self.logit_scale_init!r} is outside '
+                       '[0, log(100)]')
+
+  def proxy_config(self) -> train.TrainConfig:
+    """The proxy's architecture as a train.TrainConfig (its other fields are unused)."""
+    return train.TrainConfig(kind='embedding', head=self.head, head_dim=self.head_dim,
+                             head_hidden=self.head_hidden,
+                             logit_scale_init=self.logit_scale_init, seed=self.seed)
+
+
+def _int(name, value, lowest):
+  if not isinstance(value, int) or isinstance(value, bool) or value < lowest:
+    raise ValueError(f'MetaConfig.{name}: expected an integer >= {lowest}, got {value!r}')
+
+
+def _number(name, value, positive):
+  ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+        and math.isfinite(value) and (value > 0 if positive else value >= 0))
+  if not ok:
+    raise ValueError(f'MetaConfig.{name}: expected a finite number '
+                     f'{"> 0" if positive else ">= 0"}, got {value!r}')
+
+
+# ---------------------------------------------------------------------------------------
+# Tasks.
+
+
+def check_tasks(tasks: Sequence[Mapping], width: int) -> list[dict]:
+  """Validated feedback sets as float32/int32 numpy, each with 'kind' and 'name'.
+
+  classification: image_emb [n, D], labels [n] in [0, C), class_text_emb [C, T, D];
+  retrieval: image_emb [n, D], text_emb [m, D], text_image [m] in [0, n).
+  The kind is read from 'kind' when given, else from the keys.
+  """
+  if not isinstance(tasks, (list, tuple)) or not tasks:
+    raise ValueError('tasks: expected a non-empty list of feedback sets')
+  out = []
+  for t, task in enumerate(tasks):
+    name = str(task.get('name', f'task{t}'))
+    where = f'tasks[{t}] ({name})'
+    kind = task.get('kind', 'classification' if 'labels' in task else
+                    'retrieval' if 'text_image' in task else None)
+    if kind not in TASK_KINDS:
+      raise ValueError(f'{where}.kind: {kind!r} is not one of {", ".join(TASK_KINDS)} (give '
+                       "'kind', or 'labels' / 'text_image')")
+    fields = (('image_emb', 'labels', 'class_text_emb') if kind == 'classification' else
+              ('image_emb', 'text_emb', 'text_image'))
+    arrays = {}
+    for field in fields:
+      if field not in task:
+        raise ValueError(f'{where}: field {field!r} is missing')
+      arrays[field] = np.asarray(task[field])
+    for field in fields:
+      array = arrays[field]
+      if field in ('labels', 'text_image'):
+        if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
+          raise ValueError(f'{where}.{field}: expected integers [n], got {array.dtype} '
+                           f'{array.shape}')
+        continue
+      ndim = 3 if field == 'class_text_emb' else 2
+      if (array.ndim != ndim or array.shape[-1] != width or not len(array)
+          or not np.issubdtype(array.dtype, np.floating)):
+        raise ValueError(f'{where}.{field}: expected floats of shape '
+                         f'{"[C, T, D]" if ndim == 3 else "[n, D]"} with D={width} (the '
+                         f'pool embedding width), got {array.dtype} {array.shape}')
+      if not np.all(np.isfinite(array)):
+        raise ValueError(f'{where}.{field}: contains NaN or inf')
+      arrays[field] = array.astype(np.float32)
+    n = len(arrays['image_emb'])
+    if kind == 'classification':
+      labels, classes = arrays['labels'], len(arrays['class_text_emb'])
+      if len(labels) != n:
+        raise ValueError(f'{where}.labels: {len(labels)} labels for {n} images')
+      if labels.min() < 0 or labels.max() >= classes:
+        raise ValueError(f'{where}.labels: must be in [0, {classes}), got '
+                         f'[{labels.min()}, {labels.max()}]')
+      arrays['labels'] = labels.astype(np.int32)
+    else:
+      index = arrays['text_image']
+      if len(index) != len(arrays['text_emb']) or not len(index):
+        raise ValueError(f'{where}.text_image: {len(index)} entries for '
+                         f'{len(arrays["text_emb"])} texts')
+      if index.min() < 0 or index.max() >= n:
+        raise ValueError(f'{where}.text_image: must be in [0, {n}), got '
+                         f'[{index.min()}, {index.max()}]')
+      arrays['text_image'] = index.astype(np.int32)
+    out.append(dict(arrays, kind=kind, name=name))
+  return out
+
+
+def _unit(x):  # [..., E] -> unit rows (float32, or float64 under x64 checks)
+  return train._normalize(x)  # pylint: disable=protected-access
+
+
+def classification_loss(proxy: nn.Module, params, batch) -> jax.Array:
+  """Cross-entropy of the proxy's zero-shot logits (CLIP_benchmark's classifier: the
+  normalized text embeddings of all templates averaged per class, renormalized;
+  logits = exp(logit_scale) * image @ classes)."""
+  classes, templates, width = batch['class_text_emb'].shape
+  image = _unit(proxy.apply({'params': params}, batch['image_emb'],
+                            method='encode_image'))  # [b, E]
+  text = _unit(proxy.apply({'params': params},
+                           batch['class_text_emb'].reshape(classes * templates, width),
+                           method='encode_text'))  # [C * T, E]
+  prototypes = _unit(jnp.mean(text.reshape(classes, templates, -1), axis=1))  # [C, E]
+  logits = jnp.exp(params['logit_scale']) * image @ prototypes.T  # [b, C]
+  log_p = jax.nn.log_softmax(logits, axis=-1)
+  return -jnp.mean(jnp.take_along_axis(log_p, batch['labels'][:, None], axis=1))
+
+
+def retrieval_loss(proxy: nn.Module, params, batch) -> jax.Array:
+  """The (unweighted) CLIP loss on a batch of task train pairs."""
+  image, text, logit_scale = proxy.apply({'params': params}, batch['image_emb'],
+                                         batch['text_emb'])
+  return train.weighted_clip_loss(_unit(image), _unit(text), logit_scale)
+
+
+TASK_LOSSES = {'classification': classification_loss, 'retrieval': retrieval_loss}
+
+
+def task_weights(rate: float, losses, losses0):
+  """a = softmax(rate * L / L0) over tasks ([T] each); rate 0 gives uniform weights."""
+  return jax.nn.softmax(rate * losses / jnp.maximum(losses0, 1e-12))
+
+
+# ---------------------------------------------------------------------------------------
+# Differentiable inner optimizers.
+
+
+def inner_init(cfg: MetaConfig, params) -> dict:
+  state = {'count': jnp.zeros((), jnp.int32)}
+  if cfg.inner_optimizer == 'adam':
+    state['mu'] = jax.tree_util.tree_map(jnp.zeros_like, params)
+    state['nu'] = jax.tree_util.tree_map(jnp.zeros_like, params)
+  return state
+
+
+def inner_update(cfg: MetaConfig, params, grads, state):
+  """One SGD or Adam step written with jnp ops, so jax.grad differentiates through it
+  (including Adam's moments). The logit scale is clipped to [0, log 100] as in train."""
+  count = state['count'] + 1
+  if cfg.inner_optimizer == 'sgd':
+    new = jax.tree_util.tree_map(lambda p, g: p - cfg.inner_lr * g, params, grads)
+    new_state = {'count': count}
+  else:
+    b1, b2 = cfg.inner_b1, cfg.inner_b2
+    mu = jax.tree_util.tree_map(lambda m, g: b1 * m + (1 - b1) * g, state['mu'], grads)
+    nu = jax.tree_util.tree_map(lambda v, g: b2 * v + (1 - b2) * g * g, state['nu'], grads)
+    t = count.astype(jnp.float32)
+    c1, c2 = 1 - b1 ** t, 1 - b2 ** t  # bias corrections
+
+    def step(p, m, v):
+      m_hat = m / c1.astype(p.dtype)
+      v_hat = v / c2.astype(p.dtype)
+      return p - cfg.inner_lr * m_hat / (jnp.sqrt(v_hat + _EPS_ROOT) + cfg.inner_eps)
+    new = jax.tree_util.tree_map(step, params, mu, nu)
+    new_state = {'count': count, 'mu': mu, 'nu': nu}
+  new = dict(new)
+  new['logit_scale'] = jnp.clip(new['logit_scale'], 0.0, train.MAX_LOGIT_SCALE)
+  return new, new_state
+
+
+# ---------------------------------------------------------------------------------------
+# The outer loss and the meta step.
+
+
+def make_outer_loss(cfg: MetaConfig, value_module: value_lib.ValueFunction, proxy: nn.Module,
+                    kinds: Sequence[str]) -> Callable:
+  """(value_params, proxy_params, inner_state, losses0 [T], pool_batch, task_batches) ->
+  (outer loss, aux). losses0 entries <= 0 mean 'not set yet': the current losses are used
+  (so the first step's task weights are uniform). aux holds the task losses and weights,
+  the unrolled proxy params and inner state, the inner losses [K] and batch weights [B]."""
+  inner_loss = train.make_loss_fn(proxy, 'embedding')
+  kinds = tuple(kinds)
+
+  def outer_loss(value_params, proxy_params, inner_state, losses0, pool_batch, task_batches):
+    scores = value_module.apply({'params': value_params}, pool_batch['z'])  # [B]
+    weights = jax.nn.softmax(scores / cfg.tau)  # [B]
+
+    # The batch and its weights are closed over, not carried: the backward pass of scan
+    # keeps every step's carry, and these do not change across steps.
+    def inner_step(carry, _):
+      params, state = carry
+      loss, grads = jax.value_and_grad(inner_loss)(
+          params, pool_batch['image_emb'], pool_batch['text_emb'], weights)
+      return inner_update(cfg, params, grads, state), loss
+
+    body = jax.checkpoint(inner_step) if cfg.remat else inner_step
+    (params, state), inner_losses = jax.lax.scan(body, (proxy_params, inner_state), None,
+                                                 length=cfg.unroll)  # [K]
+    losses = jnp.stack([TASK_LOSSES[kind](proxy, params, batch)
+                        for kind, batch in zip(kinds, task_batches)])  # [T]
+    fixed = jax.lax.stop_gradient(losses)
+    losses0 = jnp.where(losses0 > 0, losses0, fixed)
+    a = task_weights(cfg.task_weight_rate, fixed, losses0)  # [T]
+    aux = {'task_losses': losses, 'task_weights': a, 'losses0': losses0,
+           'proxy_params': params, 'inner_state': state, 'inner_losses': inner_losses,
+           'weights': weights, 'scores': scores}
+    return jnp.sum(a * losses), aux
+
+  return outer_loss
+
+
+@flax.struct.dataclass
+class MetaState:
+  step: jax.Array        # [] int32: meta steps done
+  value_params: Any
+  value_opt_state: Any
+  proxy_params: Any      # the proxy keeps training across meta steps
+  inner_state: Any       # its inner optimizer state
+  losses0: jax.Array     # [T] task losses at the first meta step (0 before it)
+
+
+def make_value_optimizer(cfg: MetaConfig) -> optax.GradientTransformation:
+  """AdamW (warmup then cosine to 0, train.make_schedule) with decay on every weight but
+  the biases, after an optional global-norm clip of the meta-gradient."""
+  def decay_mask(params):
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: getattr(path[-1], 'key', None) != 'bias', params)
+  adamw = optax.adamw(train.make_schedule(cfg.value_lr, cfg.value_warmup, cfg.steps),
+                      weight_decay=cfg.value_weight_decay, mask=decay_mask)
+  if cfg.value_grad_clip > 0:
+    return optax.chain(optax.clip_by_global_norm(cfg.value_grad_clip), adamw)
+  return adamw
+
+
+def make_meta_step(cfg: MetaConfig, value_module: value_lib.ValueFunction, proxy: nn.Module,
+                   kinds: Sequence[str], optimizer: optax.GradientTransformation):
+  """Pure step (jit it): (state, pool_batch {'z' [B, F], 'image_emb', 'text_emb' [B, D]},
+  task_batches [one dict per task]) -> (state, metrics)."""
+  outer_loss = make_outer_loss(cfg, value_module, proxy, kinds)
+
+  def meta_step(state: MetaState, pool_batch, task_batches):
+    grads, aux = jax.grad(outer_loss, has_aux=True)(
+        state.value_params, state.proxy_params, state.inner_state, state.losses0,
+        pool_batch, task_batches)
+    updates, opt_state = optimizer.update(grads, state.value_opt_state, state.value_params)
+    value_params = optax.apply_updates(state.value_params, updates)
+    w = aux['weights']
+    entropy = -jnp.sum(jnp.where(w > 0, w * jnp.log(jnp.where(w > 0, w, 1.0)), 0.0))
+    metrics = {
+        'outer_loss': jnp.sum(aux['task_weights'] * aux['task_losses']),
+        'task_losses': aux['task_losses'], 'task_weights': aux['task_weights'],
+        'inner_loss': jnp.mean(aux['inner_losses']),
+        # 1 = uniform weights over the batch, 0 = all on one sample.
+        'weight_entropy': entropy / math.log(w.shape[0]) if w.shape[0] > 1 else entropy,
+        'value_std': jnp.std(aux['scores']),
+        'value_grad_norm': optax.tree.norm(grads),
+        'logit_scale': aux['proxy_params']['logit_scale'],
+    }
+    new_state = state.replace(
+        step=state.step + 1, value_params=value_params, value_opt_state=opt_state,
+        proxy_params=jax.lax.stop_gradient(aux['proxy_params']),
+        inner_state=jax.lax.stop_gradient(aux['inner_state']), losses0=aux['losses0'])
+    return new_state, metrics
+
+  return meta_step
+
+
+def make_proxy(cfg: MetaConfig, width: int) -> nn.Module:
+  return train.make_model(cfg.proxy_config(), width)
+
+
+def init_state(cfg: MetaConfig, value_params, proxy: nn.Module, width: int,
+               num_tasks: int, optimizer: optax.GradientTransformation) -> MetaState:
+  """The state before the first meta step (host arrays; the proxy from cfg.seed)."""
+  proxy_params = nn.unbox(train.init_params(proxy, cfg.proxy_config(), width))
+  return MetaState(step=jnp.zeros((), jnp.int32), value_params=value_params,
+                   value_opt_state=optimizer.init(value_params), proxy_params=proxy_params,
+                   inner_state=inner_init(cfg, proxy_params),
+                   losses0=jnp.zeros((num_tasks,), jnp.float32))
+
+
+# ---------------------------------------------------------------------------------------
+# Batches.
+
+
+def _task_seed(seed: int, t: int) -> int:
+  return int(np.random.SeedSequence([seed, 1, t]).generate_state(1)[0])
+
+
+def _task_batch_size(cfg: MetaConfig, task) -> int:
+  n = len(task['labels'] if task['kind'] == 'classification' else task['text_image'])
+  return min(cfg.task_batch_size, n)
+
+
+def task_batch(task, rows, class_text_emb=None) -> dict:
+  """A feedback batch from a task's row indices (images for classification, texts for
+  retrieval: each with the image it describes)."""
+  if task['kind'] == 'classification':
+    return {'image_emb': task['image_emb'][rows], 'labels': task['labels'][rows],
+            'class_text_emb': (task['class_text_emb'] if class_text_emb is None
+                               else class_text_emb)}
+  return {'image_emb': task['image_emb'][task['text_image'][rows]],
+          'text_emb': task['text_emb'][rows]}
+
+
+# ---------------------------------------------------------------------------------------
+# Checkpoints.
+
+
+def _digest(*arrays) -> str:
+  h = hashlib.sha256()
+  for a in arrays:
+    a = np.ascontiguousarray(a)
+    h.update(str((a.dtype.str, a.shape)).encode())
+    h.update(a.tobytes())
+  return h.hexdigest()
+
+
+def _fingerprint(cfg, value_module, value_params, pool, tasks) -> dict:
+  """What must match for a checkpoint to be resumed. The pool's embeddings enter by shape
+  only (hashing gigabytes on every start is not worth it); z, the tasks and the starting
+  value function by content."""
+  config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _RESUMABLE_FIELDS}
+  return {
+      'config': config,
+      'value_function': {'names': list(value_module.names),
+                         'prior': list(value_module.prior),
+                         'hidden': list(value_module.hidden)},
+      'value_params_sha256': _digest(*jax.tree_util.tree_leaves(
+          jax.device_get(value_params))),
+      'pool': {'z_sha256': _digest(pool['z']), 'image_emb': list(pool['image_emb'].shape),
+               'text_emb': list(pool['text_emb'].shape)},
+      'tasks_sha256': _digest(*[task[k] for task in tasks for k in sorted(task)
+                                if k not in ('kind', 'name')]),
+  }
+
+
+def _check_fingerprint(directory, step, saved, expected):
+  for key, value in expected.items():
+    if key == 'config':
+      continue
+    if json.loads(json.dumps(value)) != saved.get(key):
+      raise ValueError(f'{directory}: the checkpoint at step {step} was written for another '
+                       f'{key} ({saved.get(key)!r}, this run {value!r}); use another '
+                       'workdir')
+  for key, value in expected['config'].items():
+    old = saved.get('config', {}).get(key)
+    if old != value:
+      raise ValueError(f'{directory}: the checkpoint at step {step} was written with '
+                       f'MetaConfig.{key}={old!r}, this run has {value!r}; use another '
+                       'workdir')
+
+
+# ---------------------------------------------------------------------------------------
+# The loop.
+
+
+@dataclasses.dataclass(frozen=True)
+class _Program:
+  proxy: nn.Module
+  optimizer: optax.GradientTransformation
+  state_sharding: MetaState
+  step: Callable
+
+
+def _compute_key(cfg: MetaConfig) -> MetaConfig:
+  """cfg without the fields that do not change the compiled step."""
+  return dataclasses.replace(cfg, seed=0, checkpoint_every=0, keep_checkpoints=1,
+                             log_every=1)
+
+
+@functools.lru_cache(maxsize=8)
+def _program(cfg: MetaConfig, value_module, width: int, kinds: tuple, mesh) -> _Program:
+  """Proxy, optimizer, state layout and the jitted meta step; cached so that runs that
+  differ only in seed, data or workdir (resumes, seeds of a table) compile once."""
+  rules = sharding.get_rules('data_parallel')
+  proxy = make_proxy(cfg, width)
+  optimizer = make_value_optimizer(cfg)
+  repl = sharding.replicated(mesh)
+  boxed = jax.eval_shape(lambda: train.init_params(proxy, cfg.proxy_config(), width))
+  proxy_sh = sharding.param_shardings(boxed, mesh, rules)  # replicated under these rules
+  inner_sh = {'count': repl}
+  if cfg.inner_optimizer == 'adam':
+    inner_sh.update(mu=proxy_sh, nu=proxy_sh)
+  state_sh = MetaState(step=repl, value_params=repl, value_opt_state=repl,
+                       proxy_params=proxy_sh, inner_state=inner_sh, losses0=repl)
+  batch_sh = sharding.batch_sharding(mesh)
+  step = jax.jit(make_meta_step(cfg, value_module, proxy, kinds, optimizer),
+                 in_shardings=(state_sh, batch_sh, repl), out_shardings=(state_sh, repl),
+                 donate_argnums=0)
+  return _Program(proxy, optimizer, state_sh, step)
+
+
+def _check_pool(pool, value_module) -> tuple[int, int]:
+  for field in ('z', 'image_emb', 'text_emb'):
+    if field not in pool:
+      raise ValueError(f'pool: field {field!r} is missing')
+  z, image, text = (np.shape(pool[k]) for k in ('z', 'image_emb', 'text_emb'))
+  f = len(value_module.names)
+  if len(z) != 2 or z[1] != f or not np.issubdtype(np.asarray(pool['z'][:0]).dtype,
+                                                   np.floating):
+    raise ValueError(f'pool.z: expected floats [N, {f}] (the value function\'s features), '
+                     f'got {np.asarray(pool["z"][:0]).dtype} {z}')
+  for field, shape in (('image_emb', image), ('text_emb', text)):
+    if (len(shape) != 2 or shape[0] != z[0]
+        or not np.issubdtype(np.asarray(pool[field][:0]).dtype, np.floating)):
+      raise ValueError(f'pool.{field}: expected floats [{z[0]}, D], got '
+                       f'{np.asarray(pool[field][:0]).dtype} {shape}')
+  if image != text:
+    raise ValueError(f'pool: image_emb {image} and text_emb {text} differ in shape')
+  if z[0] == 0:
+    raise ValueError('pool: no rows')
+  return z[0], image[1]
+
+
+def learn(cfg: MetaConfig, value_module_and_params, pool: Mapping, tasks: Sequence[Mapping],
+          workdir: str | None = None, mesh=None, log: Callable[[str], None] | None = None,
+          stop_after: int | None = None):
+  """Meta-learns the value function; returns (value_params, history).
+
+  value_module_and_params: (value.ValueFunction, its params) to start from.
+  pool: {'z': [N, F] float32 standardized features, 'image_emb', 'text_emb': [N, D] frozen
+    reference embeddings (float16 or float32)}; each batch is gathered on this host.
+  tasks: feedback sets (check_tasks); their embeddings are in the pool's reference space.
+  workdir: orbax checkpoints in workdir/checkpoints every cfg.checkpoint_every steps and at
+    the end; a run there resumes from the last one and ends where an uninterrupted run
+    would. mesh: the pool batch is split over its 'data' axis, params replicated (default
+    one device). log: gets a progress line every cfg.log_every steps (default absl).
+    stop_after: end after that many meta steps, as if killed there (tests, preemption).
+  history: per meta step lists 'step', 'outer_loss', 'task_losses' [T], 'task_weights' [T],
+    'inner_loss' (mean of the K inner losses), 'weight_entropy' (of w over the batch / log B),
+    'value_std', 'value_grad_norm', 'logit_scale'; and 'tasks' (the task names).
+  """
+  log = log or logging.info
+  value_module, value_params = value_module_and_params
+  n, width = _check_pool(pool, value_module)
+  tasks = check_tasks(tasks, width)
+  mesh = mesh if mesh is not None else sharding.make_mesh(1, 1, devices=jax.devices()[:1])
+  if cfg.batch_size % mesh.shape['data']:
+    raise ValueError(f'MetaConfig.batch_size: {cfg.batch_size} is not a multiple of the '
+                     f"mesh's data axis ({mesh.shape['data']} devices)")
+  if cfg.batch_size > n:
+    raise ValueError(f'MetaConfig.batch_size: {cfg.batch_size} is more than the pool\'s {n} '
+                     'rows')
+  try:
+    jax.eval_shape(lambda p: value_module.apply({'params': p}, jnp.zeros((1, len(
+        value_module.names)), jnp.float32)), value_params)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f'value_module_and_params: the params do not fit the module: {e}') \
+        from None
+  kinds = tuple(task['kind'] for task in tasks)
+  program = _program(_compute_key(cfg), value_module, width, kinds, mesh)
+  end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
+  names = [task['name'] for task in tasks]
+  history = {'tasks': names, 'step': [], 'outer_loss': [], 'task_losses': [],
+             'task_weights': [], 'inner_loss': [], 'weight_entropy': [], 'value_std': [],
+             'value_grad_norm': [], 'logit_scale': []}
+  batch_sh, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+  rules = sharding.get_rules('data_parallel')
+
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    state = jax.device_put(
+        init_state(cfg, jax.device_get(value_params), program.proxy, width, len(tasks),
+                   program.optimizer), program.state_sharding)
+    manager = fingerprint = directory = None
+    if workdir is not None:
+      directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+      manager = train._checkpoint_manager(directory, cfg)  # pylint: disable=protected-access
+      fingerprint = _fingerprint(cfg, value_module, value_params, pool, tasks)
+    try:
+      if manager is not None and manager.latest_step() is not None:
+        latest = manager.latest_step()
+        meta = manager.restore(latest, args=ocp.args.Composite(
+            meta=ocp.args.JsonRestore()))['meta']
+        _check_fingerprint(directory, latest, meta, fingerprint)
+        state = manager.restore(latest, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(
+                train._abstract(state))))['state']  # pylint: disable=protected-access
+        history = {k: list(v) for k, v in meta['history'].items()}
+        log(f'{directory}: resumed at meta step {latest} of {cfg.steps}')
+
+      start = int(state.step)
+      pool_rows = train.batch_rows(np.arange(n), cfg.batch_size, cfg.seed, start)
+      task_rows = [train.batch_rows(np.arange(len(task['labels'] if task['kind'] ==
+                                                  'classification' else task['text_image'])),
+                                    _task_batch_size(cfg, task), _task_seed(cfg.seed, t),
+                                    start)
+                   for t, task in enumerate(tasks)]
+      class_text = [jax.device_put(task['class_text_emb'], repl)
+                    if task['kind'] == 'classification' else None for task in tasks]
+      pending = []
+      tick, tick_step = time.perf_counter(), start
+
+      def flush():
+        if not pending:
+          return
+        metrics = jax.device_get([m for _, m in pending])
+        history['step'] += [s for s, _ in pending]
+        for key in history:
+          if key in ('tasks', 'step'):
+            continue
+          history[key] += [np.asarray(m[key]).tolist() for m in metrics]
+        pending.clear()
+
+      for step in range(start + 1, end + 1):
+        idx = next(pool_rows)  # [B]
+        pool_batch = {'z': np.asarray(pool['z'][idx], np.float32),
+                      'image_emb': np.asarray(pool['image_emb'][idx]),
+                      'text_emb': np.asarray(pool['text_emb'][idx])}
+        feedback = [task_batch(task, next(rows), ct)
+                    for task, rows, ct in zip(tasks, task_rows, class_text)]
+        state, metrics = program.step(state, jax.device_put(pool_batch, batch_sh),
+                                      feedback)
+        pending.append((step, metrics))
+        if step % cfg.log_every == 0 or step == end:
+          flush()
+          rate = (step - tick_step) / (time.perf_counter() - tick)
+          losses = ' '.join(f'{name}={loss:.4f}' for name, loss in
+                            zip(names, history['task_losses'][-1]))
+          log(f'meta step {step}/{cfg.steps} outer {history["outer_loss"][-1]:.4f} '
+              f'[{losses}] weight entropy {history["weight_entropy"][-1]:.3f} '
+              f'{rate:.2f} steps/s ETA {(cfg.steps - step) / max(rate, 1e-9):.0f}s')
+          tick, tick_step = time.perf_counter(), step
+        if manager is not None and (step == cfg.steps or (
+            cfg.checkpoint_every and step % cfg.checkpoint_every == 0)):
+          flush()
+          meta = dict(fingerprint, history={k: list(v) for k, v in history.items()})
+          manager.save(step, args=ocp.args.Composite(
+              state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+      flush()
+    finally:
+      if manager is not None:
+        manager.wait_until_finished()
+        manager.close()
+  return jax.device_get(state.value_params), history

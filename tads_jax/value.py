@@ -1,0 +1,291 @@
+"""The TADS value function: V(z) = prior . z + MLP(z) over standardized per-sample features.
+
+Inputs are the columns of features.parquet, in three groups (design section 5):
+
+  quality    the registered quality operators (scoring/quality.py): width ... caption_specificity
+  relevance  'relevance_<task>_image' / 'relevance_<task>_text', one pair per task
+  diversity  'cluster_weight', 'semantic_duplicate', 'exact_duplicate'
+
+'uid' and 'cluster' (an id) are never inputs; nor is any column outside the three groups.
+An ablation picks a subset of the groups: the other groups' columns are not inputs at all.
+
+The prior is a weak-supervision guess of each feature's sign (PRIOR_SIGNS), so that an
+untrained value function is already a sane selector; meta-learning (meta.py) refines it.
+The MLP's last layer starts at zero, so at init V is exactly the prior combination.
+
+    names = input_columns(table.column_names, groups=('quality', 'diversity'))
+    x = feature_matrix(table, names)                       # [N, F]
+    standardizer = Standardizer.fit(x, names)
+    z = standardizer.transform(x)                          # [N, F] float32 in [-5, 5]
+    module = ValueFunction(names, tuple(prior_weights(names)), hidden=(64,))
+    params = init_params(module)
+    values = module.apply({'params': params}, z)           # [N]
+"""
+
+import math
+from typing import Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pyarrow as pa
+
+from tads_jax.scoring import registry
+
+GROUPS = ('quality', 'relevance', 'diversity')
+DIVERSITY_COLUMNS = ('cluster_weight', 'semantic_duplicate', 'exact_duplicate')
+NOT_FEATURES = ('uid', 'cluster')
+RELEVANCE_PREFIX = 'relevance_'
+Z_CLIP = 5.0
+
+# Prior signs of the quality and diversity features; every other quality operator gets 0
+# (its good direction depends on the pool). Relevance columns are all +1 (prior_weights).
+PRIOR_SIGNS = {
+    # Image-caption cosine under the reference CLIP: the strongest single filter (DataComp).
+    'clip_score': 1.0,
+    # Alignment that survives mirroring is depiction, not caption text rendered in the image
+    # (T-MARS).
+    'flipped_clip_score': 1.0,
+    # A caption that singles out its image over the others carries more than a generic one.
+    'caption_specificity': 1.0,
+    # Blank or flat images carry no visual content.
+    'near_uniform': -1.0,
+    # Repeated words are keyword stuffing and spam.
+    'word_repetition': -1.0,
+    # Repeated character n-grams are spam, markup or broken text.
+    'char_repetition': -1.0,
+    # Symbol-heavy captions are URLs, markup or garbage.
+    'special_char_ratio': -1.0,
+    # Extreme aspect (long over short side) marks banners and strips that crop badly
+    # (DataComp's basic filter drops aspect > 3).
+    'aspect_ratio': -1.0,
+    # Samples from sparse clusters add coverage; (|C|/N)^-alpha is large there.
+    'cluster_weight': 1.0,
+    # A near-duplicate of a kept sample repeats it (SemDeDup).
+    'semantic_duplicate': -1.0,
+    # An exact copy repeats a sample byte for byte.
+    'exact_duplicate': -1.0,
+}
+
+
+def feature_group(name: str) -> str | None:
+  """'quality' | 'relevance' | 'diversity', or None for a column that is not an input."""
+  if name in NOT_FEATURES:
+    return None
+  if name in DIVERSITY_COLUMNS:
+    return 'diversity'
+  if name.startswith(RELEVANCE_PREFIX):
+    return 'relevance'
+  if name in registry.OPERATORS:
+    return 'quality'
+  return None
+
+
+def check_groups(groups: Sequence[str], field: str = 'groups') -> tuple[str, ...]:
+  groups = (groups,) if isinstance(groups, str) else tuple(groups)
+  unknown = [g for g in groups if g not in GROUPS]
+  if unknown or not groups or len(set(groups)) != len(groups):
+    raise ValueError(f'{field}: expected a non-empty subset of {GROUPS} without repeats, '
+                     f'got {groups}')
+  return groups
+
+
+def input_columns(columns: Sequence[str], groups: Sequence[str] = GROUPS) -> tuple[str, ...]:
+  """The columns (in table order) that feed the value function under an ablation."""
+  groups = check_groups(groups)
+  names = tuple(c for c in columns if feature_group(c) in groups)
+  if not names:
+    raise ValueError(f'groups: none of the columns {list(columns)} is a feature of the '
+                     f'groups {groups}')
+  return names
+
+
+def prior_weights(names: Sequence[str],
+                  group_weights: Mapping[str, float] | None = None) -> np.ndarray:
+  """The prior's weight per feature [F] float32.
+
+  Within each group the signed weights are scaled to an L1 norm of 1 (quality: the named
+  signs; relevance: +1 on the image and the text side of every task, so all tasks together
+  weigh like the quality group; diversity: the named signs), then multiplied by the
+  group's weight (default 1; 0 removes the group from the prior but keeps its features as
+  MLP inputs). Quality operators without a named sign get 0.
+  """
+  group_weights = dict(group_weights or {})
+  for group, weight in group_weights.items():
+    if group not in GROUPS:
+      raise ValueError(f'group_weights: unknown group {group!r}; one of {GROUPS}')
+    if not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+      raise ValueError(f'group_weights.{group}: expected a finite number >= 0, got '
+                       f'{weight!r}')
+  weights = np.zeros(len(names), np.float64)
+  groups = [feature_group(n) for n in names]
+  for i, (name, group) in enumerate(zip(names, groups)):
+    if group is None:
+      raise ValueError(f'names: {name!r} is not a value-function feature')
+    weights[i] = 1.0 if group == 'relevance' else PRIOR_SIGNS.get(name, 0.0)
+  for group in GROUPS:
+    members = np.array([g == group for g in groups])
+    norm = np.abs(weights[members]).sum()
+    if norm > 0:
+      weights[members] *= group_weights.get(group, 1.0) / norm
+  return weights.astype(np.float32)
+
+
+def feature_matrix(table, names: Sequence[str], where: str = 'features') -> np.ndarray:
+  """[N, F] float32 from a pyarrow Table or a {column: array} mapping; bools become 0/1,
+  nulls NaN (the Standardizer maps them to 0)."""
+  columns = []
+  available = table.column_names if hasattr(table, 'column_names') else list(table)
+  for name in names:
+    if name not in available:
+      raise ValueError(f'{where}: column {name!r} is missing (have {list(available)})')
+    column = table[name]
+    if isinstance(column, (pa.ChunkedArray, pa.Array)):  # nulls -> NaN (or None)
+      column = column.to_numpy(zero_copy_only=False)
+    array = np.asarray(column)
+    if array.ndim != 1:
+      raise ValueError(f'{where}.{name}: expected one value per row, got shape {array.shape}')
+    if array.dtype == object:  # pyarrow bools with nulls arrive as objects
+      if not all(v is None or isinstance(v, (bool, int, float, np.number)) for v in array):
+        raise ValueError(f'{where}.{name}: expected numbers or bools, got objects')
+      array = np.array([np.nan if v is None else v for v in array], np.float64)
+    if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+      raise ValueError(f'{where}.{name}: expected numbers or bools, got {array.dtype}')
+    columns.append(array.astype(np.float32))
+  lengths = {len(c) for c in columns}
+  if len(lengths) > 1:
+    raise ValueError(f'{where}: columns have different lengths {sorted(lengths)}')
+  return np.stack(columns, axis=1) if columns else np.zeros((0, 0), np.float32)  # [N, F]
+
+
+class Standardizer:
+  """Per-feature z-scores fitted on the pool.
+
+  mean and std come from the finite values of each column; a constant (or all-missing)
+  column gets std 1, so its z is 0 rather than a division by zero. After scaling, NaN
+  becomes 0 (the pool mean: a missing signal says nothing either way) and z is clipped to
+  [-5, 5] so that one wild value (an inf, a corrupt size) cannot dominate V.
+  """
+
+  def __init__(self, names: Sequence[str], mean, std, clip: float = Z_CLIP):
+    self.names = tuple(names)
+    self.mean = np.asarray(mean, np.float64)
+    self.std = np.asarray(std, np.float64)
+    self.clip = float(clip)
+    f = len(self.names)
+    for field, value in (('mean', self.mean), ('std', self.std)):
+      if value.shape != (f,) or not np.all(np.isfinite(value)):
+        raise ValueError(f'Standardizer.{field}: expected {f} finite values, got '
+                         f'{value.shape}')
+    if (self.std <= 0).any():
+      raise ValueError('Standardizer.std: every std must be > 0')
+    if not self.clip > 0:
+      raise ValueError(f'Standardizer.clip: expected > 0, got {clip!r}')
+
+  @classmethod
+  def fit(cls, x, names: Sequence[str], clip: float = Z_CLIP) -> 'Standardizer':
+    x = np.asarray(x, np.float64)  # [N, F]
+    if x.ndim != 2 or x.shape[1] != len(names):
+      raise ValueError(f'Standardizer.fit: expected [N, {len(names)}] features, got '
+                       f'{x.shape}')
+    finite = np.isfinite(x)
+    count = finite.sum(axis=0)  # [F]
+    safe = np.where(finite, x, 0.0)
+    mean = safe.sum(axis=0) / np.maximum(count, 1)
+    var = (np.where(finite, x - mean, 0.0) ** 2).sum(axis=0) / np.maximum(count, 1)
+    std = np.sqrt(var)
+    # Relative test: a column like width=256 everywhere gets a variance of float noise.
+    constant = (count == 0) | (std <= 1e-7 * np.maximum(np.abs(mean), 1.0))
+    return cls(names, mean, np.where(constant, 1.0, std), clip)
+
+  def transform(self, x) -> np.ndarray:
+    x = np.asarray(x, np.float64)  # [N, F]
+    if x.ndim != 2 or x.shape[1] != len(self.names):
+      raise ValueError(f'Standardizer.transform: expected [N, {len(self.names)}] features '
+                       f'({", ".join(self.names)}), got {x.shape}')
+    with np.errstate(invalid='ignore'):
+      z = (x - self.mean) / self.std
+    z = np.where(np.isnan(z), 0.0, z)
+    return np.clip(z, -self.clip, self.clip).astype(np.float32)  # [N, F]
+
+  def to_dict(self) -> dict:
+    return {'names': list(self.names), 'mean': self.mean.tolist(),
+            'std': self.std.tolist(), 'clip': self.clip}
+
+  @classmethod
+  def from_dict(cls, d: Mapping, where: str = 'standardizer') -> 'Standardizer':
+    for field in ('names', 'mean', 'std'):
+      if field not in d:
+        raise ValueError(f'{where}: field {field!r} is missing')
+    try:
+      return cls(d['names'], d['mean'], d['std'], d.get('clip', Z_CLIP))
+    except ValueError as e:
+      raise ValueError(f'{where}: {e}') from None
+
+
+class ValueFunction(nn.Module):
+  """V(z) = prior . z + MLP(z): one score per sample.
+
+  `linear` starts at the prior and is learned; the MLP (gelu hidden layers, then a
+  zero-initialized output) adds interactions the linear part cannot express. A constant
+  added to V changes no softmax over a batch, so there is no output bias.
+  """
+  names: tuple[str, ...]
+  prior: tuple[float, ...]
+  hidden: tuple[int, ...] = (64,)
+
+  @nn.compact
+  def __call__(self, z):  # [B, F] -> [B]
+    if len(self.prior) != len(self.names):
+      raise ValueError(f'ValueFunction: {len(self.prior)} prior weights for '
+                       f'{len(self.names)} features')
+    if z.shape[-1] != len(self.names):
+      raise ValueError(f'ValueFunction: expected [B, {len(self.names)}] features '
+                       f'({", ".join(self.names)}), got {z.shape}')
+    prior = np.asarray(self.prior, np.float32)
+    linear = self.param('linear', lambda _: jnp.asarray(prior))  # [F]
+    value = z @ linear.astype(z.dtype)  # [B]
+    h = z
+    for i, width in enumerate(self.hidden):
+      h = jax.nn.gelu(nn.Dense(width, name=f'hidden_{i}')(h))  # [B, width]
+    if self.hidden:
+      out = nn.Dense(1, use_bias=False, kernel_init=nn.initializers.zeros, name='out')(h)
+      value = value + out[:, 0]
+    return value
+
+
+def make_value_function(names: Sequence[str], group_weights=None, hidden=(64,),
+                        zero_prior: bool = False) -> ValueFunction:
+  """ValueFunction over `names` with the prior of prior_weights (or all zeros)."""
+  prior = np.zeros(len(names)) if zero_prior else prior_weights(names, group_weights)
+  for width in hidden:
+    if not isinstance(width, int) or isinstance(width, bool) or width < 1:
+      raise ValueError(f'hidden: expected positive integers, got {tuple(hidden)}')
+  return ValueFunction(tuple(names), tuple(float(w) for w in prior), tuple(hidden))
+
+
+def init_params(module: ValueFunction, seed: int = 0):
+  """Params of the hidden layers from seed; `linear` is the prior, `out` is zero."""
+  z = jnp.zeros((1, len(module.names)), jnp.float32)
+  return module.init(jax.random.key(seed), z)['params']
+
+
+def feature_weights(module: ValueFunction, params, z, chunk: int = 65536) -> dict:
+  """{name: {'linear': w_f, 'effective': mean over rows of dV/dz_f}} for the report.
+
+  'effective' includes the MLP, so it tells how V actually responds to each feature on
+  these rows; it equals 'linear' while the MLP is at its zero init. Rows are independent,
+  so the gradient of sum(V) w.r.t. z holds every row's dV/dz_f at once.
+  """
+  z = np.asarray(z, np.float32)  # [N, F]
+  if z.ndim != 2 or not len(z):
+    raise ValueError(f'feature_weights: expected a non-empty [N, F] array, got {z.shape}')
+  grad_fn = jax.jit(jax.grad(lambda x: jnp.sum(module.apply({'params': params}, x))))
+  total = np.zeros(z.shape[1], np.float64)
+  for lo in range(0, len(z), chunk):
+    total += np.asarray(grad_fn(z[lo:lo + chunk]), np.float64).sum(axis=0)
+  effective = total / len(z)  # [F]
+  linear = np.asarray(params['linear'])
+  return {name: {'linear': float(linear[i]), 'effective': float(effective[i])}
+          for i, name in enumerate(module.names)}
