@@ -11,7 +11,8 @@ def get_config():
   c = ml_collections.ConfigDict()
   c.seed = 0
   # Stages run in this order; a finished stage whose config fingerprint matches is skipped.
-  c.stages = ('ingest', 'select', 'export', 'report')
+  c.stages = ('ingest', 'encoder', 'embed', 'features', 'learn', 'select', 'evaluate',
+              'export', 'report')
 
   c.pool = ml_collections.ConfigDict()
   c.pool.format = 'synthetic'   # 'synthetic' | 'webdataset' | 'datacomp'
@@ -35,8 +36,7 @@ def get_config():
   c.pool.synthetic.retrieval_eval = 500
 
   # Reference encoder: a Hugging Face CLIP folder or a tads-jax checkpoint, or, with no
-  # checkpoint, a CLIP trained on a trusted set (DFN-style). Read by the embed stage, which
-  # is not implemented yet.
+  # checkpoint, a CLIP trained on a trusted set (DFN-style) by the encoder stage.
   # Device mesh: axes 'data' and 'model'; data=-1 takes every device. Rules map the
   # parameters' logical axes to mesh axes: 'data_parallel', 'fsdp' or 'tensor_parallel'.
   c.mesh = ml_collections.ConfigDict(dict(data=-1, model=1, rules='data_parallel'))
@@ -89,7 +89,27 @@ def get_config():
   c.tasks = 'synthetic'
 
   c.selector = ml_collections.ConfigDict()
-  c.selector.name = 'random'
+  c.selector.name = 'tads'
+
+  # TADS: a value function over the standardized features, started at a weak-supervision
+  # prior and meta-learned against the tasks' train splits (tads_jax/value.py, meta.py).
+  c.tads = ml_collections.ConfigDict()
+  c.tads.groups = ('quality', 'relevance', 'diversity')  # ablate by leaving groups out
+  c.tads.prior = ml_collections.ConfigDict(dict(quality=1.0, relevance=1.0, diversity=1.0))
+  c.tads.hidden = (32,)           # the value MLP's hidden widths (its output starts at 0)
+  c.tads.meta = ml_collections.ConfigDict(dict(
+      steps=300,                  # meta steps; 0 = the prior alone (no meta-learning)
+      batch_size=256,             # pool samples per meta step
+      unroll=4,                   # K differentiable proxy updates per meta step
+      inner_optimizer='adam',     # 'sgd' | 'adam' (both differentiable)
+      inner_lr=1e-3,
+      tau=1.0,                    # w = softmax(V / tau) over the batch
+      value_lr=3e-3,
+      value_weight_decay=1e-4,
+      task_weight_rate=1.0,       # task weights softmax(rate * L / L0); 0 = uniform
+      task_batch_size=256,
+      head='mlp',                 # the proxy: residual MLP heads on the reference embeddings
+      checkpoint_every=100))
 
   c.selection = ml_collections.ConfigDict()
   c.selection.fraction = 0.36   # TADS keeps 36% of CC12M in the paper
@@ -111,7 +131,7 @@ def get_config():
   c.evaluate.head = 'mlp'       # 'mlp' (residual: starts at the reference space) | 'linear'
   # Subsets evaluated beside the selected one, at the same budget (top-k at
   # selection.fraction): 'full' (every pool sample once) or any non-learning selector.
-  c.evaluate.baselines = ()
+  c.evaluate.baselines = ('full', 'random', 'clip_score')
 
   c.export = ml_collections.ConfigDict()
   c.export.shards = False       # also write the subset as resharded webdataset tars

@@ -103,6 +103,22 @@ def validate(config: ml_collections.ConfigDict, known_stages, known_selectors) -
   if name not in known_selectors:
     raise ConfigError(f'config.selector.name: unknown selector {name!r}; known: '
                       f'{", ".join(sorted(known_selectors))}')
+  learns = known_selectors[name].learns
+  if learns and 'learn' not in stages:
+    raise ConfigError(f'config.stages: selector {name!r} learns from the pool; add learn '
+                      '(after features, before select)')
+  if not learns and 'learn' in stages:
+    raise ConfigError(f'config.stages: selector {name!r} has nothing to learn; remove learn')
+  if learns:
+    for needed in ('features',) + (('embed',) if _meta_steps(config, name) else ()):
+      if needed not in stages:
+        raise ConfigError(f'config.stages: selector {name!r} needs the {needed} stage')
+    check = getattr(known_selectors[name], 'check_config', None)
+    if check is not None:
+      try:
+        check(config)
+      except ValueError as e:
+        raise ConfigError(str(e)) from None
   fraction = _expect_type(config, 'selection.fraction', (float, int), 'a number')
   if not 0 < fraction <= 1:
     raise ConfigError(f'config.selection.fraction: must be in (0, 1], got {fraction}')
@@ -126,6 +142,14 @@ def validate(config: ml_collections.ConfigDict, known_stages, known_selectors) -
   shard_size = _expect_type(config, 'export.shard_size', (int,), 'an integer')
   if shard_size <= 0:
     raise ConfigError(f'config.export.shard_size: must be positive, got {shard_size}')
+
+
+def _meta_steps(config, name) -> int:
+  """Meta-learning steps of a learning selector's block (0: nothing needs embeddings)."""
+  try:
+    return int(config[name].meta.steps)
+  except (KeyError, AttributeError, TypeError, ValueError):
+    return 1
 
 
 def _check_evaluate(config):

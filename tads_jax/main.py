@@ -37,10 +37,19 @@ def run(config, workdir: str) -> dict:
   return pipeline.run_stages(stages_lib.STAGES, pipeline.stage_names(config), ctx)
 
 
+class _QuietLibraries(pylogging.Filter):
+  """Drops INFO lines from orbax (a dozen per checkpoint save), keeping its warnings, so
+  that the stages' progress lines stay readable."""
+
+  def filter(self, record):
+    return record.levelno > pylogging.INFO or '/orbax/' not in record.pathname
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   pylogging.getLogger('absl').setLevel(pylogging.INFO)
+  pylogging.getLogger('absl').addFilter(_QuietLibraries())
   logging.set_verbosity(logging.INFO)
   try:
     status = run(_CONFIG.value, _WORKDIR.value)

@@ -38,6 +38,7 @@ ATOL = 1e-3
 def small_config(checkpoint):
   c = default.get_config()
   c.stages = ('ingest', 'encoder', 'embed')
+  c.selector.name = 'random'
   c.pool.synthetic.update(dict(
       num_samples=50, shard_size=20, trusted_size=4, train_per_class=1,
       eval_per_class=1, retrieval_train=3, retrieval_eval=2))

@@ -19,6 +19,7 @@ from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-
 def tiny_config():
   c = default.get_config()
   c.stages = ('ingest', 'encoder')
+  c.selector.name = 'random'
   c.encoder.image_size = 32
   c.pool.synthetic.update(dict(num_samples=100, shard_size=50, trusted_size=200,
                                train_per_class=1, eval_per_class=1, retrieval_train=4,

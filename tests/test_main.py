@@ -26,7 +26,10 @@ from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-
 
 
 def small_config(**synthetic) -> ml_collections.ConfigDict:
+  """The default's pool with the cheap chain (no encoder training): random selection."""
   c = default.get_config()
+  c.stages = ('ingest', 'select', 'export', 'report')
+  c.selector.name = 'random'
   c.pool.synthetic.update(dict(
       num_samples=400, shard_size=50, trusted_size=20, train_per_class=1,
       eval_per_class=1, retrieval_train=4, retrieval_eval=4, **synthetic))
@@ -210,6 +213,8 @@ def slow(ctx, path):
   return original(ctx, path)
 ingest._ingest_source = slow
 c = default.get_config()
+c.stages = ('ingest', 'select', 'export', 'report')
+c.selector.name = 'random'
 c.pool.synthetic.update(dict(num_samples=600, shard_size=50, trusted_size=20,
     train_per_class=1, eval_per_class=1, retrieval_train=4, retrieval_eval=4))
 main.run(c, {workdir!r})

@@ -46,4 +46,4 @@ def get(name: str, config: ml_collections.ConfigDict) -> Selector:
 
 
 # Importing the modules registers the selectors.
-from tads_jax.selectors import clip_score, random_selector  # pylint: disable=g-import-not-at-top,unused-import
+from tads_jax.selectors import clip_score, random_selector, tads  # pylint: disable=g-import-not-at-top,unused-import

@@ -111,13 +111,14 @@ def pool_embeddings(ctx, subset=None) -> tuple[list, np.ndarray, np.ndarray, int
   return uids, np.concatenate(image_emb), np.concatenate(text_emb), pool
 
 
-def task_embeddings(ctx) -> list:
-  """[(TaskSpec, {field: array})] of every task's eval split, from embed/tasks."""
+def task_embeddings(ctx, split: str = 'eval') -> list:
+  """[(TaskSpec, {field: array})] of every task's `split` ('eval' or 'train'), from
+  embed/tasks."""
   out = []
   for spec in embed_stage.task_specs(ctx):
-    npz_path = embed_stage.task_item(ctx, spec.name, 'eval') + '.npz'
+    npz_path = embed_stage.task_item(ctx, spec.name, split) + '.npz'
     if not os.path.exists(npz_path):
-      raise ValueError(f'{npz_path}: missing; the embed stage has not embedded the eval '
+      raise ValueError(f'{npz_path}: missing; the embed stage has not embedded the {split} '
                        f'split of task {spec.name!r}')
     fields = (('image_emb', 'labels', 'class_text_emb') if spec.kind == 'classification'
               else ('image_emb', 'text_emb', 'text_image'))

@@ -27,6 +27,8 @@ def run(ctx) -> dict:
   config = ctx.config
   features = features_table(ctx)
   selector = selectors.get(config.selector.name, config)
+  if selector.learns:
+    selector.restore(ctx.stage_dir('learn'))
   fit_summary = selector.fit(features)
   scores = np.asarray(selector.score(features), dtype=np.float64)
   if scores.shape != (features.num_rows,):
@@ -84,10 +86,16 @@ def features_table(ctx) -> pa.Table:
 
 
 def inputs(config) -> tuple:
-  """The selector sees the features when the features stage is configured."""
-  if 'features' in pipeline.stage_names(config):
-    return ('ingest', 'features')
-  return ('ingest',)
+  """The selector sees the features when the features stage is configured, and what the
+  learn stage fitted when that is."""
+  names = pipeline.stage_names(config)
+  return ('ingest',) + tuple(s for s in ('features', 'learn') if s in names)
+
+
+def learn_inputs(config) -> tuple:
+  """What the learn stage reads: the features table and the embeddings."""
+  names = pipeline.stage_names(config)
+  return ('ingest',) + tuple(s for s in ('embed', 'features') if s in names)
 
 
 STAGE = pipeline.Stage(name='select', run=run, inputs=inputs,

@@ -1,0 +1,180 @@
+"""TADS through the pipeline (learn -> select -> report) on the tiny world of
+test_features_stage.py.
+
+References are independent of the selector: with meta-learning off, every score is the
+prior combination recomputed here with numpy from features.parquet (z-scores, clip, signed
+group-normalized weights written out by hand); with it on, the learn stage's history and
+the report's tables are checked against the files the stages wrote.
+"""
+
+import json
+import os
+import shutil
+import sys
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import test_features_stage  # noqa: E402  pylint: disable=wrong-import-position
+
+from tads_jax import config as config_lib  # noqa: E402
+from tads_jax import main  # noqa: E402
+from tads_jax import selectors  # noqa: E402
+from tads_jax import stages  # noqa: E402
+from tads_jax.data import subset as subset_lib  # noqa: E402
+
+STAGES = ('ingest', 'encoder', 'embed', 'features', 'learn', 'select', 'report')
+
+
+def config(steps=6):
+  c = test_features_stage.config()
+  c.stages = STAGES
+  c.selector.name = 'tads'
+  c.selection.fraction = 0.36
+  c.tads.meta.update(dict(steps=steps, batch_size=16, unroll=2, task_batch_size=8,
+                          checkpoint_every=3, head_hidden=32))
+  return c
+
+
+@pytest.fixture(scope='module')
+def prior_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('tads_prior'))
+  status = main.run(config(steps=0), workdir)
+  return workdir, status
+
+
+def _prior_scores_by_hand(features):
+  """sum_f w_f clip((x_f - mean_f) / std_f, -5, 5), NaN -> 0, with the prior's weights:
+  quality signs from value.PRIOR_SIGNS written out, relevance +1, each group scaled to an
+  L1 norm of 1."""
+  signs = {'aspect_ratio': -1, 'clip_score': 1, 'flipped_clip_score': 1,
+           'caption_specificity': 1, 'cluster_weight': 1, 'semantic_duplicate': -1,
+           'exact_duplicate': -1}  # width, sharpness, words: 0 (no prior sign)
+  quality = list(test_features_stage.OPERATORS)
+  relevance = [c for c in features.column_names if c.startswith('relevance_')]
+  diversity = ['cluster_weight', 'semantic_duplicate', 'exact_duplicate']
+  total = np.zeros(features.num_rows)
+  for group in (quality, relevance, diversity):
+    w = np.array([1.0 if c.startswith('relevance_') else signs.get(c, 0.0) for c in group],
+                 float)
+    w /= np.abs(w).sum()
+    for name, weight in zip(group, w):
+      x = features.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
+      std = x.std()
+      z = (x - x.mean()) / std if std > 1e-7 * max(abs(x.mean()), 1) else np.zeros_like(x)
+      total += weight * np.clip(z, -5, 5)
+  return total
+
+
+def test_prior_alone_scores_are_the_hand_computed_combination(prior_run):
+  workdir, status = prior_run
+  assert all(s == 'ran' for s in status.values()), status
+  scores = pq.read_table(os.path.join(workdir, 'scores.parquet'))
+  np.testing.assert_allclose(scores.column('score').to_numpy(),
+                             _prior_scores_by_hand(scores), rtol=1e-4, atol=1e-4)
+  counts = scores.column('times_selected').to_numpy()
+  assert counts.sum() == round(0.36 * scores.num_rows) and counts.max() == 1
+  # The subset is the top 36% of those scores.
+  order = np.argsort(-scores.column('score').to_numpy(), kind='stable')
+  kept = set(np.flatnonzero(counts))
+  assert kept == set(order[:counts.sum()])
+  report = json.load(open(os.path.join(workdir, 'report.json')))
+  assert report['learn']['meta_steps'] == 0
+  weights = {w['feature']: w for w in report['learn']['feature_weights']}
+  assert weights['clip_score']['prior'] == pytest.approx(0.25)  # 1 of 4 signed quality ops
+  assert weights['clip_score']['learned'] == pytest.approx(0.25)  # nothing learned
+  assert 'No meta-learning' in open(os.path.join(workdir, 'report.md')).read()
+
+
+def test_meta_learning_runs_resumes_and_is_reported(prior_run, tmp_path):
+  workdir = str(tmp_path / 'w')
+  shutil.copytree(prior_run[0], workdir)
+  status = main.run(config(steps=6), workdir)
+  # Only what depends on config.tads reruns.
+  assert [s for s, v in status.items() if v == 'ran'] == ['learn', 'select', 'report']
+  history = json.load(open(os.path.join(workdir, 'learn', 'history.json')))
+  assert history['step'] == list(range(1, 7))
+  assert set(history['task_losses']) == set(history['tasks'])
+  for name in history['tasks']:
+    assert len(history['task_weights'][name]) == 6
+  weights_sum = np.sum([history['task_weights'][n] for n in history['tasks']], axis=0)
+  np.testing.assert_allclose(weights_sum, 1.0, rtol=1e-5)
+  report = json.load(open(os.path.join(workdir, 'report.json')))
+  assert set(report['plots']) >= {'meta_curves', 'feature_weights', 'kept_by_noise'}
+  for path in report['plots'].values():
+    assert os.path.getsize(path) > 1000
+  learned = {w['feature']: w['learned'] for w in report['learn']['feature_weights']}
+  prior = {w['feature']: w['prior'] for w in report['learn']['feature_weights']}
+  assert learned != prior  # six meta steps moved the value function
+  first = subset_lib.read_subset(os.path.join(workdir, 'subset.npy'))
+
+  # A run killed after meta step 3 (checkpoint there) resumes to the same value function.
+  again = str(tmp_path / 'again')
+  shutil.copytree(prior_run[0], again)
+  c = config(steps=6)
+  from tads_jax.selectors import tads  # pylint: disable=g-import-not-at-top
+  original = tads.meta.learn
+
+  def killed(*args, **kwargs):
+    original(*args, stop_after=3, **kwargs)
+    raise KeyboardInterrupt('killed after meta step 3')
+
+  tads.meta.learn = killed
+  try:
+    with pytest.raises(KeyboardInterrupt):
+      main.run(c, again)
+  finally:
+    tads.meta.learn = original
+  assert main.run(c, again)['learn'] == 'ran'
+  np.testing.assert_array_equal(subset_lib.read_subset(os.path.join(again, 'subset.npy')),
+                                first)
+  resumed = json.load(open(os.path.join(again, 'learn', 'history.json')))
+  np.testing.assert_allclose(resumed['outer_loss'], history['outer_loss'], rtol=1e-6)
+
+
+def test_soft_cap_writes_repeats_at_the_same_budget(prior_run, tmp_path):
+  workdir = str(tmp_path / 'w')
+  shutil.copytree(prior_run[0], workdir)
+  c = config(steps=0)
+  c.selection.method = 'soft_cap'
+  c.selection.soft_cap.update(dict(batch_size=4, penalty=0.15))
+  status = main.run(c, workdir)
+  assert status['learn'] == 'skipped' and status['select'] == 'ran'
+  scores = pq.read_table(os.path.join(workdir, 'scores.parquet'))
+  counts = scores.column('times_selected').to_numpy()
+  subset = subset_lib.read_subset(os.path.join(workdir, 'subset.npy'))
+  assert len(subset) == counts.sum() == round(0.36 * scores.num_rows)
+  assert counts.max() > 1  # some sample repeats: a batch of 4 from softmax of the values
+
+
+def _validate(c):
+  config_lib.validate(c, stages.STAGE_NAMES, selectors.SELECTORS)
+
+
+def test_config_errors_name_the_field():
+  c = config()
+  c.stages = tuple(s for s in STAGES if s != 'learn')
+  with pytest.raises(config_lib.ConfigError, match="config.stages: selector 'tads' learns"):
+    _validate(c)
+  c = config()
+  c.selector.name = 'random'
+  with pytest.raises(config_lib.ConfigError, match="selector 'random' has nothing to learn"):
+    _validate(c)
+  for field, value, message in (
+      ('groups', ('quality', 'vibes'), 'config.tads.groups'),
+      ('hidden', (0,), 'config.tads.hidden'),
+  ):
+    c = config()
+    c.tads[field] = value
+    with pytest.raises(config_lib.ConfigError, match=message):
+      _validate(c)
+  c = config()
+  c.tads.meta.unroll = 0
+  with pytest.raises(config_lib.ConfigError, match='config.tads.meta.unroll'):
+    _validate(c)
+  c = config()
+  c.tads.prior.quality = -1.0
+  with pytest.raises(config_lib.ConfigError, match='config.tads.prior'):
+    _validate(c)
