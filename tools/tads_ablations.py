@@ -1,0 +1,92 @@
+r"""TADS ablations on one finished default run: each variant reruns learn, select and evaluate
+in a copy of the run's workdir (ingest, encoder, embed and features are reused, since
+their config is unchanged), then prints one Markdown table.
+
+  python tools/tads_ablations.py --workdir workdir/default --out /tmp/ablations
+
+Variants (config overrides of configs/default.py):
+  tads               the default (quality + relevance + diversity, meta-learned)
+  prior_only         tads.meta.steps = 0: the weak-supervision prior alone
+  no_quality         tads.groups without 'quality'
+  no_relevance       tads.groups without 'relevance'
+  no_diversity       tads.groups without 'diversity'
+Baselines (full, random, clip_score) come from the base run's eval.json.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import sys
+
+from absl import logging
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+from configs import default  # noqa: E402  pylint: disable=wrong-import-position
+from tads_jax import main  # noqa: E402  pylint: disable=wrong-import-position
+
+VARIANTS = {
+    'tads': {},
+    'prior_only': {'tads.meta.steps': 0},
+    'no_quality': {'tads.groups': ('relevance', 'diversity')},
+    'no_relevance': {'tads.groups': ('quality', 'diversity')},
+    'no_diversity': {'tads.groups': ('quality', 'relevance')},
+}
+
+
+def variant_config(overrides: dict, seeds: int):
+  c = default.get_config()
+  c.evaluate.baselines = ()  # evaluated once, in the base run
+  c.evaluate.seeds = seeds
+  for dotted, value in overrides.items():
+    node = c
+    *parents, leaf = dotted.split('.')
+    for part in parents:
+      node = node[part]
+    node[leaf] = value
+  return c
+
+
+def row(name, result, overrides=None):
+  tasks = result['tasks']
+  return {'subset': name, 'overrides': overrides or '',
+          'entries': result['subset']['entries'], 'average': result['average']['mean'],
+          'std': result['average']['std'],
+          **{t: tasks[t]['mean']['main'] for t in sorted(tasks)}}
+
+
+def main_(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--workdir', required=True, help='a finished run of configs/default.py')
+  parser.add_argument('--out', required=True, help='where the variant workdirs go')
+  parser.add_argument('--variants', default=','.join(VARIANTS))
+  parser.add_argument('--seeds', type=int, default=3)
+  args = parser.parse_args(argv)
+  logging.set_verbosity(logging.WARNING)
+  with open(os.path.join(args.workdir, 'eval.json')) as f:
+    base = json.load(f)
+  rows = [row(f'{name} (baseline)', r) for name, r in base.get('baselines', {}).items()]
+  for name in args.variants.split(','):
+    overrides = VARIANTS[name]
+    workdir = os.path.join(args.out, name)
+    if not os.path.exists(workdir):
+      shutil.copytree(args.workdir, workdir,
+                      ignore=shutil.ignore_patterns('learn', 'evaluate', 'eval.json'))
+    main.run(variant_config(overrides, args.seeds), workdir)
+    with open(os.path.join(workdir, 'eval.json')) as f:
+      rows.append(row(name, json.load(f), json.dumps(overrides) if overrides else ''))
+    print(f'{name}: {rows[-1]["average"]:.4f} +- {rows[-1]["std"]:.4f}', flush=True)
+  columns = list(rows[-1])
+  print('| ' + ' | '.join(columns) + ' |')
+  print('|' + '---|' * len(columns))
+  for r in rows:
+    print('| ' + ' | '.join(f'{v:.4f}' if isinstance(v, float) else str(v)
+                            for v in (r[c] for c in columns)) + ' |')
+  print(f'\ncommand: python tools/tads_ablations.py --workdir {args.workdir} --out {args.out}'
+        f' --seeds {args.seeds}')
+
+
+if __name__ == '__main__':
+  main_()
