@@ -259,6 +259,10 @@ def evidence_config():
   c.pool.image_size = 32  # what the encoder sees; ingest and embed decode less
   c.pool.synthetic.update(dict(num_samples=400, shard_size=200, trusted_size=1000,
                                eval_per_class=5, retrieval_eval=40))
+  # A noisier pool than the default world's (15% misaligned): at this size the proxy's
+  # spread over seeds is ~0.01, and a random draw must hold enough bad pairs to sit
+  # measurably below clean ones. The protocol, not the world, is under test.
+  c.pool.synthetic.noise.misaligned = 0.45
   c.encoder.model_overrides = {'vision_layers': 1, 'text_layers': 1}
   c.encoder.samples_seen = 32 * 400
   c.encoder.lr = 2e-3
@@ -284,11 +288,12 @@ def _chance(workdir):
 
 @pytest.mark.slow
 def test_clean_pairs_beat_misaligned_pairs_at_chance(tmp_path):
-  """Ground truth picks three subsets of one size; the tool evaluates each.
+  """Ground truth picks three subsets of one size; the tool evaluates each: clean on-task
+  pairs beat a random draw of the pool, which beats misaligned pairs, which sit at chance.
 
-  Measured (2 seeds): clean on-task 0.225, random 0.225, misaligned 0.127, chance 0.125.
-  Clean on-task does not beat random here: on-task is defined by shape and this reference
-  sees colour only (BENCHMARKS.md, ground truth section), so that ordering is not asserted.
+  Measured (2 seeds): clean 0.238, random 0.163, misaligned 0.130, chance 0.125. With 30%
+  misaligned instead of 45%, the tiny reference came out weaker and the three were within
+  0.04 (0.217, 0.222, 0.184): at this size the world's noise level must dominate.
   """
   workdir = str(tmp_path / 'w')
   c = evidence_config()
@@ -319,4 +324,5 @@ def test_clean_pairs_beat_misaligned_pairs_at_chance(tmp_path):
   print('average main metric', score, 'chance', chance)
   assert score['misaligned'] < chance + 0.05
   assert score['clean'] > score['misaligned'] + 0.05
-  assert score['random'] > score['misaligned'] + 0.05
+  assert score['random'] > score['misaligned'] + 0.02
+  assert score['clean'] > score['random'] + 0.03

@@ -10,6 +10,8 @@ Variants (config overrides of configs/default.py):
   no_quality         tads.groups without 'quality'
   no_relevance       tads.groups without 'relevance'
   no_diversity       tads.groups without 'diversity'
+  tau_0.3, tau_0.3_600_steps, linear_proxy, value_lr_0.01, prior_quality_heavy: other
+                     meta-learning and prior settings (--variants)
 Baselines (full, random, clip_score) come from the base run's eval.json.
 """
 
@@ -32,6 +34,13 @@ VARIANTS = {
     'no_quality': {'tads.groups': ('relevance', 'diversity')},
     'no_relevance': {'tads.groups': ('quality', 'diversity')},
     'no_diversity': {'tads.groups': ('quality', 'relevance')},
+    # Method settings tried beside the default (reported, not picked silently):
+    'tau_0.3': {'tads.meta.tau': 0.3},
+    'tau_0.3_600_steps': {'tads.meta.tau': 0.3, 'tads.meta.steps': 600},
+    'linear_proxy': {'tads.meta.head': 'linear'},
+    'value_lr_0.01': {'tads.meta.value_lr': 0.01},
+    'prior_quality_heavy': {'tads.prior.quality': 2.0, 'tads.prior.relevance': 0.5,
+                            'tads.prior.diversity': 0.5},
 }
 
 
@@ -61,7 +70,8 @@ def main_(argv=None):
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--workdir', required=True, help='a finished run of configs/default.py')
   parser.add_argument('--out', required=True, help='where the variant workdirs go')
-  parser.add_argument('--variants', default=','.join(VARIANTS))
+  parser.add_argument('--variants', default='tads,prior_only,no_quality,no_relevance,'
+                      'no_diversity')
   parser.add_argument('--seeds', type=int, default=3)
   args = parser.parse_args(argv)
   logging.set_verbosity(logging.WARNING)
