@@ -27,7 +27,6 @@ less than the others' (relative to where it started) gets more weight; rate 0 is
 import dataclasses
 import functools
 import hashlib
-import json
 import math
 import os
 import time
@@ -40,7 +39,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 
 from tads_jax import sharding
 from tads_jax import train
@@ -437,22 +435,6 @@ def _fingerprint(cfg, value_module, value_params, pool, tasks) -> dict:
   }
 
 
-def _check_fingerprint(directory, step, saved, expected):
-  for key, value in expected.items():
-    if key == 'config':
-      continue
-    if json.loads(json.dumps(value)) != saved.get(key):
-      raise ValueError(f'{directory}: the checkpoint at step {step} was written for another '
-                       f'{key} ({saved.get(key)!r}, this run {value!r}); use another '
-                       'workdir')
-  for key, value in expected['config'].items():
-    old = saved.get('config', {}).get(key)
-    if old != value:
-      raise ValueError(f'{directory}: the checkpoint at step {step} was written with '
-                       f'MetaConfig.{key}={old!r}, this run has {value!r}; use another '
-                       'workdir')
-
-
 # ---------------------------------------------------------------------------------------
 # The loop.
 
@@ -570,15 +552,10 @@ def learn(cfg: MetaConfig, value_module_and_params, pool: Mapping, tasks: Sequen
       manager = train._checkpoint_manager(directory, cfg)  # pylint: disable=protected-access
       fingerprint = _fingerprint(cfg, value_module, value_params, pool, tasks)
     try:
-      if manager is not None and manager.latest_step() is not None:
-        latest = manager.latest_step()
-        meta = manager.restore(latest, args=ocp.args.Composite(
-            meta=ocp.args.JsonRestore()))['meta']
-        _check_fingerprint(directory, latest, meta, fingerprint)
-        state = manager.restore(latest, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(
-                train._abstract(state))))['state']  # pylint: disable=protected-access
-        history = {k: list(v) for k, v in meta['history'].items()}
+      restored = None if manager is None else train.restore_checkpoint(
+          manager, directory, state, fingerprint, config_name='MetaConfig')
+      if restored is not None:
+        latest, state, history = restored
         log(f'{directory}: resumed at meta step {latest} of {cfg.steps}')
 
       start = int(state.step)
@@ -626,9 +603,7 @@ def learn(cfg: MetaConfig, value_module_and_params, pool: Mapping, tasks: Sequen
         if manager is not None and (step == cfg.steps or (
             cfg.checkpoint_every and step % cfg.checkpoint_every == 0)):
           flush()
-          meta = dict(fingerprint, history={k: list(v) for k, v in history.items()})
-          manager.save(step, args=ocp.args.Composite(
-              state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+          train.save_checkpoint(manager, step, state, fingerprint, history)
       flush()
     finally:
       if manager is not None:

@@ -23,6 +23,7 @@ linear warmup then cosine decay to 0, a learnable log temperature clipped to [0,
 import dataclasses
 import functools
 import hashlib
+import json
 import math
 import os
 import time
@@ -450,18 +451,44 @@ def _fingerprint(cfg: TrainConfig, n: int, width, rows, weights) -> dict:
           'rows_and_weights_sha256': digest.hexdigest()}
 
 
-def _check_fingerprint(directory, step, saved, expected):
-  for key in ('num_rows', 'width', 'rows_and_weights_sha256'):
-    if saved.get(key) != expected[key]:
+def check_fingerprint(directory, step, saved, expected, config_name='TrainConfig'):
+  """Raises ValueError unless a checkpoint's recorded fingerprint (`saved`) matches this
+  run's (`expected`): the same data fields and the same config fields."""
+  for key, value in expected.items():
+    if key == 'config':
+      continue
+    if json.loads(json.dumps(value)) != saved.get(key):
       raise ValueError(f'{directory}: the checkpoint at step {step} was written for other '
-                       f'data ({key}={saved.get(key)!r}, this run {expected[key]!r}); use '
-                       'another workdir')
+                       f'data ({key}={saved.get(key)!r}, this run {value!r}); use another '
+                       'workdir')
   for key, value in expected['config'].items():
     old = saved.get('config', {}).get(key)
     if old != value:
       raise ValueError(f'{directory}: the checkpoint at step {step} was written with '
-                       f'TrainConfig.{key}={old!r}, this run has {value!r}; use another '
+                       f'{config_name}.{key}={old!r}, this run has {value!r}; use another '
                        'workdir')
+
+
+def save_checkpoint(manager, step: int, state, fingerprint: dict, history: dict) -> None:
+  """Saves the state with the run's fingerprint and history (a copy: the save finishes in
+  the background while history grows)."""
+  meta = dict(fingerprint, history={k: list(v) for k, v in history.items()})
+  manager.save(step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+
+
+def restore_checkpoint(manager, directory: str, state, fingerprint: dict,
+                       config_name='TrainConfig'):
+  """(step, state, history) of the latest checkpoint, checked against the fingerprint, or
+  None when there is none. `state` gives the structure and shardings to restore into."""
+  latest = manager.latest_step()
+  if latest is None:
+    return None
+  meta = manager.restore(latest, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+  check_fingerprint(directory, latest, meta, fingerprint, config_name)
+  state = manager.restore(latest, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(_abstract(state))))['state']
+  return latest, state, {k: list(v) for k, v in meta['history'].items()}
 
 
 def _checkpoint_manager(directory: str, cfg: TrainConfig) -> ocp.CheckpointManager:
@@ -566,14 +593,10 @@ def train(cfg: TrainConfig, data, workdir: str | None = None, mesh=None, weights
       manager = _checkpoint_manager(directory, cfg)
       fingerprint = _fingerprint(cfg, n, width, rows, weights)
     try:
-      if manager is not None and manager.latest_step() is not None:
-        latest = manager.latest_step()
-        meta = manager.restore(latest, args=ocp.args.Composite(
-            meta=ocp.args.JsonRestore()))['meta']
-        _check_fingerprint(directory, latest, meta, fingerprint)
-        state = manager.restore(latest, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(_abstract(state))))['state']
-        history = {k: list(v) for k, v in meta['history'].items()}
+      restored = None if manager is None else restore_checkpoint(manager, directory, state,
+                                                                 fingerprint)
+      if restored is not None:
+        latest, state, history = restored
         logging.info('%s: resumed at step %d of %d', directory, latest, total)
 
       start = int(state.step)
@@ -612,10 +635,7 @@ def train(cfg: TrainConfig, data, workdir: str | None = None, mesh=None, weights
         if manager is not None and (step == total or (
             cfg.checkpoint_every and step % cfg.checkpoint_every == 0)):
           flush()
-          # A copy: the save finishes in the background while history grows.
-          meta = dict(fingerprint, history={k: list(v) for k, v in history.items()})
-          manager.save(step, args=ocp.args.Composite(
-              state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+          save_checkpoint(manager, step, state, fingerprint, history)
       flush()
     finally:
       if manager is not None:
