@@ -104,7 +104,7 @@ def get_config():
       inner_optimizer='adam',     # 'sgd' | 'adam' (both differentiable)
       inner_lr=1e-3,
       tau=1.0,                    # w = softmax(V / tau) over the batch
-      value_lr=3e-3,
+      value_lr=1e-2,                # chosen from 3e-3, 1e-2, 3e-2 (BENCHMARKS.md)
       value_weight_decay=1e-4,
       task_weight_rate=1.0,       # task weights softmax(rate * L / L0); 0 = uniform
       task_batch_size=256,

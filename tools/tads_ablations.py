@@ -4,15 +4,15 @@ their config is unchanged), then prints one Markdown table.
 
   python tools/tads_ablations.py --workdir workdir/default --out /tmp/ablations
 
-Variants (config overrides of configs/default.py):
-  tads               the default (quality + relevance + diversity, meta-learned)
+The base run's own subset (the default TADS) and its baselines (full, random, clip_score)
+come from its eval.json. Variants (config overrides of configs/default.py):
+  tads               the default again (a check that a rerun reproduces the base run)
   prior_only         tads.meta.steps = 0: the weak-supervision prior alone
   no_quality         tads.groups without 'quality'
   no_relevance       tads.groups without 'relevance'
   no_diversity       tads.groups without 'diversity'
-  tau_0.3, tau_0.3_600_steps, linear_proxy, value_lr_0.01, prior_quality_heavy: other
+  tau_0.3, tau_0.3_600_steps, linear_proxy, value_lr_*, steps_600, prior_quality_heavy: other
                      meta-learning and prior settings (--variants)
-Baselines (full, random, clip_score) come from the base run's eval.json.
 """
 
 import argparse
@@ -38,7 +38,9 @@ VARIANTS = {
     'tau_0.3': {'tads.meta.tau': 0.3},
     'tau_0.3_600_steps': {'tads.meta.tau': 0.3, 'tads.meta.steps': 600},
     'linear_proxy': {'tads.meta.head': 'linear'},
-    'value_lr_0.01': {'tads.meta.value_lr': 0.01},
+    'value_lr_0.003': {'tads.meta.value_lr': 0.003},
+    'value_lr_0.03': {'tads.meta.value_lr': 0.03},
+    'steps_600': {'tads.meta.steps': 600},
     'prior_quality_heavy': {'tads.prior.quality': 2.0, 'tads.prior.relevance': 0.5,
                             'tads.prior.diversity': 0.5},
 }
@@ -70,14 +72,15 @@ def main_(argv=None):
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--workdir', required=True, help='a finished run of configs/default.py')
   parser.add_argument('--out', required=True, help='where the variant workdirs go')
-  parser.add_argument('--variants', default='tads,prior_only,no_quality,no_relevance,'
-                      'no_diversity')
+  parser.add_argument('--variants',
+                      default='prior_only,no_quality,no_relevance,no_diversity')
   parser.add_argument('--seeds', type=int, default=3)
   args = parser.parse_args(argv)
   logging.set_verbosity(logging.WARNING)
   with open(os.path.join(args.workdir, 'eval.json')) as f:
     base = json.load(f)
   rows = [row(f'{name} (baseline)', r) for name, r in base.get('baselines', {}).items()]
+  rows.append(row(f"{base.get('selector', 'selected')} (base run)", base))
   for name in args.variants.split(','):
     overrides = VARIANTS[name]
     workdir = os.path.join(args.out, name)
@@ -95,7 +98,7 @@ def main_(argv=None):
     print('| ' + ' | '.join(f'{v:.4f}' if isinstance(v, float) else str(v)
                             for v in (r[c] for c in columns)) + ' |')
   print(f'\ncommand: python tools/tads_ablations.py --workdir {args.workdir} --out {args.out}'
-        f' --seeds {args.seeds}')
+        f' --seeds {args.seeds} --variants {args.variants}')
 
 
 if __name__ == '__main__':
