@@ -162,16 +162,10 @@ def _check_evaluate(config):
   except ValueError as e:
     raise ConfigError(str(e)) from None
   baselines = _expect_type(config, 'evaluate.baselines', (tuple, list), 'a list of names')
-  from tads_jax import selectors  # pylint: disable=g-import-not-at-top
-  for name in baselines:
-    if name != evaluate.FULL and name not in selectors.SELECTORS:
-      raise ConfigError(f'config.evaluate.baselines: unknown baseline {name!r}; known: '
-                        f'{evaluate.FULL}, {", ".join(sorted(selectors.SELECTORS))}')
-    if name != evaluate.FULL and selectors.SELECTORS[name].learns:
-      raise ConfigError(f'config.evaluate.baselines: {name!r} learns from the pool; run it '
-                        'as config.selector.name in its own workdir instead')
-  if len(set(baselines)) != len(baselines):
-    raise ConfigError(f'config.evaluate.baselines: names repeat in {tuple(baselines)}')
+  try:
+    evaluate.baseline_names(config)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   if baselines and 'clip_score' in baselines and 'features' not in config.stages:
     raise ConfigError("config.evaluate.baselines: 'clip_score' needs the features stage in "
                       'config.stages')

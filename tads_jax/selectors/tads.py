@@ -79,13 +79,11 @@ class TadsSelector(selectors.Selector):
       if field not in t:
         raise ValueError(f'config.tads.{field}: missing field')
     value.check_groups(tuple(t.groups), field='config.tads.groups')
-    try:
-      value.prior_weights(['clip_score'], dict(t.prior))
+    try:  # the prior's group weights and the hidden widths, as learn will use them
+      value.make_value_function(['clip_score'], dict(t.prior), tuple(t.hidden))
     except ValueError as e:
-      raise ValueError(f'config.tads.prior: {e}') from None
-    hidden = tuple(t.hidden)
-    if any(not isinstance(w, int) or isinstance(w, bool) or w < 1 for w in hidden):
-      raise ValueError(f'config.tads.hidden: expected positive integers, got {hidden}')
+      raise ValueError(f'config.tads.{e}'.replace('tads.group_weights', 'tads.prior')) \
+          from None
     meta_config(config)
 
   # ---- learn stage -------------------------------------------------------------------

@@ -271,24 +271,29 @@ FULL = 'full'  # the baseline that trains on every pool sample once
 
 
 def baseline_names(config) -> tuple:
+  """config.evaluate.baselines, checked: ValueError names an unknown, learning or repeated
+  baseline (config validation calls this too)."""
   block = config.get('evaluate')
   names = () if block is None else tuple(block.get('baselines', ()))
+  for name in names:
+    if name != FULL and name not in selectors.SELECTORS:
+      raise ValueError(f'config.evaluate.baselines: unknown baseline {name!r}; known: '
+                       f'{FULL}, {", ".join(sorted(selectors.SELECTORS))}')
+    if name != FULL and selectors.SELECTORS[name].learns:
+      raise ValueError(f'config.evaluate.baselines: {name!r} learns from the pool; run it as '
+                       'config.selector.name in its own workdir instead')
+  if len(set(names)) != len(names):
+    raise ValueError(f'config.evaluate.baselines: names repeat in {names}')
   return names
 
 
 def baseline_counts(ctx, name: str, features) -> np.ndarray:
-  """Times each row of `features` is selected by baseline `name` at config.selection's
-  fraction: 'full' keeps every sample once; a selector name keeps its top-k."""
+  """Times each row of `features` is selected by baseline `name` (from baseline_names) at
+  config.selection's fraction: 'full' keeps every sample once; a selector keeps its top-k."""
   uids = features.column('uid').to_pylist()
   if name == FULL:
     return np.ones(len(uids), np.int64)
-  if name not in selectors.SELECTORS:
-    raise ValueError(f'config.evaluate.baselines: unknown baseline {name!r}; known: '
-                     f'{FULL}, {", ".join(sorted(selectors.SELECTORS))}')
   selector = selectors.get(name, ctx.config)
-  if selector.learns:
-    raise ValueError(f'config.evaluate.baselines: {name!r} learns from the pool; run it as '
-                     'config.selector.name in its own workdir instead')
   selector.fit(features)
   scores = np.asarray(selector.score(features), np.float64)
   return selection.topk_counts(scores, uids, ctx.config.selection.fraction)
