@@ -91,6 +91,25 @@ def get_config():
   c.selector = ml_collections.ConfigDict()
   c.selector.name = 'tads'
 
+  # DataComp's CLIP-score baseline: None = top selection.fraction by score; a cosine =
+  # keep every sample at or above it (a filter of its own size).
+  c.clip_score = ml_collections.ConfigDict(dict(
+      threshold=ml_collections.config_dict.placeholder(float)))
+  # DataComp's other baselines (mlfoundations/datacomp baselines/apply_filter.py).
+  c.basic_filter = ml_collections.ConfigDict(dict(
+      min_side=56,      # DataComp: 200 px, i.e. 200/224 of a ViT's input; the same share of
+                        # this world's 64 px renders (so only extreme-aspect crops fail it)
+      max_aspect=3.0,   # max(w/h, h/w) <= 3
+      min_words=3,      # DataComp: str.split() words > 2
+      min_chars=6))     # DataComp: characters > 5
+  c.laion2b = ml_collections.ConfigDict(dict(
+      threshold=0.28))  # cosine under OpenAI's CLIP B/32; another reference needs its own
+  c.image_based = ml_collections.ConfigDict(dict(
+      k=100,            # DataComp: 100k clusters for the 12.8M small pool (~128 per cluster)
+      iters=20))        # faiss niter in DataComp's clustering script
+  c.image_based_clip_score = ml_collections.ConfigDict(dict(
+      clip_fraction=0.3))  # DataComp README: --arch l14 --fraction 0.3
+
   # TADS: a value function over the standardized features, started at a weak-supervision
   # prior and meta-learned against the tasks' train splits (tads_jax/value.py, meta.py).
   c.tads = ml_collections.ConfigDict()
@@ -114,6 +133,10 @@ def get_config():
   c.selection = ml_collections.ConfigDict()
   c.selection.fraction = 0.36   # TADS keeps 36% of CC12M in the paper
   c.selection.method = 'topk'   # 'topk' | 'soft_cap' (FLYT's Soft Cap Sampling, repeats)
+  # Duplicates never selected, whatever the scores: 'none' | 'exact' | 'semantic' | 'both'
+  # (the features stage's flags; one copy of each group stays eligible). 'none' keeps every
+  # published selector as its source defines it.
+  c.selection.dedup = 'none'
   # soft_cap: the same number of entries as topk, drawn in batches from
   # softmax(score / temperature), each draw lowering that sample's logit by `penalty`.
   c.selection.soft_cap = ml_collections.ConfigDict(dict(

@@ -4,6 +4,8 @@ import os
 
 import ml_collections
 
+from tads_jax import selection
+
 POOL_FORMATS = ('synthetic', 'webdataset', 'datacomp')
 SELECTION_METHODS = ('topk', 'soft_cap')
 
@@ -109,16 +111,8 @@ def validate(config: ml_collections.ConfigDict, known_stages, known_selectors) -
                       '(after features, before select)')
   if not learns and 'learn' in stages:
     raise ConfigError(f'config.stages: selector {name!r} has nothing to learn; remove learn')
-  if learns:
-    for needed in ('features',) + (('embed',) if _meta_steps(config, name) else ()):
-      if needed not in stages:
-        raise ConfigError(f'config.stages: selector {name!r} needs the {needed} stage')
-    check = getattr(known_selectors[name], 'check_config', None)
-    if check is not None:
-      try:
-        check(config)
-      except ValueError as e:
-        raise ConfigError(str(e)) from None
+  if 'select' in stages or 'learn' in stages:
+    check_selector(config, known_selectors[name], stages, 'config.selector.name')
   fraction = _expect_type(config, 'selection.fraction', (float, int), 'a number')
   if not 0 < fraction <= 1:
     raise ConfigError(f'config.selection.fraction: must be in (0, 1], got {fraction}')
@@ -126,6 +120,13 @@ def validate(config: ml_collections.ConfigDict, known_stages, known_selectors) -
   if method not in SELECTION_METHODS:
     raise ConfigError(f'config.selection.method: unknown method {method!r}; one of '
                       f'{", ".join(SELECTION_METHODS)}')
+  try:
+    selection.dedup_mode(config)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  if config.selection.get('dedup', 'none') != 'none' and 'features' not in stages:
+    raise ConfigError(f'config.selection.dedup: {config.selection.dedup!r} reads the '
+                      'features stage\'s duplicate flags; add features to config.stages')
   if method == 'soft_cap':
     if _expect_type(config, 'selection.soft_cap.batch_size', (int,), 'an integer') < 1:
       raise ConfigError('config.selection.soft_cap.batch_size: must be >= 1')
@@ -137,22 +138,14 @@ def validate(config: ml_collections.ConfigDict, known_stages, known_selectors) -
   if seen <= 0:
     raise ConfigError(f'config.evaluate.samples_seen: must be positive, got {seen}')
   if 'evaluate' in stages:
-    _check_evaluate(config)
+    _check_evaluate(config, stages)
   _expect_type(config, 'export.shards', (bool,), 'true or false')
   shard_size = _expect_type(config, 'export.shard_size', (int,), 'an integer')
   if shard_size <= 0:
     raise ConfigError(f'config.export.shard_size: must be positive, got {shard_size}')
 
 
-def _meta_steps(config, name) -> int:
-  """Meta-learning steps of a learning selector's block (0: nothing needs embeddings)."""
-  try:
-    return int(config[name].meta.steps)
-  except (KeyError, AttributeError, TypeError, ValueError):
-    return 1
-
-
-def _check_evaluate(config):
+def _check_evaluate(config, stages):
   from tads_jax.stages import evaluate  # pylint: disable=g-import-not-at-top
   if _expect_type(config, 'evaluate.seeds', (int,), 'an integer') < 1:
     raise ConfigError('config.evaluate.seeds: must be >= 1')
@@ -161,14 +154,43 @@ def _check_evaluate(config):
     evaluate.train_config(config, config.seed)
   except ValueError as e:
     raise ConfigError(str(e)) from None
-  baselines = _expect_type(config, 'evaluate.baselines', (tuple, list), 'a list of names')
+  _expect_type(config, 'evaluate.baselines', (tuple, list, str), 'a list of names')
   try:
-    evaluate.baseline_names(config)
+    names = evaluate.baseline_names(config)
   except ValueError as e:
     raise ConfigError(str(e)) from None
-  if baselines and 'clip_score' in baselines and 'features' not in config.stages:
-    raise ConfigError("config.evaluate.baselines: 'clip_score' needs the features stage in "
-                      'config.stages')
+  from tads_jax import selectors  # pylint: disable=g-import-not-at-top
+  for name in names:
+    if name != evaluate.FULL:
+      check_selector(config, selectors.get(name), stages, 'config.evaluate.baselines')
+
+
+def check_selector(config, selector, stages, field: str) -> None:
+  """What `selector` needs from the run (stages, tasks) is configured, and its own block
+  is valid; ConfigError names the field."""
+  needs = selector.needs_for(config)
+  fmt = config.pool.format
+  if 'features' in needs and 'features' not in stages:
+    raise ConfigError(f'{field}: selector {selector.name!r} reads the features stage\'s '
+                      'columns; add features to config.stages')
+  if 'embeddings' in needs and 'embed' not in stages and fmt != 'datacomp':
+    raise ConfigError(f'{field}: selector {selector.name!r} reads the pool embeddings; add '
+                      'embed to config.stages')
+  if 'tasks' in needs:
+    if not config.tasks:
+      raise ConfigError(f'config.tasks: selector {selector.name!r} ({field}) needs at least '
+                        'one task with a train split')
+    if fmt == 'datacomp':
+      raise ConfigError(f'{field}: selector {selector.name!r} needs task embeddings, which '
+                        'are not computed for a DataComp pool yet (config.pool.format)')
+    if 'embed' not in stages:
+      raise ConfigError(f'{field}: selector {selector.name!r} reads the task embeddings; add '
+                        'embed to config.stages')
+  try:
+    selector.check_config(config)
+    selector.output_for(config)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
 
 
 def _check_features(config):

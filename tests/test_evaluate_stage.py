@@ -29,6 +29,7 @@ from tads_jax import pipeline  # noqa: E402
 from tads_jax import report as report_lib  # noqa: E402
 from tads_jax import train  # noqa: E402
 from tads_jax.data import subset as subset_lib  # noqa: E402
+from tads_jax.stages import embed as embed_stage  # noqa: E402
 from tads_jax.stages import evaluate  # noqa: E402
 from tads_jax.stages import report as report_stage  # noqa: E402
 
@@ -100,7 +101,7 @@ def test_baselines_are_evaluated_on_their_own_subsets_at_the_same_budget(run):
   result = _eval_json(workdir)
   assert sorted(result['baselines']) == ['full', 'random']
   ctx = pipeline.Context(config=config(), workdir=workdir)
-  uids, _, _, pool = evaluate.pool_embeddings(ctx)
+  uids, _, _, pool = embed_stage.pool_embeddings(ctx)
   full = subset_lib.read_subset(os.path.join(workdir, 'evaluate', 'baselines', 'full',
                                              'subset.npy'))
   np.testing.assert_array_equal(full, np.sort(subset_lib.uids_to_array(uids)))
@@ -123,7 +124,7 @@ def test_metrics_match_a_proxy_trained_and_scored_independently(run):
   workdir, _ = run
   c = config()
   ctx = pipeline.Context(config=c, workdir=workdir)
-  uids, image_emb, text_emb, _ = evaluate.pool_embeddings(ctx)  # the whole pool
+  uids, image_emb, text_emb, _ = embed_stage.pool_embeddings(ctx)  # the whole pool
   rows = train.rows_from_subset(os.path.join(workdir, 'subset.npy'), uids)
   cfg = train.TrainConfig(kind='embedding', samples_seen=c.evaluate.samples_seen,
                           batch_size=c.evaluate.batch_size, lr=c.evaluate.lr,
@@ -162,7 +163,7 @@ def test_rerun_skips_and_a_killed_seed_resumes(run, tmp_path):
   cfg = evaluate.train_config(c, 1)
   ctx = pipeline.Context(config=c, workdir=workdir)
   subset = subset_lib.read_subset(os.path.join(workdir, 'subset.npy'))
-  uids, image_emb, text_emb, _ = evaluate.pool_embeddings(ctx, subset)  # as the stage does
+  uids, image_emb, text_emb, _ = embed_stage.pool_embeddings(ctx, subset)  # as the stage does
   rows = train.rows_from_subset(subset, uids)
   shutil.rmtree(seed_dir)
   train.train(dataclasses.replace(cfg, checkpoint_every=5), (image_emb, text_emb),

@@ -179,9 +179,10 @@ def test_resume_recomputes_only_the_deleted_shard(run, tmp_path):
 def test_clip_score_selector_names_the_missing_column():
   import pyarrow as pa
   from tads_jax import selectors
-  selector = selectors.get('clip_score', config())
+  selector = selectors.get('clip_score')
+  inputs = selectors.Inputs(features=pa.table({'uid': ['a']}))
   with pytest.raises(ValueError, match="'clip_score' column.*features stage"):
-    selector.score(pa.table({'uid': ['a']}))
+    selector.score(config(), {}, inputs)
 
 
 def test_semantic_duplicates_are_close_to_a_kept_sample_of_their_cluster(run):

@@ -24,6 +24,7 @@ from tads_jax import main  # noqa: E402
 from tads_jax import selectors  # noqa: E402
 from tads_jax import stages  # noqa: E402
 from tads_jax.data import subset as subset_lib  # noqa: E402
+from tads_jax.stages import learn  # noqa: E402
 
 STAGES = ('ingest', 'encoder', 'embed', 'features', 'learn', 'select', 'report')
 
@@ -94,7 +95,7 @@ def test_meta_learning_runs_resumes_and_is_reported(prior_run, tmp_path):
   status = main.run(config(steps=6), workdir)
   # Only what depends on config.tads reruns.
   assert [s for s, v in status.items() if v == 'ran'] == ['learn', 'select', 'report']
-  history = json.load(open(os.path.join(workdir, 'learn', 'history.json')))
+  history = learn.load_state(os.path.join(workdir, 'learn', learn.STATE))['history']
   assert history['step'] == list(range(1, 7))
   assert set(history['task_losses']) == set(history['tasks'])
   for name in history['tasks']:
@@ -130,7 +131,7 @@ def test_meta_learning_runs_resumes_and_is_reported(prior_run, tmp_path):
   assert main.run(c, again)['learn'] == 'ran'
   np.testing.assert_array_equal(subset_lib.read_subset(os.path.join(again, 'subset.npy')),
                                 first)
-  resumed = json.load(open(os.path.join(again, 'learn', 'history.json')))
+  resumed = learn.load_state(os.path.join(again, 'learn', learn.STATE))['history']
   np.testing.assert_allclose(resumed['outer_loss'], history['outer_loss'], rtol=1e-6)
 
 

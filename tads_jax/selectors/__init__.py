@@ -1,49 +1,195 @@
-"""Selectors: one interface (fit on the pool's features, then score every sample).
+"""Selectors: one pure interface and one registry (design section 5).
 
-A selector is a class registered by name; `config.selector.name` picks it. Higher scores
-mean more worth training on; the selection stage turns scores into a subset.
+A selector is a `Selector` record of two pure functions of arrays:
+
+  fit(config, inputs) -> state          what it learns from the pool; {} when nothing
+  score(config, state, inputs) -> [N]   one value per pool row of `inputs`
+
+`inputs` (an `Inputs`) holds only arrays the stages read for it: the features table
+(ingest's samples joined with the features stage's columns), the pool's reference
+embeddings and the tasks' train-split embeddings. `state` is a dict of numpy arrays,
+numbers, strings and nested dicts of those, so that the learn stage can save it and the
+select stage restore it without knowing the selector. Selectors never open a file.
+
+Two kinds of output (`Selector.output`):
+  'scores': float, higher = more worth training on; NaN = never select. The select stage
+            turns them into a subset at `selection.fraction` (top-k or soft cap sampling).
+  'counts': int times each sample is kept; a filter (DataComp's basic filter, SemDeDup,
+            ...) decides its own subset size, and `selection.fraction` does not apply.
+
+`config` is the whole run config; a selector reads its own block `config.<name>` (declared
+in `Selector.config_fields`, checked by `Selector.check_config` before any work) and
+`config.seed`.
 """
 
-import abc
-from typing import Callable
+import dataclasses
+from typing import Any, Callable, Mapping
 
-import ml_collections
-import pyarrow as pa
 import numpy as np
+import pyarrow as pa
 
-SELECTORS: dict[str, Callable] = {}
-
-
-def register(name: str):
-  def wrap(cls):
-    if name in SELECTORS:
-      raise ValueError(f'selector {name!r} registered twice')
-    cls.name = name
-    SELECTORS[name] = cls
-    return cls
-  return wrap
+# What a selector may need from the run, so that config validation can say what is missing
+# before any work: 'features' (the features stage's columns), 'embeddings' (pool image and
+# text embeddings from the embed stage or the pool's npz), 'tasks' (task train-split
+# embeddings), 'images' (pixel sizes from the pool; DataComp's original_width/height).
+NEEDS = ('features', 'embeddings', 'tasks')
+OUTPUTS = ('scores', 'counts')
 
 
-class Selector(abc.ABC):
-  """Base interface: `fit` learns what the selector needs, `score` rates every sample."""
-  name = ''
-  learns = False  # True: the learn stage fits it (`learn`) before select scores with it
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+  """The arrays a selector sees; rows follow ingest/samples.parquet."""
+  features: pa.Table                       # uid, caption, width, height, ... + features
+  image_emb: np.ndarray | None = None      # [N, E] float32 unit rows, the pool's images
+  text_emb: np.ndarray | None = None       # [N, E] float32 unit rows, the pool's captions
+  # Per task: {'name', 'kind', 'image_emb' [n, E], and 'labels' [n] + 'class_text_emb'
+  # [C, T, E] (classification) or 'text_emb' [M, E] + 'text_image' [M] (retrieval)},
+  # from the tasks' train splits (never eval: selection must not see what scores it).
+  tasks: tuple = ()
+  # Where a long fit keeps resumable checkpoints (the learn stage's directory), or None.
+  checkpoints: str | None = None
 
-  def __init__(self, config: ml_collections.ConfigDict):
-    self.config = config
+  @property
+  def num_rows(self) -> int:
+    return self.features.num_rows
 
-  def fit(self, features: pa.Table) -> dict:
-    """Learns from the pool's features; returns a JSON-able summary for the report."""
-    return {}
+  @property
+  def uids(self) -> list:
+    return self.features.column('uid').to_pylist()
 
-  @abc.abstractmethod
-  def score(self, features: pa.Table) -> np.ndarray:  # [N] float64
-    """One score per row of `features`; higher is better."""
+  def column(self, name: str, selector: str) -> np.ndarray:
+    """A features column as a numpy array; ValueError names what is missing."""
+    if name not in self.features.column_names:
+      raise ValueError(f'selector {selector}: the features have no {name!r} column; run the '
+                       f"features stage with {name!r} in config.features.operators (or the "
+                       'ingest stage for pool columns)')
+    return self.features.column(name).to_numpy(zero_copy_only=False)
+
+  def embeddings(self, selector: str) -> tuple[np.ndarray, np.ndarray]:
+    if self.image_emb is None or self.text_emb is None:
+      raise ValueError(f'selector {selector}: needs the pool embeddings (config.stages: embed)')
+    return self.image_emb, self.text_emb
+
+  def task_list(self, selector: str, kind: str | None = None) -> list:
+    tasks = [t for t in self.tasks if kind is None or t['kind'] == kind]
+    if not tasks:
+      raise ValueError(f'selector {selector}: needs at least one '
+                       f'{kind + " " if kind else ""}task with a train split (config.tasks)')
+    return tasks
 
 
-def get(name: str, config: ml_collections.ConfigDict) -> Selector:
-  return SELECTORS[name](config)
+def _no_fit(config, inputs) -> dict:
+  del config, inputs
+  return {}
+
+
+def _no_check(config) -> None:
+  del config
+
+
+@dataclasses.dataclass(frozen=True)
+class Selector:
+  name: str
+  score: Callable[[Any, Mapping, Inputs], np.ndarray]
+  fit: Callable[[Any, Inputs], dict] = _no_fit
+  # From NEEDS, or a function of the config giving them: what fit and score read.
+  needs: tuple | Callable[[Any], tuple] = ()
+  # What score alone reads (a learning selector's score may need less than its fit);
+  # None: the same as needs.
+  score_needs: tuple | Callable[[Any], tuple] | None = None
+  # From OUTPUTS, or a function of the config giving it.
+  output: str | Callable[[Any], str] = 'scores'
+  learns: bool = False       # fit is long (meta-learning): the learn stage runs and saves it
+  # Raises ValueError naming the config field of any value of the selector's own block that
+  # cannot work (config validation calls it before any work).
+  check_config: Callable[[Any], None] = _no_check
+  # The JSON-able part of a fitted state for the report (learned weights, thresholds, ...).
+  summary: Callable[[Mapping], dict] = lambda state: {}
+  # Config fields the selector reads besides its own block (fingerprints include them).
+  config_fields: tuple = ()
+  doc: str = ''              # one line: what it keeps, and its source
+
+  def needs_for(self, config) -> tuple:
+    needs = tuple(self.needs(config) if callable(self.needs) else self.needs)
+    for need in needs:
+      if need not in NEEDS:
+        raise ValueError(f'selector {self.name}: unknown need {need!r}; one of {NEEDS}')
+    return needs
+
+  def score_needs_for(self, config) -> tuple:
+    if self.score_needs is None:
+      return self.needs_for(config)
+    return tuple(self.score_needs(config) if callable(self.score_needs)
+                 else self.score_needs)
+
+  def output_for(self, config) -> str:
+    output = self.output(config) if callable(self.output) else self.output
+    if output not in OUTPUTS:
+      raise ValueError(f'selector {self.name}: output {output!r} not in {OUTPUTS}')
+    return output
+
+
+SELECTORS: dict[str, Selector] = {}
+
+
+def register(selector: Selector) -> Selector:
+  if selector.name in SELECTORS:
+    raise ValueError(f'selector {selector.name!r} registered twice')
+  SELECTORS[selector.name] = selector
+  return selector
+
+
+def get(name: str) -> Selector:
+  if name not in SELECTORS:
+    raise ValueError(f'unknown selector {name!r}; known: {", ".join(sorted(SELECTORS))}')
+  return SELECTORS[name]
+
+
+def block(config, name: str):
+  """config.<name>, the selector's own settings (an empty dict when it has none)."""
+  return config[name] if name in config else {}
+
+
+def option(config, selector: str, field: str):
+  """config.<selector>.<field>; ValueError names the field when it is missing."""
+  own = block(config, selector)
+  if field not in own:
+    raise ValueError(f'config.{selector}.{field}: missing field')
+  return own[field]
+
+
+def number(config, selector: str, field: str, low=None, high=None, integer=False,
+           low_open=False):
+  """A numeric option, range-checked; ValueError names the field."""
+  value = option(config, selector, field)
+  kinds = (int,) if integer else (int, float)
+  if isinstance(value, bool) or not isinstance(value, kinds):
+    raise ValueError(f'config.{selector}.{field}: expected {"an integer" if integer else "a number"}, '
+                     f'got {value!r}')
+  if low is not None and (value <= low if low_open else value < low):
+    raise ValueError(f'config.{selector}.{field}: must be {">" if low_open else ">="} {low}, '
+                     f'got {value}')
+  if high is not None and value > high:
+    raise ValueError(f'config.{selector}.{field}: must be <= {high}, got {value}')
+  return value
+
+
+def run_selector(selector: Selector, config, state: Mapping, inputs: Inputs) -> np.ndarray:
+  """selector.score, checked: [N] float64 scores or int64 counts for the N rows."""
+  out = np.asarray(selector.score(config, state, inputs))
+  if out.shape != (inputs.num_rows,):
+    raise ValueError(f'selector {selector.name!r} returned {out.shape} values for '
+                     f'{inputs.num_rows} samples')
+  if selector.output_for(config) == 'counts':
+    if not np.issubdtype(out.dtype, np.integer) and not np.issubdtype(out.dtype, np.bool_):
+      raise ValueError(f'selector {selector.name!r} returned {out.dtype} counts')
+    out = out.astype(np.int64)
+    if (out < 0).any():
+      raise ValueError(f'selector {selector.name!r} returned negative counts')
+    return out
+  return out.astype(np.float64)
 
 
 # Importing the modules registers the selectors.
-from tads_jax.selectors import clip_score, random_selector, tads  # pylint: disable=g-import-not-at-top,unused-import
+from tads_jax.selectors import clip_score, random_selector, tads  # noqa: E402,F401  pylint: disable=g-import-not-at-top
+from tads_jax.selectors import datacomp_baselines  # noqa: E402,F401  pylint: disable=g-import-not-at-top

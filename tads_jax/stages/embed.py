@@ -32,6 +32,8 @@ import numpy as np
 from tads_jax import embedding
 from tads_jax import pipeline
 from tads_jax import sharding
+from tads_jax.data import datacomp
+from tads_jax.data import subset as subset_lib
 from tads_jax.data import tasks as tasks_lib
 from tads_jax.data import webdataset
 from tads_jax.models import api
@@ -259,6 +261,94 @@ def input_files(config) -> list:
       config.tasks == 'synthetic':
     return []
   return pipeline.file_identities([config.tasks])
+
+
+# ---- readers of this stage's outputs (the later stages read embeddings only through these)
+
+
+def load_npz(path: str, keys) -> dict:
+  """The named arrays of an npz this stage wrote; ValueError names the file and key."""
+  if not os.path.exists(path):
+    raise ValueError(f'{path}: missing; the embed stage has not finished it (run ingest and '
+                     'embed with this config in this workdir)')
+  try:
+    with np.load(path, allow_pickle=False) as npz:
+      missing = [k for k in keys if k not in npz.files]
+      if missing:
+        raise ValueError(f'{path}: missing key(s) {missing} (keys: {npz.files}); rerun embed')
+      return {k: npz[k] for k in keys}
+  except OSError as e:
+    raise ValueError(f'{path}: cannot read ({e}); rerun embed') from e
+
+
+def shard_embeddings(ctx, path: str, uids: list) -> tuple[np.ndarray, np.ndarray]:
+  """(image_emb, text_emb) float32 [n, E] of one pool shard's rows `uids` (ingest order):
+  the embed stage's npz, or a DataComp pool's own npz beside its parquet."""
+  if ctx.config.pool.format == 'datacomp':
+    shard = datacomp.read_metadata(path, model=ctx.config.pool.embedding_model, columns=[])
+    index = {u: i for i, u in enumerate(shard.uids)}
+    missing = [u for u in uids if u not in index]
+    if missing:
+      raise ValueError(f'{path}: uid {missing[0]!r} of ingest/samples.parquet is not in '
+                       'this metadata file; rerun ingest')
+    rows = np.asarray([index[u] for u in uids], np.int64)
+    return shard.image_emb[rows], shard.text_emb[rows]
+  where = shard_item(ctx, path) + '.npz'
+  arrays = load_npz(where, ('uid', 'image_emb', 'text_emb'))
+  if arrays['uid'].tolist() != list(uids):
+    raise ValueError(f"{where}: field 'uid' does not match ingest/samples.parquet for "
+                     f'{path}; rerun embed')
+  return arrays['image_emb'].astype(np.float32), arrays['text_emb'].astype(np.float32)
+
+
+def pool_embeddings(ctx, subset=None) -> tuple[list, np.ndarray, np.ndarray, int]:
+  """(uids, image_emb [N, E], text_emb [N, E] float32, pool size) in
+  ingest/samples.parquet order, as stored (float16 values; a DataComp pool's npz rows
+  normalized on load).
+
+  With `subset` (a subset array) only the pool rows it lists are kept, so memory follows
+  the subset, not the pool.
+  """
+  paths = [r['path'] for r in ctx.summary('ingest')['per_source']]
+  uids, image_emb, text_emb, pool = [], [], [], 0
+  for path, rows in ingest.rows_by_shard(ctx, paths, ('uid',)):
+    shard_uids = rows['uid']
+    pool += len(shard_uids)
+    keep = (np.ones(len(shard_uids), bool) if subset is None
+            else subset_lib.times_selected(subset, shard_uids) > 0)  # [n]
+    if not keep.any():
+      continue
+    image, text = shard_embeddings(ctx, path, shard_uids)
+    uids += [u for u, k in zip(shard_uids, keep) if k]
+    image_emb.append(image[keep].astype(STORE_DTYPE).astype(np.float32))  # [n_kept, E]
+    text_emb.append(text[keep].astype(STORE_DTYPE).astype(np.float32))
+  if not uids:
+    raise ValueError(f'{ctx.stage_dir("embed")}: no embedded pool sample '
+                     f'{"is in the subset" if subset is not None else "found"}')
+  return uids, np.concatenate(image_emb), np.concatenate(text_emb), pool
+
+
+def task_fields(kind: str) -> tuple:
+  """The arrays of a task split's npz that the later stages read."""
+  if kind == 'classification':
+    return ('image_emb', 'labels', 'class_text_emb', 'classnames')
+  return ('image_emb', 'text_emb', 'text_image')
+
+
+def task_embeddings(ctx, split: str = 'eval') -> list:
+  """[(TaskSpec, {field: array})] of every task's `split` ('eval' or 'train')."""
+  if ctx.config.pool.format == 'datacomp' and task_specs(ctx):
+    raise ValueError('config.pool.format: a DataComp pool ships pool embeddings only, and '
+                     'task embeddings for it are not computed yet')
+  out = []
+  for spec in task_specs(ctx):
+    path = task_item(ctx, spec.name, split) + '.npz'
+    try:
+      arrays = load_npz(path, task_fields(spec.kind))
+    except ValueError as e:
+      raise ValueError(f'{e} (task {spec.name!r}, {spec.kind}, {split} split)') from None
+    out.append((spec, arrays))
+  return out
 
 
 STAGE = pipeline.Stage(name='embed', run=run, inputs=('ingest', 'encoder'),

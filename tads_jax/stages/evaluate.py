@@ -18,9 +18,11 @@ Output `eval.json` in the workdir:
   config, seeds). std is the sample standard deviation over seeds (0 with one seed).
 
 With `evaluate.baselines` (e.g. ('full', 'random', 'clip_score')) the same protocol runs on
-each baseline's subset at the same budget (config.selection.fraction, top-k; 'full' = every
-pool sample once), so that the comparison table comes from one run; eval.json holds them
-under 'baselines'.
+each baseline's subset under the same selection rules (config.selection: fraction, method,
+dedup; a filter keeps what it keeps; 'full' = every pool sample once) and the same samples
+seen, so that the comparison table comes from one run; eval.json holds them under
+'baselines'. Any selector may be a baseline; a learning one (tads) is fitted here, with
+its checkpoints under evaluate/baselines/<name>/learn.
 
 Checkpoints go to evaluate/selected/seed_<s>/checkpoints, so a killed run resumes at its last
 checkpoint of the seed it was training, and finished seeds are not retrained.
@@ -28,6 +30,7 @@ checkpoint of the seed it was training, and finished seeds are not retrained.
 DataComp subset file against the same embeddings with it.
 """
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -44,6 +47,7 @@ from tads_jax.data import subset as subset_lib
 from tads_jax.stages import embed as embed_stage
 from tads_jax.stages import encoder as encoder_stage
 from tads_jax.stages import ingest
+from tads_jax.stages import learn as learn_stage
 from tads_jax.stages import select as select_stage
 
 EVAL = 'eval.json'
@@ -76,66 +80,11 @@ def num_seeds(config) -> int:
   return seeds
 
 
-def pool_embeddings(ctx, subset=None) -> tuple[list, np.ndarray, np.ndarray, int]:
-  """(uids, image_emb [N, E], text_emb [N, E], pool size) from embed/shards, in
-  ingest/samples.parquet order; float16 as stored (the heads normalize in float32).
-
-  With `subset` (a subset array) only the pool rows it lists are kept, so memory follows
-  the subset, not the pool.
-  """
-  if ctx.config.pool.format == 'datacomp':
-    raise ValueError('config.pool.format: the evaluate stage reads the embed stage\'s own '
-                     'pool and task embeddings; a DataComp pool ships pool embeddings only, '
-                     'and task embeddings for it are not computed yet')
-  paths = [r['path'] for r in ctx.summary('ingest')['per_source']]
-  uids, image_emb, text_emb, pool = [], [], [], 0
-  for path in paths:
-    npz_path = embed_stage.shard_item(ctx, path) + '.npz'
-    if not os.path.exists(npz_path):
-      raise ValueError(f'{npz_path}: missing; the embed stage has not embedded pool shard '
-                       f'{path} (run ingest and embed with this config in {ctx.workdir})')
-    with np.load(npz_path) as npz:
-      for field in ('uid', 'image_emb', 'text_emb'):
-        if field not in npz.files:
-          raise ValueError(f'{npz_path}: no {field!r} field')
-      shard_uids = npz['uid'].tolist()
-      keep = (np.ones(len(shard_uids), bool) if subset is None
-              else subset_lib.times_selected(subset, shard_uids) > 0)  # [n]
-      pool += len(shard_uids)
-      uids += [u for u, k in zip(shard_uids, keep) if k]
-      image_emb.append(npz['image_emb'][keep])  # [n_kept, E]
-      text_emb.append(npz['text_emb'][keep])    # [n_kept, E]
-  if not uids:
-    raise ValueError(f'{ctx.stage_dir("embed")}: no embedded pool sample '
-                     f'{"is in the subset" if subset is not None else "found"}')
-  return uids, np.concatenate(image_emb), np.concatenate(text_emb), pool
-
-
-def task_embeddings(ctx, split: str = 'eval') -> list:
-  """[(TaskSpec, {field: array})] of every task's `split` ('eval' or 'train'), from
-  embed/tasks."""
-  out = []
-  for spec in embed_stage.task_specs(ctx):
-    npz_path = embed_stage.task_item(ctx, spec.name, split) + '.npz'
-    if not os.path.exists(npz_path):
-      raise ValueError(f'{npz_path}: missing; the embed stage has not embedded the {split} '
-                       f'split of task {spec.name!r}')
-    fields = (('image_emb', 'labels', 'class_text_emb') if spec.kind == 'classification'
-              else ('image_emb', 'text_emb', 'text_image'))
-    with np.load(npz_path) as npz:
-      for field in fields:
-        if field not in npz.files:
-          raise ValueError(f'{npz_path}: no {field!r} field (task {spec.name!r}, '
-                           f'{spec.kind})')
-      out.append((spec, {f: npz[f] for f in fields}))
-  return out
-
-
 def evaluate_heads(encode_images, encode_texts, tasks) -> dict:
   """Zero-shot metrics of every task through the proxy's heads.
 
   encode_images / encode_texts: reference embeddings [N, E] -> proxy embeddings [N, E']
-  (train.encoders without a reference). tasks: task_embeddings(). Returns
+  (train.encoders without a reference). tasks: embed.task_embeddings(). Returns
   {name: {'kind', 'num_images', 'num_texts', metrics..., 'main'}}.
   """
   results = {}
@@ -215,8 +164,8 @@ def evaluate_subset(ctx, subset_path: str, checkpoints: str, seeds: int | None =
     raise ValueError(f'{subset_path}: no such subset file')
   cfgs = [train_config(config, config.seed + s) for s in range(seeds)]
   subset = subset_lib.read_subset(subset_path)
-  uids, image_emb, text_emb, pool = pool_embeddings(ctx, subset)
-  tasks = task_embeddings(ctx)
+  uids, image_emb, text_emb, pool = embed_stage.pool_embeddings(ctx, subset)
+  tasks = embed_stage.task_embeddings(ctx, 'eval')
   if not tasks:
     raise ValueError('config.tasks: no tasks to evaluate on')
   # [entries]: rows of the kept samples, each once per time the subset lists it.
@@ -271,49 +220,58 @@ FULL = 'full'  # the baseline that trains on every pool sample once
 
 
 def baseline_names(config) -> tuple:
-  """config.evaluate.baselines, checked: ValueError names an unknown, learning or repeated
-  baseline (config validation calls this too)."""
+  """config.evaluate.baselines, checked: ValueError names an unknown or repeated name
+  (config validation calls this too)."""
   block = config.get('evaluate')
   names = () if block is None else tuple(block.get('baselines', ()))
+  if isinstance(names, str):
+    names = tuple(n for n in names.split(',') if n)
   for name in names:
     if name != FULL and name not in selectors.SELECTORS:
       raise ValueError(f'config.evaluate.baselines: unknown baseline {name!r}; known: '
                        f'{FULL}, {", ".join(sorted(selectors.SELECTORS))}')
-    if name != FULL and selectors.SELECTORS[name].learns:
-      raise ValueError(f'config.evaluate.baselines: {name!r} learns from the pool; run it as '
-                       'config.selector.name in its own workdir instead')
   if len(set(names)) != len(names):
     raise ValueError(f'config.evaluate.baselines: names repeat in {names}')
   return names
 
 
-def baseline_counts(ctx, name: str, features) -> np.ndarray:
-  """Times each row of `features` is selected by baseline `name` (from baseline_names) at
-  config.selection's fraction: 'full' keeps every sample once; a selector keeps its top-k."""
-  uids = features.column('uid').to_pylist()
+def baseline_counts(ctx, name: str, inputs: selectors.Inputs, directory: str) -> np.ndarray:
+  """Times each pool row is selected by baseline `name` (from baseline_names) under the
+  run's config.selection (its fraction, method and dedup): 'full' keeps every sample once;
+  a selector is fitted here (a learning one with its checkpoints in `directory`) and
+  selects as the select stage would."""
   if name == FULL:
-    return np.ones(len(uids), np.int64)
-  selector = selectors.get(name, ctx.config)
-  selector.fit(features)
-  scores = np.asarray(selector.score(features), np.float64)
-  return selection.topk_counts(scores, uids, ctx.config.selection.fraction)
+    return np.ones(inputs.num_rows, np.int64)
+  selector = selectors.get(name)
+  inputs = dataclasses.replace(inputs, checkpoints=os.path.join(directory, 'learn'))
+  state = selector.fit(ctx.config, inputs)
+  _, counts = selection.select(ctx.config, selector, state, inputs)
+  return counts
 
 
-def evaluate_baselines(ctx, mesh=None) -> dict:
-  """{name: eval dict} for every config.evaluate.baselines entry, each at the budget of
-  the selected subset; subsets and checkpoints under evaluate/baselines/<name>/."""
-  names = baseline_names(ctx.config)
+def baseline_subset_path(ctx, name: str) -> str:
+  """Where the evaluate stage writes baseline `name`'s subset (DataComp format)."""
+  return os.path.join(ctx.stage_dir('evaluate'), 'baselines', name, SUBSET)
+
+
+def evaluate_baselines(ctx, mesh=None, names=None) -> dict:
+  """{name: eval dict} for every config.evaluate.baselines entry (or `names`), each at the
+  budget of the selected subset; subsets and checkpoints under evaluate/baselines/<name>/."""
+  names = baseline_names(ctx.config) if names is None else tuple(names)
   if not names:
     return {}
-  features = select_stage.features_table(ctx)
-  uids = features.column('uid').to_pylist()
+  needs = set()
+  for name in names:
+    if name != FULL:
+      needs.update(selectors.get(name).needs_for(ctx.config))
+  inputs = learn_stage.selector_inputs(ctx, needs)
   out = {}
   for name in names:
-    directory = os.path.join(ctx.stage_dir('evaluate'), 'baselines', name)
+    path = baseline_subset_path(ctx, name)
+    directory = os.path.dirname(path)
     os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, SUBSET)
     if not os.path.exists(path):
-      subset_lib.write_subset(path, uids, baseline_counts(ctx, name, features))
+      subset_lib.write_subset(path, inputs.uids, baseline_counts(ctx, name, inputs, directory))
     logging.info('evaluate: baseline %s', name)
     out[name] = evaluate_subset(ctx, path, directory, mesh=mesh)
   return out
@@ -347,5 +305,15 @@ def inputs(config) -> tuple:
   return ('ingest', 'embed', 'select')
 
 
+def config_keys(config) -> tuple:
+  """The proxy's settings, and the selection rules and own blocks of every baseline."""
+  keys = ['evaluate', 'seed', 'selection', 'mesh.rules']
+  for name in baseline_names(config):
+    if name != FULL:
+      keys += [name] if name in config else []
+      keys += list(selectors.get(name).config_fields)
+  return tuple(dict.fromkeys(keys))
+
+
 STAGE = pipeline.Stage(name='evaluate', run=run, inputs=inputs,
-                       config_keys=('evaluate', 'seed'), version=2)
+                       config_keys=config_keys, version=3)

@@ -38,7 +38,6 @@ import pyarrow.parquet as pq
 
 from tads_jax import pipeline
 from tads_jax import scoring  # noqa: F401  (registers the operators)
-from tads_jax.data import datacomp
 from tads_jax.data import images as images_lib
 from tads_jax.data import webdataset
 from tads_jax.scoring import dedup
@@ -99,44 +98,13 @@ def shard_item(ctx, path: str) -> str:
   return os.path.join(ctx.stage_dir('features'), 'shards', ingest.item_name(path))
 
 
-def _load_npz(path: str, keys) -> dict:
-  try:
-    with np.load(path, allow_pickle=False) as npz:
-      missing = [k for k in keys if k not in npz.files]
-      if missing:
-        raise ValueError(f'{path}: missing key(s) {missing} (keys: {npz.files}); rerun embed')
-      return {k: npz[k] for k in keys}
-  except OSError as e:
-    raise ValueError(f'{path}: cannot read ({e}); rerun embed') from e
-
-
 def _stored_embeddings(ctx, path: str, uids: list) -> tuple[np.ndarray, np.ndarray]:
-  """_shard_embeddings rounded to float16, for the global features: the embed stage stores
+  """embed.shard_embeddings rounded to float16, for the global features: the embed stage stores
   float16, and a DataComp pool's rows (normalized in float32 on load) get the same rounding,
   so every pass over the pool sees the same values."""
-  image_emb, text_emb = _shard_embeddings(ctx, path, uids)
+  image_emb, text_emb = embed.shard_embeddings(ctx, path, uids)
   return (image_emb.astype(np.float16).astype(np.float32),  # [n, E]
           text_emb.astype(np.float16).astype(np.float32))
-
-
-def _shard_embeddings(ctx, path: str, uids: list) -> tuple[np.ndarray, np.ndarray]:
-  """(image_emb, text_emb) float32 [N, E] of a shard's rows, from embed or the pool npz."""
-  if ctx.config.pool.format == 'datacomp':
-    shard = datacomp.read_metadata(path, model=ctx.config.pool.embedding_model,
-                                   columns=[])
-    index = {u: i for i, u in enumerate(shard.uids)}
-    missing = [u for u in uids if u not in index]
-    if missing:
-      raise ValueError(f'{path}: uid {missing[0]!r} of ingest/samples.parquet is not in '
-                       'this metadata file; rerun ingest')
-    rows = np.asarray([index[u] for u in uids], np.int64)
-    return shard.image_emb[rows], shard.text_emb[rows]
-  where = embed.shard_item(ctx, path) + '.npz'
-  arrays = _load_npz(where, ('uid', 'image_emb', 'text_emb'))
-  if arrays['uid'].tolist() != list(uids):
-    raise ValueError(f"{where}: field 'uid' does not match ingest/samples.parquet for "
-                     f'{path}; rerun embed')
-  return arrays['image_emb'].astype(np.float32), arrays['text_emb'].astype(np.float32)
 
 
 def _shard_images(path: str, uids: list, skips: collections.Counter):
@@ -206,7 +174,7 @@ def _features_shard(ctx, path: str, table: dict, names: list, encoder) -> dict:
   chunk = option(config, 'chunk')
   uids = table['uid']
   n = len(uids)
-  image_emb, text_emb = _shard_embeddings(ctx, path, uids)  # [N, E] float32 each
+  image_emb, text_emb = embed.shard_embeddings(ctx, path, uids)  # [N, E] float32 each
   columns = {name: [] for name in names}
   skips = collections.Counter()
   image_ops = any(_needs_images(registry.OPERATORS[m]) for m in names)
@@ -250,10 +218,10 @@ def _task_prototypes(ctx, key) -> list:
     where = embed.task_item(ctx, spec.name, 'train') + '.npz'
     safe = re.sub(r'[^A-Za-z0-9_]', '_', spec.name)
     if spec.kind == 'classification':
-      arrays = _load_npz(where, ('class_text_emb',))
+      arrays = embed.load_npz(where, ('class_text_emb',))
       protos = np.asarray(relevance.class_prototypes(arrays['class_text_emb']))  # [C, E]
     else:
-      arrays = _load_npz(where, ('image_emb', 'text_emb', 'text_image'))
+      arrays = embed.load_npz(where, ('image_emb', 'text_emb', 'text_image'))
       paired = arrays['image_emb'][arrays['text_image']].astype(np.float32)  # [M, E]
       key, sub = jax.random.split(key)
       protos = relevance.retrieval_prototypes(
@@ -392,6 +360,34 @@ def features_path(ctx) -> str | None:
   if 'features' not in pipeline.stage_names(ctx.config):
     return None
   return ctx.path('features', FEATURES)
+
+
+def read_features(ctx) -> pa.Table:
+  """ingest/samples.parquet, with every features column joined on by uid when the features
+  stage is configured: the table every selector sees.
+
+  The width and height operators repeat ingest's columns of the same name (they read
+  them), so a features column whose name samples.parquet has is not joined twice.
+  """
+  table = ingest.samples(ctx)
+  path = features_path(ctx)
+  if path is None:
+    return table
+  extra = pq.read_table(path)
+  extra = extra.select(['uid'] + [c for c in extra.column_names
+                                  if c not in table.column_names])
+  uids = table.column('uid').to_pylist()
+  index = {u: i for i, u in enumerate(extra.column('uid').to_pylist())}
+  missing = [u for u in uids if u not in index]
+  if missing or extra.num_rows != len(uids):
+    raise ValueError(f"{path}: field 'uid' does not match ingest/samples.parquet "
+                     f'({len(missing)} uids missing, {extra.num_rows} rows for {len(uids)} '
+                     'samples); rerun the features stage')
+  extra = extra.take(pa.array([index[u] for u in uids], pa.int64()))
+  for name in extra.column_names:
+    if name != 'uid':
+      table = table.append_column(name, extra.column(name))
+  return table
 
 
 def config_keys(config) -> tuple:

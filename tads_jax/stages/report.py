@@ -83,12 +83,7 @@ def _learn(ctx):
   """The learn stage's summary and meta-learning history, when it is configured."""
   if 'learn' not in pipeline.stage_names(ctx.config):
     return None
-  summary = dict(ctx.summary('learn'))
-  history_path = summary.get('history')
-  if history_path and os.path.exists(history_path):
-    with open(history_path) as f:
-      summary['history'] = json.load(f)
-  return summary
+  return dict(ctx.summary('learn'))
 
 
 def inputs(config) -> tuple:
