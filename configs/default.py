@@ -110,6 +110,32 @@ def get_config():
   c.image_based_clip_score = ml_collections.ConfigDict(dict(
       clip_fraction=0.3))  # DataComp README: --arch l14 --fraction 0.3
 
+  # SemDeDup (facebookresearch/SemDeDup): spherical k-means on pool image embeddings, then
+  # inside each cluster drop images with cosine >= 1 - eps to a kept one, visiting the
+  # farthest from the centroid first (their keep_hard). A filter: selection.fraction ignored.
+  c.semdedup = ml_collections.ConfigDict(dict(
+      k=100,          # theirs: 50_000 for LAION-440M (~9k/cluster); capped at the pool size
+      iters=100,      # clustering_configs.yaml niter: 100
+      eps=0.05,       # their code sweeps eps_list ~0.01-0.07; same as features.semdedup_eps
+      init='random'))  # faiss.Kmeans default init ('kmeans++' also accepted)
+  # NormSim_p (Wang et al. 2024): p-norm of the image's cosines to all tasks' train images.
+  c.normsim = ml_collections.ConfigDict(dict(
+      p=float('inf')))  # 2 or inf; their best is NormSim_inf(Target) (run2.sh --norm 100)
+  # negCLIPLoss (Wang et al. 2024): CLIP score minus tau/2 (LSE_i2t + LSE_t2i) over random
+  # batches, averaged over `batches` partitions of the pool.
+  c.negclipscore = ml_collections.ConfigDict(dict(
+      temperature=0.01,   # theirs: 0.01 = CLIP's logit scale 100
+      batch_size=32768,   # theirs; a pool smaller than this is a single batch
+      batches=10))        # K: their runs use average_num=10
+  # negCLIPLoss top ncl_fraction, then NormSim_inf to the budget among those. The paper
+  # keeps 2/3 of its negCLIPLoss top (30% -> 20% of DataComp-medium); the same ratio at
+  # this config's 36% is 54%. fraction=None: the budget is selection.fraction.
+  c.ncl_normsim = ml_collections.ConfigDict(dict(
+      ncl_fraction=0.54,
+      fraction=ml_collections.config_dict.placeholder(float),
+      p=float('inf'),
+      temperature=0.01, batch_size=32768, batches=10))
+
   # TADS: a value function over the standardized features, started at a weak-supervision
   # prior and meta-learned against the tasks' train splits (tads_jax/value.py, meta.py).
   c.tads = ml_collections.ConfigDict()

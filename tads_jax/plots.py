@@ -53,11 +53,15 @@ def evaluation(report: dict, path: str):
   names = [n for n, _ in runs]
   means = [r['average']['mean'] for _, r in runs]
   stds = [r['average']['std'] for _, r in runs]
-  fig, ax = plt.subplots(figsize=(1.3 * len(runs) + 2, 3.5))
+  fig, ax = plt.subplots(figsize=(min(0.9 * len(runs) + 2, 18), 4))
   ax.bar(names, means, yerr=stds, capsize=4,
          color=['tab:blue'] + ['tab:gray'] * (len(runs) - 1))
   ax.set_ylabel('mean zero-shot main metric')
-  ax.set_title(f"{len(ev['seeds'])} seeds, {ev['train']['samples_seen']} samples seen")
+  ax.tick_params(axis='x', labelrotation=35)
+  for label in ax.get_xticklabels():
+    label.set_horizontalalignment('right')
+  ax.set_title(f"{ev.get('proxy', 'embedding')} proxy, {len(ev['seeds'])} seeds, "
+               f"{ev['train']['samples_seen']} samples seen")
   for i, m in enumerate(means):
     ax.text(i, m, f'{m:.3f}', ha='center', va='bottom', fontsize=8)
   return _save(fig, path)

@@ -66,11 +66,35 @@ def _evaluation_lines(evaluation: dict) -> list[str]:
             'the reference embeddings', '']
            + _table(rows, ['task', 'kind', 'metric', 'mean', 'std']))
   if evaluation.get('baselines'):
-    lines += ['', '### Comparison at the same samples-seen budget', '']
-    lines += _table(comparison_rows(evaluation),
-                    ['subset', 'entries', 'unique', 'average', 'std']
+    lines += ['', '### Comparison at the same samples-seen budget', '',
+              f"Proxy: {evaluation.get('proxy', 'embedding')}; mean +- std over "
+              f"{len(evaluation['seeds'])} seeds of the mean main metric over tasks, then "
+              'each task\'s mean. Every subset follows the same selection rules (fraction, '
+              'method, dedup); filters keep what they keep.', '']
+    rows = comparison_rows(evaluation)
+    for row in rows:
+      row['average +- std'] = f"{row['average']:.4f} +- {row['std']:.4f}"
+    lines += _table(rows, ['subset', 'entries', 'unique', 'average +- std']
                     + list(evaluation['tasks']))
   return lines
+
+
+def comparison_kept_rows(report: dict) -> list[dict]:
+  """Per evaluated subset, the share of each ground-truth noise type it kept."""
+  gt, kept = report.get('ground_truth'), report.get('comparison_kept')
+  if not gt or not kept:
+    return []
+  selector = report['selection']['selector']
+  runs = [(f'{selector} (selected)', gt)] + list(kept.items())
+  rows = []
+  for name, groups in runs:
+    row = {'subset': name}
+    row.update({str(r['noise']): r['kept_fraction'] for r in groups['by_noise']})
+    on = {r['on_task']: r['kept_fraction'] for r in groups['by_on_task']}
+    if True in on and False in on:
+      row['on-task'], row['off-task'] = on[True], on[False]
+    rows.append(row)
+  return rows
 
 
 def comparison_rows(evaluation: dict) -> list[dict]:
@@ -159,6 +183,14 @@ def render_markdown(report: dict) -> str:
   if evaluation:
     out += ['', '## Evaluation (zero-shot, proxy trained on the subset)', '']
     out += _evaluation_lines(evaluation)
+  kept_rows = comparison_kept_rows(report)
+  if kept_rows:
+    columns = list(dict.fromkeys(c for r in kept_rows for c in r))
+    for r in kept_rows:
+      for c in columns:
+        r.setdefault(c, float('nan'))
+    out += ['', '### Kept share of each noise type, per evaluated subset (ground truth)', '']
+    out += _table(kept_rows, columns)
   if report.get('plots'):
     out += ['', '## Plots', '']
     out += [f'![{name}]({os.path.relpath(path, report["workdir"])})'

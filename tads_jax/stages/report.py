@@ -3,11 +3,13 @@
 import json
 import os
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tads_jax import pipeline
 from tads_jax import plots
 from tads_jax import report as report_lib
+from tads_jax.data import subset as subset_lib
 from tads_jax.stages import evaluate
 from tads_jax.stages import select
 
@@ -56,6 +58,8 @@ def run(ctx) -> dict:
   evaluation = _evaluation(ctx)
   if evaluation is not None:
     report['evaluation'] = evaluation
+    if gt_path and not evaluation.get('stale') and evaluation.get('baselines'):
+      report['comparison_kept'] = _baselines_kept(ctx, gt, list(evaluation['baselines']))
   report['plots'] = plots.draw_all(report, ctx.path(PLOTS))
   pipeline.write_json_atomic(ctx.path('report.json'), report)
   tmp = ctx.path(f'report.md.tmp-{os.getpid()}')
@@ -79,6 +83,22 @@ def _evaluation(ctx):
   return {'path': path, 'stale': False, **result}
 
 
+def _baselines_kept(ctx, gt, names) -> dict:
+  """{baseline: {'by_noise': rows, 'by_on_task': rows}}: what each baseline's subset kept of
+  every ground-truth group, as the selected subset's rows are computed."""
+  uids = select.read_scores(ctx, columns=['uid']).column('uid').to_pylist()
+  out = {}
+  for name in names:
+    path = evaluate.baseline_subset_path(ctx, name)
+    if not os.path.exists(path):
+      continue
+    counts = subset_lib.times_selected(subset_lib.read_subset(path), uids)
+    table = pa.table({'uid': uids, 'times_selected': counts})
+    out[name] = {'by_noise': report_lib.kept_by_group(table, gt, 'noise'),
+                 'by_on_task': report_lib.kept_by_group(table, gt, 'on_task')}
+  return out
+
+
 def _learn(ctx):
   """The learn stage's summary and meta-learning history, when it is configured."""
   if 'learn' not in pipeline.stage_names(ctx.config):
@@ -93,5 +113,5 @@ def inputs(config) -> tuple:
                              or s == 'select')
 
 
-STAGE = pipeline.Stage(name='report', run=run, inputs=inputs, version=4,
+STAGE = pipeline.Stage(name='report', run=run, inputs=inputs, version=5,
                        config_keys=('stages', 'export', 'pool.ground_truth'))

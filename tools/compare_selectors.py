@@ -1,0 +1,109 @@
+r"""One comparison table of selectors on a finished workdir (issue: one comparison).
+
+Reuses W's ingest, encoder, embed, features (and learn) outputs: sets
+config.evaluate.baselines to the given selectors and reruns the evaluate and report
+stages, so each selector picks its subset under the run's selection rules (same fraction,
+method and dedup; filters keep what they keep), a proxy is trained on each for the same
+samples seen over config.evaluate.seeds seeds, and report.md gets the table (mean +- std,
+per task, entries, kept share of every noise type where ground truth exists) and its plot.
+
+  python tools/compare_selectors.py --config configs/default.py --workdir workdir/default \
+      --selectors full,random,clip_score,basic_filter,semdedup,normsim --seeds 3
+
+Prints the Markdown tables that go into BENCHMARKS.md, with the command.
+"""
+
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tads_jax import config as config_lib  # noqa: E402  pylint: disable=wrong-import-position
+from tads_jax import main as main_lib  # noqa: E402  pylint: disable=wrong-import-position
+from tads_jax import report as report_lib  # noqa: E402  pylint: disable=wrong-import-position
+
+
+def compare(config, workdir: str, names, seeds: int | None = None) -> dict:
+  """Runs the comparison in `workdir`; returns report.json's dict."""
+  if not os.path.isdir(workdir):
+    raise ValueError(f'{workdir}: no such workdir (run the pipeline there first)')
+  config = config.copy_and_resolve_references()
+  config.unlock()
+  config.evaluate.baselines = tuple(names)
+  if seeds is not None:
+    config.evaluate.seeds = seeds
+  stages = tuple(config.stages)
+  for needed in ('select', 'evaluate', 'report'):
+    if needed not in stages:
+      raise ValueError(f'config.stages: the comparison needs the {needed} stage')
+  main_lib.run(config, workdir)
+  with open(os.path.join(workdir, 'report.json')) as f:
+    return json.load(f)
+
+
+def markdown(report: dict) -> str:
+  """The comparison and kept-share tables of a report, as Markdown."""
+  ev = report['evaluation']
+  rows = report_lib.comparison_rows(ev)
+  tasks = list(ev['tasks'])
+  lines = ['| subset | entries | unique | average (mean ± std) | ' + ' | '.join(tasks) + ' |',
+           '|' + '---|' * (4 + len(tasks))]
+  runs = [ev] + list(ev.get('baselines', {}).values())
+  for row, run in zip(rows, runs):
+    cells = [f"{run['tasks'][t]['mean']['main']:.3f} ± {run['tasks'][t]['std']['main']:.3f}"
+             for t in tasks]
+    lines.append(f"| {row['subset']} | {row['entries']} | {row['unique']} | "
+                 f"{row['average']:.4f} ± {row['std']:.4f} | " + ' | '.join(cells) + ' |')
+  kept = report_lib.comparison_kept_rows(report)
+  if kept:
+    columns = list(dict.fromkeys(c for r in kept for c in r))
+    lines += ['', '| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
+    for r in kept:
+      lines.append('| ' + ' | '.join(
+          r[c] if c == 'subset' else f"{r.get(c, float('nan')):.3f}" for c in columns) + ' |')
+  return '\n'.join(lines)
+
+
+def cpu_model() -> str:
+  try:
+    out = subprocess.run(['lscpu'], capture_output=True, text=True, check=False).stdout
+    for line in out.splitlines():
+      if line.startswith('Model name'):
+        return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or 'unknown CPU'
+
+
+def _define_flags():
+  config_flags.DEFINE_config_file('config', None, 'The config the workdir ran with.',
+                                  lock_config=False)
+  flags.DEFINE_string('workdir', None, 'A workdir where the pipeline ran.')
+  flags.DEFINE_list('selectors', None, "Selectors to compare ('full' = the whole pool).")
+  flags.DEFINE_integer('seeds', None, 'Proxy seeds (default config.evaluate.seeds).')
+  flags.mark_flags_as_required(['config', 'workdir', 'selectors'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  f = flags.FLAGS
+  try:
+    report = compare(f.config, f.workdir, f.selectors, f.seeds)
+  except (ValueError, config_lib.ConfigError) as e:
+    sys.exit(f'error: {e}')
+  print(markdown(report))
+  print(f'\ncommand: python {" ".join(shlex.quote(a) for a in sys.argv)}')
+  print(f'CPU: {cpu_model()}')
+
+
+if __name__ == '__main__':
+  _define_flags()
+  app.run(main)
