@@ -88,3 +88,44 @@ def test_bad_encoder_fields_fail_before_work(tmp_path):
   with pytest.raises(config_lib.ConfigError, match='config.encoder.vocab_size'):
     main.run(c, str(tmp_path / 'w'))
   assert not (tmp_path / 'w').exists()
+
+
+def test_exported_folder_truncates_in_transformers_and_agrees(trained):
+  """The HF folder's tokenizer stops at the model's positions: transformers' tokenizer with
+  truncation=True feeds CLIPModel captions longer than that, and the text features agree
+  with tads_jax.load_clip's."""
+  torch = pytest.importorskip('torch')
+  import transformers  # pylint: disable=g-import-not-at-top
+  folder = os.path.join(trained, 'encoder', 'clip')
+  config = json.load(open(os.path.join(folder, 'tokenizer_config.json')))
+  assert config['model_max_length'] == tiny_config().encoder.context_length
+  captions = ['a big red circle on a green background ' * 6, 'a small blue star']
+  tokenizer = transformers.CLIPTokenizer.from_pretrained(folder)
+  model = transformers.CLIPModel.from_pretrained(folder).eval()
+  tokens = tokenizer(captions, padding='max_length', truncation=True, return_tensors='pt')
+  assert tokens['input_ids'].shape[1] == tiny_config().encoder.context_length
+  with torch.no_grad():
+    hf = model.get_text_features(**tokens)
+  hf = getattr(hf, 'pooler_output', hf).numpy()
+  hf /= np.linalg.norm(hf, axis=1, keepdims=True)
+  ours = tads_jax.load_clip(folder).encode_texts(captions)
+  np.testing.assert_allclose(hf, ours, atol=2e-5)
+
+
+def test_a_short_last_batch_costs_only_what_it_needs(trained):
+  """Three texts at batch size 64 run as one batch of 4 rows (the next power of two), and
+  give the same embeddings as inside a full batch."""
+  clip = tads_jax.load_clip(os.path.join(trained, 'encoder', 'clip'), batch_size=64)
+  texts = ['a red circle', 'a big blue star', 'spam spam']
+  shapes, fn = [], clip._text_fn  # pylint: disable=protected-access
+
+  def recording(params, batch):
+    shapes.append(batch.shape[0])
+    return fn(params, batch)
+
+  clip._text_fn = recording  # pylint: disable=protected-access
+  short = clip.encode_texts(texts)
+  assert shapes == [4]
+  full = clip.encode_texts(texts * 30)[:3]  # 90 rows: a full batch of 64, a tail of 32
+  assert shapes[1:] == [64, 32]
+  np.testing.assert_allclose(short, full, atol=1e-5)

@@ -178,6 +178,7 @@ def test_bad_samples_are_skipped_and_counted(tmp_path):
       _sample(5, json=b'{"uid": '),                 # bad_json (unparsable)
       _sample(6, json={'uid': 'xyz'}),              # bad_json (invalid uid)
       _sample(7, json=b'[1, 2]'),                   # bad_json (not an object)
+      _sample(9, txt=b'caf\xe9 au lait'),           # caption_not_utf8 (latin-1 bytes)
       _sample(8),
   ]
   path = _write(tmp_path / 's.tar', samples)
@@ -185,7 +186,7 @@ def test_bad_samples_are_skipped_and_counted(tmp_path):
   got = [s.key for s in webdataset.iter_shard(path, skips, decode=True)]
   assert got == ['000000000', '000000008']
   assert skips == {'corrupt_image': 1, 'missing_caption': 2, 'missing_image': 1,
-                   'bad_json': 3}
+                   'bad_json': 3, 'caption_not_utf8': 1}
   skips = collections.Counter()
   got = [s.key for s in webdataset.iter_shard(path, skips, decode=False)]
   assert got == ['000000000', '000000001', '000000008']  # not decoded: not detected

@@ -210,15 +210,20 @@ def iter_shard(path: str, skips: collections.Counter,
                decode: bool = False) -> Iterator[PoolSample]:
   """Yields the usable samples of one pool shard; counts the others in `skips` by reason.
 
-  Reasons: missing_image, missing_caption (no .txt or blank), bad_json (unparsable, not an
-  object, or an invalid uid), corrupt_image (decode=True only), truncated_tar (once).
+  Reasons: missing_image, missing_caption (no .txt or blank), caption_not_utf8, bad_json
+  (unparsable, not an object, or an invalid uid), corrupt_image (decode=True only),
+  truncated_tar (once).
   """
   for key, files in iter_groups(path, skips, exts=_POOL_EXTS):
     image_ext = pick_image(files)
     if image_ext is None:
       skips['missing_image'] += 1
       continue
-    caption = files.get('txt', b'').decode('utf-8', errors='replace').strip()
+    try:
+      caption = files.get('txt', b'').decode('utf-8').strip()
+    except UnicodeDecodeError:  # counted, not silently turned into replacement characters
+      skips['caption_not_utf8'] += 1
+      continue
     if not caption:
       skips['missing_caption'] += 1
       continue

@@ -70,6 +70,15 @@ class LoadedCLIP:
           jax.jit(fn, in_shardings=(param_sh, batch_sh), out_shardings=batch_sh)
           for fn in (image_fn, text_fn))
 
+  def _tail_rows(self, rows: int) -> int:
+    """Rows a short last batch is padded to: the next power of two (a multiple of the data
+    shards on a mesh), at most batch_size, so a few compiled shapes serve every tail and a
+    short batch never costs a full one."""
+    shards = self.mesh.shape['data'] if self.mesh is not None else 1
+    size = 1 << max(rows - 1, 0).bit_length()
+    size = -(-size // shards) * shards
+    return min(size, self.batch_size)
+
   def _run(self, fn, n: int, get_batch) -> np.ndarray:
     """fn over rows [0, n) in fixed-size batches; `get_batch(lo, hi)` builds the rows."""
     out = np.zeros((n, self.config.embed_dim), np.float32)
@@ -77,8 +86,9 @@ class LoadedCLIP:
       for lo in range(0, n, self.batch_size):
         hi = min(lo + self.batch_size, n)
         batch = get_batch(lo, hi)
-        if hi - lo < self.batch_size:  # pad the tail: one compiled shape
-          pad = np.zeros((self.batch_size - (hi - lo),) + batch.shape[1:], batch.dtype)
+        rows = self._tail_rows(hi - lo)
+        if hi - lo < rows:  # pad the tail to a bucketed shape
+          pad = np.zeros((rows - (hi - lo),) + batch.shape[1:], batch.dtype)
           batch = np.concatenate([batch, pad])
         out[lo:hi] = np.asarray(fn(self.params, batch))[:hi - lo]
     return out

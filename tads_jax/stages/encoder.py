@@ -71,7 +71,10 @@ def run(ctx) -> dict:
   pixels, captions, skips = load_pairs(spec, config.encoder.image_size)
   tok_dir = os.path.join(out, 'tokenizer')
   if not os.path.isdir(tok_dir):
-    bpe.train_bpe(captions, config.encoder.vocab_size, tok_dir)
+    # The exported tokenizer truncates to the model's positions, so that transformers'
+    # tokenizer(..., truncation=True) feeds CLIPModel no longer sequence than it has.
+    bpe.train_bpe(captions, config.encoder.vocab_size, tok_dir,
+                  model_max_length=config.encoder.context_length)
   tokenizer = tokenizer_lib.CLIPTextTokenizer(tok_dir, config.encoder.context_length)
   vocab_size = len(tokenizer.tokenizer)
   cfg = train_config(config, vocab_size)
