@@ -4,10 +4,11 @@ import os
 
 import ml_collections
 
+from tads_jax import pipeline
 from tads_jax import selection
 
 POOL_FORMATS = ('synthetic', 'webdataset', 'datacomp')
-SELECTION_METHODS = ('topk', 'soft_cap')
+SELECTION_METHODS = selection.METHODS  # ('topk', 'soft_cap', 'hard_cap')
 
 
 class ConfigError(ValueError):
@@ -40,8 +41,8 @@ def validate(config: ml_collections.ConfigDict, known_stages, known_selectors) -
   _expect_type(config, 'seed', (int,), 'an integer')
 
   stages = _get(config, 'stages')
-  if isinstance(stages, str):
-    stages = tuple(s for s in stages.split(',') if s)
+  if isinstance(stages, (str, tuple, list)):
+    stages = pipeline.name_list(stages)
   if not isinstance(stages, (tuple, list)) or not stages:
     raise ConfigError(f'config.stages: expected a non-empty list of stage names, got '
                       f'{stages!r}')
@@ -134,6 +135,12 @@ def validate(config: ml_collections.ConfigDict, known_stages, known_selectors) -
       raise ConfigError('config.selection.soft_cap.penalty: must be >= 0')
     if _expect_type(config, 'selection.soft_cap.temperature', (float, int), 'a number') <= 0:
       raise ConfigError('config.selection.soft_cap.temperature: must be > 0')
+  if method == 'hard_cap':
+    for field in ('batch_size', 'cap'):
+      if _expect_type(config, f'selection.hard_cap.{field}', (int,), 'an integer') < 1:
+        raise ConfigError(f'config.selection.hard_cap.{field}: must be >= 1')
+    if _expect_type(config, 'selection.hard_cap.temperature', (float, int), 'a number') <= 0:
+      raise ConfigError('config.selection.hard_cap.temperature: must be > 0')
   seen = _expect_type(config, 'evaluate.samples_seen', (int,), 'an integer')
   if seen <= 0:
     raise ConfigError(f'config.evaluate.samples_seen: must be positive, got {seen}')

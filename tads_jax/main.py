@@ -8,6 +8,7 @@ stage where it was.
 import logging as pylogging
 import os
 import sys
+import traceback
 
 from absl import app
 from absl import flags
@@ -18,6 +19,7 @@ from tads_jax import config as config_lib
 from tads_jax import pipeline
 from tads_jax import selectors
 from tads_jax import stages as stages_lib
+from tads_jax import workdir_lock
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to a config file.',
                                           lock_config=True)
@@ -32,9 +34,9 @@ def run(config, workdir: str) -> dict:
   """
   config_lib.validate(config, stages_lib.STAGE_NAMES, selectors.SELECTORS)
   workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
-  ctx = pipeline.Context(config=config, workdir=workdir)
-  return pipeline.run_stages(stages_lib.STAGES, pipeline.stage_names(config), ctx)
+  with workdir_lock.hold(workdir):
+    ctx = pipeline.Context(config=config, workdir=workdir)
+    return pipeline.run_stages(stages_lib.STAGES, pipeline.stage_names(config), ctx)
 
 
 class _QuietLibraries(pylogging.Filter):
@@ -55,11 +57,26 @@ def main(argv):
     status = run(_CONFIG.value, _WORKDIR.value)
   except config_lib.ConfigError as e:
     sys.exit(f'config error: {e}')
+  except workdir_lock.WorkdirLocked as e:
+    sys.exit(f'error: {e}')
+  except ValueError as e:  # bad data: the message names the file and field
+    logging.vlog(1, traceback.format_exc())
+    sys.exit(f'error: {e}  (--verbosity=1 prints the traceback)')
   for name, s in status.items():
     logging.info('%s: %s', name, s)
   report = os.path.join(_WORKDIR.value, 'report.md')
   if os.path.exists(report):
     print(f'report: {os.path.abspath(report)}')
+
+
+def cli():
+  """The `tads-jax` console command (pyproject [project.scripts]): `python -m
+  tads_jax.main` under another name. absl's --help prints the docstring and the key flags
+  of the main module, which here is the console-script stub: it gets this module's."""
+  sys.modules['__main__'].__doc__ = __doc__
+  for flag in flags.FLAGS.get_key_flags_for_module(__name__):
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+  app.run(main)
 
 
 if __name__ == '__main__':

@@ -13,10 +13,12 @@ import json
 import logging
 import os
 import shutil
+import sys
 import time
 from typing import Callable, Sequence
 
 import ml_collections
+import tqdm
 
 DONE = '_done.json'
 FINGERPRINT = '_fingerprint'
@@ -66,12 +68,17 @@ def config_value(config, dotted):
   return node
 
 
+def name_list(value) -> tuple:
+  """A list of names given as a tuple, a list or a comma string: a command-line override
+  `--config.stages=a,b,c` arrives as ('a,b,c',), so every entry is split at commas."""
+  if isinstance(value, str):
+    value = (value,)
+  return tuple(n.strip() for entry in value for n in str(entry).split(',') if n.strip())
+
+
 def stage_names(config) -> tuple:
-  """config.stages as a tuple (a command-line override may give 'a,b,c')."""
-  names = config.stages
-  if isinstance(names, str):
-    names = tuple(s for s in names.split(',') if s)
-  return tuple(names)
+  """config.stages as a tuple of stage names (see name_list)."""
+  return name_list(config.stages)
 
 
 def stage_inputs(stage: Stage, config) -> tuple:
@@ -179,19 +186,45 @@ def _prepare_dir(stage_dir: str, fp: str) -> None:
 
 
 class Progress:
-  """Logs items/s and an ETA at most every `every` seconds for a long loop."""
+  """Rate and ETA of a long loop: a tqdm bar when `stream` (stderr) is a terminal, else a
+  log line (items/s, ETA) at most every `every` seconds, and one when the loop is done."""
 
-  def __init__(self, name: str, total: int, unit: str = 'samples', every: float = 5.0):
+  def __init__(self, name: str, total: int, unit: str = 'samples', every: float = 5.0,
+               stream=None):
     self.name, self.total, self.unit, self.every = name, total, unit, every
     self.done = 0
     self.start = self.last = time.time()
+    stream = sys.stderr if stream is None else stream
+    self.bar = None
+    if _is_terminal(stream):
+      self.bar = tqdm.tqdm(total=total, desc=name, unit=f' {unit}', file=stream,
+                           dynamic_ncols=True, smoothing=0.1, mininterval=0.5,
+                           unit_scale=True)
 
   def update(self, n: int) -> None:
     self.done += n
     now = time.time()
+    if self.bar is not None:
+      self.bar.update(n)
+      if self.done >= self.total:
+        self.close()
+      return
     if now - self.last >= self.every or self.done >= self.total:
       self.last = now
       rate = self.done / max(now - self.start, 1e-9)
       eta = (self.total - self.done) / rate if rate > 0 else float('inf')
       logging.info('%s: %d/%d %s, %.0f %s/s, ETA %.0f s', self.name, self.done, self.total,
                    self.unit, rate, self.unit, eta)
+
+  def close(self) -> None:
+    """Ends the bar (when there is one); a loop that stops early should call it."""
+    if self.bar is not None:
+      self.bar.close()
+      self.bar = None
+
+
+def _is_terminal(stream) -> bool:
+  try:
+    return bool(stream.isatty())
+  except (AttributeError, ValueError):  # no isatty, or a closed stream
+    return False

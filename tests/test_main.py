@@ -252,3 +252,26 @@ def test_sigkill_mid_stage_resumes_per_shard(tmp_path):
   a = pq.read_table(os.path.join(workdir, 'scores.parquet')).drop_columns(['shard'])
   b = pq.read_table(str(tmp_path / 'clean' / 'scores.parquet')).drop_columns(['shard'])
   assert a.equals(b)
+
+
+def test_cli_bad_shard_is_one_line_and_stages_take_a_comma_string(default_run, tmp_path):
+  """A data error reaches the CLI user as one line naming the file, not a traceback; the
+  stages override in the comma form the docs show works."""
+  workdir, _ = default_run
+  pool = os.path.join(workdir, 'ingest', 'world', 'pool')
+  os.makedirs(tmp_path / 'pool')
+  shutil.copy(os.path.join(pool, '00000000.tar'), tmp_path / 'pool' / '00000000.tar')
+  (tmp_path / 'pool' / '00000001.tar').write_bytes(b'this is not a tar file at all' * 40)
+  args = [sys.executable, '-m', 'tads_jax.main', '--config',
+          os.path.join(REPO, 'configs', 'default.py'), '--workdir', str(tmp_path / 'work'),
+          '--config.stages=ingest,select', '--config.selector.name=random',
+          '--config.pool.format=webdataset',
+          f'--config.pool.shards={tmp_path / "pool" / "*.tar"}',
+          f'--config.tasks={os.path.join(workdir, "ingest", "world", "tasks.json")}']
+  out = subprocess.run(args, capture_output=True, text=True, cwd=REPO, timeout=300)
+  assert out.returncode == 1
+  last = out.stderr.strip().splitlines()[-1]
+  assert last.startswith('error: ') and '00000001.tar' in last, last
+  assert 'Traceback' not in out.stderr
+  # The comma string was read as two stages: ingest ran and finished its good shard.
+  assert os.path.exists(tmp_path / 'work' / 'ingest' / 'shards')

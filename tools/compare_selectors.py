@@ -27,6 +27,7 @@ from ml_collections import config_flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tads_jax import config as config_lib  # noqa: E402  pylint: disable=wrong-import-position
 from tads_jax import main as main_lib  # noqa: E402  pylint: disable=wrong-import-position
+from tads_jax import pipeline  # noqa: E402  pylint: disable=wrong-import-position
 from tads_jax import report as report_lib  # noqa: E402  pylint: disable=wrong-import-position
 
 
@@ -39,7 +40,7 @@ def compare(config, workdir: str, names, seeds: int | None = None) -> dict:
   config.evaluate.baselines = tuple(names)
   if seeds is not None:
     config.evaluate.seeds = seeds
-  stages = tuple(config.stages)
+  stages = pipeline.stage_names(config)
   for needed in ('select', 'evaluate', 'report'):
     if needed not in stages:
       raise ValueError(f'config.stages: the comparison needs the {needed} stage')

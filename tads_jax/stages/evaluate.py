@@ -223,9 +223,7 @@ def baseline_names(config) -> tuple:
   """config.evaluate.baselines, checked: ValueError names an unknown or repeated name
   (config validation calls this too)."""
   block = config.get('evaluate')
-  names = () if block is None else tuple(block.get('baselines', ()))
-  if isinstance(names, str):
-    names = tuple(n for n in names.split(',') if n)
+  names = () if block is None else pipeline.name_list(block.get('baselines', ()))
   for name in names:
     if name != FULL and name not in selectors.SELECTORS:
       raise ValueError(f'config.evaluate.baselines: unknown baseline {name!r}; known: '
