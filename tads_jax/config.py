@@ -252,7 +252,13 @@ def _check_tasks(value):
   for spec in specs:
     for split in ('train', 'eval'):
       source = getattr(spec, split)
-      if source.startswith('tfds:') or os.path.isdir(source):
+      if source.startswith('tfds:'):
+        continue
+      if os.path.isdir(source):
+        try:
+          tasks_lib.check_folder(spec, source, f'task {spec.name!r} {split} source')
+        except ValueError as e:
+          raise ConfigError(f'config.tasks[{spec.name}].{split}: {e}') from None
         continue
       try:
         webdataset.expand_shards(source)

@@ -106,3 +106,28 @@ def test_soft_cap_settings_are_checked(field, value, message):
   c.selection.soft_cap[field] = value
   with pytest.raises(config_lib.ConfigError, match=message):
     validate(c)
+
+
+def test_task_folder_without_images_fails_validation_before_any_work(tmp_path):
+  """Found at validation, so the embed stage never starts (and never discards the pool's
+  embeddings for a task it then cannot load)."""
+  c = default.get_config()
+  c.pool.format = 'webdataset'
+  (tmp_path / 'p.tar').write_bytes(b'')
+  c.pool.shards = str(tmp_path / 'p.tar')
+  for name in ('a', 'b'):
+    (tmp_path / 'train' / name).mkdir(parents=True)
+    (tmp_path / 'train' / name / 'readme.txt').write_text('no image here')
+  (tmp_path / 'train' / 'a' / 'x.png').write_bytes(b'listed, not decoded at validation')
+  del c['tasks']
+  c.tasks = [dict(name='cls', kind='classification', classnames=['a', 'b'],
+                  templates=['a photo of a {}.'], train=str(tmp_path / 'train'),
+                  eval=str(tmp_path / 'eval'))]
+  (tmp_path / 'eval' / 'a').mkdir(parents=True)
+  (tmp_path / 'eval' / 'b').mkdir(parents=True)
+  with pytest.raises(config_lib.ConfigError,
+                     match=r'config.tasks\[cls\].eval: .*no image file .* of '):
+    validate(c)
+  (tmp_path / 'eval' / 'c').mkdir()
+  with pytest.raises(config_lib.ConfigError, match=r"config.tasks\[cls\].eval: .*\['c'\]"):
+    validate(c)

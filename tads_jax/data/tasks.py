@@ -243,6 +243,22 @@ def _folder_classes(spec, folder, where) -> list[tuple[str, int]]:
   return sorted(pairs, key=lambda p: p[1])
 
 
+def check_folder(spec, folder: str, where: str) -> int:
+  """Image files an image-folder source holds (listing only, no decoding); ValueError when
+  its sub-folders are not the classnames or it holds no image: found at config validation,
+  before any work, not after the pool is embedded."""
+  count = 0
+  for sub, _ in _folder_classes(spec, folder, where):
+    class_dir = os.path.join(folder, sub)
+    count += sum(1 for name in os.listdir(class_dir)
+                 if name.lower().endswith(FOLDER_IMAGE_EXTS)
+                 and os.path.isfile(os.path.join(class_dir, name)))
+  if not count:
+    raise ValueError(f'{where}: no image file ({", ".join(FOLDER_IMAGE_EXTS)}) in the class '
+                     f'sub-folders of {folder}')
+  return count
+
+
 def _from_folder(spec, folder, image_size, max_examples, skips, where):
   out_images, labels, keys = [], [], []
   for sub, label in _folder_classes(spec, folder, where):
