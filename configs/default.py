@@ -130,6 +130,31 @@ def get_config():
   # negCLIPLoss top ncl_fraction, then NormSim_inf to the budget among those. The paper
   # keeps 2/3 of its negCLIPLoss top (30% -> 20% of DataComp-medium); the same ratio at
   # this config's 36% is 54%. fraction=None: the budget is selection.fraction.
+  # The CLIP-powered selector (Yang et al., ICLR 2025; selectors/clip_powered.py).
+  c.clip_powered = ml_collections.ConfigDict(dict(
+      adapter_steps=300,      # ours: Adam steps of the linear adapters on the task train splits
+      adapter_batch=256,      # ours: samples (classification) / caption pairs per task per step
+      adapter_lr=1e-4,        # ours
+      temperature=0.07,       # InfoNCE temperature (CLIP's initial value)
+      neighbours=10,          # K of SDS (mean distance to the K nearest in the same cluster)
+      mask_scale=100.0,       # paper: m = sigmoid(100 d)
+      mask_init=0.01,         # paper: d initialized at 0.01
+      beta=0.1,               # paper: weight of the SDS term
+      gamma=2.0,              # paper: weight of the count term |count_STE(m) - k| / N
+      lr=1e-3,                # paper: SGD learning rate
+      momentum=0.9,           # paper: SGD momentum
+      tol=1e-3,               # paper: stop once the count term is below this
+      max_steps=1_000_000,    # ours: guard; steps grow ~0.055 N with the paper's constants
+      chunk=1024))            # ours: kNN block rows (memory ~ chunk x (chunk + K) floats)
+  # ClipCov (Joshi et al., AISTATS 2024; selectors/clipcov.py).
+  c.clipcov = ml_collections.ConfigDict(dict(
+      easiness=2.0,      # authors' notebook: 2 x the pair's own cosine
+      # None: every image joins its best task class (the paper); a cosine: images below it
+      # form their own far partition.
+      min_cosine=ml_collections.config_dict.placeholder(float),
+      normalize=True,    # authors' notebook: cross terms divided by the class size
+      block=64,          # ours: greedy candidates per round (exact greedy either way)
+      chunk=1024))       # ours: rows per block of the pairwise term
   c.ncl_normsim = ml_collections.ConfigDict(dict(
       ncl_fraction=0.54,
       fraction=ml_collections.config_dict.placeholder(float),

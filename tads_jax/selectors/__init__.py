@@ -193,3 +193,4 @@ def run_selector(selector: Selector, config, state: Mapping, inputs: Inputs) -> 
 # Importing the modules registers the selectors.
 from tads_jax.selectors import clip_score, normsim, random_selector, semdedup, tads  # noqa: E402,F401  pylint: disable=g-import-not-at-top
 from tads_jax.selectors import datacomp_baselines  # noqa: E402,F401  pylint: disable=g-import-not-at-top
+from tads_jax.selectors import clip_powered, clipcov  # noqa: E402,F401  pylint: disable=g-import-not-at-top
