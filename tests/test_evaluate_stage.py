@@ -159,6 +159,7 @@ def test_rerun_skips_and_a_killed_seed_resumes(run, tmp_path):
   assert steps == [12]
   os.remove(os.path.join(workdir, 'evaluate', pipeline.DONE))
   os.remove(os.path.join(workdir, evaluate.EVAL))
+  shutil.rmtree(os.path.join(workdir, evaluate.CACHE))  # seed 1 never finished
   c = config()
   cfg = evaluate.train_config(c, 1)
   ctx = pipeline.Context(config=c, workdir=workdir)
@@ -198,7 +199,8 @@ def test_report_shows_the_evaluation_table(run, tmp_path):
   for name in ('random (selected)', 'full', 'random'):
     run_result = result if name.endswith('(selected)') else result['baselines'][name]
     assert (f"| {name} | {run_result['subset']['entries']} | {run_result['subset']['unique']}"
-            f" | {run_result['average']['mean']:.3f} |") in text, name
+            f" | {run_result['average']['mean']:.4f} +- {run_result['average']['std']:.4f} |"
+            ) in text, name
   report = json.load(open(os.path.join(workdir, 'report.json')))
   assert report['evaluation']['stale'] is False
   # A subset.npy that eval.json did not score (select reran alone): no table, a note.
@@ -327,3 +329,27 @@ def test_clean_pairs_beat_misaligned_pairs_at_chance(tmp_path):
   assert score['clean'] > score['misaligned'] + 0.05
   assert score['random'] > score['misaligned'] + 0.02
   assert score['clean'] > score['random'] + 0.03
+
+
+def test_a_rerun_with_more_baselines_retrains_only_what_is_new(run, tmp_path):
+  """Per-seed results are kept by (subset content, proxy config, embeddings): adding
+  no_filter (the same subset as full) trains nothing, a third seed trains one proxy per
+  subset, and the numbers already there are the same."""
+  workdir, _ = run
+  work = str(tmp_path / 'w')
+  shutil.copytree(workdir, work)
+  before = _eval_json(work)
+  c = config()
+  c.evaluate.baselines = ('full', 'random', 'no_filter')
+  assert main.run(c, work)['evaluate'] == 'ran'
+  after = _eval_json(work)
+  assert after['baselines']['no_filter']['average'] == before['baselines']['full']['average']
+  assert after['average'] == before['average']
+  trained = lambda name: sorted(os.listdir(os.path.join(work, 'evaluate', 'baselines', name)))
+  assert not any(n.startswith('seed_') for n in trained('no_filter'))
+  c.evaluate.seeds = 3
+  main.run(c, work)
+  third = _eval_json(work)
+  assert third['average']['per_seed'][:2] == before['average']['per_seed']
+  assert len(third['average']['per_seed']) == 3
+  assert trained('full') == ['seed_2', 'subset.npy']

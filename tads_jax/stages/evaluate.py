@@ -32,6 +32,7 @@ DataComp subset file against the same embeddings with it.
 
 import dataclasses
 import hashlib
+import json
 import logging
 import os
 
@@ -51,6 +52,7 @@ from tads_jax.stages import learn as learn_stage
 from tads_jax.stages import select as select_stage
 
 EVAL = 'eval.json'
+STAGE_VERSION = 3  # bump when the proxy or its metrics change meaning
 SUBSET = select_stage.SUBSET
 # config.evaluate fields -> TrainConfig fields of the proxy.
 TRAIN_FIELDS = ('samples_seen', 'batch_size', 'lr', 'warmup', 'head')
@@ -148,6 +150,23 @@ def file_sha256(path: str) -> str:
   return digest.hexdigest()
 
 
+# Per-seed results keyed by everything they are a function of, outside the stage's folder
+# so that they outlive its reruns: a comparison that adds a selector retrains only that
+# selector's proxies (training is deterministic given these).
+CACHE = 'evaluate_cache'
+
+
+def _cache_path(ctx, subset_sha: str, cfg: train.TrainConfig) -> str | None:
+  """Where one seed's result on a subset is kept; None when the embeddings' identity is
+  unknown (no fingerprint of the embed stage in ctx)."""
+  upstream = {name: ctx.fingerprints.get(name) for name in ('ingest', 'embed')}
+  if upstream['embed'] is None:
+    return None
+  blob = json.dumps({'subset': subset_sha, 'train': cfg.to_dict(), 'upstream': upstream,
+                     'version': STAGE_VERSION}, sort_keys=True, default=list).encode()
+  return ctx.path(CACHE, hashlib.sha256(blob).hexdigest()[:24] + '.json')
+
+
 def evaluate_subset(ctx, subset_path: str, checkpoints: str, seeds: int | None = None,
                     mesh=None) -> dict:
   """Trains one proxy per seed on `subset_path` and evaluates it; returns eval.json's dict.
@@ -174,8 +193,18 @@ def evaluate_subset(ctx, subset_path: str, checkpoints: str, seeds: int | None =
   if missing:
     logging.warning('%s: %d of its %d entries are not in the embedded pool; skipped',
                     subset_path, missing, len(subset))
+  sha = file_sha256(subset_path)
   per_seed, final_loss = [], []
   for s, cfg in enumerate(cfgs):
+    cache = _cache_path(ctx, sha, cfg)
+    if cache and os.path.exists(cache):
+      with open(cache) as f:
+        cached = json.load(f)
+      logging.info('evaluate: seed %d of %d of this subset was evaluated before (%s)', s + 1,
+                   seeds, cache)
+      per_seed.append(cached['tasks'])
+      final_loss.append(cached['final_loss'])
+      continue
     logging.info('evaluate: seed %d of %d, %d steps on %d subset entries', s + 1, seeds,
                  cfg.steps, len(rows))
     params, history = train.train(cfg, (image_emb, text_emb),
@@ -184,11 +213,15 @@ def evaluate_subset(ctx, subset_path: str, checkpoints: str, seeds: int | None =
     encode_images, encode_texts = train.encoders(cfg, params)
     per_seed.append(evaluate_heads(encode_images, encode_texts, tasks))
     final_loss.append(history['loss'][-1])  # the history is restored with a checkpoint
+    if cache:
+      os.makedirs(os.path.dirname(cache), exist_ok=True)
+      pipeline.write_json_atomic(cache, {'tasks': per_seed[-1],
+                                         'final_loss': final_loss[-1]})
   result = aggregate(per_seed)
   train_fields = cfgs[0].to_dict()
   train_fields.pop('seed')
   result.update(
-      subset={'path': os.path.abspath(subset_path), 'sha256': file_sha256(subset_path),
+      subset={'path': os.path.abspath(subset_path), 'sha256': sha,
               'entries': int(len(rows)), 'unique': int(len(np.unique(rows))),
               'entries_not_in_pool': int(missing), 'pool': pool},
       train=train_fields, seeds=[cfg.seed for cfg in cfgs], final_loss=final_loss)
@@ -314,4 +347,4 @@ def config_keys(config) -> tuple:
 
 
 STAGE = pipeline.Stage(name='evaluate', run=run, inputs=inputs,
-                       config_keys=config_keys, version=3)
+                       config_keys=config_keys, version=STAGE_VERSION)
