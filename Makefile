@@ -20,8 +20,10 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
-# Includes the tests marked slow (full-size parity and the like).
+# Includes the tests marked slow (full-size parity, the notebook, report.html in headless
+# Chromium, which comes from Debian's packages: installed here when missing, as root).
 test-all: $(VENV)/.installed
+	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
 	$(PY) -m pytest -q -m ''
 
 clean:

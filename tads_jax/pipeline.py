@@ -36,6 +36,11 @@ class Stage:
   # Identity of input files outside the workdir (paths, sizes, mtimes), so that a changed
   # pool reruns the stage even when the config is unchanged.
   input_files: Callable[[ml_collections.ConfigDict], list] | None = None
+  # Sub-folders whose items depend on fewer config fields than the whole stage: {folder:
+  # dotted config fields}. The folder's own fingerprint hashes those fields and the
+  # stage's inputs; when the stage reruns for another config, a folder whose own
+  # fingerprint is unchanged is kept (embed: the pool's embeddings survive a task change).
+  parts: dict | Callable[[ml_collections.ConfigDict], dict] | None = None
 
 
 @dataclasses.dataclass
@@ -98,6 +103,19 @@ def fingerprint(stage: Stage, config, upstream: dict) -> str:
   return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def part_fingerprints(stage: Stage, config, upstream: dict) -> dict:
+  """{folder: fingerprint} of the stage's parts (see Stage.parts)."""
+  out = {}
+  parts = stage.parts(config) if callable(stage.parts) else stage.parts
+  for folder, keys in (parts or {}).items():
+    payload = {'stage': stage.name, 'version': stage.version, 'part': folder,
+               'config': {k: config_value(config, k) for k in keys},
+               'inputs': {name: upstream[name] for name in stage_inputs(stage, config)}}
+    blob = json.dumps(payload, sort_keys=True, default=list).encode()
+    out[folder] = hashlib.sha256(blob).hexdigest()[:16]
+  return out
+
+
 def file_identities(paths) -> list:
   """[path, size, mtime] of each existing file: a stage's input_files."""
   out = []
@@ -155,7 +173,7 @@ def run_stages(stages: Sequence[Stage], names: Sequence[str], ctx: Context) -> d
       ctx.fingerprints[name] = fp
       status[name] = 'skipped'
       continue
-    _prepare_dir(stage_dir, fp)
+    _prepare_dir(stage_dir, fp, part_fingerprints(stage, ctx.config, ctx.fingerprints))
     logging.info('stage %s: running (fingerprint %s)', name, fp)
     start = time.time()
     summary = stage.run(ctx)
@@ -167,21 +185,37 @@ def run_stages(stages: Sequence[Stage], names: Sequence[str], ctx: Context) -> d
   return status
 
 
-def _prepare_dir(stage_dir: str, fp: str) -> None:
-  """Clears a stage directory left by another config; keeps a killed run's items."""
-  marker = os.path.join(stage_dir, FINGERPRINT)
+def _read_marker(directory: str) -> str | None:
+  try:
+    with open(os.path.join(directory, FINGERPRINT)) as f:
+      return f.read().strip()
+  except FileNotFoundError:
+    return None
+
+
+def _prepare_dir(stage_dir: str, fp: str, parts: dict | None = None) -> None:
+  """Clears a stage directory left by another config, except the parts whose own
+  fingerprint still matches; keeps a killed run's items."""
+  parts = parts or {}
   if os.path.isdir(stage_dir):
-    try:
-      with open(marker) as f:
-        previous = f.read().strip()
-    except FileNotFoundError:
-      previous = None
-    if previous != fp:
-      shutil.rmtree(stage_dir)
+    if _read_marker(stage_dir) != fp:
+      for entry in os.listdir(stage_dir):
+        path = os.path.join(stage_dir, entry)
+        if entry in parts and os.path.isdir(path) and _read_marker(path) == parts[entry]:
+          logging.info('%s: kept (its inputs did not change)', path)
+          continue
+        if os.path.isdir(path) and not os.path.islink(path):
+          shutil.rmtree(path)
+        else:
+          os.remove(path)
     elif os.path.exists(os.path.join(stage_dir, DONE)):
       os.remove(os.path.join(stage_dir, DONE))
   os.makedirs(stage_dir, exist_ok=True)
-  with open(marker, 'w') as f:
+  for folder, part_fp in parts.items():
+    os.makedirs(os.path.join(stage_dir, folder), exist_ok=True)
+    with open(os.path.join(stage_dir, folder, FINGERPRINT), 'w') as f:
+      f.write(part_fp)
+  with open(os.path.join(stage_dir, FINGERPRINT), 'w') as f:
     f.write(fp)
 
 

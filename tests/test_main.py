@@ -275,3 +275,38 @@ def test_cli_bad_shard_is_one_line_and_stages_take_a_comma_string(default_run, t
   assert 'Traceback' not in out.stderr
   # The comma string was read as two stages: ingest ran and finished its good shard.
   assert os.path.exists(tmp_path / 'work' / 'ingest' / 'shards')
+
+
+def test_console_command_is_main_cli(monkeypatch):
+  """pyproject's [project.scripts] entry, as installed, is main.cli, which runs main."""
+  from importlib import metadata  # pylint: disable=g-import-not-at-top
+  from absl import app  # pylint: disable=g-import-not-at-top
+  entry, = [e for e in metadata.entry_points(group='console_scripts') if e.name == 'tads-jax']
+  assert entry.value == 'tads_jax.main:cli' and entry.load() is main.cli
+  ran = []
+  monkeypatch.setattr(app, 'run', ran.append)
+  monkeypatch.setattr(sys.modules['__main__'], '__doc__', None)
+  main.cli()
+  assert ran == [main.main] and sys.modules['__main__'].__doc__ == main.__doc__
+
+
+@pytest.mark.slow
+def test_console_command_prints_what_the_module_prints(tmp_path):
+  """`tads-jax` and `python -m tads_jax.main`: the same --help (but for the program name)
+  and the same error and exit status on a bad config."""
+  script = os.path.join(os.path.dirname(sys.executable), 'tads-jax')
+  if not os.path.exists(script):
+    pytest.skip(f'{script} is not installed (pip install -e .)')
+  bad = ['--config', os.path.join(REPO, 'configs', 'default.py'),
+         '--config.selection.fraction=2.0', '--workdir', str(tmp_path / 'w')]
+  for args in (['--help'], bad):
+    cmd = subprocess.run([script, *args], capture_output=True, text=True, timeout=300,
+                         cwd=tmp_path)
+    mod = subprocess.run([sys.executable, '-m', 'tads_jax.main', *args], capture_output=True,
+                         text=True, timeout=300, cwd=tmp_path)
+    assert cmd.returncode == mod.returncode != 0, (cmd.stderr, mod.stderr)
+    module_path = os.path.join(REPO, 'tads_jax', 'main.py')
+    assert cmd.stdout.replace(script, 'PROG') == mod.stdout.replace(module_path, 'PROG')
+    assert cmd.stderr.splitlines()[-1:] == mod.stderr.splitlines()[-1:]
+  assert 'config error' in cmd.stderr and 'fraction' in cmd.stderr
+  assert not os.path.exists(tmp_path / 'w')

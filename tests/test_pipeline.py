@@ -75,3 +75,45 @@ def test_missing_upstream_is_an_error(tmp_path):
   ctx = pipeline.Context(config=config(), workdir=str(tmp_path))
   with pytest.raises(RuntimeError, match="outputs of stage 'first'"):
     pipeline.run_stages(make_stages([]), ('second',), ctx)
+
+
+class _Terminal:
+  """A stderr stand-in that says it is a terminal and keeps what was written."""
+
+  def __init__(self, tty=True):
+    self.tty, self.text = tty, ''
+
+  def isatty(self):
+    return self.tty
+
+  def write(self, s):
+    self.text += s
+
+  def flush(self):
+    pass
+
+
+def test_progress_draws_a_bar_with_rate_and_eta_on_a_terminal(caplog):
+  stream = _Terminal()
+  progress = pipeline.Progress('embed', 1000, unit='samples', stream=stream)
+  assert progress.bar is not None
+  with caplog.at_level('INFO'):
+    for _ in range(10):
+      progress.update(100)
+  assert progress.bar is None  # closed at the total
+  last = stream.text.split('\r')[-1]
+  assert last.startswith('embed: 100%') and '1.00k/1.00k' in last
+  assert 'samples/s' in last and '<00:00' in last  # rate, and elapsed<ETA
+  assert not [r for r in caplog.records if 'embed:' in r.getMessage()]  # no log lines
+
+
+def test_progress_logs_lines_when_not_a_terminal(caplog):
+  stream = _Terminal(tty=False)
+  with caplog.at_level('INFO'):
+    progress = pipeline.Progress('features', 50, unit='samples', every=1e9, stream=stream)
+    progress.update(20)  # too soon: no line
+    progress.update(30)  # the last one always logs
+  assert progress.bar is None and stream.text == ''
+  lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith('features:')]
+  assert len(lines) == 1
+  assert lines[0].startswith('features: 50/50 samples, ') and 'samples/s, ETA 0 s' in lines[0]

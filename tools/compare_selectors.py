@@ -22,7 +22,6 @@ import sys
 
 from absl import app
 from absl import flags
-from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tads_jax import config as config_lib  # noqa: E402  pylint: disable=wrong-import-position
@@ -84,12 +83,10 @@ def cpu_model() -> str:
 
 
 def _define_flags():
-  config_flags.DEFINE_config_file('config', None, 'The config the workdir ran with.',
-                                  lock_config=False)
-  flags.DEFINE_string('workdir', None, 'A workdir where the pipeline ran.')
+  """--config and --workdir are tads_jax.main's (the config the workdir ran with)."""
   flags.DEFINE_list('selectors', None, "Selectors to compare ('full' = the whole pool).")
   flags.DEFINE_integer('seeds', None, 'Proxy seeds (default config.evaluate.seeds).')
-  flags.mark_flags_as_required(['config', 'workdir', 'selectors'])
+  flags.mark_flags_as_required(['selectors'])
 
 
 def main(argv):

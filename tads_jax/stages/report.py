@@ -97,13 +97,14 @@ def html_parts(report: dict, scores_path: str, gt_path: str | None = None, seed:
   scores.parquet for the statistics, then captions and images for the rows the page shows
   only (a bounded number)."""
   columns, shard_codes, uids = _numeric_columns(scores_path)
-  noise = _noise(gt_path, uids) if gt_path else None
+  noise, labels = (_noise(gt_path, uids) if gt_path else None) or (None, None)
   weights = None
   learned = (report.get('learn') or {}).get('feature_weights')
   if learned:
     weights = {w['feature']: float(w['learned']) for w in learned}
-  the_plan = html_report.plan(columns, noise=noise, shard_codes=shard_codes,
-                              weights=weights, per_group=per_group, seed=seed)
+  the_plan = html_report.plan(columns, noise=noise, noise_labels=labels,
+                              shard_codes=shard_codes, weights=weights, per_group=per_group,
+                              seed=seed)
   shown = _take_rows(scores_path, the_plan['rows'], ['uid', 'key', 'shard', 'caption'])
   thumbnails(shown)
   plots_png = {}
@@ -155,14 +156,17 @@ def _numeric_columns(path: str):
   return columns, shard_codes, uids
 
 
-def _noise(gt_path: str, uids) -> np.ndarray | None:
-  """The ground-truth noise type of each scores row ('unknown' when the uid is absent)."""
+def _noise(gt_path: str, uids) -> tuple | None:
+  """(codes [N], labels): the ground-truth noise type of each scores row, 'unknown' when
+  its uid is absent; dictionary codes, so that 10M rows are never sorted as strings."""
   if uids is None:
     return None
   gt = pq.read_table(gt_path, columns=['uid', 'noise'])
   index = pc.index_in(uids, value_set=gt.column('uid').combine_chunks())
-  noise = pc.take(pc.cast(gt.column('noise'), pa.string()), index)
-  return np.asarray(pc.fill_null(noise, 'unknown').to_numpy(zero_copy_only=False), dtype=str)
+  noise = pc.fill_null(pc.take(pc.cast(gt.column('noise'), pa.string()), index), 'unknown')
+  encoded = pc.dictionary_encode(noise).combine_chunks()
+  return (encoded.indices.to_numpy(zero_copy_only=False),
+          encoded.dictionary.to_pylist())
 
 
 def _take_rows(path: str, rows, columns) -> dict:
