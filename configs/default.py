@@ -181,9 +181,43 @@ def get_config():
       head='mlp',                 # the proxy: residual MLP heads on the reference embeddings
       checkpoint_every=100))
 
+  # FLYT (Shechter & Carmon 2025, formll/FLYT): a GLU scoring head over the concatenated unit
+  # reference embeddings, meta-learned through ONE differentiable AdamW step of the proxy
+  # (tads_jax/selectors/flyt.py). Their values where they carry over to this scale.
+  flyt_meta = dict(
+      steps=300,                # theirs 5000 x 4096 on 128M; here ~8 epochs of the pool, as TADS
+      batch_size=256,           # pool samples per step (theirs 4096)
+      unroll=1,                 # FLYT: one differentiable step
+      inner_optimizer='adam',
+      inner_lr=1e-3,            # the TADS proxy's (their 5e-5 fine-tunes a pretrained ViT-B/32)
+      inner_weight_decay=0.2,   # their DifferentiableAdamW: open_clip's wd on matrices only
+      tau=1.0,                  # w = softmax(scores), no temperature
+      value_lr=1e-2,            # theirs 1e-3 over 5000 steps; at 300 the head barely moves
+      value_warmup=10,          # theirs 100 of 5000 steps
+      value_weight_decay=0.2,   # their scoring AdamW's wd
+      value_grad_clip=0.0,      # theirs: no clip
+      task_weight_rate=0.0,     # theirs: the tasks' gradients averaged
+      task_batch_size=256,      # theirs 3072 downstream samples per step
+      templates='random',       # one random template per class per step
+      outer_logit_scale=2.65926,  # their --downstream_logit_scale (log 1/0.07), fixed here
+      head='mlp',               # the proxy, as TADS
+      checkpoint_every=100)
+  c.flyt = ml_collections.ConfigDict(dict(
+      hidden_mult=1.0,          # GLU hidden width = hidden_mult * 2D (their hidden_dim_mod)
+      layers=1,                 # GLU layers (their n_scoring_layers)
+      activation='silu',        # 'silu' | 'relu' (their glu_activation)
+      init='default',           # 'default' (torch Linear init) | 'cosine' (their cos_sim_init)
+      noise_std=0.01,           # 'cosine' init only
+      meta=ml_collections.ConfigDict(flyt_meta)))
+  # M-FLYT: a linear layer over the standardized scores of these selectors, trained as FLYT.
+  c.mflyt = ml_collections.ConfigDict(dict(
+      inputs=('clip_score', 'normsim', 'negclipscore'),  # any score selectors, learners too
+      meta=ml_collections.ConfigDict(flyt_meta)))
+
   c.selection = ml_collections.ConfigDict()
   c.selection.fraction = 0.36   # TADS keeps 36% of CC12M in the paper
-  c.selection.method = 'topk'   # 'topk' | 'soft_cap' (FLYT's Soft Cap Sampling, repeats)
+  # 'topk' | 'soft_cap' | 'hard_cap' (FLYT's Soft / Hard Cap Sampling, with repeats)
+  c.selection.method = 'topk'
   # Duplicates never selected, whatever the scores: 'none' | 'exact' | 'semantic' | 'both'
   # (the features stage's flags; one copy of each group stays eligible). 'none' keeps every
   # published selector as its source defines it.
@@ -192,6 +226,10 @@ def get_config():
   # softmax(score / temperature), each draw lowering that sample's logit by `penalty`.
   c.selection.soft_cap = ml_collections.ConfigDict(dict(
       batch_size=256, penalty=0.15, temperature=1.0))
+  # hard_cap (FLYT's Hard Cap Sampling): the same number of entries, drawn with replacement
+  # from softmax(score / temperature), no sample more than `cap` times.
+  c.selection.hard_cap = ml_collections.ConfigDict(dict(
+      batch_size=256, cap=15, temperature=1.0))   # cap 15: their examples.ipynb
 
   # Proxy evaluation (DataComp rule: fixed samples seen whatever the subset size): two heads
   # on the frozen reference embeddings, trained from scratch once per seed; eval.json holds

@@ -1,16 +1,20 @@
-"""Meta-learning of the value function from downstream feedback (FLYT-style, design sec. 5).
+"""Meta-learning of a per-sample scorer from downstream feedback (FLYT-style, design sec. 5).
 
-One meta step:
+The scorer is any Flax module giving one score per pool sample from per-sample pool arrays
+(a `Scorer`): TADS's value function V over the standardized features 'z' (value.py), FLYT's
+GLU head over the reference embeddings, M-FLYT's linear layer over standardized scores
+(selectors/flyt.py). One meta step:
   1. draw a pool batch (a pure function of (seed, step), so a resumed run draws the same);
-  2. w = softmax(V(z) / tau) over the batch;
+  2. w = softmax(V(batch) / tau) over the batch;
   3. K differentiable updates of the proxy (train.EmbeddingCLIP on frozen reference
      embeddings) on train.weighted_clip_loss with weights w, in lax.scan, each step under
      jax.checkpoint when cfg.remat (the backward pass then keeps only the K carries, not
      every step's activations);
   4. outer loss at the unrolled params: sum_t a_t L_t over the tasks (classification:
-     cross-entropy of zero-shot logits on a batch of task train images; retrieval: the
-     CLIP loss on a batch of task train pairs);
-  5. jax.grad w.r.t. the value params, AdamW update;
+     cross-entropy of zero-shot logits on a batch of task train images, the classifier
+     built from every template (TADS) or from one random template per class drawn anew
+     each step (FLYT); retrieval: the CLIP loss on a batch of task train pairs);
+  5. jax.grad w.r.t. the scorer's params, AdamW update;
   6. the proxy keeps training: its params and inner optimizer state become the unrolled
      ones, gradient stopped (FLYT's update_reference_model).
 
@@ -22,6 +26,9 @@ less than the others' (relative to where it started) gets more weight; rate 0 is
     value_params, history = learn(MetaConfig(steps=500), (module, value.init_params(module)),
                                   {'z': z, 'image_emb': image_emb, 'text_emb': text_emb},
                                   tasks, workdir='/tmp/meta')
+    # Any other scorer: the module and the pool arrays it reads, in order.
+    scorer = Scorer(glu_head, fields=('image_emb', 'text_emb'))
+    params, history = learn(MetaConfig(unroll=1), (scorer, params), pool, tasks)
 """
 
 import dataclasses
@@ -46,6 +53,12 @@ from tads_jax import value as value_lib
 
 INNER_OPTIMIZERS = ('sgd', 'adam')
 TASK_KINDS = ('classification', 'retrieval')
+# The zero-shot classifier of the outer loss: 'all' = every template's text embedding
+# averaged per class (CLIP_benchmark's classifier); 'random' = one template per class drawn
+# anew each meta step (FLYT's sample_downstream_texts).
+TEMPLATES = ('all', 'random')
+# The pool's reference embeddings: the proxy's inputs, whatever the scorer reads.
+EMBEDDINGS = ('image_emb', 'text_emb')
 # Fields that do not change what a run computes: a checkpoint written with other values
 # of these may be resumed.
 _RESUMABLE_FIELDS = ('checkpoint_every', 'keep_checkpoints', 'log_every')
@@ -66,6 +79,9 @@ class MetaConfig:
   inner_b1: float = 0.9          # 'adam' only; CLIP's b2 and eps
   inner_b2: float = 0.98
   inner_eps: float = 1e-6
+  # Decoupled weight decay of the inner steps on the proxy's matrices (not biases or the
+  # logit scale): p <- p (1 - lr wd) before the step (FLYT's DifferentiableAdamW, 0.2).
+  inner_weight_decay: float = 0.0
   tau: float = 1.0               # softmax temperature of the batch weights
   value_lr: float = 1e-3         # AdamW on the value params, warmup then cosine to 0
   value_warmup: int = 0
@@ -73,6 +89,10 @@ class MetaConfig:
   value_grad_clip: float = 1.0   # global-norm clip of the meta-gradient; 0 = none
   task_weight_rate: float = 1.0  # a = softmax(rate * L / L0); 0 = fixed uniform
   task_batch_size: int = 256     # task train samples per task per meta step (at most n)
+  templates: str = 'all'         # the outer classifier, one of TEMPLATES
+  # log of a fixed logit scale for the outer (task) losses; None = the proxy's own learned
+  # one (FLYT: a separate downstream scale, --downstream_logit_scale 2.65926 = log 1/0.07).
+  outer_logit_scale: float | None = None
   head: str = 'linear'           # proxy heads, as train.TrainConfig
   head_dim: int = 0
   head_hidden: int = 256
@@ -97,8 +117,14 @@ class MetaConfig:
                        f'{", ".join(train.HEADS)}')
     for name in ('inner_lr', 'tau', 'value_lr', 'inner_eps'):
       _number(name, getattr(self, name), positive=True)
-    for name in ('value_weight_decay', 'value_grad_clip', 'task_weight_rate'):
+    for name in ('value_weight_decay', 'value_grad_clip', 'task_weight_rate',
+                 'inner_weight_decay'):
       _number(name, getattr(self, name), positive=False)
+    if self.templates not in TEMPLATES:
+      raise ValueError(f'MetaConfig.templates: {self.templates!r} is not one of '
+                       f'{", ".join(TEMPLATES)}')
+    if self.outer_logit_scale is not None:
+      _number('outer_logit_scale', self.outer_logit_scale, positive=False)
     for name in ('inner_b1', 'inner_b2'):
       value = getattr(self, name)
       if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
@@ -114,6 +140,46 @@ class MetaConfig:
     return train.TrainConfig(kind='embedding', head=self.head, head_dim=self.head_dim,
                              head_hidden=self.head_hidden,
                              logit_scale_init=self.logit_scale_init, seed=self.seed)
+
+
+def config_from(block, seed: int, where: str) -> MetaConfig:
+  """A MetaConfig from a run config's block (a ConfigDict or dict of MetaConfig fields) and
+  the run's seed; a bad value raises ValueError naming `where.<field>`."""
+  fields = dict(block.to_dict() if hasattr(block, 'to_dict') else block)
+  fields['seed'] = seed
+  try:
+    return MetaConfig(**fields)
+  except TypeError as e:
+    raise ValueError(f'{where}: {e}') from None
+  except ValueError as e:
+    raise ValueError(str(e).replace('MetaConfig.', f'{where}.')) from None
+
+
+def fit_batch_to_pool(cfg: MetaConfig, rows: int, mesh, where: str) -> MetaConfig:
+  """cfg with batch_size shrunk to the pool when the pool (after ingest's skips) is smaller
+  than a batch, said in the log naming the config field `where`; a multiple of the mesh's
+  data axis. An empty pool or one smaller than the data axis raises naming the field."""
+  devices = mesh.shape['data'] if mesh is not None else 1
+  if cfg.batch_size <= rows:
+    return cfg
+  batch = rows - rows % devices
+  if batch < 1:
+    raise ValueError(f'{where}.batch_size: the pool has {rows} rows, fewer than the '
+                     f"mesh's {devices} data devices; nothing to meta-learn from")
+  logging.warning('%s.batch_size: %d is more than the pool\'s %d rows; using %d', where,
+                  cfg.batch_size, rows, batch)
+  return dataclasses.replace(cfg, batch_size=batch)
+
+
+def history_by_task(history: dict) -> dict:
+  """learn's history with the per-task lists ([step][task]) turned into
+  {task: [per step]}, the form the report plots."""
+  out = dict(history)
+  names = history['tasks']
+  for key in ('task_losses', 'task_weights'):
+    rows = history[key]
+    out[key] = {name: [row[t] for row in rows] for t, name in enumerate(names)}
+  return out
 
 
 def _int(name, value, lowest):
@@ -200,10 +266,11 @@ def _unit(x):  # [..., E] -> unit rows (float32, or float64 under x64 checks)
   return train._normalize(x)  # pylint: disable=protected-access
 
 
-def classification_loss(proxy: nn.Module, params, batch) -> jax.Array:
+def classification_loss(proxy: nn.Module, params, batch, logit_scale=None) -> jax.Array:
   """Cross-entropy of the proxy's zero-shot logits (CLIP_benchmark's classifier: the
-  normalized text embeddings of all templates averaged per class, renormalized;
-  logits = exp(logit_scale) * image @ classes)."""
+  normalized text embeddings of the batch's templates averaged per class, renormalized;
+  logits = exp(logit_scale) * image @ classes). logit_scale: a fixed log scale, or None
+  for the proxy's own."""
   classes, templates, width = batch['class_text_emb'].shape
   image = _unit(proxy.apply({'params': params}, batch['image_emb'],
                             method='encode_image'))  # [b, E]
@@ -211,16 +278,19 @@ def classification_loss(proxy: nn.Module, params, batch) -> jax.Array:
                            batch['class_text_emb'].reshape(classes * templates, width),
                            method='encode_text'))  # [C * T, E]
   prototypes = _unit(jnp.mean(text.reshape(classes, templates, -1), axis=1))  # [C, E]
-  logits = jnp.exp(params['logit_scale']) * image @ prototypes.T  # [b, C]
+  scale = params['logit_scale'] if logit_scale is None else logit_scale
+  logits = jnp.exp(scale) * image @ prototypes.T  # [b, C]
   log_p = jax.nn.log_softmax(logits, axis=-1)
   return -jnp.mean(jnp.take_along_axis(log_p, batch['labels'][:, None], axis=1))
 
 
-def retrieval_loss(proxy: nn.Module, params, batch) -> jax.Array:
-  """The (unweighted) CLIP loss on a batch of task train pairs."""
-  image, text, logit_scale = proxy.apply({'params': params}, batch['image_emb'],
-                                         batch['text_emb'])
-  return train.weighted_clip_loss(_unit(image), _unit(text), logit_scale)
+def retrieval_loss(proxy: nn.Module, params, batch, logit_scale=None) -> jax.Array:
+  """The (unweighted) CLIP loss on a batch of task train pairs (logit_scale as in
+  classification_loss)."""
+  image, text, own_scale = proxy.apply({'params': params}, batch['image_emb'],
+                                       batch['text_emb'])
+  scale = own_scale if logit_scale is None else logit_scale
+  return train.weighted_clip_loss(_unit(image), _unit(text), scale)
 
 
 TASK_LOSSES = {'classification': classification_loss, 'retrieval': retrieval_loss}
@@ -245,8 +315,13 @@ def inner_init(cfg: MetaConfig, params) -> dict:
 
 def inner_update(cfg: MetaConfig, params, grads, state):
   """One SGD or Adam step written with jnp ops, so jax.grad differentiates through it
-  (including Adam's moments). The logit scale is clipped to [0, log 100] as in train."""
+  (including Adam's moments), after the decoupled weight decay of cfg.inner_weight_decay
+  on the matrices (AdamW as optax.adamw and FLYT's DifferentiableAdamW). The logit scale
+  is clipped to [0, log 100] as in train."""
   count = state['count'] + 1
+  if cfg.inner_weight_decay:
+    decay = 1 - cfg.inner_lr * cfg.inner_weight_decay
+    params = jax.tree_util.tree_map(lambda p: p * decay if p.ndim >= 2 else p, params)
   if cfg.inner_optimizer == 'sgd':
     new = jax.tree_util.tree_map(lambda p, g: p - cfg.inner_lr * g, params, grads)
     new_state = {'count': count}
@@ -269,20 +344,69 @@ def inner_update(cfg: MetaConfig, params, grads, state):
 
 
 # ---------------------------------------------------------------------------------------
+# The scorer.
+
+
+@dataclasses.dataclass(frozen=True)
+class Scorer:
+  """What meta-learning trains: a Flax module whose __call__ takes per-sample pool arrays
+  (the pool fields `fields`, in order, each [B, ...]) and returns one score per sample [B].
+
+  widths: each field's last dimension, checked against the pool (None: any); `what` names
+  the input in error messages.
+  """
+  module: nn.Module
+  fields: tuple[str, ...] = ('z',)
+  widths: tuple[int | None, ...] = (None,)
+  what: str = "the scorer's input"
+
+  def __post_init__(self):
+    if not self.fields or len(self.widths) != len(self.fields):
+      raise ValueError(f'Scorer: {len(self.widths)} widths for fields {self.fields}')
+
+  def __call__(self, params, batch):  # -> [B]
+    return self.module.apply({'params': params}, *(batch[f] for f in self.fields))
+
+
+def as_scorer(module) -> Scorer:
+  """A Scorer as is; a value.ValueFunction as the scorer of the features 'z'."""
+  if isinstance(module, Scorer):
+    return module
+  if isinstance(module, value_lib.ValueFunction):
+    return Scorer(module, ('z',), (len(module.names),), "the value function's features")
+  raise ValueError(f'scorer: expected a meta.Scorer or a value.ValueFunction, got '
+                   f'{type(module).__name__}')
+
+
+def _describe(scorer: Scorer) -> dict:
+  """The scorer's architecture, for checkpoint fingerprints."""
+  module = scorer.module
+  if isinstance(module, value_lib.ValueFunction):
+    arch = {'names': list(module.names), 'prior': list(module.prior),
+            'hidden': list(module.hidden)}
+  else:
+    arch = {f.name: repr(getattr(module, f.name)) for f in dataclasses.fields(module)
+            if f.name not in ('parent', 'name')}
+  return {'module': type(module).__name__, 'arch': arch, 'fields': list(scorer.fields)}
+
+
+# ---------------------------------------------------------------------------------------
 # The outer loss and the meta step.
 
 
-def make_outer_loss(cfg: MetaConfig, value_module: value_lib.ValueFunction, proxy: nn.Module,
-                    kinds: Sequence[str]) -> Callable:
-  """(value_params, proxy_params, inner_state, losses0 [T], pool_batch, task_batches) ->
+def make_outer_loss(cfg: MetaConfig, scorer: Scorer | value_lib.ValueFunction,
+                    proxy: nn.Module, kinds: Sequence[str]) -> Callable:
+  """(scorer_params, proxy_params, inner_state, losses0 [T], pool_batch, task_batches) ->
   (outer loss, aux). losses0 entries <= 0 mean 'not set yet': the current losses are used
   (so the first step's task weights are uniform). aux holds the task losses and weights,
   the unrolled proxy params and inner state, the inner losses [K] and batch weights [B]."""
+  scorer = as_scorer(scorer)
   inner_loss = train.make_loss_fn(proxy, 'embedding')
   kinds = tuple(kinds)
+  outer_scale = cfg.outer_logit_scale
 
   def outer_loss(value_params, proxy_params, inner_state, losses0, pool_batch, task_batches):
-    scores = value_module.apply({'params': value_params}, pool_batch['z'])  # [B]
+    scores = scorer(value_params, pool_batch)  # [B]
     weights = jax.nn.softmax(scores / cfg.tau)  # [B]
 
     # The batch and its weights are closed over, not carried: the backward pass of scan
@@ -296,7 +420,8 @@ def make_outer_loss(cfg: MetaConfig, value_module: value_lib.ValueFunction, prox
     body = jax.checkpoint(inner_step) if cfg.remat else inner_step
     (params, state), inner_losses = jax.lax.scan(body, (proxy_params, inner_state), None,
                                                  length=cfg.unroll)  # [K]
-    losses = jnp.stack([TASK_LOSSES[kind](proxy, params, batch)
+    scale = None if outer_scale is None else jnp.asarray(outer_scale, jnp.float32)
+    losses = jnp.stack([TASK_LOSSES[kind](proxy, params, batch, scale)
                         for kind, batch in zip(kinds, task_batches)])  # [T]
     fixed = jax.lax.stop_gradient(losses)
     losses0 = jnp.where(losses0 > 0, losses0, fixed)
@@ -332,11 +457,12 @@ def make_value_optimizer(cfg: MetaConfig) -> optax.GradientTransformation:
   return adamw
 
 
-def make_meta_step(cfg: MetaConfig, value_module: value_lib.ValueFunction, proxy: nn.Module,
-                   kinds: Sequence[str], optimizer: optax.GradientTransformation):
-  """Pure step (jit it): (state, pool_batch {'z' [B, F], 'image_emb', 'text_emb' [B, D]},
-  task_batches [one dict per task]) -> (state, metrics)."""
-  outer_loss = make_outer_loss(cfg, value_module, proxy, kinds)
+def make_meta_step(cfg: MetaConfig, scorer: Scorer | value_lib.ValueFunction,
+                   proxy: nn.Module, kinds: Sequence[str],
+                   optimizer: optax.GradientTransformation):
+  """Pure step (jit it): (state, pool_batch {the scorer's fields, 'image_emb', 'text_emb'
+  [B, D]}, task_batches [one dict per task]) -> (state, metrics)."""
+  outer_loss = make_outer_loss(cfg, scorer, proxy, kinds)
 
   def meta_step(state: MetaState, pool_batch, task_batches):
     grads, aux = jax.grad(outer_loss, has_aux=True)(
@@ -392,6 +518,14 @@ def _task_batch_size(cfg: MetaConfig, task) -> int:
   return min(cfg.task_batch_size, n)
 
 
+def random_templates(class_text_emb, seed: int, t: int, step: int) -> np.ndarray:
+  """[C, 1, D]: one template's text embedding per class, drawn from (seed, task t, meta
+  step) (FLYT's random.choices(templates, k=len(classnames)), made resumable)."""
+  classes, templates = class_text_emb.shape[:2]
+  pick = np.random.default_rng([seed, 2, t, step]).integers(0, templates, classes)  # [C]
+  return class_text_emb[np.arange(classes), pick][:, None]
+
+
 def task_batch(task, rows, class_text_emb=None) -> dict:
   """A feedback batch from a task's row indices (images for classification, texts for
   retrieval: each with the image it describes)."""
@@ -416,20 +550,20 @@ def _digest(*arrays) -> str:
   return h.hexdigest()
 
 
-def _fingerprint(cfg, value_module, value_params, pool, tasks) -> dict:
+def _fingerprint(cfg, scorer: Scorer, value_params, pool, tasks) -> dict:
   """What must match for a checkpoint to be resumed. The pool's embeddings enter by shape
-  only (hashing gigabytes on every start is not worth it); z, the tasks and the starting
-  value function by content."""
+  only (hashing gigabytes on every start is not worth it); the scorer's other inputs (z),
+  the tasks and the starting scorer by content."""
   config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _RESUMABLE_FIELDS}
+  inputs = {f'{field}_sha256': _digest(pool[field]) for field in scorer.fields
+            if field not in EMBEDDINGS}
   return {
       'config': config,
-      'value_function': {'names': list(value_module.names),
-                         'prior': list(value_module.prior),
-                         'hidden': list(value_module.hidden)},
+      'scorer': _describe(scorer),
       'value_params_sha256': _digest(*jax.tree_util.tree_leaves(
           jax.device_get(value_params))),
-      'pool': {'z_sha256': _digest(pool['z']), 'image_emb': list(pool['image_emb'].shape),
-               'text_emb': list(pool['text_emb'].shape)},
+      'pool': dict(inputs, image_emb=list(pool['image_emb'].shape),
+                   text_emb=list(pool['text_emb'].shape)),
       'tasks_sha256': _digest(*[task[k] for task in tasks for k in sorted(task)
                                 if k not in ('kind', 'name')]),
   }
@@ -454,7 +588,7 @@ def _compute_key(cfg: MetaConfig) -> MetaConfig:
 
 
 @functools.lru_cache(maxsize=8)
-def _program(cfg: MetaConfig, value_module, width: int, kinds: tuple, mesh) -> _Program:
+def _program(cfg: MetaConfig, scorer: Scorer, width: int, kinds: tuple, mesh) -> _Program:
   """Proxy, optimizer, state layout and the jitted meta step; cached so that runs that
   differ only in seed, data or workdir (resumes, seeds of a table) compile once."""
   rules = sharding.get_rules('data_parallel')
@@ -469,42 +603,55 @@ def _program(cfg: MetaConfig, value_module, width: int, kinds: tuple, mesh) -> _
   state_sh = MetaState(step=repl, value_params=repl, value_opt_state=repl,
                        proxy_params=proxy_sh, inner_state=inner_sh, losses0=repl)
   batch_sh = sharding.batch_sharding(mesh)
-  step = jax.jit(make_meta_step(cfg, value_module, proxy, kinds, optimizer),
+  step = jax.jit(make_meta_step(cfg, scorer, proxy, kinds, optimizer),
                  in_shardings=(state_sh, batch_sh, repl), out_shardings=(state_sh, repl),
                  donate_argnums=0)
   return _Program(proxy, optimizer, state_sh, step)
 
 
-def _check_pool(pool, value_module) -> tuple[int, int]:
-  for field in ('z', 'image_emb', 'text_emb'):
+def _rows(pool, field):
+  """(shape, dtype) of pool[field] without reading it all."""
+  return np.shape(pool[field]), np.asarray(pool[field][:0]).dtype
+
+
+def _check_pool(pool, scorer: Scorer) -> tuple[int, int]:
+  """(N, D): the pool's rows and reference embedding width; raises naming the field."""
+  for field in tuple(f for f in scorer.fields if f not in EMBEDDINGS) + EMBEDDINGS:
     if field not in pool:
       raise ValueError(f'pool: field {field!r} is missing')
-  z, image, text = (np.shape(pool[k]) for k in ('z', 'image_emb', 'text_emb'))
-  f = len(value_module.names)
-  if len(z) != 2 or z[1] != f or not np.issubdtype(np.asarray(pool['z'][:0]).dtype,
-                                                   np.floating):
-    raise ValueError(f'pool.z: expected floats [N, {f}] (the value function\'s features), '
-                     f'got {np.asarray(pool["z"][:0]).dtype} {z}')
-  for field, shape in (('image_emb', image), ('text_emb', text)):
-    if (len(shape) != 2 or shape[0] != z[0]
-        or not np.issubdtype(np.asarray(pool[field][:0]).dtype, np.floating)):
-      raise ValueError(f'pool.{field}: expected floats [{z[0]}, D], got '
-                       f'{np.asarray(pool[field][:0]).dtype} {shape}')
+  n = None
+  for field, width in zip(scorer.fields, scorer.widths):
+    if field in EMBEDDINGS:
+      continue
+    shape, dtype = _rows(pool, field)
+    if (len(shape) != 2 or not np.issubdtype(dtype, np.floating)
+        or (width is not None and shape[1] != width) or (n is not None and shape[0] != n)):
+      raise ValueError(f'pool.{field}: expected floats [{"N" if n is None else n}, '
+                       f'{width or "F"}] ({scorer.what}), got {dtype} {shape}')
+    n = shape[0]
+  image, text = np.shape(pool['image_emb']), np.shape(pool['text_emb'])
+  n = image[0] if n is None and len(image) == 2 else n
+  for field in EMBEDDINGS:
+    shape, dtype = _rows(pool, field)
+    if len(shape) != 2 or shape[0] != n or not np.issubdtype(dtype, np.floating):
+      raise ValueError(f'pool.{field}: expected floats [{n}, D], got {dtype} {shape}')
   if image != text:
     raise ValueError(f'pool: image_emb {image} and text_emb {text} differ in shape')
-  if z[0] == 0:
+  if n == 0:
     raise ValueError('pool: no rows')
-  return z[0], image[1]
+  return n, image[1]
 
 
 def learn(cfg: MetaConfig, value_module_and_params, pool: Mapping, tasks: Sequence[Mapping],
           workdir: str | None = None, mesh=None, log: Callable[[str], None] | None = None,
           stop_after: int | None = None):
-  """Meta-learns the value function; returns (value_params, history).
+  """Meta-learns a scorer (the value function, FLYT's head, ...); returns (its params,
+  history).
 
-  value_module_and_params: (value.ValueFunction, its params) to start from.
-  pool: {'z': [N, F] float32 standardized features, 'image_emb', 'text_emb': [N, D] frozen
-    reference embeddings (float16 or float32)}; each batch is gathered on this host.
+  value_module_and_params: (a Scorer or a value.ValueFunction, its params) to start from.
+  pool: {'image_emb', 'text_emb': [N, D] frozen reference embeddings (float16 or float32),
+    and every other field the scorer reads, e.g. 'z': [N, F] float32 standardized
+    features}; each batch is gathered on this host.
   tasks: feedback sets (check_tasks); their embeddings are in the pool's reference space.
   workdir: orbax checkpoints in workdir/checkpoints every cfg.checkpoint_every steps and at
     the end; a run there resumes from the last one and ends where an uninterrupted run
@@ -516,8 +663,9 @@ def learn(cfg: MetaConfig, value_module_and_params, pool: Mapping, tasks: Sequen
     'value_std', 'value_grad_norm', 'logit_scale'; and 'tasks' (the task names).
   """
   log = log or logging.info
-  value_module, value_params = value_module_and_params
-  n, width = _check_pool(pool, value_module)
+  scorer, value_params = value_module_and_params
+  scorer = as_scorer(scorer)
+  n, width = _check_pool(pool, scorer)
   tasks = check_tasks(tasks, width)
   mesh = mesh if mesh is not None else sharding.make_mesh(1, 1, devices=jax.devices()[:1])
   if cfg.batch_size % mesh.shape['data']:
@@ -527,13 +675,17 @@ def learn(cfg: MetaConfig, value_module_and_params, pool: Mapping, tasks: Sequen
     raise ValueError(f'MetaConfig.batch_size: {cfg.batch_size} is more than the pool\'s {n} '
                      'rows')
   try:
-    jax.eval_shape(lambda p: value_module.apply({'params': p}, jnp.zeros((1, len(
-        value_module.names)), jnp.float32)), value_params)
+    one = {f: jax.ShapeDtypeStruct((1,) + np.shape(pool[f])[1:], jnp.float32)
+           for f in scorer.fields}
+    out = jax.eval_shape(scorer, value_params, one)
   except Exception as e:  # pylint: disable=broad-except
     raise ValueError(f'value_module_and_params: the params do not fit the module: {e}') \
         from None
+  if out.shape != (1,):
+    raise ValueError(f'value_module_and_params: the scorer returns {out.shape} for one '
+                     'sample; expected one score per sample')
   kinds = tuple(task['kind'] for task in tasks)
-  program = _program(_compute_key(cfg), value_module, width, kinds, mesh)
+  program = _program(_compute_key(cfg), scorer, width, kinds, mesh)
   end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
   names = [task['name'] for task in tasks]
   history = {'tasks': names, 'step': [], 'outer_loss': [], 'task_losses': [],
@@ -550,7 +702,7 @@ def learn(cfg: MetaConfig, value_module_and_params, pool: Mapping, tasks: Sequen
     if workdir is not None:
       directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
       manager = train._checkpoint_manager(directory, cfg)  # pylint: disable=protected-access
-      fingerprint = _fingerprint(cfg, value_module, value_params, pool, tasks)
+      fingerprint = _fingerprint(cfg, scorer, value_params, pool, tasks)
     try:
       restored = None if manager is None else train.restore_checkpoint(
           manager, directory, state, fingerprint, config_name='MetaConfig')
@@ -566,7 +718,8 @@ def learn(cfg: MetaConfig, value_module_and_params, pool: Mapping, tasks: Sequen
                                     start)
                    for t, task in enumerate(tasks)]
       class_text = [jax.device_put(task['class_text_emb'], repl)
-                    if task['kind'] == 'classification' else None for task in tasks]
+                    if task['kind'] == 'classification' and cfg.templates == 'all' else None
+                    for task in tasks]
       pending = []
       tick, tick_step = time.perf_counter(), start
 
@@ -583,9 +736,13 @@ def learn(cfg: MetaConfig, value_module_and_params, pool: Mapping, tasks: Sequen
 
       for step in range(start + 1, end + 1):
         idx = next(pool_rows)  # [B]
-        pool_batch = {'z': np.asarray(pool['z'][idx], np.float32),
-                      'image_emb': np.asarray(pool['image_emb'][idx]),
-                      'text_emb': np.asarray(pool['text_emb'][idx])}
+        pool_batch = {field: np.asarray(pool[field][idx], None if field in EMBEDDINGS
+                                        else np.float32)
+                      for field in scorer.fields + EMBEDDINGS}
+        if cfg.templates == 'random':
+          class_text = [random_templates(task['class_text_emb'], cfg.seed, t, step)
+                        if task['kind'] == 'classification' else None
+                        for t, task in enumerate(tasks)]
         feedback = [task_batch(task, next(rows), ct)
                     for task, rows, ct in zip(tasks, task_rows, class_text)]
         state, metrics = program.step(state, jax.device_put(pool_batch, batch_sh),

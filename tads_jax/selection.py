@@ -1,18 +1,21 @@
 """Budget -> subset: how many times each sample is to be seen.
 
-Two methods, both deterministic for a given (scores, uids, seed) whatever the row order:
+Three methods, all deterministic for a given (scores, uids, seed) whatever the row order,
+all usable with any selector's scores:
   - topk:     each of the round(fraction * N) best samples once;
   - soft_cap: FLYT's Soft Cap Sampling: round(fraction * N) entries drawn batch by batch
               from softmax(scores / temperature) without replacement inside a batch, the
               logits of what was drawn lowered by a repetition penalty each time, so good
-              samples repeat (a few times) and the budget still spreads over many samples.
+              samples repeat (a few times) and the budget still spreads over many samples;
+  - hard_cap: FLYT's Hard Cap Sampling: round(fraction * N) entries drawn with replacement
+              from softmax(scores / temperature), no sample more than `cap` times.
 """
 
 import numpy as np
 
 from tads_jax import selectors
 
-METHODS = ('topk', 'soft_cap')
+METHODS = ('topk', 'soft_cap', 'hard_cap')
 # selection.dedup: which duplicate flags of the features stage exclude a sample. Of each
 # group of duplicates the features stage flags all copies but one, so one is always left.
 DEDUP = {'none': (), 'exact': ('exact_duplicate',), 'semantic': ('semantic_duplicate',),
@@ -77,18 +80,74 @@ def soft_cap_counts(scores: np.ndarray, uids, fraction: float, *, batch_size: in
   return out
 
 
+def hard_cap_counts(scores: np.ndarray, uids, fraction: float, *, batch_size: int, cap: int,
+                    temperature: float = 1.0, seed: int = 0) -> np.ndarray:
+  """Times each sample is drawn by Hard Cap Sampling into a budget of round(fraction * N)
+  entries, no sample more than `cap` times (FLYT's hard_cap_sampling, examples.ipynb).
+
+  p = softmax(scores / temperature), fixed. Repeat until the budget is filled: draw
+  min(batch_size, budget left) samples with replacement from p restricted to the samples
+  still under the cap (renormalized); go through the draws in order and keep each one
+  whose sample is still under the cap, until the budget is filled. NaN scores are never
+  drawn. When fewer than budget / cap samples can be drawn, each is kept `cap` times and
+  the subset is smaller than the budget (as topk's when few rows are eligible). Rows are
+  processed in uid order with noise from `seed`, so the result does not depend on the row
+  order.
+  """
+  scores = np.asarray(scores, dtype=np.float64)
+  n = len(scores)
+  if batch_size < 1 or cap < 1:
+    raise ValueError(f'hard cap sampling: needs batch_size >= 1 and cap >= 1, got '
+                     f'batch_size={batch_size}, cap={cap}')
+  if temperature <= 0:
+    raise ValueError(f'hard cap sampling: needs temperature > 0, got {temperature}')
+  order = np.argsort(np.asarray(uids), kind='stable')  # canonical row order
+  logits = scores[order] / temperature  # [N]
+  drawable = ~np.isnan(logits)
+  counts = np.zeros(n, np.int64)
+  left = int(round(fraction * n))
+  if left >= cap * int(drawable.sum()):  # everything drawable at the cap
+    counts[drawable] = cap
+    left = 0
+  rng = np.random.default_rng([seed, 0x4CA9])
+  while left > 0:
+    open_ = drawable & (counts < cap)
+    # softmax over the samples under the cap: FLYT's probs * mask, renormalized, computed
+    # from the logits so that tiny probabilities do not all underflow to 0.
+    shifted = np.where(open_, logits - logits[open_].max(), -np.inf)
+    p = np.exp(shifted)
+    p /= p.sum()
+    draws = rng.choice(n, size=min(batch_size, left), replace=True, p=p)  # [b]
+    # A draw is kept while its sample is under the cap: the k-th draw of a sample in this
+    # batch (k = 0, 1, ...) is kept when counts + k < cap.
+    ranks = np.empty(len(draws), np.int64)
+    by_sample = np.argsort(draws, kind='stable')
+    sorted_draws = draws[by_sample]
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_draws)) + 1]
+    first = np.repeat(starts, np.diff(np.r_[starts, len(draws)]))
+    ranks[by_sample] = np.arange(len(draws)) - first
+    kept = draws[counts[draws] + ranks < cap][:left]
+    np.add.at(counts, kept, 1)
+    left -= len(kept)
+  out = np.zeros(n, np.int64)
+  out[order] = counts
+  return out
+
+
 def counts_for(method: str, scores, uids, fraction: float, options=None, seed: int = 0,
                eligible=None):
-  """The configured method's counts; options: the soft_cap settings (batch_size, penalty,
-  temperature). Rows where `eligible` is False are never selected."""
+  """The configured method's counts; options: that method's settings (soft_cap:
+  batch_size, penalty, temperature; hard_cap: batch_size, cap, temperature). Rows where
+  `eligible` is False are never selected."""
   if method == 'topk':
     return topk_counts(scores, uids, fraction, eligible)
-  if method == 'soft_cap':
+  if method in ('soft_cap', 'hard_cap'):
     options = dict(options or {})
     scores = np.asarray(scores, dtype=np.float64)
     if eligible is not None:  # NaN is never drawn
       scores = np.where(np.asarray(eligible, bool), scores, np.nan)
-    return soft_cap_counts(scores, uids, fraction, seed=seed, **options)
+    sample = soft_cap_counts if method == 'soft_cap' else hard_cap_counts
+    return sample(scores, uids, fraction, seed=seed, **options)
   raise ValueError(f'selection method {method!r} is not one of {", ".join(METHODS)}')
 
 
@@ -116,7 +175,7 @@ def eligible_rows(features, mode: str) -> np.ndarray | None:
 
 def select(config, selector: selectors.Selector, state, inputs: selectors.Inputs):
   """(values [N], counts [N]) of `selector` under config.selection: its scores turned into
-  a subset at selection.fraction (top-k or soft cap sampling), or a filter's own counts;
+  a subset at selection.fraction (top-k, soft or hard cap sampling), or a filter's own counts;
   either way duplicates excluded by selection.dedup are never selected."""
   values = selectors.run_selector(selector, config, state, inputs)
   eligible = eligible_rows(inputs.features, dedup_mode(config))
@@ -124,6 +183,6 @@ def select(config, selector: selectors.Selector, state, inputs: selectors.Inputs
     counts = values if eligible is None else np.where(eligible, values, 0)
     return values.astype(np.float64), counts
   s = config.selection
-  counts = counts_for(s.method, values, inputs.uids, s.fraction, s.get('soft_cap'),
+  counts = counts_for(s.method, values, inputs.uids, s.fraction, s.get(s.method),
                       seed=config.seed, eligible=eligible)
   return values, counts

@@ -426,3 +426,23 @@ def test_sharded_meta_learning_matches_single_device():
 if __name__ == '__main__':
   globals()[sys.argv[1]]()
   print(f'{sys.argv[1]} ok')
+
+
+def test_a_pool_smaller_than_a_batch_shrinks_the_batch_and_says_so(caplog):
+  """The selectors call fit_batch_to_pool before meta.learn: the batch becomes the pool
+  (a multiple of the data axis), logged with the config field's name."""
+  import logging  # pylint: disable=g-import-not-at-top
+  mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
+  cfg = dataclasses.replace(RESUME, batch_size=256)
+  with caplog.at_level(logging.WARNING):
+    fitted = meta.fit_batch_to_pool(cfg, 240, mesh, 'config.tads.meta')
+  assert fitted.batch_size == 240 and fitted.steps == cfg.steps
+  assert "config.tads.meta.batch_size: 256 is more than the pool's 240 rows; using 240" in \
+      caplog.text
+  assert meta.fit_batch_to_pool(cfg, 300, mesh, 'x') is cfg
+  with pytest.raises(ValueError, match=r'config.tads.meta.batch_size: the pool has 0 rows'):
+    meta.fit_batch_to_pool(cfg, 0, mesh, 'config.tads.meta')
+  pool, tasks = _random_problem(n=24)
+  params, history = meta.learn(meta.fit_batch_to_pool(cfg, 24, mesh, 'x'), _value_function(),
+                               pool, tasks)
+  assert len(history['step']) == cfg.steps

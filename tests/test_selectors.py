@@ -23,7 +23,7 @@ from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-
 # Every selector the README promises (issue: one pure interface).
 PUBLISHED = ('no_filter', 'basic_filter', 'clip_score', 'laion2b', 'text_based',
              'image_based', 'image_based_clip_score', 'semdedup', 'normsim', 'negclipscore',
-             'ncl_normsim', 'random', 'tads')
+             'ncl_normsim', 'random', 'tads', 'clip_powered', 'clipcov', 'flyt', 'mflyt')
 
 
 def test_every_published_selector_is_registered_with_a_doc_line():
@@ -170,3 +170,20 @@ def test_no_module_imports_a_later_stage():
     if file.endswith('.py'):
       for module in _imports(os.path.join(root, 'selectors', file)):
         assert not module.startswith('tads_jax.stages'), f'selectors/{file} imports {module}'
+
+
+def test_fingerprints_follow_the_settings_a_selector_reads():
+  """mflyt's results depend on its input selectors' blocks: changing normsim.p changes the
+  learn stage's fingerprint; changing an unrelated selector's block does not."""
+  from tads_jax import pipeline  # pylint: disable=g-import-not-at-top
+  c = default.get_config()
+  c.selector.name = 'mflyt'
+  keys = learn.STAGE.config_keys(c)
+  assert 'mflyt' in keys and 'normsim' in keys and 'clip_score' in keys
+  fp = pipeline.fingerprint(learn.STAGE, c, {'ingest': 'a', 'embed': 'b', 'features': 'c'})
+  c.basic_filter.min_side = 10
+  assert pipeline.fingerprint(learn.STAGE, c, {'ingest': 'a', 'embed': 'b',
+                                               'features': 'c'}) == fp
+  c.normsim.p = 2.0
+  assert pipeline.fingerprint(learn.STAGE, c, {'ingest': 'a', 'embed': 'b',
+                                               'features': 'c'}) != fp

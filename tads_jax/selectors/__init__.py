@@ -105,8 +105,9 @@ class Selector:
   check_config: Callable[[Any], None] = _no_check
   # The JSON-able part of a fitted state for the report (learned weights, thresholds, ...).
   summary: Callable[[Mapping], dict] = lambda state: {}
-  # Config fields the selector reads besides its own block (fingerprints include them).
-  config_fields: tuple = ()
+  # Config fields the selector reads besides its own block (fingerprints include them), or
+  # a function of the config giving them.
+  config_fields: tuple | Callable[[Any], tuple] = ()
   doc: str = ''              # one line: what it keeps, and its source
 
   def needs_for(self, config) -> tuple:
@@ -121,6 +122,14 @@ class Selector:
       return self.needs_for(config)
     return tuple(self.score_needs(config) if callable(self.score_needs)
                  else self.score_needs)
+
+  def config_fields_for(self, config) -> tuple:
+    """Dotted config fields its results depend on: its own block (when the config has
+    one) and the fields it declares."""
+    fields = (self.config_fields(config) if callable(self.config_fields)
+              else self.config_fields)
+    own = (self.name,) if self.name in config else ()
+    return tuple(dict.fromkeys(own + tuple(f for f in fields if f.split('.')[0] in config)))
 
   def output_for(self, config) -> str:
     output = self.output(config) if callable(self.output) else self.output
@@ -194,3 +203,4 @@ def run_selector(selector: Selector, config, state: Mapping, inputs: Inputs) -> 
 from tads_jax.selectors import clip_score, normsim, random_selector, semdedup, tads  # noqa: E402,F401  pylint: disable=g-import-not-at-top
 from tads_jax.selectors import datacomp_baselines  # noqa: E402,F401  pylint: disable=g-import-not-at-top
 from tads_jax.selectors import clip_powered, clipcov  # noqa: E402,F401  pylint: disable=g-import-not-at-top
+from tads_jax.selectors import flyt  # noqa: E402,F401  pylint: disable=g-import-not-at-top

@@ -25,27 +25,13 @@ def meta_config(config) -> tuple[meta.MetaConfig, int]:
   field. steps = 0 means no meta-learning (the prior alone); the other fields are still
   checked."""
   fields = dict(config.tads.meta.to_dict())
-  fields['seed'] = config.seed
   steps = fields.get('steps')
   if steps == 0 and not isinstance(steps, bool):
     fields['steps'] = 1
-  try:
-    return meta.MetaConfig(**fields), steps
-  except TypeError as e:
-    raise ValueError(f'config.tads.meta: {e}') from None
-  except ValueError as e:
-    raise ValueError(str(e).replace('MetaConfig.', 'config.tads.meta.')) from None
+  return meta.config_from(fields, config.seed, 'config.tads.meta'), steps
 
 
-def by_task(history: dict) -> dict:
-  """meta.learn's history with the per-task lists ([step][task]) turned into
-  {task: [per step]}, the form the report plots."""
-  out = dict(history)
-  names = history['tasks']
-  for key in ('task_losses', 'task_weights'):
-    rows = history[key]
-    out[key] = {name: [row[t] for row in rows] for t, name in enumerate(names)}
-  return out
+by_task = meta.history_by_task
 
 
 def check_config(config) -> None:
@@ -86,9 +72,11 @@ def fit(config, inputs: selectors.Inputs) -> dict:
   if steps:
     image_emb, text_emb = inputs.embeddings('tads')
     tasks = [dict(task) for task in inputs.task_list('tads')]
+    mesh = sharding.mesh_from_config(config)
+    cfg = meta.fit_batch_to_pool(cfg, len(z), mesh, 'config.tads.meta')
     params, raw = meta.learn(
         cfg, (module, params), {'z': z, 'image_emb': image_emb, 'text_emb': text_emb},
-        tasks, workdir=inputs.checkpoints, mesh=sharding.mesh_from_config(config))
+        tasks, workdir=inputs.checkpoints, mesh=mesh)
     history = by_task(raw)
   learned = value.feature_weights(module, params, z)
   weights = [{'feature': n, 'group': value.feature_group(n),

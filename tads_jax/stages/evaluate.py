@@ -341,8 +341,7 @@ def config_keys(config) -> tuple:
   keys = ['evaluate', 'seed', 'selection', 'mesh.rules']
   for name in baseline_names(config):
     if name != FULL:
-      keys += [name] if name in config else []
-      keys += list(selectors.get(name).config_fields)
+      keys += list(selectors.get(name).config_fields_for(config))
   return tuple(dict.fromkeys(keys))
 
 

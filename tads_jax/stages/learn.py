@@ -89,9 +89,8 @@ def inputs(config) -> tuple:
 def config_keys(config) -> tuple:
   """The selector's own block (config.tads for tads) and the fields it declares."""
   name = config.selector.name
-  own = (name,) if name in config else ()
-  extra = selectors.get(name).config_fields if name in selectors.SELECTORS else ()
-  return ('seed', 'selector', 'mesh.rules') + own + tuple(extra)
+  extra = selectors.get(name).config_fields_for(config) if name in selectors.SELECTORS else ()
+  return tuple(dict.fromkeys(('seed', 'selector', 'mesh.rules') + extra))
 
 
 STAGE = pipeline.Stage(name='learn', run=run, inputs=inputs, config_keys=config_keys,

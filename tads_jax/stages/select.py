@@ -73,9 +73,8 @@ def inputs(config) -> tuple:
 
 def config_keys(config) -> tuple:
   name = config.selector.name
-  own = (name,) if name in config else ()
-  extra = selectors.get(name).config_fields if name in selectors.SELECTORS else ()
-  return ('seed', 'selector', 'selection') + own + tuple(extra)
+  extra = selectors.get(name).config_fields_for(config) if name in selectors.SELECTORS else ()
+  return tuple(dict.fromkeys(('seed', 'selector', 'selection') + extra))
 
 
 STAGE = pipeline.Stage(name='select', run=run, inputs=inputs, config_keys=config_keys,
