@@ -102,6 +102,9 @@ def validate(config: ml_collections.ConfigDict, known_stages, known_selectors) -
   elif tasks:  # an empty list is allowed: selectors that need tasks say so themselves
     _check_tasks(tasks)
 
+  if fmt == 'datacomp':
+    _check_datacomp(config, stages)
+
   name = _expect_type(config, 'selector.name', (str,), 'a string')
   if name not in known_selectors:
     raise ConfigError(f'config.selector.name: unknown selector {name!r}; known: '
@@ -187,9 +190,11 @@ def check_selector(config, selector, stages, field: str) -> None:
     if not config.tasks:
       raise ConfigError(f'config.tasks: selector {selector.name!r} ({field}) needs at least '
                         'one task with a train split')
-    if fmt == 'datacomp':
-      raise ConfigError(f'{field}: selector {selector.name!r} needs task embeddings, which '
-                        'are not computed for a DataComp pool yet (config.pool.format)')
+    if fmt == 'datacomp' and not config.encoder.checkpoint:
+      raise ConfigError(f'config.encoder.checkpoint: selector {selector.name!r} ({field}) '
+                        'reads task embeddings, which for a DataComp pool '
+                        "(config.pool.format='datacomp') are made in the pool's own space "
+                        f'with {_datacomp_checkpoint(config)}; set config.encoder.checkpoint')
     if 'embed' not in stages:
       raise ConfigError(f'{field}: selector {selector.name!r} reads the task embeddings; add '
                         'embed to config.stages')
@@ -198,6 +203,59 @@ def check_selector(config, selector, stages, field: str) -> None:
     selector.output_for(config)
   except ValueError as e:
     raise ConfigError(str(e)) from None
+
+
+def _datacomp_checkpoint(config) -> str:
+  """Which checkpoint made a DataComp pool's embeddings, for messages."""
+  from tads_jax.data import datacomp  # pylint: disable=g-import-not-at-top
+  model = config.pool.embedding_model
+  return (f'the Hugging Face CLIP folder of {datacomp.HF_CHECKPOINTS.get(model, "?")} '
+          f'(config.pool.embedding_model={model!r})')
+
+
+def _check_datacomp(config, stages):
+  """A DataComp pool: what its tasks, operators and export need is there, before any work.
+
+  Tasks are embedded in the pool's own space with encoder.checkpoint, whose dimension must
+  be the npz's; exported shards are copied from the tars beside the metadata.
+  """
+  from tads_jax.data import datacomp  # pylint: disable=g-import-not-at-top
+  try:
+    paths = datacomp.list_metadata(config.pool.metadata)
+    tars = datacomp.image_tars(paths)
+  except ValueError as e:
+    raise ConfigError(f'config.pool.metadata: {e}') from None
+  if 'export' in stages and config.export.get('shards') is True and tars is None:
+    raise ConfigError(f'config.export.shards: a DataComp pool is exported from its tars, and '
+                      f'none is beside its metadata (config.pool.metadata; e.g. no '
+                      f'{datacomp.tar_path(paths[0])}); add the tars or set '
+                      'export.shards=False')
+  checkpoint = config.encoder.checkpoint
+  tasks = config.tasks
+  if 'evaluate' in stages and not tasks:
+    raise ConfigError('config.tasks: the evaluate stage scores the proxy on the tasks\' eval '
+                      'splits, and a DataComp pool brings none; give the task list (see '
+                      'configs/datacomp.py)')
+  readers = [s for s in ('embed', 'features', 'evaluate') if s in stages]
+  if tasks and readers and not checkpoint:
+    raise ConfigError(f'config.encoder.checkpoint: config.tasks are embedded (and read by '
+                      f'{", ".join(readers)}) in a DataComp pool\'s own space '
+                      f"(config.pool.format='datacomp'), with {_datacomp_checkpoint(config)}; "
+                      'set config.encoder.checkpoint, or config.tasks=[] for no tasks')
+  if not checkpoint:
+    return
+  model = config.pool.embedding_model
+  try:
+    dim = datacomp.checkpoint_dim(checkpoint)
+    shapes = datacomp.npz_dims(paths[0], model)
+  except ValueError as e:
+    raise ConfigError(f'config.encoder.checkpoint: {e}') from None
+  for key, shape in shapes.items():
+    if len(shape) != 2 or shape[1] != dim:
+      raise ConfigError(f'config.encoder.checkpoint: {checkpoint!r} embeds in {dim} dimensions '
+                        f'(config.json projection_dim), but {datacomp.npz_path(paths[0])} key '
+                        f'{key!r} has shape {shape} (config.pool.embedding_model={model!r}); '
+                        f'the pool\'s embeddings come from {datacomp.HF_CHECKPOINTS[model]}')
 
 
 def _check_features(config):

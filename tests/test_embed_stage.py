@@ -201,3 +201,38 @@ def test_datacomp_pool_ships_embeddings(tmp_path):
 
 def _ctx(workdir):
   return main.pipeline.Context(config=None, workdir=workdir)
+
+
+def test_a_task_change_reembeds_the_tasks_and_keeps_the_pool(run, checkpoint, tmp_path):
+  """Tasks are part of embed's fingerprint, the pool's embeddings are not their function:
+  changing the task list reruns embed on the tasks only, and changing it back does not
+  re-embed the pool either."""
+  import json  # pylint: disable=g-import-not-at-top
+  workdir, _ = run
+  work = str(tmp_path / 'w')
+  shutil.copytree(workdir, work)
+  items = os.path.join(work, 'embed', 'shards')
+  pool = {n: os.stat(os.path.join(items, n)).st_mtime_ns for n in os.listdir(items)
+          if n.endswith('.npz')}
+  tasks_json = os.path.join(work, 'ingest', 'world', 'tasks.json')
+  first = json.load(open(tasks_json))[:1]
+  fewer = os.path.join(work, 'ingest', 'world', 'one_task.json')  # sources are relative
+  with open(fewer, 'w') as f:
+    json.dump(first, f)
+  c = small_config(checkpoint)
+  c.tasks = fewer
+  assert main.run(c, work)['embed'] == 'ran'
+  assert {n: os.stat(os.path.join(items, n)).st_mtime_ns for n in pool} == pool
+  summary = main.pipeline.read_done(os.path.join(work, 'embed'))['summary']
+  assert summary['samples_computed'] == 0
+  assert {r['task'] for r in summary['tasks']} == {first[0]['name']}
+  assert sorted(os.listdir(os.path.join(work, 'embed', 'tasks'))) == sorted(
+      f'{first[0]["name"]}_{s}.{e}' for s in ('train', 'eval') for e in ('json', 'npz'))
+  # Back to the original tasks: the pool is still not re-embedded.
+  assert main.run(small_config(checkpoint), work)['embed'] == 'ran'
+  assert {n: os.stat(os.path.join(items, n)).st_mtime_ns for n in pool} == pool
+  # A change the pool does depend on (the compute dtype) does re-embed it.
+  c = small_config(checkpoint)
+  c.embed.dtype = 'bfloat16'
+  main.run(c, work)
+  assert {n: os.stat(os.path.join(items, n)).st_mtime_ns for n in pool} != pool

@@ -1,5 +1,7 @@
 """DataComp metadata: `*.parquet` (uid, text, scores, ...) with a same-named `*.npz` of CLIP
-embeddings (b32_img, b32_txt, l14_img, l14_txt; float16; rows aligned with the parquet).
+embeddings (b32_img, b32_txt, l14_img, l14_txt; float16; rows aligned with the parquet),
+and optionally the same-named `*.tar` of the images (webdataset, `.json` carrying the uid):
+DataComp's full layout, where the tars supply pixels and bytes and the npz the embeddings.
 
 Embeddings are L2-normalized on load, in float32, because every consumer (clip score,
 relevance, k-means) wants cosines. A row whose embedding is NaN/inf or zero cannot be
@@ -8,7 +10,9 @@ pool of millions is a skip, not a reason to stop.
 """
 
 import dataclasses
+import json
 import os
+import zipfile
 
 import numpy as np
 import pyarrow as pa
@@ -17,6 +21,9 @@ import pyarrow.parquet as pq
 
 from tads_jax.data import webdataset
 
+# The model whose embeddings each npz key pair holds (DataComp's README): a task embedded
+# with another model would not be in the pool's space.
+HF_CHECKPOINTS = {'b32': 'openai/clip-vit-base-patch32', 'l14': 'openai/clip-vit-large-patch14'}
 COLUMNS = ('uid', 'url', 'text', 'original_width', 'original_height',
            'clip_b32_similarity_score', 'clip_l14_similarity_score', 'sha256')
 MODELS = ('b32', 'l14')
@@ -34,6 +41,67 @@ class MetadataShard:
 
 def npz_path(parquet_path: str) -> str:
   return parquet_path[:-len('.parquet')] + '.npz'
+
+
+def tar_path(parquet_path: str) -> str:
+  """The images of a metadata file: the same-named tar beside it (it may not exist)."""
+  return parquet_path[:-len('.parquet')] + '.tar'
+
+
+def image_tars(paths: list) -> list | None:
+  """The tars of the metadata files `paths`, or None when none has one; ValueError naming
+  the first missing tar when only some do (a pool is scored with or without images, not
+  half of each)."""
+  tars = [tar_path(p) for p in paths]
+  present = [os.path.isfile(t) for t in tars]
+  if not any(present):
+    return None
+  if not all(present):
+    missing = tars[present.index(False)]
+    raise ValueError(f'{missing}: missing, while {sum(present)} of the {len(tars)} metadata '
+                     'files have their tar beside them; give every metadata file its tar '
+                     '(same name, .tar) or none')
+  return tars
+
+
+def npz_dims(parquet_path: str, model: str = 'b32') -> dict:
+  """{key: shape} of the `model` keys in the npz beside `parquet_path`, read from the .npy
+  headers inside the zip without loading the arrays (a pool's npz files are gigabytes)."""
+  path = npz_path(parquet_path)
+  out = {}
+  try:
+    with zipfile.ZipFile(path) as archive:
+      names = archive.namelist()
+      for side in ('img', 'txt'):
+        key = f'{model}_{side}'
+        if f'{key}.npy' not in names:
+          keys = [n[:-len('.npy')] for n in names if n.endswith('.npy')]
+          raise ValueError(f'{path}: no key {key!r} for model {model!r} (keys: {keys})')
+        with archive.open(f'{key}.npy') as f:
+          version = np.lib.format.read_magic(f)
+          if version == (1, 0):
+            shape, _, _ = np.lib.format.read_array_header_1_0(f)
+          else:
+            shape, _, _ = np.lib.format.read_array_header_2_0(f)
+        out[key] = tuple(shape)
+  except (OSError, zipfile.BadZipFile) as e:
+    raise ValueError(f'{path}: cannot read embeddings ({e})') from e
+  return out
+
+
+def checkpoint_dim(folder: str) -> int:
+  """The embedding dimension of a Hugging Face CLIP folder: config.json's projection_dim
+  (512, transformers' default, when absent)."""
+  path = os.path.join(folder, 'config.json')
+  try:
+    with open(path) as f:
+      config = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ValueError(f'{path}: cannot read the checkpoint config ({e})') from e
+  dim = config.get('projection_dim', 512) if isinstance(config, dict) else None
+  if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+    raise ValueError(f'{path}: field projection_dim: expected a positive integer, got {dim!r}')
+  return dim
 
 
 def list_metadata(spec) -> list[str]:

@@ -15,9 +15,14 @@ every class name), classnames [C], templates [T]; for retrieval, text_emb [M, E]
 text_image [M] (the image each caption belongs to). Relevance prototypes and meta-learning
 feedback read these.
 
-A DataComp pool ships its embeddings (npz beside the parquet): the stage records that and
-embeds nothing. Otherwise it embeds with the encoder stage's reference CLIP (the given
-`encoder.checkpoint`, or the one trained on `encoder.train_on`).
+A DataComp pool ships its embeddings (npz beside the parquet), used as they are: the pool is
+not embedded again. Its tasks are embedded in the pool's own space, with `encoder.checkpoint`,
+the Hugging Face CLIP folder of the model that made the npz (openai/clip-vit-base-patch32 for
+pool.embedding_model='b32', openai/clip-vit-large-patch14 for 'l14'); config validation has
+checked its projection_dim against the npz, and this stage checks it against every metadata
+file's embeddings before embedding anything. Otherwise the stage embeds pool and tasks with
+the encoder stage's reference CLIP (the given `encoder.checkpoint`, or the one trained on
+`encoder.train_on`).
 """
 
 import collections
@@ -186,22 +191,80 @@ def _class_prompts(encoder: embedding.Encoder, spec) -> np.ndarray:  # -> [C, T,
   return emb.reshape(len(spec.classnames), len(spec.templates), -1)
 
 
-def run(ctx) -> dict:
-  config = ctx.config
-  if config.pool.format == 'datacomp':
-    logging.info('embed: the DataComp pool ships %s embeddings; nothing to embed',
-                 config.pool.embedding_model)
-    return {'format': 'datacomp', 'pool_ships_embeddings': True,
-            'embedding_model': config.pool.embedding_model, 'embedded': 0}
+def _checked_specs(ctx) -> list:
   specs = task_specs(ctx)  # before loading weights: a bad task list fails fast
   names = [os.path.basename(task_item(ctx, s.name, 'x')) for s in specs]
   if len(set(names)) != len(names):
     raise ValueError(f'config.tasks: task names {[s.name for s in specs]} collide as '
                      'file names')
+  return specs
+
+
+def _embed_tasks(ctx, encoder: embedding.Encoder, specs) -> list:
+  os.makedirs(os.path.join(ctx.stage_dir('embed'), 'tasks'), exist_ok=True)
+  task_records = []
+  for spec in specs:
+    done = all(os.path.exists(task_item(ctx, spec.name, s) + '.json')
+               for s in tasks_lib.SPLITS)
+    prompts = None
+    if spec.kind == 'classification' and not done:
+      prompts = _class_prompts(encoder, spec)  # [C, T, E], stored with both splits
+    for split in tasks_lib.SPLITS:
+      task_records.append(_embed_task(ctx, encoder, spec, split, prompts))
+  return task_records
+
+
+def _encoder_summary(config, checkpoint: str, encoder: embedding.Encoder) -> dict:
+  clip = encoder.clip
+  return {'checkpoint': checkpoint, 'dtype': option(config, 'dtype'),
+          'embed_dim': clip.config.embed_dim, 'image_size': clip.config.image_size,
+          'batch_size': encoder.batch_size,
+          'devices': 1 if encoder.mesh is None else int(encoder.mesh.size)}
+
+
+def _run_datacomp(ctx) -> dict:
+  """The pool's npz embeddings are used as they are; the tasks are embedded with the
+  checkpoint that made them, so that both live in one space."""
+  config = ctx.config
+  model = config.pool.embedding_model
+  summary = {'format': 'datacomp', 'pool_ships_embeddings': True, 'embedding_model': model,
+             'embedded': 0, 'tasks': []}
+  specs = _checked_specs(ctx)
+  if not specs:
+    logging.info('embed: the DataComp pool ships %s embeddings and there are no tasks; '
+                 'nothing to embed', model)
+    return summary
+  checkpoint = encoder_stage.checkpoint(ctx)
+  if not checkpoint:
+    raise ValueError(f'config.encoder.checkpoint: required to embed the tasks (config.tasks) '
+                     f"of a DataComp pool in its own space: the Hugging Face CLIP folder of "
+                     f'{datacomp.HF_CHECKPOINTS[model]} for config.pool.embedding_model='
+                     f'{model!r}')
+  encoder = load_encoder(config, checkpoint)
+  dim = encoder.clip.config.embed_dim
+  for record in ctx.summary('ingest')['per_source']:
+    pool_dim = record.get('embedding_dim')
+    if pool_dim is not None and pool_dim != dim:
+      raise ValueError(f'config.encoder.checkpoint={checkpoint!r}: embeds in {dim} '
+                       f'dimensions, but {datacomp.npz_path(record["path"])} holds {model} '
+                       f'embeddings of dimension {pool_dim} (config.pool.embedding_model); '
+                       f'use {datacomp.HF_CHECKPOINTS[model]}')
+  logging.info('embed: the DataComp pool ships %s embeddings; embedding %d task(s) with %s',
+               model, len(specs), checkpoint)
+  summary['tasks'] = _embed_tasks(ctx, encoder, specs)
+  summary['encoder'] = _encoder_summary(config, checkpoint, encoder)
+  summary['store_dtype'] = np.dtype(STORE_DTYPE).name
+  return summary
+
+
+def run(ctx) -> dict:
+  config = ctx.config
+  if config.pool.format == 'datacomp':
+    return _run_datacomp(ctx)
+  specs = _checked_specs(ctx)
   checkpoint = encoder_stage.checkpoint(ctx)
   encoder = load_encoder(config, checkpoint)
   os.makedirs(os.path.join(ctx.stage_dir('embed'), 'shards'), exist_ok=True)
-  os.makedirs(os.path.join(ctx.stage_dir('embed'), 'tasks'), exist_ok=True)
 
   ingested = ctx.summary('ingest')
   paths = [r['path'] for r in ingested['per_source']]
@@ -215,25 +278,11 @@ def run(ctx) -> dict:
     progress.update(len(uids))
   seconds = time.time() - start
 
-  task_records = []
-  for spec in specs:
-    done = all(os.path.exists(task_item(ctx, spec.name, s) + '.json')
-               for s in tasks_lib.SPLITS)
-    prompts = None
-    if spec.kind == 'classification' and not done:
-      prompts = _class_prompts(encoder, spec)  # [C, T, E], stored with both splits
-    for split in tasks_lib.SPLITS:
-      task_records.append(_embed_task(ctx, encoder, spec, split, prompts))
-
-  clip = encoder.clip
+  task_records = _embed_tasks(ctx, encoder, specs)
   return {
       'format': config.pool.format,
       'pool_ships_embeddings': False,
-      'encoder': {'checkpoint': checkpoint,
-                  'dtype': option(config, 'dtype'),
-                  'embed_dim': clip.config.embed_dim, 'image_size': clip.config.image_size,
-                  'batch_size': encoder.batch_size,
-                  'devices': 1 if encoder.mesh is None else int(encoder.mesh.size)},
+      'encoder': _encoder_summary(config, checkpoint, encoder),
       'store_dtype': np.dtype(STORE_DTYPE).name,
       'shards': len(records),
       'samples': sum(r['samples'] for r in records),
@@ -245,8 +294,11 @@ def run(ctx) -> dict:
 
 
 def config_keys(config) -> tuple:
-  if config.pool.format == 'datacomp':
-    return ('pool.format', 'pool.embedding_model')
+  if config.pool.format == 'datacomp':  # the pool's npz is read as it is; tasks are embedded
+    if not config.tasks:
+      return ('pool.format', 'pool.embedding_model', 'tasks')
+    return ('pool.format', 'pool.embedding_model', 'mesh', 'tasks', 'embed.dtype',
+            'embed.batch_size')
   # Not pool.image_size: pool images are read from the shards and task images loaded at
   # the encoder's input size; a synthetic world's size reaches here through ingest. Not
   # embed.workers: the decode thread count does not change the outputs.
@@ -257,8 +309,7 @@ def config_keys(config) -> tuple:
 def input_files(config) -> list:
   """Size and mtime of a task-list file, so that new tasks at the same path re-embed (new
   weights at the same checkpoint path rerun the encoder stage, and so this one)."""
-  if config.pool.format == 'datacomp' or not isinstance(config.tasks, str) or \
-      config.tasks == 'synthetic':
+  if not isinstance(config.tasks, str) or config.tasks == 'synthetic':
     return []
   return pipeline.file_identities([config.tasks])
 
@@ -337,9 +388,6 @@ def task_fields(kind: str) -> tuple:
 
 def task_embeddings(ctx, split: str = 'eval') -> list:
   """[(TaskSpec, {field: array})] of every task's `split` ('eval' or 'train')."""
-  if ctx.config.pool.format == 'datacomp' and task_specs(ctx):
-    raise ValueError('config.pool.format: a DataComp pool ships pool embeddings only, and '
-                     'task embeddings for it are not computed yet')
   out = []
   for spec in task_specs(ctx):
     path = task_item(ctx, spec.name, split) + '.npz'
@@ -351,6 +399,14 @@ def task_embeddings(ctx, split: str = 'eval') -> list:
   return out
 
 
+def parts(config) -> dict:
+  """The pool's embeddings depend on the pool and the encoder, not on the tasks: a task
+  change re-embeds the tasks only (a DataComp pool's embeddings are its own npz)."""
+  if config.pool.format == 'datacomp':
+    return {}
+  return {'shards': ('pool.format', 'mesh', 'embed.dtype', 'embed.batch_size')}
+
+
 STAGE = pipeline.Stage(name='embed', run=run, inputs=('ingest', 'encoder'),
-                       config_keys=config_keys,
-                       input_files=input_files, version=1)
+                       config_keys=config_keys, input_files=input_files, version=1,
+                       parts=parts)

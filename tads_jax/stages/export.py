@@ -13,6 +13,7 @@ from tads_jax import pipeline
 from tads_jax.data import subset as subset_lib
 from tads_jax.data import tar_writer
 from tads_jax.data import webdataset
+from tads_jax.stages import ingest
 from tads_jax.stages import select
 
 
@@ -34,7 +35,12 @@ def run(ctx) -> dict:
     return {'enabled': False}
   out_dir = ctx.stage_dir('export')
   subset = subset_lib.read_subset(ctx.path(select.SUBSET))
-  paths = [r['path'] for r in ctx.summary('ingest')['per_source']]
+  # Pool shards, or the tars beside a DataComp pool's metadata (validation requires them).
+  paths = [ingest.image_shard(config, r['path'])
+           for r in ctx.summary('ingest')['per_source']]
+  if None in paths:
+    raise ValueError('config.export.shards: a DataComp pool is exported from the tars beside '
+                     'its metadata (config.pool.metadata), and this one has none')
   skips = collections.Counter()
   samples = _selected_samples(paths, subset, skips)
   shard, total = 0, 0

@@ -20,9 +20,11 @@ pass and reads one cluster at a time (dedup.semdedup_flags_stream). Memory holds
 embeddings, the largest cluster and per-sample scalars (labels, bounds, output columns).
 
 Output: `features/features.parquet`, uid plus one column per feature, rows in
-ingest/samples.parquet order. A DataComp pool has no images: the image operators and
-flipped_clip_score are left out (absent columns, listed in the summary) and the
-embeddings come from the pool's own npz files.
+ingest/samples.parquet order. A DataComp pool's embeddings come from its own npz files and
+its task relevance from the tasks the embed stage embedded in that space; its images from
+the tars beside the metadata. Without tars the image operators and flipped_clip_score are
+left out, and without encoder.checkpoint flipped_clip_score is (absent columns, listed with
+the reason in the summary).
 """
 
 import collections
@@ -84,14 +86,34 @@ def _needs_images(op) -> bool:
   return 'images' in op.inputs
 
 
-def split_operators(config) -> tuple[list, list]:
-  """(operators run, operators left out): a DataComp pool has no images to score."""
+def _needs_pixels(name: str) -> bool:
+  op = registry.OPERATORS[name]
+  return op.kind == 'image' or 'flipped_image_emb' in op.required
+
+
+def _needs_encoder(name: str) -> bool:
+  return 'flipped_image_emb' in registry.OPERATORS[name].required
+
+
+def left_out_operators(config) -> tuple[list, list, str | None]:
+  """(operators run, operators left out, why): a DataComp pool without tars has no images to
+  score, and without encoder.checkpoint none to embed flipped."""
   names = operators(config)
   if config.pool.format != 'datacomp':
-    return list(names), []
-  left_out = [n for n in names if registry.OPERATORS[n].kind == 'image'
-              or 'flipped_image_emb' in registry.OPERATORS[n].required]
-  return [n for n in names if n not in left_out], left_out
+    return list(names), [], None
+  if not ingest.has_images(config):
+    left_out = [n for n in names if _needs_pixels(n)]
+    why = ('the DataComp pool has no tars beside its metadata (config.pool.metadata), so '
+           'the operators that read pixels are left out')
+  elif not config.encoder.checkpoint:
+    left_out = [n for n in names if _needs_encoder(n)]
+    why = ('the DataComp pool has no reference encoder (config.encoder.checkpoint) to embed '
+           'flipped images with')
+  else:
+    left_out = []
+  if not left_out:
+    return list(names), [], None
+  return [n for n in names if n not in left_out], left_out, why
 
 
 def shard_item(ctx, path: str) -> str:
@@ -180,7 +202,9 @@ def _features_shard(ctx, path: str, table: dict, names: list, encoder) -> dict:
   image_ops = any(_needs_images(registry.OPERATORS[m]) for m in names)
   flipped = 'flipped_clip_score' in names
   if image_ops or flipped:
-    decoded = _chunks(_shard_images(path, uids, skips), chunk)
+    # A pool shard, or the tar beside a DataComp metadata file.
+    tar = ingest.image_shard(config, path)
+    decoded = _chunks(_shard_images(tar, uids, skips), chunk)
   else:
     decoded = ([None] * len(range(s, min(s + chunk, n))) for s in range(0, n, chunk))
   size = config.pool.image_size
@@ -267,7 +291,9 @@ def _init_rows(config, k: int) -> int:
 
 def run(ctx) -> dict:
   config = ctx.config
-  names, left_out = split_operators(config)
+  names, left_out, left_out_why = left_out_operators(config)
+  if left_out:
+    logging.info('features: %s left out: %s', ', '.join(left_out), left_out_why)
   ingested = ctx.summary('ingest')
   if not ingested['samples']:
     raise ValueError(f"{ctx.path('ingest', ingest.SAMPLES)}: the pool has no usable sample "
@@ -280,7 +306,7 @@ def run(ctx) -> dict:
     encoder = embed.load_encoder(config, encoder_stage.checkpoint(ctx))
   key = jax.random.PRNGKey(config.seed)
   relevance_key, kmeans_key = jax.random.split(key)
-  tasks = (_task_prototypes(ctx, relevance_key) if config.pool.format != 'datacomp' else [])
+  tasks = _task_prototypes(ctx, relevance_key)  # a DataComp pool's: in its npz's space
 
   progress = pipeline.Progress('features', ingested['samples'], unit='samples')
   records, computed = [], 0
@@ -349,6 +375,7 @@ def run(ctx) -> dict:
       'shards_computed': computed,
       'operators': names,
       'operators_left_out': left_out,
+      'operators_left_out_reason': left_out_why,
       'columns': features.column_names[1:],
       'kmeans': summary_kmeans,
       'semantic_duplicates': int(np.sum(columns['semantic_duplicate'])),

@@ -3,6 +3,13 @@
 Streaming and resumable per shard: each shard's rows go to `ingest/shards/<name>.parquet`
 (written atomically with its skip counts), so a killed run redoes only unfinished shards.
 Samples whose uid was already seen in an earlier shard are dropped and counted.
+
+A DataComp pool is its metadata files (parquet + npz). With the tars beside them (DataComp's
+full layout, same names), the pool is what was downloaded: a metadata row without a usable
+image in its tar is skipped ('no_image'; DataComp's download misses part of every pool),
+rows follow tar order, and sha256 is that of the image bytes the tar holds; captions, the
+original sizes and the embeddings stay the metadata's. Without tars every usable metadata
+row is a sample and sha256 is the metadata's column.
 """
 
 import collections
@@ -17,6 +24,7 @@ import pyarrow.parquet as pq
 
 from tads_jax import pipeline
 from tads_jax.data import datacomp
+from tads_jax.data import images as images_lib
 from tads_jax.data import synthetic
 from tads_jax.data import webdataset
 
@@ -49,10 +57,41 @@ def pool_sources(config, world: str | None = None) -> list[str]:
 
 
 def input_files(config) -> list:
-  """Sizes and mtimes of external pool files; the synthetic world is derived from config."""
+  """Sizes and mtimes of external pool files (a DataComp pool's npz files and tars too); the
+  synthetic world is derived from config."""
   if config.pool.format == 'synthetic':
     return []
-  return pipeline.file_identities(pool_sources(config))
+  sources = pool_sources(config)
+  if config.pool.format == 'datacomp':
+    sources = [f for p in sources
+               for f in (p, datacomp.npz_path(p), datacomp.tar_path(p))]
+  return pipeline.file_identities(sources)
+
+
+def image_tars(config) -> list | None:
+  """A DataComp pool's tars (one per metadata file, in order), or None when it has none;
+  ValueError when only some metadata files have theirs."""
+  if config.pool.format != 'datacomp':
+    raise ValueError(f'image_tars: a DataComp pool has tars beside its metadata; '
+                     f'config.pool.format is {config.pool.format!r}')
+  return datacomp.image_tars(pool_sources(config))
+
+
+def has_images(config) -> bool:
+  """Whether the pool's images can be read: always for webdataset shards, for a DataComp pool
+  when its tars are beside the metadata."""
+  if config.pool.format != 'datacomp':
+    return True
+  return image_tars(config) is not None
+
+
+def image_shard(config, source: str) -> str | None:
+  """The tar holding the images of an ingested source (a pool shard itself, or a DataComp
+  metadata file's tar); None for a DataComp pool without tars."""
+  if config.pool.format != 'datacomp':
+    return source
+  tar = datacomp.tar_path(source)
+  return tar if os.path.isfile(tar) else None
 
 
 def item_name(path: str) -> str:
@@ -75,35 +114,75 @@ def _rows_from_shard(path: str, skips: collections.Counter) -> dict:
   return rows
 
 
-def _rows_from_metadata(path: str, model: str, skips: collections.Counter) -> dict:
+def _rows_from_metadata(path: str, model: str, skips: collections.Counter,
+                        tar: str | None = None) -> tuple[dict, int]:
+  """(rows, embedding dimension) of one metadata file; with its `tar`, the rows whose image
+  the tar holds, in tar order."""
   shard = datacomp.read_metadata(path, model=model)
   table = shard.table
   n = len(shard.uids)
-  captions = table.column('text').to_pylist() if 'text' in table.column_names else [''] * n
+  # DataComp's metadata names the caption 'text'; img2dataset's per-tar parquet 'caption'.
+  text = next((c for c in ('text', 'caption') if c in table.column_names), None)
+  captions = table.column(text).to_pylist() if text else [''] * n
 
   def column(name, default):
     return table.column(name).to_pylist() if name in table.column_names else [default] * n
 
-  widths, heights = column('original_width', -1), column('original_height', -1)
+  widths, heights = column('original_width', None), column('original_height', None)
   sha = column('sha256', '')
-  rows = {name: [] for name in SCHEMA.names}
+  usable = np.zeros(n, bool)  # [N] a valid embedding pair and a caption
   for i in range(n):
     if not shard.valid[i]:
       skips['bad_embedding'] += 1
-      continue
-    if not captions[i] or not str(captions[i]).strip():
+    elif not captions[i] or not str(captions[i]).strip():
       skips['missing_caption'] += 1
-      continue
+    else:
+      usable[i] = True
+  rows = {name: [] for name in SCHEMA.names}
+
+  def add(i, key, width, height, image_format, sha256):
     rows['uid'].append(shard.uids[i])
-    rows['key'].append(str(i))
+    rows['key'].append(key)
     rows['shard'].append(path)
     rows['caption'].append(captions[i])
-    rows['width'].append(int(widths[i] if widths[i] is not None else -1))
-    rows['height'].append(int(heights[i] if heights[i] is not None else -1))
-    rows['image_format'].append('')
-    rows['sha256'].append(sha[i] or '')
+    rows['width'].append(int(widths[i] if widths[i] is not None else width))
+    rows['height'].append(int(heights[i] if heights[i] is not None else height))
+    rows['image_format'].append(image_format)
+    rows['sha256'].append(sha256)
     rows['uid_source'].append('json')
-  return rows
+
+  dim = int(shard.image_emb.shape[1])
+  if tar is None:
+    for i in np.flatnonzero(usable):
+      add(i, str(i), -1, -1, '', sha[i] or '')
+    return rows, dim
+  index = {}
+  for i, uid in enumerate(shard.uids):
+    index.setdefault(uid, i)
+  accounted = np.zeros(n, bool)  # [N] the row's image was found (read or corrupt)
+  # Undecoded, so that a corrupt image is charged to its metadata row, not counted twice.
+  for sample in webdataset.iter_shard(tar, skips, decode=False):
+    i = index.get(sample.uid)
+    if i is None:
+      skips['not_in_metadata'] += 1  # no embedding for it: not part of this pool
+      continue
+    if not usable[i]:
+      continue  # counted above, once per metadata row
+    try:
+      image = images_lib.decode_image(sample.image_bytes,
+                                      where=f'{tar}: {sample.key}.{sample.image_ext}')
+    except images_lib.CorruptImageError:
+      if not accounted[i]:
+        skips['corrupt_image'] += 1
+      accounted[i] = True
+      continue
+    accounted[i] = True
+    add(i, sample.key, image.shape[1], image.shape[0], sample.image_ext,
+        hashlib.sha256(sample.image_bytes).hexdigest())
+  missing = int((usable & ~accounted).sum())  # not downloaded, or lost from the tar
+  if missing:
+    skips['no_image'] += missing
+  return rows, dim
 
 
 def _ingest_source(ctx, path: str) -> dict:
@@ -117,14 +196,17 @@ def _ingest_source(ctx, path: str) -> dict:
     with open(skips_path) as f:
       return json.load(f)
   skips = collections.Counter()
+  extra = {}
   if ctx.config.pool.format == 'datacomp':
-    rows = _rows_from_metadata(path, ctx.config.pool.embedding_model, skips)
+    tar = image_shard(ctx.config, path)
+    rows, dim = _rows_from_metadata(path, ctx.config.pool.embedding_model, skips, tar)
+    extra = {'embedding_dim': dim, 'tar': tar}
   else:
     rows = _rows_from_shard(path, skips)
   tmp = f'{table_path}.tmp-{os.getpid()}'
   pq.write_table(pa.table(rows, schema=SCHEMA), tmp)
   os.replace(tmp, table_path)
-  record = {'path': path, 'samples': len(rows['uid']), 'skips': dict(skips)}
+  record = {'path': path, 'samples': len(rows['uid']), 'skips': dict(skips), **extra}
   pipeline.write_json_atomic(skips_path, record)
   return record
 
@@ -138,9 +220,16 @@ def run(ctx) -> dict:
     synthetic.generate_world(world, world_config(config))
   sources = pool_sources(config, world)
   progress = pipeline.Progress('ingest', len(sources), unit='shards', every=2.0)
+  if config.pool.format == 'datacomp':
+    image_tars(config)  # every metadata file with its tar, or none
   records = []
   for path in sources:
     records.append(_ingest_source(ctx, path))
+    dim, first = records[-1].get('embedding_dim'), records[0].get('embedding_dim')
+    if None not in (dim, first) and dim != first:
+      raise ValueError(f'{datacomp.npz_path(path)}: {config.pool.embedding_model} embeddings '
+                       f'of dimension {dim}, but {datacomp.npz_path(records[0]["path"])} '
+                       f'has {first}; one pool has one embedding model')
     progress.update(1)
 
   # Merge in shard order; a uid seen in an earlier shard is a duplicate.
@@ -168,6 +257,9 @@ def run(ctx) -> dict:
       'skips': dict(sorted(skips.items())),
       'per_source': records,
   }
+  if config.pool.format == 'datacomp':
+    summary['embedding_dim'] = records[0].get('embedding_dim') if records else None
+    summary['images'] = bool(records) and records[0].get('tar') is not None
   if world is not None:
     summary['world'] = world
     summary['ground_truth'] = os.path.join(world, 'ground_truth.parquet')
