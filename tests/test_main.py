@@ -310,3 +310,30 @@ def test_console_command_prints_what_the_module_prints(tmp_path):
     assert cmd.stderr.splitlines()[-1:] == mod.stderr.splitlines()[-1:]
   assert 'config error' in cmd.stderr and 'fraction' in cmd.stderr
   assert not os.path.exists(tmp_path / 'w')
+
+
+def test_a_pool_with_no_usable_sample_stops_at_ingest_in_one_line(tmp_path):
+  """An empty tar and a DataComp file whose rows are all zero: ingest says the pool is
+  empty (with the skips by reason) instead of a later stage failing on nothing."""
+  import tarfile  # pylint: disable=g-import-not-at-top
+  empty = tmp_path / 'empty'
+  empty.mkdir()
+  with tarfile.open(empty / '00000000.tar', 'w'):
+    pass
+  c = small_config()
+  c.pool.format = 'webdataset'
+  c.pool.shards = str(empty / '*.tar')
+  del c['tasks']
+  c.tasks = []
+  c.stages = ('ingest', 'select')
+  with pytest.raises(ValueError, match=r'00000000.tar: the pool has no usable sample '
+                     r'\(skipped by reason: none; the sources are empty\)'):
+    main.run(c, str(tmp_path / 'w1'))
+  zeros = {k: np.zeros((5, 8), np.float16) for k in ('b32_img', 'b32_txt')}
+  datacomp.write_metadata(str(tmp_path / 'zero.parquet'), {
+      'uid': [f'{i:032x}' for i in range(5)], 'text': ['a caption'] * 5}, zeros)
+  c.pool.format = 'datacomp'
+  c.pool.metadata = str(tmp_path / 'zero.parquet')
+  with pytest.raises(ValueError, match=r"zero.parquet: the pool has no usable sample "
+                     r"\(skipped by reason: \{'bad_embedding': 5\}\)"):
+    main.run(c, str(tmp_path / 'w2'))

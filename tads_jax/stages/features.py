@@ -295,9 +295,6 @@ def run(ctx) -> dict:
   if left_out:
     logging.info('features: %s left out: %s', ', '.join(left_out), left_out_why)
   ingested = ctx.summary('ingest')
-  if not ingested['samples']:
-    raise ValueError(f"{ctx.path('ingest', ingest.SAMPLES)}: the pool has no usable sample "
-                     f"(skips by reason: {ingested['skips']}); nothing to score")
   paths = [r['path'] for r in ingested['per_source']]
   os.makedirs(os.path.join(ctx.stage_dir('features'), 'shards'), exist_ok=True)
   encoder = None

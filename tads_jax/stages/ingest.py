@@ -246,6 +246,10 @@ def run(ctx) -> dict:
   if (~keep).any():
     skips['duplicate_uid'] += int((~keep).sum())
     table = table.filter(pa.array(keep))
+  if not table.num_rows:  # stop here, not in a later stage's arithmetic on nothing
+    raise ValueError(f'{sources[0] if len(sources) == 1 else f"{len(sources)} pool sources"}: '
+                     f'the pool has no usable sample (skipped by reason: '
+                     f'{dict(sorted(skips.items())) or "none; the sources are empty"})')
   tmp = ctx.path('ingest', SAMPLES + f'.tmp-{os.getpid()}')
   pq.write_table(table, tmp)
   os.replace(tmp, ctx.path('ingest', SAMPLES))
