@@ -150,6 +150,11 @@ def render_markdown(report: dict) -> str:
                   ['reason', 'count'])
   else:
     out += ['No sample was skipped.']
+  features = report['stages'].get('features', {}).get('summary', {})
+  if features.get('operators_left_out'):
+    reason = features.get('operators_left_out_reason', '')
+    out += ['', f"Quality operators left out: {', '.join(features['operators_left_out'])}"
+            + (f' ({reason})' if reason else '') + '.']
   sel = report['selection']
   out += ['', '## Selection', '',
           f"selector: {sel['selector']}; method: {sel['method']}; fraction: "

@@ -482,3 +482,26 @@ def test_report_opens_in_headless_chromium(tmp_path_factory):
   assert pixels.std() > 10  # not a blank page
   if os.environ.get('TADS_DOCS'):  # TADS_DOCS=docs: refresh the README's screenshots
     docs_screenshots(page_path, os.environ['TADS_DOCS'])
+
+
+def test_datacomp_pool_thumbnails_come_from_the_tar_beside_the_metadata(tmp_path):
+  """A DataComp pool's rows name their metadata parquet as the shard; the images are in the
+  same-named tar beside it. Without the tar, the page says so instead of a thumbnail."""
+  import pyarrow as pa  # pylint: disable=g-import-not-at-top
+  import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+  meta = str(tmp_path / '00000000.parquet')
+  keys = [f'{i:09d}' for i in range(6)]
+  scores = str(tmp_path / 'scores.parquet')
+  pq.write_table(pa.table({
+      'uid': [f'{i:032x}' for i in range(6)], 'key': keys, 'shard': [meta] * 6,
+      'caption': ['a red square'] * 6, 'score': np.arange(6, dtype=np.float64),
+      'times_selected': np.array([0, 0, 0, 1, 1, 1])}), scores)
+  report = {'config': {'pool': {'format': 'datacomp'}}}
+  _, shown, _ = report_stage.html_parts(report, scores, per_group=2)
+  assert shown and all(info.get('note') == 'no image in this pool format'
+                       for info in shown.values())
+  with tarfile.open(str(tmp_path / '00000000.tar'), 'w') as tar:
+    for key in keys:
+      _add(tar, f'{key}.jpg', _jpeg())
+  _, shown, _ = report_stage.html_parts(report, scores, per_group=2)
+  assert all('thumb' in info for info in shown.values())

@@ -19,6 +19,7 @@ from tads_jax import html_report
 from tads_jax import pipeline
 from tads_jax import plots
 from tads_jax import report as report_lib
+from tads_jax.data import datacomp
 from tads_jax.data import subset as subset_lib
 from tads_jax.data import webdataset
 from tads_jax.stages import evaluate
@@ -106,6 +107,11 @@ def html_parts(report: dict, scores_path: str, gt_path: str | None = None, seed:
                               shard_codes=shard_codes, weights=weights, per_group=per_group,
                               seed=seed)
   shown = _take_rows(scores_path, the_plan['rows'], ['uid', 'key', 'shard', 'caption'])
+  if (report.get('config') or {}).get('pool', {}).get('format') == 'datacomp':
+    for info in shown.values():  # a metadata file's images are in the tar beside it
+      tar = datacomp.tar_path(info['shard']) if info.get('shard') else None
+      if tar and os.path.isfile(tar):
+        info['shard'] = tar
   thumbnails(shown)
   plots_png = {}
   for name, path in (report.get('plots') or {}).items():
