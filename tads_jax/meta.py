@@ -47,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from tads_jax import pipeline
 from tads_jax import sharding
 from tads_jax import train
 from tads_jax import value as value_lib
@@ -734,6 +735,8 @@ def learn(cfg: MetaConfig, value_module_and_params, pool: Mapping, tasks: Sequen
           history[key] += [np.asarray(m[key]).tolist() for m in metrics]
         pending.clear()
 
+      # A bar on a terminal; off one, the log lines below (they carry the losses too).
+      progress = pipeline.Progress('meta', end, unit='steps', lines=False, initial=start)
       for step in range(start + 1, end + 1):
         idx = next(pool_rows)  # [B]
         pool_batch = {field: np.asarray(pool[field][idx], None if field in EMBEDDINGS
@@ -748,8 +751,10 @@ def learn(cfg: MetaConfig, value_module_and_params, pool: Mapping, tasks: Sequen
         state, metrics = program.step(state, jax.device_put(pool_batch, batch_sh),
                                       feedback)
         pending.append((step, metrics))
+        progress.update(1)
         if step % cfg.log_every == 0 or step == end:
           flush()
+          progress.postfix(outer=f'{history["outer_loss"][-1]:.4f}')
           rate = (step - tick_step) / (time.perf_counter() - tick)
           losses = ' '.join(f'{name}={loss:.4f}' for name, loss in
                             zip(names, history['task_losses'][-1]))
@@ -762,6 +767,7 @@ def learn(cfg: MetaConfig, value_module_and_params, pool: Mapping, tasks: Sequen
           flush()
           train.save_checkpoint(manager, step, state, fingerprint, history)
       flush()
+      progress.close()
     finally:
       if manager is not None:
         manager.wait_until_finished()

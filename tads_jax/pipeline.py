@@ -224,16 +224,19 @@ class Progress:
   log line (items/s, ETA) at most every `every` seconds, and one when the loop is done."""
 
   def __init__(self, name: str, total: int, unit: str = 'samples', every: float = 5.0,
-               stream=None):
+               stream=None, lines: bool = True, initial: int = 0):
+    """lines=False: no log lines off a terminal (the caller logs its own, with metrics);
+    initial: items already done (a resumed loop)."""
     self.name, self.total, self.unit, self.every = name, total, unit, every
-    self.done = 0
+    self.lines = lines
     self.start = self.last = time.time()
     stream = sys.stderr if stream is None else stream
     self.bar = None
     if _is_terminal(stream):
       self.bar = tqdm.tqdm(total=total, desc=name, unit=f' {unit}', file=stream,
                            dynamic_ncols=True, smoothing=0.1, mininterval=0.5,
-                           unit_scale=True)
+                           unit_scale=True, initial=initial)
+    self.done = initial
 
   def update(self, n: int) -> None:
     self.done += n
@@ -243,12 +246,19 @@ class Progress:
       if self.done >= self.total:
         self.close()
       return
+    if not self.lines:
+      return
     if now - self.last >= self.every or self.done >= self.total:
       self.last = now
       rate = self.done / max(now - self.start, 1e-9)
       eta = (self.total - self.done) / rate if rate > 0 else float('inf')
       logging.info('%s: %d/%d %s, %.0f %s/s, ETA %.0f s', self.name, self.done, self.total,
                    self.unit, rate, self.unit, eta)
+
+  def postfix(self, **values) -> None:
+    """Metrics shown beside the bar (loss, ...); nothing off a terminal."""
+    if self.bar is not None:
+      self.bar.set_postfix(values, refresh=False)
 
   def close(self) -> None:
     """Ends the bar (when there is one); a loop that stops early should call it."""

@@ -38,6 +38,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from tads_jax import pipeline
 from tads_jax import sharding
 from tads_jax.data import subset as subset_lib
 from tads_jax.models import clip, preprocess
@@ -616,6 +617,8 @@ def train(cfg: TrainConfig, data, workdir: str | None = None, mesh=None, weights
         pending.clear()
 
       batches = batch_rows(rows, cfg.batch_size, cfg.seed, start)
+      # A bar on a terminal; off one, the log lines below (they carry the loss too).
+      progress = pipeline.Progress('train', end, unit='steps', lines=False, initial=start)
       for step in range(start + 1, end + 1):
         idx = next(batches)  # [B]
         batch_w = np.ones(len(idx), np.float32) if weights is None else weights[idx]
@@ -624,8 +627,10 @@ def train(cfg: TrainConfig, data, workdir: str | None = None, mesh=None, weights
             jax.device_put(np.asarray(texts[idx]), batch_sh),
             jax.device_put(batch_w, batch_sh))
         pending.append((step, metrics))
+        progress.update(1)
         if step % cfg.log_every == 0 or step == end:
           flush()
+          progress.postfix(loss=f"{history['loss'][-1]:.4f}")
           rate = (step - tick_step) * cfg.batch_size / (time.perf_counter() - tick)
           logging.info('train step %d/%d loss %.4f logit_scale %.3f %.0f samples/s '
                        'ETA %.0fs', step, total, history['loss'][-1],
@@ -637,6 +642,7 @@ def train(cfg: TrainConfig, data, workdir: str | None = None, mesh=None, weights
           flush()
           save_checkpoint(manager, step, state, fingerprint, history)
       flush()
+      progress.close()
     finally:
       if manager is not None:
         manager.wait_until_finished()

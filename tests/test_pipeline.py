@@ -117,3 +117,24 @@ def test_progress_logs_lines_when_not_a_terminal(caplog):
   lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith('features:')]
   assert len(lines) == 1
   assert lines[0].startswith('features: 50/50 samples, ') and 'samples/s, ETA 0 s' in lines[0]
+
+
+def test_training_progress_resumes_shows_metrics_and_leaves_lines_to_the_caller(caplog):
+  """Train and meta loops: a bar that starts where a resumed run is and shows the loss on
+  a terminal; off one, nothing (their own log lines carry the loss)."""
+  stream = _Terminal()
+  progress = pipeline.Progress('train', 10, unit='steps', stream=stream, lines=False,
+                               initial=4)
+  for _ in range(3):
+    progress.update(1)
+  progress.postfix(loss='1.2345')
+  progress.update(3)
+  last = stream.text.split('\r')[-1]
+  assert 'train: 100%' in last and '10.0/10.0' in last and 'loss=1.2345' in last
+  quiet = _Terminal(tty=False)
+  with caplog.at_level('INFO'):
+    progress = pipeline.Progress('meta', 5, unit='steps', stream=quiet, lines=False)
+    for _ in range(5):
+      progress.update(1)
+    progress.postfix(outer='0.5')
+  assert quiet.text == '' and not [r for r in caplog.records if 'meta:' in r.getMessage()]
