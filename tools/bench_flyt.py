@@ -29,17 +29,9 @@ from tads_jax import meta  # noqa: E402  pylint: disable=wrong-import-position
 from tads_jax import value  # noqa: E402  pylint: disable=wrong-import-position
 from tads_jax.selectors import flyt  # noqa: E402  pylint: disable=wrong-import-position
 from tools import bench_meta  # noqa: E402  pylint: disable=wrong-import-position
+from tools import machine  # noqa: E402  pylint: disable=wrong-import-position
 
 D = bench_meta.D
-
-
-def _cpu() -> str:
-  try:
-    out = subprocess.run(['lscpu'], capture_output=True, text=True, check=True).stdout
-  except (OSError, subprocess.CalledProcessError):
-    return 'unknown CPU'
-  fields = dict(line.split(':', 1) for line in out.splitlines() if ':' in line)
-  return f'{fields.get("Model name", "unknown CPU").strip()}, {os.cpu_count()} CPUs'
 
 
 def methods():
@@ -109,7 +101,7 @@ def main():
     n_params = sum(np.size(x) for x in jax.tree_util.tree_leaves(params))
     rows[name] = (cfg.unroll, n_params, ms, temp, arguments)
   load = '/'.join(f'{v:.1f}' for v in os.getloadavg())
-  print(f'CPU: {_cpu()}; load average {load}; jax {jax.__version__}, backend '
+  print(f'CPU: {machine.cpu_model()}; load average {load}; jax {jax.__version__}, backend '
         f'{jax.default_backend()}\n')
   print('| selector | K | scorer params | ms per meta step | x TADS | temp MB | x TADS | '
         'arguments MB |')

@@ -25,21 +25,14 @@ import time
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tools import machine  # noqa: E402  pylint: disable=wrong-import-position
+
 SELECTORS = ('clip_powered', 'clipcov')
 
 
 def _command() -> str:
   return 'python ' + ' '.join(shlex.quote(a) for a in sys.argv)
-
-
-def _cpu() -> str:
-  try:
-    out = subprocess.run(['lscpu'], capture_output=True, text=True, check=True).stdout
-  except (OSError, subprocess.CalledProcessError):
-    return 'unknown CPU'
-  fields = dict(line.split(':', 1) for line in out.splitlines() if ':' in line)
-  model = fields.get('Model name', 'unknown CPU').strip()
-  return f'{model}, {os.cpu_count()} CPUs'
 
 
 def _load() -> str:
@@ -126,7 +119,7 @@ def main() -> None:
   if args.worker:
     _worker(args)
     return
-  command, cpu = _command(), _cpu()
+  command, cpu = _command(), machine.cpu_model()
   print('| selector | pool | time (s) | peak RSS (MiB) | RSS before fit (MiB) | kept | '
         'machine (load 1/5/15 min at start) | command |')
   print('|---|---|---|---|---|---|---|---|')

@@ -15,9 +15,7 @@ Prints the Markdown tables that go into BENCHMARKS.md, with the command.
 
 import json
 import os
-import platform
 import shlex
-import subprocess
 import sys
 
 from absl import app
@@ -28,6 +26,7 @@ from tads_jax import config as config_lib  # noqa: E402  pylint: disable=wrong-i
 from tads_jax import main as main_lib  # noqa: E402  pylint: disable=wrong-import-position
 from tads_jax import pipeline  # noqa: E402  pylint: disable=wrong-import-position
 from tads_jax import report as report_lib  # noqa: E402  pylint: disable=wrong-import-position
+from tools import machine  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def compare(config, workdir: str, names, seeds: int | None = None) -> dict:
@@ -71,17 +70,6 @@ def markdown(report: dict) -> str:
   return '\n'.join(lines)
 
 
-def cpu_model() -> str:
-  try:
-    out = subprocess.run(['lscpu'], capture_output=True, text=True, check=False).stdout
-    for line in out.splitlines():
-      if line.startswith('Model name'):
-        return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or 'unknown CPU'
-
-
 def _define_flags():
   """--config and --workdir are tads_jax.main's (the config the workdir ran with)."""
   flags.DEFINE_list('selectors', None, "Selectors to compare ('full' = the whole pool).")
@@ -99,7 +87,7 @@ def main(argv):
     sys.exit(f'error: {e}')
   print(markdown(report))
   print(f'\ncommand: python {" ".join(shlex.quote(a) for a in sys.argv)}')
-  print(f'CPU: {cpu_model()}')
+  print(f'CPU: {machine.cpu_model()}')
 
 
 if __name__ == '__main__':

@@ -183,6 +183,16 @@ def number(config, selector: str, field: str, low=None, high=None, integer=False
   return value
 
 
+def fitted_counts(name: str, state: Mapping, inputs: Inputs) -> np.ndarray:  # -> [N]
+  """The keep counts a filter's fit chose (state['counts']), checked against the pool it
+  now scores: a selector whose fit already decides the subset scores with this."""
+  counts = np.asarray(state['counts'], np.int64)
+  if counts.shape != (inputs.num_rows,):
+    raise ValueError(f'selector {name}: the fitted subset has {counts.shape[0]} rows, the '
+                     f'pool {inputs.num_rows}; refit on this pool')
+  return counts
+
+
 def run_selector(selector: Selector, config, state: Mapping, inputs: Inputs) -> np.ndarray:
   """selector.score, checked: [N] float64 scores or int64 counts for the N rows."""
   out = np.asarray(selector.score(config, state, inputs))

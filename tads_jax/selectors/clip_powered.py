@@ -25,11 +25,15 @@ top k of that sum. The gradient of each d_i carries 1/N, so the number of steps 
 tolerance grows linearly with N (~5,000 at N = 100,000 with the paper's constants); the
 max_steps guard bounds it, and the k largest m are kept either way.
 
-In the pool setting (the `clip_powered` selector) text_i is the pool caption and the SDS
-groups are the features stage's k-means clusters (`cluster`; the paper's groups are classes).
-`select_labelled` is the paper's own setting: a labelled classification set whose caption is
-the class prompt of each sample's (possibly noisy) label, with classes as the SDS groups and
-the adapters trained on the set itself.
+In the pool setting (the `clip_powered` selector, clip_powered.groups='cluster') text_i is
+the pool caption and the SDS groups are the features stage's k-means clusters (`cluster`;
+the paper's groups are classes). The paper's own setting runs through the same selector:
+a labelled classification set written as a pool by tools/labelled_to_pool.py has the class
+prompt of each sample's (possibly noisy) label as its caption, so text_i is that prompt as
+the paper has it, and with clip_powered.groups='label' the classes (ingest's `label`
+column) are the SDS groups; the adapters train on the tasks' train splits (a clean split of
+the same classes). `select_labelled` is that setting on embeddings alone, with the adapters
+trained on the set itself.
 
 Differences from the paper, and why:
   - The authors' public code (github.com/Jackbrocp/clip-powered-data-selection) and the
@@ -67,7 +71,9 @@ from tads_jax.scoring import kmeans
 from tads_jax.scoring import relevance
 
 NAME = 'clip_powered'
-GROUP_COLUMN = 'cluster'
+# clip_powered.groups -> the features column of SDS groups: k-means clusters of a pretraining
+# pool (the features stage), or the class labels of a labelled pool (the ingest stage).
+GROUP_COLUMNS = {'cluster': 'cluster', 'label': 'label'}
 _EPS = 1e-12
 # The zero-shot classifier of a task ([C, T, E] -> [C, E]), compiled once per shape.
 _class_prototypes = jax.jit(relevance.class_prototypes)
@@ -90,6 +96,7 @@ class Params:
   tol: float = 1e-3             # paper: stop when |count - k| / N < tol
   max_steps: int = 1_000_000    # ours: guard on the mask optimization
   chunk: int = 1024             # ours: rows per kNN block (memory ~ chunk x (chunk + K))
+  groups: str = 'cluster'       # SDS groups: 'cluster' (a pretraining pool) | 'label' (paper)
 
 
 # field -> (low, high, integer, low_open)
@@ -119,7 +126,18 @@ def params_from_config(config) -> Params:
   for field, (low, high, integer, low_open) in _BOUNDS.items():
     values[field] = selectors.number(config, NAME, field, low=low, high=high, integer=integer,
                                      low_open=low_open)
-  return Params(**values)
+  groups = selectors.option(config, NAME, 'groups')
+  if groups not in GROUP_COLUMNS:
+    raise ValueError(f'config.{NAME}.groups: one of {", ".join(map(repr, GROUP_COLUMNS))}, '
+                     f'got {groups!r}')
+  return Params(**values, groups=groups)
+
+
+def needs(config) -> tuple:
+  """Class groups come with the pool (ingest); clusters from the features stage."""
+  if selectors.block(config, NAME).get('groups') == 'label':
+    return ('embeddings', 'tasks')
+  return ('features', 'embeddings', 'tasks')
 
 
 def check_config(config) -> None:
@@ -448,10 +466,29 @@ def select_labelled(image_emb, class_text_emb, labels, fraction: float,
 # The selector.
 
 
+def pool_groups(inputs: selectors.Inputs, groups: str) -> np.ndarray:  # -> [N]
+  """The SDS group of every pool row; ValueError says why a pool has no class labels."""
+  column = GROUP_COLUMNS[groups]
+  if groups != 'label':
+    return inputs.column(column, NAME)
+  if column not in inputs.features.column_names:
+    raise ValueError(f"config.{NAME}.groups='label': ingest/samples.parquet has no 'label' "
+                     'column (ingested before ingest kept labels); delete the workdir\'s '
+                     'ingest folder to ingest the pool again')
+  labels = inputs.features.column(column).to_numpy(zero_copy_only=False)
+  unlabelled = int((labels < 0).sum())
+  if unlabelled:
+    raise ValueError(f"config.{NAME}.groups='label': {unlabelled} of {labels.size} pool "
+                     "samples have no class label (their json has no integer 'label'; "
+                     'tools/labelled_to_pool.py writes a labelled classification set as a '
+                     "pool); use groups='cluster' for a pool without labels")
+  return labels
+
+
 def fit(config, inputs: selectors.Inputs) -> dict:
   params = params_from_config(config)
   image_emb, text_emb = inputs.embeddings(NAME)
-  groups = inputs.column(GROUP_COLUMN, NAME)
+  groups = pool_groups(inputs, params.groups)
   kinds, arrays = task_arrays(inputs.task_list(NAME))
   adapters, losses = train_adapters(kinds, arrays, params, config.seed)
   k = budget(config.selection.fraction, inputs.num_rows)
@@ -464,24 +501,21 @@ def fit(config, inputs: selectors.Inputs) -> dict:
       'adapter_loss_last': float(losses[-window:].mean()) if losses.size else float('nan'),
       'sas': out['sas'], 'sds': out['sds'], 'd': out['d'], 'counts': out['counts'],
       'k': k, 'steps': out['steps'], 'count_term': out['count_term'],
-      'converged': out['converged'],
+      'converged': out['converged'], 'groups': params.groups,
   }
 
 
 def score(config, state, inputs: selectors.Inputs) -> np.ndarray:  # -> [N] int64
   del config
-  counts = np.asarray(state['counts'], np.int64)
-  if counts.shape != (inputs.num_rows,):
-    raise ValueError(f'selector {NAME}: the fitted mask has {counts.shape[0]} rows, the pool '
-                     f'{inputs.num_rows}; refit on this pool')
-  return counts
+  return selectors.fitted_counts(NAME, state, inputs)
 
 
 def summary(state) -> dict:
   kept = np.asarray(state['counts']) > 0
   sas, sds = np.asarray(state['sas']), np.asarray(state['sds'])
   return {
-      'kept': int(kept.sum()), 'k': int(state['k']), 'mask_steps': int(state['steps']),
+      'kept': int(kept.sum()), 'k': int(state['k']), 'groups': str(state['groups']),
+      'mask_steps': int(state['steps']),
       'count_term': float(state['count_term']), 'converged': bool(state['converged']),
       'adapter_loss_first': float(state['adapter_loss_first']),
       'adapter_loss_last': float(state['adapter_loss_last']),
@@ -493,8 +527,9 @@ def summary(state) -> dict:
 
 
 selectors.register(selectors.Selector(
-    name=NAME, fit=fit, score=score, needs=('features', 'embeddings', 'tasks'),
+    name=NAME, fit=fit, score=score, needs=needs,
     output='counts', check_config=check_config, summary=summary,
     config_fields=('seed', 'selection'),
-    doc='task-adapted CLIP alignment (SAS) and in-cluster kNN diversity (SDS) traded off by '
-        'a relaxed mask optimized to exactly the budget (Yang et al., ICLR 2025)'))
+    doc='task-adapted CLIP alignment (SAS) and in-cluster (or in-class) kNN diversity (SDS) '
+        'traded off by a relaxed mask optimized to exactly the budget (Yang et al., ICLR '
+        '2025)'))

@@ -323,11 +323,7 @@ def fit(config, inputs: selectors.Inputs) -> dict:
 
 def score(config, state, inputs: selectors.Inputs) -> np.ndarray:  # -> [N] int64
   del config
-  counts = np.asarray(state['counts'], np.int64)
-  if counts.shape != (inputs.num_rows,):
-    raise ValueError(f'selector {NAME}: the fitted subset has {counts.shape[0]} rows, the '
-                     f'pool {inputs.num_rows}; refit on this pool')
-  return counts
+  return selectors.fitted_counts(NAME, state, inputs)
 
 
 def summary(state) -> dict:
