@@ -145,7 +145,9 @@ def get_config():
       momentum=0.9,           # paper: SGD momentum
       tol=1e-3,               # paper: stop once the count term is below this
       max_steps=1_000_000,    # ours: guard; steps grow ~0.055 N with the paper's constants
-      chunk=1024))            # ours: kNN block rows (memory ~ chunk x (chunk + K) floats)
+      chunk=1024,             # ours: kNN block rows (memory ~ chunk x (chunk + K) floats)
+      groups='cluster'))      # SDS groups: 'cluster' (a pretraining pool) | 'label' (the
+                              # paper's labelled set, tools/labelled_to_pool.py)
   # ClipCov (Joshi et al., AISTATS 2024; selectors/clipcov.py).
   c.clipcov = ml_collections.ConfigDict(dict(
       easiness=2.0,      # authors' notebook: 2 x the pair's own cosine
