@@ -10,6 +10,11 @@ image in its tar is skipped ('no_image'; DataComp's download misses part of ever
 rows follow tar order, and sha256 is that of the image bytes the tar holds; captions, the
 original sizes and the embeddings stay the metadata's. Without tars every usable metadata
 row is a sample and sha256 is the metadata's column.
+
+A webdataset pool made from a labelled classification set (tools/labelled_to_pool.py) carries
+each sample's class index in its json (`"label": 3`); it becomes the `label` column, -1 for a
+sample without one (a json without an integer `label` >= 0, every DataComp row), so a pool
+without labels reads as before with one more column of -1.
 """
 
 import collections
@@ -33,7 +38,9 @@ SCHEMA = pa.schema([
     ('uid', pa.string()), ('key', pa.string()), ('shard', pa.string()),
     ('caption', pa.string()), ('width', pa.int32()), ('height', pa.int32()),
     ('image_format', pa.string()), ('sha256', pa.string()), ('uid_source', pa.string()),
+    ('label', pa.int32()),
 ])
+NO_LABEL = -1
 
 
 def world_dir(ctx) -> str:
@@ -99,6 +106,24 @@ def item_name(path: str) -> str:
   return f'{os.path.basename(path)}-{digest}'
 
 
+def sample_label(meta: dict) -> int:
+  """The class index a pool sample's json carries, NO_LABEL without one (a bool, a float or
+  a string is not a class index)."""
+  label = meta.get('label')
+  if isinstance(label, int) and not isinstance(label, bool) and 0 <= label < 2 ** 31:
+    return label
+  return NO_LABEL
+
+
+def _with_label(table: pa.Table) -> pa.Table:
+  """A shard's rows written before ingest kept labels (a resumed run's finished items)
+  get the column of NO_LABEL."""
+  if 'label' in table.column_names:
+    return table
+  return table.append_column(pa.field('label', pa.int32()),
+                             pa.array([NO_LABEL] * table.num_rows, pa.int32()))
+
+
 def _rows_from_shard(path: str, skips: collections.Counter) -> dict:
   rows = {name: [] for name in SCHEMA.names}
   for s in webdataset.iter_shard(path, skips, decode=True):
@@ -111,6 +136,7 @@ def _rows_from_shard(path: str, skips: collections.Counter) -> dict:
     rows['image_format'].append(s.image_ext)
     rows['sha256'].append(hashlib.sha256(s.image_bytes).hexdigest())
     rows['uid_source'].append(s.meta.get('uid_source', 'json'))
+    rows['label'].append(sample_label(s.meta))
   return rows
 
 
@@ -150,6 +176,7 @@ def _rows_from_metadata(path: str, model: str, skips: collections.Counter,
     rows['image_format'].append(image_format)
     rows['sha256'].append(sha256)
     rows['uid_source'].append('json')
+    rows['label'].append(NO_LABEL)
 
   dim = int(shard.image_emb.shape[1])
   if tar is None:
@@ -237,7 +264,8 @@ def run(ctx) -> dict:
   skips = collections.Counter()
   for r in records:
     skips.update(r['skips'])
-  tables = [pq.read_table(os.path.join(items, item_name(p) + '.parquet')) for p in sources]
+  tables = [_with_label(pq.read_table(os.path.join(items, item_name(p) + '.parquet')))
+            for p in sources]
   table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
   uids = np.asarray(table.column('uid').to_pylist(), dtype=object)
   _, first = np.unique(uids, return_index=True)
@@ -264,6 +292,9 @@ def run(ctx) -> dict:
   if config.pool.format == 'datacomp':
     summary['embedding_dim'] = records[0].get('embedding_dim') if records else None
     summary['images'] = bool(records) and records[0].get('tar') is not None
+  labelled = int((table.column('label').to_numpy() >= 0).sum())
+  if labelled:  # a labelled classification set (tools/labelled_to_pool.py)
+    summary['labelled'] = labelled
   if world is not None:
     summary['world'] = world
     summary['ground_truth'] = os.path.join(world, 'ground_truth.parquet')
