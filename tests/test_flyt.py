@@ -262,6 +262,7 @@ def test_scorer_meta_gradient_matches_finite_differences(which, monkeypatch):
 # Learning on toys whose answer is known, through the selector interface.
 
 
+@pytest.mark.slow  # 10-15 s of meta-learning: make test-all runs it
 def test_flyt_scores_swapped_captions_lower_and_round_trips(tmp_path):
   inputs, swapped = _toy()
   config = _config()
@@ -285,6 +286,7 @@ def test_flyt_scores_swapped_captions_lower_and_round_trips(tmp_path):
   assert counts[swapped].sum() < counts[~swapped].sum() / 2
 
 
+@pytest.mark.slow  # 10-15 s of meta-learning: make test-all runs it
 def test_mflyt_weights_the_informative_score_most(noise_selector):
   del noise_selector
   inputs, swapped = _toy(seed=1, noise=0.2)
@@ -330,6 +332,7 @@ def test_cosine_init_scores_near_the_clip_cosine():
   assert _auroc(swapped, -scores) > 0.95
 
 
+@pytest.mark.slow  # 10-15 s of meta-learning: make test-all runs it
 def test_flyt_resume_equals_uninterrupted(tmp_path):
   """Stopped after step 150 (checkpoint at 100) and rerun: the same scorer and history,
   the random templates drawn as an uninterrupted run draws them. (The toy and settings of

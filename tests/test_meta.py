@@ -442,7 +442,3 @@ def test_a_pool_smaller_than_a_batch_shrinks_the_batch_and_says_so(caplog):
   assert meta.fit_batch_to_pool(cfg, 300, mesh, 'x') is cfg
   with pytest.raises(ValueError, match=r'config.tads.meta.batch_size: the pool has 0 rows'):
     meta.fit_batch_to_pool(cfg, 0, mesh, 'config.tads.meta')
-  pool, tasks = _random_problem(n=24)
-  params, history = meta.learn(meta.fit_batch_to_pool(cfg, 24, mesh, 'x'), _value_function(),
-                               pool, tasks)
-  assert len(history['step']) == cfg.steps
