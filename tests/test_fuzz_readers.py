@@ -9,7 +9,6 @@ the default suite; `-m slow` runs many more examples.
 
 import collections
 import io
-import json
 import os
 import tarfile
 import tempfile

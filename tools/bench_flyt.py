@@ -17,7 +17,6 @@ import argparse
 import dataclasses
 import os
 import shlex
-import subprocess
 import sys
 import time
 

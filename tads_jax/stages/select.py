@@ -10,7 +10,6 @@ it declares it needs (stages/learn.selector_inputs).
 import logging
 import os
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
