@@ -35,6 +35,7 @@ def run(config, workdir: str) -> dict:
   config_lib.validate(config, stages_lib.STAGE_NAMES, selectors.SELECTORS)
   workdir = os.path.abspath(workdir)
   with workdir_lock.hold(workdir):
+    pipeline.remove_temporaries(workdir)  # a killed run's half-written files
     ctx = pipeline.Context(config=config, workdir=workdir)
     return pipeline.run_stages(stages_lib.STAGES, pipeline.stage_names(config), ctx)
 

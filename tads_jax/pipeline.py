@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import time
@@ -132,6 +133,51 @@ def read_done(stage_dir: str):
       return json.load(f)
   except (FileNotFoundError, json.JSONDecodeError):
     return None
+
+
+# What atomic writes leave behind when their process is killed before the rename: a file
+# `<name>.tmp-<pid>` (`.npy` / `.png` after it where a library adds its extension), and
+# bpe.atomic_folder's folders `.<name>.tmp-<random>` / `.<name>.old-<random>`.
+_TEMPORARY_FILE = re.compile(r'.+\.tmp-(\d+)(\.npy|\.png)?')
+_TEMPORARY_FOLDER = re.compile(r'\..+\.(tmp|old)-\w+')
+
+
+def _may_be_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except (PermissionError, OverflowError):  # another user's process; not a pid at all
+    return True
+  return True
+
+
+def remove_temporaries(workdir: str) -> list:
+  """Removes what killed writers left half-written in `workdir`; returns the paths.
+
+  They never got renamed into place, and no rerun writes under the same name (a file's
+  name holds its dead writer's pid), so without this they stay for good. Call it only
+  while holding the workdir's lock, so that no stage is writing there; a temporary file of
+  a live process (a tool writing the evaluate cache without the lock) is kept. orbax's
+  checkpoint folders are left to orbax (a killed save's step is written again).
+  """
+  removed = []
+  for dirpath, dirnames, filenames in os.walk(workdir):
+    for name in sorted(dirnames):
+      if _TEMPORARY_FOLDER.fullmatch(name):
+        shutil.rmtree(os.path.join(dirpath, name))
+        removed.append(os.path.join(dirpath, name))
+    dirnames[:] = [d for d in dirnames
+                   if d != 'checkpoints' and not _TEMPORARY_FOLDER.fullmatch(d)]
+    for name in filenames:
+      match = _TEMPORARY_FILE.fullmatch(name)
+      if match and not _may_be_alive(int(match.group(1))):
+        os.remove(os.path.join(dirpath, name))
+        removed.append(os.path.join(dirpath, name))
+  if removed:
+    logging.info('removed %d file(s) that a killed run left half-written, e.g. %s',
+                 len(removed), removed[0])
+  return removed
 
 
 def write_json_atomic(path: str, obj) -> None:

@@ -138,3 +138,29 @@ def test_training_progress_resumes_shows_metrics_and_leaves_lines_to_the_caller(
       progress.update(1)
     progress.postfix(outer='0.5')
   assert quiet.text == '' and not [r for r in caplog.records if 'meta:' in r.getMessage()]
+
+
+def test_remove_temporaries_takes_what_killed_writers_left(tmp_path):
+  """A write killed before its rename leaves `<name>.tmp-<pid>` (or atomic_folder's
+  `.<name>.tmp-*` / `.<name>.old-*` folder) that no rerun would overwrite."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'],
+                        capture_output=True, text=True, check=True).stdout.strip()
+  left = ['ingest/samples.parquet.tmp-' + dead, f'subset.npy.tmp-{dead}.npy',
+          f'plots/a.png.tmp-{dead}.png', 'encoder/.clip.tmp-k2j_x9/model.safetensors',
+          'encoder/.tokenizer.old-a1b2c3/folder/vocab.json']
+  kept = ['ingest/samples.parquet', 'subset.npy', 'report.json', f'eval.json.tmp-{os.getpid()}',
+          'learn/checkpoints/8.orbax-checkpoint-tmp/meta', 'encoder/clip/config.json',
+          'notes.tmp-draft']
+  for rel in left + kept:
+    os.makedirs(os.path.dirname(tmp_path / rel), exist_ok=True)
+    (tmp_path / rel).write_text('x')
+  removed = pipeline.remove_temporaries(str(tmp_path))
+  assert sorted(os.path.relpath(p, tmp_path) for p in removed) == sorted(
+      ['ingest/samples.parquet.tmp-' + dead, f'subset.npy.tmp-{dead}.npy',
+       f'plots/a.png.tmp-{dead}.png', 'encoder/.clip.tmp-k2j_x9',
+       'encoder/.tokenizer.old-a1b2c3'])
+  for rel in kept:
+    assert (tmp_path / rel).exists(), rel
+  assert not os.path.exists(tmp_path / 'encoder' / '.clip.tmp-k2j_x9')
