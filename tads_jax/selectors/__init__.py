@@ -154,6 +154,14 @@ def get(name: str) -> Selector:
   return SELECTORS[name]
 
 
+def config_keys(config, base: tuple) -> tuple:
+  """`base` plus the config fields of config.selector.name (its block and declared fields):
+  what a stage that runs the configured selector fingerprints."""
+  name = config.selector.name
+  extra = SELECTORS[name].config_fields_for(config) if name in SELECTORS else ()
+  return tuple(dict.fromkeys(tuple(base) + extra))
+
+
 def block(config, name: str):
   """config.<name>, the selector's own settings (an empty dict when it has none)."""
   return config[name] if name in config else {}

@@ -88,9 +88,7 @@ def inputs(config) -> tuple:
 
 def config_keys(config) -> tuple:
   """The selector's own block (config.tads for tads) and the fields it declares."""
-  name = config.selector.name
-  extra = selectors.get(name).config_fields_for(config) if name in selectors.SELECTORS else ()
-  return tuple(dict.fromkeys(('seed', 'selector', 'mesh.rules') + extra))
+  return selectors.config_keys(config, ('seed', 'selector', 'mesh.rules'))
 
 
 STAGE = pipeline.Stage(name='learn', run=run, inputs=inputs, config_keys=config_keys,

@@ -71,9 +71,7 @@ def inputs(config) -> tuple:
 
 
 def config_keys(config) -> tuple:
-  name = config.selector.name
-  extra = selectors.get(name).config_fields_for(config) if name in selectors.SELECTORS else ()
-  return tuple(dict.fromkeys(('seed', 'selector', 'selection') + extra))
+  return selectors.config_keys(config, ('seed', 'selector', 'selection'))
 
 
 STAGE = pipeline.Stage(name='select', run=run, inputs=inputs, config_keys=config_keys,
