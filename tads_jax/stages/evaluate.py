@@ -167,6 +167,13 @@ def _cache_path(ctx, subset_sha: str, cfg: train.TrainConfig) -> str | None:
   return ctx.path(CACHE, hashlib.sha256(blob).hexdigest()[:24] + '.json')
 
 
+def _read_cache(path: str | None) -> dict | None:
+  if not path or not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
 def evaluate_subset(ctx, subset_path: str, checkpoints: str, seeds: int | None = None,
                     mesh=None) -> dict:
   """Trains one proxy per seed on `subset_path` and evaluates it; returns eval.json's dict.
@@ -182,28 +189,31 @@ def evaluate_subset(ctx, subset_path: str, checkpoints: str, seeds: int | None =
   if not os.path.exists(subset_path):
     raise ValueError(f'{subset_path}: no such subset file')
   cfgs = [train_config(config, config.seed + s) for s in range(seeds)]
-  subset = subset_lib.read_subset(subset_path)
-  uids, image_emb, text_emb, pool = embed_stage.pool_embeddings(ctx, subset)
-  tasks = embed_stage.task_embeddings(ctx, 'eval')
-  if not tasks:
-    raise ValueError('config.tasks: no tasks to evaluate on')
-  # [entries]: rows of the kept samples, each once per time the subset lists it.
-  rows = train.rows_from_subset(subset, uids)
-  missing = len(subset) - len(rows)  # uids ingest skipped or another pool's: counted
-  if missing:
-    logging.warning('%s: %d of its %d entries are not in the embedded pool; skipped',
-                    subset_path, missing, len(subset))
   sha = file_sha256(subset_path)
+  caches = [_cache_path(ctx, sha, cfg) for cfg in cfgs]
+  cached = [_read_cache(path) for path in caches]
+  stats = next((c['subset'] for c in cached if c and 'subset' in c), None)
+  if stats is None or any(c is None for c in cached):  # something to train: read the data
+    subset = subset_lib.read_subset(subset_path)
+    uids, image_emb, text_emb, pool = embed_stage.pool_embeddings(ctx, subset)
+    tasks = embed_stage.task_embeddings(ctx, 'eval')
+    if not tasks:
+      raise ValueError('config.tasks: no tasks to evaluate on')
+    # [entries]: rows of the kept samples, each once per time the subset lists it.
+    rows = train.rows_from_subset(subset, uids)
+    missing = len(subset) - len(rows)  # uids ingest skipped or another pool's: counted
+    if missing:
+      logging.warning('%s: %d of its %d entries are not in the embedded pool; skipped',
+                      subset_path, missing, len(subset))
+    stats = {'entries': int(len(rows)), 'unique': int(len(np.unique(rows))),
+             'entries_not_in_pool': int(missing), 'pool': pool}
   per_seed, final_loss = [], []
   for s, cfg in enumerate(cfgs):
-    cache = _cache_path(ctx, sha, cfg)
-    if cache and os.path.exists(cache):
-      with open(cache) as f:
-        cached = json.load(f)
+    if cached[s] is not None:
       logging.info('evaluate: seed %d of %d of this subset was evaluated before (%s)', s + 1,
-                   seeds, cache)
-      per_seed.append(cached['tasks'])
-      final_loss.append(cached['final_loss'])
+                   seeds, caches[s])
+      per_seed.append(cached[s]['tasks'])
+      final_loss.append(cached[s]['final_loss'])
       continue
     logging.info('evaluate: seed %d of %d, %d steps on %d subset entries', s + 1, seeds,
                  cfg.steps, len(rows))
@@ -213,17 +223,15 @@ def evaluate_subset(ctx, subset_path: str, checkpoints: str, seeds: int | None =
     encode_images, encode_texts = train.encoders(cfg, params)
     per_seed.append(evaluate_heads(encode_images, encode_texts, tasks))
     final_loss.append(history['loss'][-1])  # the history is restored with a checkpoint
-    if cache:
-      os.makedirs(os.path.dirname(cache), exist_ok=True)
-      pipeline.write_json_atomic(cache, {'tasks': per_seed[-1],
-                                         'final_loss': final_loss[-1]})
+    if caches[s]:
+      os.makedirs(os.path.dirname(caches[s]), exist_ok=True)
+      pipeline.write_json_atomic(caches[s], {'tasks': per_seed[-1], 'subset': stats,
+                                             'final_loss': final_loss[-1]})
   result = aggregate(per_seed)
   train_fields = cfgs[0].to_dict()
   train_fields.pop('seed')
   result.update(
-      subset={'path': os.path.abspath(subset_path), 'sha256': sha,
-              'entries': int(len(rows)), 'unique': int(len(np.unique(rows))),
-              'entries_not_in_pool': int(missing), 'pool': pool},
+      subset={'path': os.path.abspath(subset_path), 'sha256': sha, **stats},
       train=train_fields, seeds=[cfg.seed for cfg in cfgs], final_loss=final_loss)
   return result
 
