@@ -25,6 +25,8 @@ that made them, so relevance, meta-learning and the evaluation share the pool's 
 import os
 import sys
 
+import ml_collections
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import default  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -129,6 +131,27 @@ def get_config(data: str | None = None):
   c.evaluate.batch_size = 4096
   c.evaluate.warmup = 500
   c.evaluate.baselines = ('full', 'random', 'clip_score', 'basic_filter', 'laion2b')
+  # DataComp's own proxy at the small scale, for accelerator hosts (--config.evaluate.proxy=
+  # pixels; it needs the tars beside the metadata): mlfoundations/datacomp scale_configs.py
+  # 'small' = ViT-B-32 (open_clip's: GELU, patch stem; our 'vit_b32' with act='gelu'),
+  # 12.8M samples seen, global batch 4096, lr 5e-4, 500 warmup steps (3,125 steps in all),
+  # and open_clip's AdamW defaults it keeps (beta2 None): weight decay 0.2, beta2 0.98, eps
+  # 1e-6; 224 px, 77 tokens with the OpenAI tokenizer of encoder.checkpoint. Several
+  # accelerator-hours; on a CPU host this config only validates.
+  c.evaluate.pixels = ml_collections.ConfigDict(dict(
+      model='vit_b32',
+      model_overrides=ml_collections.ConfigDict(dict(vision_act='gelu', text_act='gelu')),
+      image_size=224,
+      context_length=77,
+      batch_size=4096,
+      samples_seen=12_800_000,
+      lr=5e-4,
+      warmup=500,
+      weight_decay=0.2,
+      b2=0.98,
+      eps=1e-6,
+      dtype='bfloat16',       # DataComp trains with mixed precision
+      checkpoint_every=500))
 
   # DataComp's resharder.py reads subset.npy directly; export.shards=True reshards here
   # instead, from the tars beside the metadata (validation fails without them).

@@ -82,7 +82,19 @@ def get_config():
       alpha=0.5,                 # cluster weight (|C|/N)**-alpha; 0 turns it off
       semdedup_eps=0.05,         # SemDeDup: duplicates at cosine >= 1 - eps
       relevance_top_m=1,         # mean of the top-m prototype cosines (1 = max)
-      retrieval_prototypes=32))  # k-means prototypes per side of a retrieval task
+      retrieval_prototypes=32,   # k-means prototypes per side of a retrieval task
+      # Settings of the operators, {operator: {setting: value}}: each operator's own
+      # parameters (scoring/quality.py), at their defaults here so that the command line can
+      # set them (--config.features.operator_settings.near_uniform.threshold=0.05).
+      # vocab_share runs only with a vocabulary: operator_settings.vocab_share.vocab, a list
+      # of lowercase words (e.g. quality.words_from_bpe_vocab of the reference tokenizer).
+      # The pool-wide signals (relevance, clusters, duplicates: features.SIGNALS) read the
+      # fields above.
+      operator_settings=ml_collections.ConfigDict(dict(
+          entropy=dict(bins=256),                # luminance histogram bins
+          near_uniform=dict(threshold=0.02),     # luminance std under it: a blank image
+          word_repetition=dict(n=2),             # word n-grams
+          char_repetition=dict(n=10)))))         # character n-grams (Data-Juicer's 10)
 
   # Downstream tasks: a list of {name, kind, classnames, templates, train, eval}, a path to
   # a JSON file with that list, or 'synthetic' for the synthetic world's own tasks.
@@ -233,10 +245,14 @@ def get_config():
   c.selection.hard_cap = ml_collections.ConfigDict(dict(
       batch_size=256, cap=15, temperature=1.0))   # cap 15: their examples.ipynb
 
-  # Proxy evaluation (DataComp rule: fixed samples seen whatever the subset size): two heads
-  # on the frozen reference embeddings, trained from scratch once per seed; eval.json holds
-  # mean and std over the seeds.
+  # Proxy evaluation (DataComp rule: fixed samples seen whatever the subset size), trained
+  # from scratch once per seed; eval.json holds mean and std over the seeds and the proxy.
+  #   'embedding': two heads on the frozen reference embeddings (the fields below): cheap,
+  #                but it inherits the reference's blind spots.
+  #   'pixels':    a small CLIP on the subset's images and captions (evaluate.pixels), as
+  #                DataComp trains: the faithful one, and the costlier.
   c.evaluate = ml_collections.ConfigDict()
+  c.evaluate.proxy = 'embedding'
   c.evaluate.samples_seen = 200_000
   c.evaluate.seeds = 3
   c.evaluate.batch_size = 256
@@ -246,6 +262,33 @@ def get_config():
   # Subsets evaluated beside the selected one, at the same budget (top-k at
   # selection.fraction): 'full' (every pool sample once) or any non-learning selector.
   c.evaluate.baselines = ('full', 'random', 'clip_score')
+  # The pixel proxy (evaluate.proxy='pixels'). The reference encoder's shape (the 'small'
+  # preset cut down, 32 px images, 24 tokens, its tokenizer) with a convolutional stem
+  # (Xiao et al. 2021 report faster, steadier optimization of ViTs with one), sized so
+  # that one seed on the default world's 36% subset takes about a minute on 2 idle CPU
+  # cores, well inside 3 minutes under other jobs' load (BENCHMARKS.md, "Pixel proxy
+  # speed"; 80,000 samples scored +0.011 for 1.7x the time). Its own budget: samples_seen
+  # here, not evaluate.samples_seen, since a pixel sample costs ~60x an embedding one.
+  c.evaluate.pixels = ml_collections.ConfigDict(dict(
+      model='small',
+      model_overrides=ml_collections.ConfigDict(dict(
+          vision_stem='conv', vision_stem_width=32, embed_dim=128, vision_width=128,
+          vision_layers=4, vision_heads=4, vision_mlp_dim=512, text_width=128,
+          text_layers=3, text_heads=4, text_mlp_dim=512)),
+      image_size=32,          # the pool is decoded once at this size (evaluate_cache/)
+      context_length=24,      # synthetic captions are short
+      batch_size=128,
+      samples_seen=40_000,    # ~11 epochs of the 36% subset
+      # CLIP from scratch sits at loss log(batch) until the towers align; at the reference
+      # encoder's 1e-3 / 50 warmup steps the conv-stem proxy fell back onto that plateau
+      # and never left it (chance metrics); 5e-4 / 100 left it by step ~100 (BENCHMARKS.md).
+      lr=5e-4,
+      warmup=100,
+      weight_decay=0.2,       # open_clip's
+      b2=0.98,                # CLIP's AdamW
+      eps=1e-6,
+      dtype='float32',        # 'bfloat16' on accelerators
+      checkpoint_every=100))  # steps; a killed seed resumes from here
 
   c.export = ml_collections.ConfigDict()
   c.export.shards = False       # also write the subset as resharded webdataset tars

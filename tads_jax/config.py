@@ -1,18 +1,65 @@
-"""Config validation: every bad value fails before any work, naming the field."""
+"""Config validation: every bad value fails before any work, naming the field.
 
+build / field_error turn a settings dataclass's own checks (MetaConfig, TrainConfig, ...)
+into errors naming the config field the value came from. At import this module reads only
+pipeline (which reads nothing of tads_jax), the rest inside functions, so that any module
+(meta, train, a stage) may use them without an import cycle.
+"""
+
+import dataclasses
 import os
+import re
 
 import ml_collections
 
 from tads_jax import pipeline
-from tads_jax import selection
 
 POOL_FORMATS = ('synthetic', 'webdataset', 'datacomp')
-SELECTION_METHODS = selection.METHODS  # ('topk', 'soft_cap', 'hard_cap')
 
 
 class ConfigError(ValueError):
   """A config value that cannot work; the message starts with the field's dotted name."""
+
+
+def field_error(error: Exception, where: str, *classes,
+                renames: dict | None = None) -> ConfigError:
+  """`error`, raised while building the settings dataclasses `classes` (or their names)
+  from the config block `where`, as a ConfigError naming the config field.
+
+  The dataclasses name a bad field `Class.field: ...`; that reads `where.field: ...`.
+  renames maps other names the code gives a setting to its config field, the first that
+  matches winning (value.prior_weights' 'group_weights' is 'config.tads.prior'). A
+  message that names no config field gets `where: ` in front.
+  """
+  names = dict(renames or {})
+  for cls in classes:
+    names[cls if isinstance(cls, str) else cls.__name__] = where
+  message = str(error)
+  if names:  # one pass, so that a replacement is never replaced again
+    pattern = '|'.join(re.escape(name) for name in names)
+    message = re.sub(rf'(?<![\w.])({pattern})(?=[.:])(?!\._)',
+                     lambda m: names[m.group(1)], message)
+  if not re.match(rf'{re.escape(where)}[.:\[]', message):
+    message = f'{where}: {message}'
+  return ConfigError(message)
+
+
+def build(cls, block, where: str, **fields):
+  """cls(**block, **fields): a settings dataclass from a config block (a ConfigDict or a
+  dict), checked by its own __post_init__; a bad value raises ConfigError naming the
+  config field, e.g. build(meta.MetaConfig, config.tads.meta, 'config.tads.meta',
+  seed=config.seed) fails with 'config.tads.meta.unroll: ...'."""
+  values = dict(block.to_dict() if hasattr(block, 'to_dict') else block)
+  values.update(fields)
+  known = [f.name for f in dataclasses.fields(cls)]
+  for name in values:
+    if name not in known:
+      raise ConfigError(f'{where}.{name}: unknown field; known fields: '
+                        f'{", ".join(sorted(known))}')
+  try:
+    return cls(**values)
+  except (TypeError, ValueError) as e:
+    raise field_error(e, where, cls) from None
 
 
 def _get(config, dotted):
@@ -117,13 +164,14 @@ def validate(config: ml_collections.ConfigDict, known_stages, known_selectors) -
     raise ConfigError(f'config.stages: selector {name!r} has nothing to learn; remove learn')
   if 'select' in stages or 'learn' in stages:
     check_selector(config, known_selectors[name], stages, 'config.selector.name')
+  from tads_jax import selection  # pylint: disable=g-import-not-at-top
   fraction = _expect_type(config, 'selection.fraction', (float, int), 'a number')
   if not 0 < fraction <= 1:
     raise ConfigError(f'config.selection.fraction: must be in (0, 1], got {fraction}')
   method = _expect_type(config, 'selection.method', (str,), 'a string')
-  if method not in SELECTION_METHODS:
+  if method not in selection.METHODS:
     raise ConfigError(f'config.selection.method: unknown method {method!r}; one of '
-                      f'{", ".join(SELECTION_METHODS)}')
+                      f'{", ".join(selection.METHODS)}')
   try:
     selection.dedup_mode(config)
   except ValueError as e:
@@ -161,6 +209,12 @@ def _check_evaluate(config, stages):
     raise ConfigError('config.evaluate.seeds: must be >= 1')
   _expect_type(config, 'evaluate.lr', (float, int), 'a number')
   try:
+    proxy = evaluate.proxy_kind(config)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  if proxy == 'pixels':
+    _check_pixel_proxy(config)
+  try:
     evaluate.train_config(config, config.seed)
   except ValueError as e:
     raise ConfigError(str(e)) from None
@@ -173,6 +227,20 @@ def _check_evaluate(config, stages):
   for name in names:
     if name != evaluate.FULL:
       check_selector(config, selectors.get(name), stages, 'config.evaluate.baselines')
+
+
+def _check_pixel_proxy(config):
+  """The pixel proxy trains on the pool's images: a DataComp pool needs its tars."""
+  from tads_jax.stages import ingest  # pylint: disable=g-import-not-at-top
+  for field in ('image_size', 'context_length', 'batch_size', 'samples_seen', 'warmup',
+                'checkpoint_every'):
+    _expect_type(config, f'evaluate.pixels.{field}', (int,), 'an integer')
+  for field in ('lr', 'weight_decay', 'b2', 'eps'):
+    _expect_type(config, f'evaluate.pixels.{field}', (float, int), 'a number')
+  if config.pool.format == 'datacomp' and not ingest.has_images(config):
+    raise ConfigError("config.evaluate.proxy: 'pixels' trains on the pool's images, and this "
+                      'DataComp pool has no tars beside its metadata (config.pool.metadata); '
+                      "add the tars or use evaluate.proxy='embedding'")
 
 
 def check_selector(config, selector, stages, field: str) -> None:
@@ -261,7 +329,7 @@ def _check_datacomp(config, stages):
 def _check_features(config):
   from tads_jax.stages import features as features_stage  # pylint: disable=g-import-not-at-top
   try:
-    features_stage.operators(config)
+    features_stage.operator_settings(config)
   except ValueError as e:
     raise ConfigError(str(e)) from None
   for field in ('features.chunk', 'features.kmeans_k', 'features.relevance_top_m',
@@ -286,7 +354,7 @@ def _check_encoder_training(config):
   try:
     encoder.train_config(config, vocab).clip_config()
   except (ValueError, TypeError, KeyError) as e:
-    raise ConfigError(f'config.encoder: {e}'.replace('TrainConfig.', 'config.encoder.'))
+    raise field_error(e, 'config.encoder', 'TrainConfig') from None
 
 
 def _check_world(config):
@@ -296,7 +364,7 @@ def _check_world(config):
   try:
     synthetic.WorldConfig.from_dict(fields)
   except (ValueError, TypeError) as e:
-    raise ConfigError(str(e).replace('WorldConfig.', 'config.pool.synthetic.')) from None
+    raise field_error(e, 'config.pool.synthetic', synthetic.WorldConfig) from None
 
 
 def _check_tasks(value):

@@ -490,13 +490,15 @@ def _evaluation_html(report: dict, plots: Mapping[str, bytes]) -> str:
   if ev.get('stale'):
     return (f'<p class="note">{html.escape(ev["path"])} scores another subset.npy than the '
             'current one; rerun the evaluate stage.</p>')
-  out = [f'<p class="note">{html.escape(str(ev.get("proxy", "embedding")))} proxy; '
+  out = [f'<p class="note">{html.escape(report_lib.proxy_label(ev))}: '
+         f'{html.escape(report_lib.proxy_description(ev))}; '
          f'{len(ev["seeds"])} seeds; {ev["train"]["samples_seen"]} samples seen per run. '
          'average = mean over tasks of the main metric (mean ± std over seeds).</p>']
   rows = report_lib.comparison_rows(ev)
   for r in rows:
     r['average ± std'] = f'{r["average"]:.4f} ± {r["std"]:.4f}'
-  out.append(table(rows, ['subset', 'entries', 'unique', 'average ± std', *ev['tasks']]))
+  out.append(table(rows, ['subset', 'entries', 'unique', 'average ± std', *ev['tasks'],
+                          'proxy']))
   if 'evaluation' in plots:
     out.append(f'<img class="plot" alt="evaluation" src="{_png(plots["evaluation"])}">')
   kept_rows = report_lib.comparison_kept_rows(report)

@@ -47,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from tads_jax import config as config_lib
 from tads_jax import pipeline
 from tads_jax import sharding
 from tads_jax import train
@@ -145,15 +146,8 @@ class MetaConfig:
 
 def config_from(block, seed: int, where: str) -> MetaConfig:
   """A MetaConfig from a run config's block (a ConfigDict or dict of MetaConfig fields) and
-  the run's seed; a bad value raises ValueError naming `where.<field>`."""
-  fields = dict(block.to_dict() if hasattr(block, 'to_dict') else block)
-  fields['seed'] = seed
-  try:
-    return MetaConfig(**fields)
-  except TypeError as e:
-    raise ValueError(f'{where}: {e}') from None
-  except ValueError as e:
-    raise ValueError(str(e).replace('MetaConfig.', f'{where}.')) from None
+  the run's seed; a bad value raises ConfigError (a ValueError) naming `where.<field>`."""
+  return config_lib.build(MetaConfig, block, where, seed=seed)
 
 
 def fit_batch_to_pool(cfg: MetaConfig, rows: int, mesh, where: str) -> MetaConfig:
@@ -589,15 +583,15 @@ def _compute_key(cfg: MetaConfig) -> MetaConfig:
 
 
 @functools.lru_cache(maxsize=8)
-def _program(cfg: MetaConfig, scorer: Scorer, width: int, kinds: tuple, mesh) -> _Program:
+def _program(cfg: MetaConfig, scorer: Scorer, width: int, kinds: tuple, mesh,
+             rules: tuple) -> _Program:
   """Proxy, optimizer, state layout and the jitted meta step; cached so that runs that
   differ only in seed, data or workdir (resumes, seeds of a table) compile once."""
-  rules = sharding.get_rules('data_parallel')
   proxy = make_proxy(cfg, width)
   optimizer = make_value_optimizer(cfg)
   repl = sharding.replicated(mesh)
   boxed = jax.eval_shape(lambda: train.init_params(proxy, cfg.proxy_config(), width))
-  proxy_sh = sharding.param_shardings(boxed, mesh, rules)  # replicated under these rules
+  proxy_sh = sharding.param_shardings(boxed, mesh, rules)
   inner_sh = {'count': repl}
   if cfg.inner_optimizer == 'adam':
     inner_sh.update(mu=proxy_sh, nu=proxy_sh)
@@ -644,8 +638,8 @@ def _check_pool(pool, scorer: Scorer) -> tuple[int, int]:
 
 
 def learn(cfg: MetaConfig, value_module_and_params, pool: Mapping, tasks: Sequence[Mapping],
-          workdir: str | None = None, mesh=None, log: Callable[[str], None] | None = None,
-          stop_after: int | None = None):
+          workdir: str | None = None, mesh=None, rules='data_parallel',
+          log: Callable[[str], None] | None = None, stop_after: int | None = None):
   """Meta-learns a scorer (the value function, FLYT's head, ...); returns (its params,
   history).
 
@@ -656,9 +650,14 @@ def learn(cfg: MetaConfig, value_module_and_params, pool: Mapping, tasks: Sequen
   tasks: feedback sets (check_tasks); their embeddings are in the pool's reference space.
   workdir: orbax checkpoints in workdir/checkpoints every cfg.checkpoint_every steps and at
     the end; a run there resumes from the last one and ends where an uninterrupted run
-    would. mesh: the pool batch is split over its 'data' axis, params replicated (default
-    one device). log: gets a progress line every cfg.log_every steps (default absl).
-    stop_after: end after that many meta steps, as if killed there (tests, preemption).
+    would.
+  mesh: the pool batch is split over its 'data' axis (default one device).
+  rules: a sharding.RULES name or table placing the proxy's params and activations on the
+    mesh; callers pass sharding.from_config(config).rules, so that config.mesh.rules means
+    the same here as in the other stages. The scorer's params are replicated whatever the
+    rules.
+  log: gets a progress line every cfg.log_every steps (default absl).
+  stop_after: end after that many meta steps, as if killed there (tests, preemption).
   history: per meta step lists 'step', 'outer_loss', 'task_losses' [T], 'task_weights' [T],
     'inner_loss' (mean of the K inner losses), 'weight_entropy' (of w over the batch / log B),
     'value_std', 'value_grad_norm', 'logit_scale'; and 'tasks' (the task names).
@@ -686,14 +685,16 @@ def learn(cfg: MetaConfig, value_module_and_params, pool: Mapping, tasks: Sequen
     raise ValueError(f'value_module_and_params: the scorer returns {out.shape} for one '
                      'sample; expected one score per sample')
   kinds = tuple(task['kind'] for task in tasks)
-  program = _program(_compute_key(cfg), scorer, width, kinds, mesh)
+  # Hashable (an explicit table's axes may be lists): a key of _program's cache.
+  rules = tuple((name, tuple(axes) if isinstance(axes, list) else axes)
+                for name, axes in sharding.get_rules(rules, where='rules'))
+  program = _program(_compute_key(cfg), scorer, width, kinds, mesh, rules)
   end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
   names = [task['name'] for task in tasks]
   history = {'tasks': names, 'step': [], 'outer_loss': [], 'task_losses': [],
              'task_weights': [], 'inner_loss': [], 'weight_entropy': [], 'value_std': [],
              'value_grad_norm': [], 'logit_scale': []}
   batch_sh, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
-  rules = sharding.get_rules('data_parallel')
 
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     state = jax.device_put(

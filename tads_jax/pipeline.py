@@ -5,8 +5,13 @@ it reads from, so changing a field reruns exactly the stages that depend on it. 
 writes `_done.json` last; a stage directory holding another fingerprint is stale and is
 cleared before the stage runs, while a directory with the same fingerprint but no
 `_done.json` is a killed run whose finished items (shards) are kept and not redone.
+
+Every file is written with atomic_write (and every per-item output with resumable_item), so
+that a kill at any point leaves whole files only. This module imports nothing else of
+tads_jax, so the data writers use these helpers too.
 """
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -136,8 +141,10 @@ def read_done(stage_dir: str):
 
 
 # What atomic writes leave behind when their process is killed before the rename: a file
-# `<name>.tmp-<pid>` (`.npy` / `.png` after it where a library adds its extension), and
+# `<name>.tmp-<pid>` (atomic_write; `.npy` / `.png` after it where a library adds its
+# extension), and
 # bpe.atomic_folder's folders `.<name>.tmp-<random>` / `.<name>.old-<random>`.
+_TEMPORARY_SUFFIXES = ('', '.npy', '.png')
 _TEMPORARY_FILE = re.compile(r'.+\.tmp-(\d+)(\.npy|\.png)?')
 _TEMPORARY_FOLDER = re.compile(r'\..+\.(tmp|old)-\w+')
 
@@ -180,11 +187,53 @@ def remove_temporaries(workdir: str) -> list:
   return removed
 
 
+@contextlib.contextmanager
+def atomic_write(path: str, suffix: str = ''):
+  """Yields a temporary name beside `path` to write to; it replaces `path` when the block
+  ends, so that a reader (or a rerun after a kill) sees the old file or the whole new one,
+  never half of one. A block that raises leaves `path` as it was and removes the temporary.
+
+  The name, `<path>.tmp-<pid><suffix>`, is what remove_temporaries clears after a kill -9;
+  suffix is '.npy' or '.png' for the libraries that append their extension to a name
+  (np.save, savefig). Write through a file object (`open(tmp, 'wb')`) otherwise.
+  """
+  if suffix not in _TEMPORARY_SUFFIXES:
+    raise ValueError(f'{path}: temporary suffix {suffix!r} is not one of '
+                     f'{_TEMPORARY_SUFFIXES} (remove_temporaries would miss the file)')
+  tmp = f'{path}.tmp-{os.getpid()}{suffix}'
+  try:
+    yield tmp
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(tmp)
+    raise
+
+
 def write_json_atomic(path: str, obj) -> None:
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'w') as f:
+  with atomic_write(path) as tmp, open(tmp, 'w') as f:
     json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
-  os.replace(tmp, path)
+
+
+def item_done(item: str) -> bool:
+  """Whether a resumable item (see resumable_item) was finished by an earlier run."""
+  return os.path.exists(item + '.json')
+
+
+def resumable_item(item: str, compute: Callable[[], dict]) -> dict:
+  """The record of one item of a resumable stage (a pool shard, a task split).
+
+  A finished item's record is read back from `<item>.json` and nothing is recomputed.
+  Otherwise compute() writes the item's files (each with atomic_write) and returns its
+  JSON-able record, which is written last: the record's presence means the files are
+  whole, so a run killed anywhere redoes at most the item it was on.
+  """
+  if item_done(item):
+    with open(item + '.json') as f:
+      return json.load(f)
+  record = compute()
+  write_json_atomic(item + '.json', record)
+  return record
 
 
 def _json_default(obj):

@@ -12,15 +12,16 @@ import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tads_jax import pipeline  # noqa: E402  pylint: disable=wrong-import-position
+from tads_jax import report as report_lib  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def _save(fig, path: str) -> str:
   os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
   fig.tight_layout()
-  tmp = f'{path}.tmp-{os.getpid()}.png'
-  fig.savefig(tmp, dpi=110)
+  with pipeline.atomic_write(path, suffix='.png') as tmp:
+    fig.savefig(tmp, dpi=110)
   plt.close(fig)
-  os.replace(tmp, path)
   return path
 
 
@@ -56,11 +57,11 @@ def evaluation(report: dict, path: str):
   fig, ax = plt.subplots(figsize=(min(0.9 * len(runs) + 2, 18), 4))
   ax.bar(names, means, yerr=stds, capsize=4,
          color=['tab:blue'] + ['tab:gray'] * (len(runs) - 1))
-  ax.set_ylabel('mean zero-shot main metric')
+  ax.set_ylabel(f'mean zero-shot main metric ({report_lib.proxy_label(ev)})')
   ax.tick_params(axis='x', labelrotation=35)
   for label in ax.get_xticklabels():
     label.set_horizontalalignment('right')
-  ax.set_title(f"{ev.get('proxy', 'embedding')} proxy, {len(ev['seeds'])} seeds, "
+  ax.set_title(f"{report_lib.proxy_label(ev)}, {len(ev['seeds'])} seeds, "
                f"{ev['train']['samples_seen']} samples seen")
   for i, m in enumerate(means):
     ax.text(i, m, f'{m:.3f}', ha='center', va='bottom', fontsize=8)

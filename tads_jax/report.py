@@ -47,24 +47,48 @@ def _table(rows: list[dict], columns: list[str]) -> list[str]:
   return lines
 
 
+PROXY_LABELS = {'embedding': 'embedding proxy', 'pixels': 'pixel proxy'}
+
+
+def proxy_label(evaluation: dict) -> str:
+  """'embedding proxy' | 'pixel proxy': which proxy produced an eval.json's figures (an
+  eval.json written before the field existed came from the embedding proxy)."""
+  kind = evaluation.get('proxy', 'embedding')
+  return PROXY_LABELS.get(kind, f'{kind} proxy')
+
+
+def proxy_description(evaluation: dict) -> str:
+  """What the proxy was, in a few words."""
+  train = evaluation['train']
+  if evaluation.get('proxy', 'embedding') == 'pixels':
+    overrides = dict(train.get('model_overrides') or [])
+    return (f"a {train.get('model', '')} CLIP ({overrides.get('vision_stem', 'patch')} "
+            f"stem, {overrides.get('image_size', '?')} px) trained from scratch on the "
+            'images and captions')
+  return f"{train.get('head', '')} heads on the reference embeddings".lstrip()
+
+
 def _evaluation_lines(evaluation: dict) -> list[str]:
-  """Per task and averaged: main metric mean and std over the proxy seeds."""
+  """Per task and averaged: main metric mean and std over the proxy seeds, each row naming
+  the proxy that produced it."""
   if evaluation.get('stale'):
     return [f"{evaluation['path']} scores another subset.npy than the current one; rerun "
             'the evaluate stage.']
+  proxy = proxy_label(evaluation)
   rows = [{'task': name, 'kind': t['kind'], 'metric': evaluation['main_metric'][t['kind']],
-           'mean': t['mean']['main'], 'std': t['std']['main']}
+           'mean': t['mean']['main'], 'std': t['std']['main'], 'proxy': proxy}
           for name, t in evaluation['tasks'].items()]
   for key in ('classification_average', 'retrieval_average', 'average'):
     if key in evaluation:
       rows.append({'task': key, 'kind': '', 'metric': 'mean of main metrics',
-                   'mean': evaluation[key]['mean'], 'std': evaluation[key]['std']})
+                   'mean': evaluation[key]['mean'], 'std': evaluation[key]['std'],
+                   'proxy': proxy})
   train = evaluation['train']
-  lines = ([f"{len(evaluation['seeds'])} seeds; {train['samples_seen']} samples seen; "
-            f"{evaluation['subset']['entries']} subset entries "
-            f"({evaluation['subset']['unique']} unique samples); {train['head']} heads on "
-            'the reference embeddings', '']
-           + _table(rows, ['task', 'kind', 'metric', 'mean', 'std']))
+  lines = ([f"{proxy}: {len(evaluation['seeds'])} seeds; {train['samples_seen']} samples "
+            f"seen; {evaluation['subset']['entries']} subset entries "
+            f"({evaluation['subset']['unique']} unique samples); "
+            f"{proxy_description(evaluation)}", '']
+           + _table(rows, ['task', 'kind', 'metric', 'mean', 'std', 'proxy']))
   if evaluation.get('baselines'):
     lines += ['', '### Comparison at the same samples-seen budget', '',
               f"Proxy: {evaluation.get('proxy', 'embedding')}; mean +- std over "
@@ -75,7 +99,7 @@ def _evaluation_lines(evaluation: dict) -> list[str]:
     for row in rows:
       row['average +- std'] = f"{row['average']:.4f} +- {row['std']:.4f}"
     lines += _table(rows, ['subset', 'entries', 'unique', 'average +- std']
-                    + list(evaluation['tasks']))
+                    + list(evaluation['tasks']) + ['proxy'])
   return lines
 
 
@@ -106,7 +130,7 @@ def comparison_rows(evaluation: dict) -> list[dict]:
   for name, r in runs:
     row = {'subset': name, 'entries': r['subset']['entries'],
            'unique': r['subset']['unique'], 'average': r['average']['mean'],
-           'std': r['average']['std']}
+           'std': r['average']['std'], 'proxy': proxy_label(r)}
     row.update({task: t['mean']['main'] for task, t in r['tasks'].items()})
     rows.append(row)
   return rows
@@ -186,7 +210,8 @@ def render_markdown(report: dict) -> str:
     out += _learn_lines(learn)
   evaluation = report.get('evaluation')
   if evaluation:
-    out += ['', '## Evaluation (zero-shot, proxy trained on the subset)', '']
+    label = '' if evaluation.get('stale') else f'{proxy_label(evaluation)} '
+    out += ['', f'## Evaluation (zero-shot, {label}trained on the subset)', '']
     out += _evaluation_lines(evaluation)
   kept_rows = comparison_kept_rows(report)
   if kept_rows:

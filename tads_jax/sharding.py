@@ -5,7 +5,7 @@ table maps those names to the mesh axes 'data' and 'model'. The same model then 
 data-parallel, FSDP or tensor-parallel by choosing a table, not by editing the model.
 """
 
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
@@ -20,6 +20,9 @@ _REPLICATED_ACTIVATIONS = (
     ('activation_kv', None),
 )
 
+# The conv stem's channels (clip.ConvStem): a few thousand weights, never worth splitting.
+_REPLICATED_STEM = (('conv_in', None), ('conv_out', None))
+
 RULES = {
     # Params replicated, batch split over every device.
     'data_parallel': (
@@ -28,7 +31,7 @@ RULES = {
         ('activation_mlp', None),
         *_REPLICATED_ACTIVATIONS,
         ('embed', None), ('mlp', None), ('heads', None), ('kv', None), ('qkv', None),
-        ('vocab', None), ('patch', None), ('proj', None),
+        ('vocab', None), ('patch', None), ('proj', None), *_REPLICATED_STEM,
     ),
     # ZeRO-3 style: every weight split along its model width over 'data' (gathered per
     # layer by XLA), batch split over 'data'.
@@ -38,7 +41,7 @@ RULES = {
         ('activation_mlp', None),
         *_REPLICATED_ACTIVATIONS,
         ('embed', 'data'), ('mlp', None), ('heads', None), ('kv', None), ('qkv', None),
-        ('vocab', None), ('patch', None), ('proj', None),
+        ('vocab', None), ('patch', None), ('proj', None), *_REPLICATED_STEM,
     ),
     # Megatron style: attention heads, MLP hidden units and the vocabulary split over
     # 'model'; batch over 'data'.
@@ -48,50 +51,95 @@ RULES = {
         ('activation_mlp', 'model'),
         *_REPLICATED_ACTIVATIONS,
         ('embed', None), ('mlp', 'model'), ('heads', 'model'), ('kv', None), ('qkv', None),
-        ('vocab', 'model'), ('patch', None), ('proj', None),
+        ('vocab', 'model'), ('patch', None), ('proj', None), *_REPLICATED_STEM,
     ),
 }
 
 
-def get_rules(rules: str | Sequence[tuple[str, Any]]) -> tuple[tuple[str, Any], ...]:
-  """A preset name or an explicit table of (logical name, mesh axis or None)."""
+def get_rules(rules: str | Sequence[tuple[str, Any]],
+              where: str | None = None) -> tuple[tuple[str, Any], ...]:
+  """A preset name or an explicit table of (logical name, mesh axis or None); errors name
+  the config field `where` when given."""
   if isinstance(rules, str):
     if rules not in RULES:
-      raise ValueError(f'sharding rules {rules!r} unknown; one of {", ".join(RULES)}')
+      head = f'{where}: {rules!r}' if where else f'sharding rules {rules!r}'
+      raise ValueError(f'{head} unknown; one of {", ".join(RULES)}')
     return RULES[rules]
-  return tuple(tuple(rule) for rule in rules)
+  table = _rule_table(rules)
+  if table is None:
+    raise ValueError(f'{where or "sharding rules"}: expected a preset '
+                     f'({", ".join(RULES)}) or a table of (logical name, mesh axis) pairs '
+                     f'with mesh axes in {MESH_AXES} or None, got {rules!r}')
+  return table
 
 
-def make_mesh(data: int = -1, model: int = 1, devices=None) -> Mesh:
-  """A ('data', 'model') mesh; data=-1 takes all devices left after `model`.
+def _rule_table(rules) -> tuple | None:
+  """rules as a tuple of (name, axes) pairs, or None when it is not such a table."""
+  try:
+    table = tuple(tuple(rule) for rule in rules)
+  except TypeError:
+    return None
+  for rule in table:
+    if len(rule) != 2 or not isinstance(rule[0], str):
+      return None
+    axes = rule[1] if isinstance(rule[1], (tuple, list)) else (rule[1],)
+    if not all(a is None or a in MESH_AXES for a in axes):
+      return None
+  return table
+
+
+def make_mesh(data: int = -1, model: int = 1, devices=None, where: str = 'mesh') -> Mesh:
+  """A ('data', 'model') mesh; data=-1 takes all devices left after `model`. Errors name
+  `where`.data / `where`.model.
 
   Axis types are Auto (jax.make_mesh now defaults to Explicit), so plain jit with
   in/out shardings and with_sharding_constraint work.
   """
   devices = list(jax.devices() if devices is None else devices)
   n = len(devices)
-  for field, value in (('mesh.data', data), ('mesh.model', model)):
+  for field, value in ((f'{where}.data', data), (f'{where}.model', model)):
     if not isinstance(value, int) or isinstance(value, bool) or (value < 1 and value != -1):
       raise ValueError(f'{field}: expected a positive integer or -1, got {value!r}')
   if model == -1:
-    raise ValueError('mesh.model: -1 is only allowed for mesh.data')
+    raise ValueError(f'{where}.model: -1 is only allowed for {where}.data')
   if data == -1:
     if n % model:
-      raise ValueError(f'mesh.model: {model} does not divide the {n} devices')
+      raise ValueError(f'{where}.model: {model} does not divide the {n} devices')
     data = n // model
   if data * model != n:
-    raise ValueError(f'mesh.data x mesh.model: {data} x {model} = {data * model}, but there '
-                     f'are {n} devices')
+    raise ValueError(f'{where}.data x {where}.model: {data} x {model} = {data * model}, but '
+                     f'there are {n} devices')
   grid = np.array(devices, dtype=object).reshape(data, model)
   return Mesh(grid, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 2)
 
 
+class Layout(NamedTuple):
+  """Where a stage's arrays live: the mesh, and the rules placing logical axes on it."""
+  mesh: Mesh
+  rules: str | tuple  # a RULES name, or an explicit table of (logical name, mesh axis)
+
+
+def from_config(config) -> Layout:
+  """The mesh of config.mesh.data x config.mesh.model and the rules of config.mesh.rules.
+
+  Every stage that places arrays on devices takes both from here, so that mesh.rules means
+  the same thing in each. A missing block or field takes the default (-1, 1,
+  'data_parallel'); a bad value raises ValueError naming config.mesh.<field>.
+  """
+  block = config.get('mesh') if hasattr(config, 'get') else None
+  block = {} if block is None else block
+  mesh = make_mesh(data=block.get('data', -1), model=block.get('model', 1),
+                   where='config.mesh')
+  rules = block.get('rules', 'data_parallel')
+  table = get_rules(rules, where='config.mesh.rules')
+  if not isinstance(rules, str):
+    rules = table
+  return Layout(mesh, rules)
+
+
 def mesh_from_config(config) -> Mesh:
-  """Mesh from `config.mesh.data` / `config.mesh.model` (defaults -1 and 1)."""
-  mesh_cfg = config.get('mesh') if hasattr(config, 'get') else None
-  if mesh_cfg is None:
-    return make_mesh()
-  return make_mesh(data=mesh_cfg.get('data', -1), model=mesh_cfg.get('model', 1))
+  """from_config(config).mesh, for callers that place nothing by rules themselves."""
+  return from_config(config).mesh
 
 
 def logical_axes(tree):

@@ -50,6 +50,8 @@ MAX_LOGIT_SCALE = math.log(100)  # CLIP clips the learned temperature at 100
 # Fields that do not change what a run computes: a checkpoint written with other values
 # of these may be resumed.
 _RESUMABLE_FIELDS = ('checkpoint_every', 'log_every', 'keep_checkpoints')
+# TrainConfig fields added later, with the default that leaves them out of to_dict.
+_LATER_FIELDS = {'mask_repeats': False}
 # Added to the logits of zero-weight samples: exp() of it is exactly 0 in float32, so such
 # a sample drops out of every softmax, and unlike -inf it makes no 0 * inf in the gradient.
 _NEG = -1e30
@@ -77,6 +79,9 @@ class TrainConfig:
   eps: float = 1e-6              # large contrastive batches
   logit_scale_init: float = math.log(1 / 0.07)
   dtype: str = 'float32'         # matmul compute dtype ('bfloat16' for speed)
+  # A data row drawn twice into one batch (a subset that repeats samples) is not its own
+  # negative: the loss masks the pairs of a batch that come from the same row.
+  mask_repeats: bool = False
   rules: str = 'data_parallel'   # sharding.RULES name
   seed: int = 0                  # params init and data order
   checkpoint_every: int = 1000   # steps; 0 = only at the end
@@ -100,6 +105,9 @@ class TrainConfig:
     if self.samples_seen < self.batch_size:
       raise ValueError(f'TrainConfig.samples_seen: {self.samples_seen} is less than one '
                        f'batch of {self.batch_size}')
+    if not isinstance(self.mask_repeats, bool):
+      raise ValueError(f'TrainConfig.mask_repeats: expected true or false, got '
+                       f'{self.mask_repeats!r}')
     for name in ('lr', 'weight_decay', 'eps'):
       value = getattr(self, name)
       if not isinstance(value, (int, float)) or not value >= 0 or not math.isfinite(value):
@@ -128,6 +136,11 @@ class TrainConfig:
   def to_dict(self) -> dict:
     d = dataclasses.asdict(self)
     d['model_overrides'] = [list(p) for p in self.model_overrides]
+    # Fields added after runs were fingerprinted are left out at their default, so that the
+    # checkpoints and cached results of those runs stay valid.
+    for name, default in _LATER_FIELDS.items():
+      if d[name] == default:
+        del d[name]
     return d
 
 
@@ -244,7 +257,7 @@ def prepare_images(kind: str, images):
 # Loss, schedule, optimizer, step.
 
 
-def weighted_clip_loss(image_emb, text_emb, logit_scale, weights=None):
+def weighted_clip_loss(image_emb, text_emb, logit_scale, weights=None, row_ids=None):
   """CLIP's symmetric contrastive loss with per-sample weights that also weight negatives.
 
   With L_ij = exp(logit_scale) <u_i, v_j> (u, v unit image and text embeddings) and
@@ -261,7 +274,13 @@ def weighted_clip_loss(image_emb, text_emb, logit_scale, weights=None):
   term has no params, so it never changes a training step; only a gradient of the loss
   value itself w.r.t. the weights sees it. An all-zero weight vector gives a loss of 0.
 
-  image_emb, text_emb: [B, E] unit rows; logit_scale: [] (log); weights: [B] >= 0 or None.
+  With row_ids ([B] ints, the data row each sample was drawn from), a pair (i, j), i != j,
+  of one row is no negative for either: L_ij leaves both softmaxes (exactly as a zero
+  weight does), so a sample drawn twice into a batch is not pushed away from its own copy.
+  Without repeats in the batch this is the loss above.
+
+  image_emb, text_emb: [B, E] unit rows; logit_scale: [] (log); weights: [B] >= 0 or None;
+  row_ids: [B] ints or None.
   """
   dtype = jnp.promote_types(image_emb.dtype, jnp.float32)  # float64 under x64 checks
   logits = jnp.exp(logit_scale) * _dot(image_emb, text_emb, dtype)  # [B, B]
@@ -272,6 +291,11 @@ def weighted_clip_loss(image_emb, text_emb, logit_scale, weights=None):
   w = weights / jnp.where(total > 0, total, 1.0)  # [B], sums to 1
   present = w > 0
   log_w = jnp.where(present, jnp.log(jnp.where(present, w, 1.0)), _NEG)
+
+  if row_ids is not None:  # same row, not the diagonal: symmetric, so it serves both ways
+    same = row_ids[:, None] == row_ids[None, :]  # [B, B]
+    repeat = same & ~jnp.eye(logits.shape[0], dtype=bool)
+    logits = jnp.where(repeat, _NEG, logits)
 
   def cross_entropy(logits):  # rows are queries, the softmax runs over columns
     shifted = logits + log_w[None, :]
@@ -316,25 +340,30 @@ class TrainState:
 
 
 def make_loss_fn(model: nn.Module, kind: str) -> Callable:
-  """(params, images, texts, weights=None) -> the weighted CLIP loss of a batch."""
-  def loss_fn(params, images, texts, weights=None):
+  """(params, images, texts, weights=None, row_ids=None) -> the weighted CLIP loss of a
+  batch (row_ids: see weighted_clip_loss)."""
+  def loss_fn(params, images, texts, weights=None, row_ids=None):
     image_emb, text_emb, logit_scale = model.apply(
         {'params': params}, prepare_images(kind, images), texts)
     return weighted_clip_loss(_normalize(image_emb), _normalize(text_emb), logit_scale,
-                              weights)
+                              weights, row_ids)
   return loss_fn
 
 
 def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
-                    kind: str) -> Callable:
-  """Pure step (jit it): (state, images [B, ...], texts [B, ...], weights [B]) ->
-  (state, {'loss', 'logit_scale'}); the loss is that of the params before the update."""
+                    kind: str, mask_repeats: bool = False) -> Callable:
+  """Pure step (jit it): (state, images [B, ...], texts [B, ...], weights [B],
+  row_ids [B] = None) -> (state, {'loss', 'logit_scale'}); the loss is that of the params
+  before the update. row_ids (the batch's data rows) are read only with mask_repeats."""
   if kind not in KINDS:
     raise ValueError(f'kind: {kind!r} is not one of {", ".join(KINDS)}')
   loss_fn = make_loss_fn(model, kind)
 
-  def train_step(state, images, texts, weights):
-    loss, grads = jax.value_and_grad(loss_fn)(state.params, images, texts, weights)
+  def train_step(state, images, texts, weights, row_ids=None):
+    if not mask_repeats:
+      row_ids = None
+    loss, grads = jax.value_and_grad(loss_fn)(state.params, images, texts, weights,
+                                              row_ids)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = dict(optax.apply_updates(state.params, updates))
     params['logit_scale'] = jnp.clip(params['logit_scale'], 0.0, MAX_LOGIT_SCALE)
@@ -534,8 +563,8 @@ def _program(cfg: TrainConfig, width, mesh) -> _Program:
       param_sh, transform_non_params=lambda _: repl)
   state_sh = TrainState(step=repl, params=param_sh, opt_state=opt_sh)
   batch_sh = sharding.batch_sharding(mesh)
-  step = jax.jit(make_train_step(model, optimizer, cfg.kind),
-                 in_shardings=(state_sh, batch_sh, batch_sh, batch_sh),
+  step = jax.jit(make_train_step(model, optimizer, cfg.kind, cfg.mask_repeats),
+                 in_shardings=(state_sh, batch_sh, batch_sh, batch_sh, batch_sh),
                  out_shardings=(state_sh, repl), donate_argnums=0)
   init = _init_fn(model, cfg.kind, width, param_sh)
   init_opt = jax.jit(optimizer.init, out_shardings=opt_sh)
@@ -625,7 +654,8 @@ def train(cfg: TrainConfig, data, workdir: str | None = None, mesh=None, weights
         state, metrics = program.step(
             state, jax.device_put(np.asarray(images[idx]), batch_sh),
             jax.device_put(np.asarray(texts[idx]), batch_sh),
-            jax.device_put(batch_w, batch_sh))
+            jax.device_put(batch_w, batch_sh),
+            jax.device_put(idx.astype(np.int32), batch_sh))
         pending.append((step, metrics))
         progress.update(1)
         if step % cfg.log_every == 0 or step == end:

@@ -8,16 +8,9 @@ import pytest
 
 from tads_jax import config as config_lib
 from tads_jax import main
-from tads_jax import selectors
-from tads_jax import stages
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-
-def validate(c):
-  config_lib.validate(c, stages.STAGE_NAMES, selectors.SELECTORS)
+from configs import default
+from conftest import REPO, validate
 
 
 def test_default_config_is_valid():
@@ -35,6 +28,8 @@ def test_default_config_is_valid():
     ('tasks', '/no/such/tasks.json', r'config.tasks: no such task-list file'),
     ('pool.image_size', 4, r'config.pool.image_size: must be >= 8'),
     ('selection.method', 'lottery', r"config.selection.method: unknown method 'lottery'"),
+    ('features.operator_settings.entropy.bin', 8,
+     r'config.features.operator_settings.entropy.bin: unknown setting; entropy has bins'),
 ])
 def test_bad_values_name_the_field(field, value, message, tmp_path):
   c = default.get_config()
@@ -130,4 +125,46 @@ def test_task_folder_without_images_fails_validation_before_any_work(tmp_path):
     validate(c)
   (tmp_path / 'eval' / 'c').mkdir()
   with pytest.raises(config_lib.ConfigError, match=r"config.tasks\[cls\].eval: .*\['c'\]"):
+    validate(c)
+
+
+def test_build_names_the_config_field_of_a_bad_value():
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  from tads_jax import meta  # pylint: disable=import-outside-toplevel
+  block = ml_collections.ConfigDict(dict(unroll=2, tau=0.5))
+  cfg = config_lib.build(meta.MetaConfig, block, 'config.tads.meta', seed=3)
+  assert (cfg.unroll, cfg.tau, cfg.seed) == (2, 0.5, 3)
+  with pytest.raises(config_lib.ConfigError,
+                     match=r'^config\.tads\.meta\.unroll: expected an integer >= 1, got 0$'):
+    config_lib.build(meta.MetaConfig, dict(unroll=0), 'config.tads.meta')
+  with pytest.raises(config_lib.ConfigError,
+                     match=r'^config\.flyt\.meta\.unrol: unknown field; known fields: '):
+    config_lib.build(meta.MetaConfig, dict(unrol=2), 'config.flyt.meta')
+
+
+@pytest.mark.parametrize('message, where, classes, renames, expected', [
+    ('TrainConfig.lr: bad', 'config.encoder', ('TrainConfig',), None,
+     'config.encoder.lr: bad'),
+    ("CLIP preset 'huge' unknown", 'config.encoder', ('TrainConfig',), None,
+     "config.encoder: CLIP preset 'huge' unknown"),
+    ('TrainConfig.__init__() missing 1 argument', 'config.encoder', ('TrainConfig',), None,
+     'config.encoder: TrainConfig.__init__() missing 1 argument'),
+    ('group_weights.quality: < 0', 'config.tads', (), {'group_weights': 'config.tads.prior'},
+     'config.tads.prior.quality: < 0'),
+    ('CLIPConfig.image_size: a; CLIPConfig.patch_size: b', 'config.evaluate.pixels',
+     ('TrainConfig',), {'CLIPConfig.image_size': 'config.evaluate.pixels.image_size',
+                        'CLIPConfig': 'config.evaluate.pixels.model_overrides'},
+     'config.evaluate.pixels.image_size: a; '
+     'config.evaluate.pixels.model_overrides.patch_size: b'),
+])
+def test_field_error_rewrites_the_code_names_to_config_fields(message, where, classes,
+                                                              renames, expected):
+  error = config_lib.field_error(ValueError(message), where, *classes, renames=renames)
+  assert isinstance(error, config_lib.ConfigError) and str(error) == expected
+
+
+def test_bad_world_field_is_named_in_the_config():
+  c = default.get_config()
+  c.pool.synthetic.num_samples = 0
+  with pytest.raises(config_lib.ConfigError, match=r'^config\.pool\.synthetic\.num_samples: '):
     validate(c)

@@ -14,7 +14,6 @@ import io
 import json
 import os
 import shutil
-import sys
 
 import ml_collections
 import numpy as np
@@ -22,35 +21,24 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import test_encoder_stage  # noqa: E402  pylint: disable=wrong-import-position
-
-from tads_jax import config as config_lib  # noqa: E402
-from tads_jax import main  # noqa: E402
-from tads_jax import selectors  # noqa: E402
-from tads_jax import stages  # noqa: E402
-from tads_jax.data import datacomp  # noqa: E402
-from tads_jax.data import subset as subset_lib  # noqa: E402
-from tads_jax.data import tar_writer  # noqa: E402
-from tads_jax.data import tasks as tasks_lib  # noqa: E402
-from tads_jax.data import webdataset  # noqa: E402
-from tads_jax.models import api  # noqa: E402
-from tads_jax.stages import embed  # noqa: E402
-from tads_jax.stages import ingest  # noqa: E402
-from tads_jax.stages import learn  # noqa: E402
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-from configs import datacomp as datacomp_config  # noqa: E402  pylint: disable=wrong-import-position
-from configs import default  # noqa: E402  pylint: disable=wrong-import-position
+from tads_jax import config as config_lib
+from tads_jax import main
+from tads_jax.data import datacomp
+from tads_jax.data import subset as subset_lib
+from tads_jax.data import tar_writer
+from tads_jax.data import tasks as tasks_lib
+from tads_jax.data import webdataset
+from tads_jax.models import api
+from tads_jax.stages import embed
+from tads_jax.stages import ingest
+from tads_jax.stages import learn
+from configs import datacomp as datacomp_config
+from configs import default
+from conftest import tiny_world_config, validate
 
 OPERATORS = ('width', 'aspect_ratio', 'sharpness', 'words', 'clip_score',
              'flipped_clip_score', 'caption_specificity')
 IMAGE_OPERATORS = ('width', 'aspect_ratio', 'sharpness', 'flipped_clip_score')
-
-
-def _validate(c):
-  config_lib.validate(c, stages.STAGE_NAMES, selectors.SELECTORS)
 
 
 def _jpeg(image: np.ndarray) -> bytes:
@@ -265,7 +253,7 @@ def test_tasks_need_the_pools_checkpoint_before_any_work(tmp_path, tasks_json):
   c.selector.name = 'normsim'
   with pytest.raises(config_lib.ConfigError,
                      match=r"config\.encoder\.checkpoint: selector 'normsim'"):
-    _validate(c)
+    validate(c)
   # A checkpoint of another width than the npz fails, naming both fields and the file.
   c = _datacomp_config(str(tmp_path / 'pool' / '*.parquet'),
                        _stub_checkpoint(tmp_path / 'clip512', 512), tasks_json)
@@ -277,14 +265,14 @@ def test_tasks_need_the_pools_checkpoint_before_any_work(tmp_path, tasks_json):
   assert not (tmp_path / 'work').exists()
   c.pool.embedding_model = 'l14'  # 12 wide in this npz
   with pytest.raises(config_lib.ConfigError, match=r"'l14_img' has shape \(6, 12\)"):
-    _validate(c)
+    validate(c)
   c.encoder.checkpoint = _stub_checkpoint(tmp_path / 'clip12', 12)
-  _validate(c)
+  validate(c)
   # With the right checkpoint TADS validates on a DataComp pool.
   c = _datacomp_config(str(tmp_path / 'pool' / '*.parquet'),
                        _stub_checkpoint(tmp_path / 'clip8', 8), tasks_json)
   c.selector.name = 'tads'
-  _validate(c)
+  validate(c)
   assert os.path.exists(path)
 
 
@@ -299,7 +287,7 @@ def test_missing_tars_and_tasks_fail_before_any_work(tmp_path, tasks_json):
                            r'.*00000000\.tar'):
     main.run(c, str(tmp_path / 'work'))
   c.export.shards = False
-  _validate(c)  # parquet + npz alone: the image operators are left out, not an error
+  validate(c)  # parquet + npz alone: the image operators are left out, not an error
   # Only some metadata files with their tars: the first missing one is named.
   _tiny_pool(str(tmp_path / 'pool2'), dim=8, tars=True)
   os.rename(tmp_path / 'pool2' / '00000000.parquet', tmp_path / 'pool' / '00000001.parquet')
@@ -307,7 +295,7 @@ def test_missing_tars_and_tasks_fail_before_any_work(tmp_path, tasks_json):
   os.rename(tmp_path / 'pool2' / '00000000.tar', tmp_path / 'pool' / '00000001.tar')
   with pytest.raises(config_lib.ConfigError,
                      match=r'config\.pool\.metadata: .*00000000\.tar: missing, while 1 of the 2'):
-    _validate(c)
+    validate(c)
   # The evaluate stage needs tasks, which a DataComp pool does not bring.
   os.remove(tmp_path / 'pool' / '00000001.tar')
   c = _datacomp_config(str(tmp_path / 'pool' / '*.parquet'))
@@ -342,7 +330,7 @@ def test_datacomp_config_validates_with_stand_in_data(tmp_path):
       _retrieval_shards(str(data / name / split))
   c = datacomp_config.get_config(str(data))
   assert c.pool.format == 'datacomp' and c.selector.name == 'tads'
-  _validate(c)
+  validate(c)
   specs = tasks_lib.parse_tasks(list(c.tasks))
   assert [s.name for s in specs] == ['imagenet1k', 'cifar100', 'mscoco', 'flickr30k']
   assert len(specs[0].classnames) == 1000 and len(specs[1].classnames) == 100
@@ -354,7 +342,7 @@ def test_datacomp_config_validates_with_stand_in_data(tmp_path):
   # Without the DataComp checkpoint the tasks cannot be embedded: named before any work.
   c.encoder.checkpoint = ''
   with pytest.raises(config_lib.ConfigError, match=r'config\.encoder\.checkpoint'):
-    _validate(c)
+    validate(c)
 
 
 # ---- end to end: the DataComp route against the webdataset route ---------------------------
@@ -417,7 +405,7 @@ def routes(tmp_path_factory):
   """(webdataset workdir, DataComp workdir, DataComp config) over one world and encoder."""
   base = tmp_path_factory.mktemp('routes')
   trained = str(base / 'encoder')
-  c = test_encoder_stage.tiny_config()
+  c = tiny_world_config()
   c.pool.synthetic.update(dict(num_samples=200, train_per_class=2, eval_per_class=2,
                                retrieval_train=8, retrieval_eval=8))
   main.run(c, trained)  # ingest (the world) and the reference encoder trained on it

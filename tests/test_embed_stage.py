@@ -26,10 +26,7 @@ from tads_jax.data import tasks as tasks_lib  # noqa: E402
 from tads_jax.data import webdataset  # noqa: E402
 from tads_jax.models import api  # noqa: E402
 from tads_jax.stages import embed  # noqa: E402
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-from configs import default  # noqa: E402  pylint: disable=wrong-import-position
+from configs import default  # noqa: E402
 
 # Stored float16: a unit vector's components round by at most 2**-12 of their size.
 ATOL = 1e-3

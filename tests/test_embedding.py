@@ -1,30 +1,21 @@
 """Streaming embedding engine: batching, padding, skipping, bf16 and the 8-device mesh.
 
 The reference is the same Flax module applied to one example at a time, outside the engine.
-The 8-device check needs the flag set before jax starts; when jax already started with
-fewer devices (another module initialized it in this session), it runs in a fresh
-interpreter on this same file.
+The 8-device check runs on conftest.py's on_8_devices.
 """
 
 import collections
 import io
-import os
-import subprocess
-import sys
 
-_FLAG = '--xla_force_host_platform_device_count=8'
-if _FLAG not in os.environ.get('XLA_FLAGS', ''):
-  os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {_FLAG}".strip()
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
 
-import flax.linen as nn  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from tads_jax import embedding, sharding  # noqa: E402
-from tads_jax.models import api, clip, preprocess  # noqa: E402
+from tads_jax import embedding, sharding
+from tads_jax.models import api, clip, preprocess
 
 TINY = clip.get_config('tiny', vocab_size=512, eos_token_id=511, vision_layers=1,
                        text_layers=1)
@@ -199,17 +190,5 @@ def check_mesh_matches_single_device():
   assert len(out.sharding.device_set) == 8
 
 
-def test_mesh_of_8_devices_matches_one_device():
-  if jax.device_count() >= 8:
-    check_mesh_matches_single_device()
-    return
-  env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {_FLAG}".strip())
-  result = subprocess.run([sys.executable, os.path.abspath(__file__)], env=env,
-                          capture_output=True, text=True, timeout=600, check=False)
-  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-  assert 'mesh embedding ok' in result.stdout
-
-
-if __name__ == '__main__':
-  check_mesh_matches_single_device()
-  print('mesh embedding ok')
+def test_mesh_of_8_devices_matches_one_device(on_8_devices):
+  on_8_devices(check_mesh_matches_single_device)

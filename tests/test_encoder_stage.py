@@ -2,7 +2,6 @@
 
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -10,29 +9,11 @@ import pytest
 import tads_jax
 from tads_jax import config as config_lib
 from tads_jax import main
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
+from conftest import tiny_world_config
 
 
-def tiny_config():
-  c = default.get_config()
-  c.stages = ('ingest', 'encoder')
-  c.selector.name = 'random'
-  c.encoder.image_size = 32
-  c.pool.synthetic.update(dict(num_samples=100, shard_size=50, trusted_size=200,
-                               train_per_class=1, eval_per_class=1, retrieval_train=4,
-                               retrieval_eval=4))
-  c.encoder.model = 'tiny'
-  c.encoder.model_overrides = {}
-  c.encoder.context_length = 16
-  c.encoder.vocab_size = 600
-  c.encoder.batch_size = 32
-  c.encoder.samples_seen = 32 * 30
-  c.encoder.warmup = 5
-  c.encoder.checkpoint_every = 10
-  return c
+# The world and encoder of the stage tests (conftest.py); test_pixel_proxy.py reads it here.
+tiny_config = tiny_world_config
 
 
 @pytest.fixture(scope='module')

@@ -14,24 +14,21 @@ import importlib.util
 import json
 import os
 import shutil
-import sys
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import test_encoder_stage  # noqa: E402  pylint: disable=wrong-import-position
-
-from tads_jax import eval as eval_lib  # noqa: E402
-from tads_jax import main  # noqa: E402
-from tads_jax import pipeline  # noqa: E402
-from tads_jax import report as report_lib  # noqa: E402
-from tads_jax import train  # noqa: E402
-from tads_jax.data import subset as subset_lib  # noqa: E402
-from tads_jax.stages import embed as embed_stage  # noqa: E402
-from tads_jax.stages import evaluate  # noqa: E402
-from tads_jax.stages import report as report_stage  # noqa: E402
+from tads_jax import eval as eval_lib
+from tads_jax import main
+from tads_jax import pipeline
+from tads_jax import report as report_lib
+from tads_jax import train
+from tads_jax.data import subset as subset_lib
+from tads_jax.stages import embed as embed_stage
+from tads_jax.stages import evaluate
+from tads_jax.stages import report as report_stage
+from conftest import tiny_world_config
 
 _TOOL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'tools',
                      'evaluate_subset.py')
@@ -43,7 +40,7 @@ STAGES = ('ingest', 'encoder', 'embed', 'select', 'evaluate')
 
 
 def config():
-  c = test_encoder_stage.tiny_config()
+  c = tiny_world_config()
   c.stages = STAGES
   c.embed.batch_size = 32
   c.selection.fraction = 0.5
@@ -257,7 +254,7 @@ def test_bad_evaluate_fields_name_the_field():
 def evidence_config():
   """A reference that sees colour: the tiny CLIP cut to one layer per tower, trained 400
   steps on 1,000 trusted pairs (~40 s here); the 30-step encoder above is at chance."""
-  c = test_encoder_stage.tiny_config()
+  c = tiny_world_config()
   c.stages = ('ingest', 'encoder', 'embed')
   c.pool.image_size = 32  # what the encoder sees; ingest and embed decode less
   c.pool.synthetic.update(dict(num_samples=400, shard_size=200, trusted_size=1000,

@@ -9,29 +9,26 @@ world's ground truth.
 import collections
 import json
 import os
-import sys
 
 import ml_collections
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import test_encoder_stage  # noqa: E402  pylint: disable=wrong-import-position
-
-from tads_jax import main  # noqa: E402
-from tads_jax.data import images as images_lib  # noqa: E402
-from tads_jax.data import webdataset  # noqa: E402
-from tads_jax.scoring import quality  # noqa: E402
-from tads_jax.stages import features as features_stage  # noqa: E402
-from tads_jax.stages import ingest  # noqa: E402
+from tads_jax import main
+from tads_jax.data import images as images_lib
+from tads_jax.data import webdataset
+from tads_jax.scoring import quality
+from tads_jax.stages import features as features_stage
+from tads_jax.stages import ingest
+from conftest import tiny_world_config
 
 OPERATORS = ('width', 'aspect_ratio', 'sharpness', 'words', 'clip_score',
              'flipped_clip_score', 'caption_specificity')
 
 
 def config():
-  c = test_encoder_stage.tiny_config()
+  c = tiny_world_config()
   c.stages = ('ingest', 'encoder', 'embed', 'features', 'select', 'report')
   c.embed.batch_size = 32
   c.features = ml_collections.ConfigDict(dict(
@@ -285,3 +282,58 @@ def test_datacomp_pool_leaves_out_image_operators(tmp_path):
   flags = dict(zip(table.column('uid').to_pylist(), table.column('exact_duplicate').to_pylist()))
   worse = uids[0] if cos[0] < cos[keep.index(4)] else uids[4]
   assert [u for u, f in flags.items() if f] == [worse]
+
+
+def test_operator_settings_reach_the_operators_and_bad_ones_name_the_field():
+  c = config()
+  c.features.operator_settings = ml_collections.ConfigDict(dict(
+      near_uniform=dict(threshold=0.5), word_repetition=dict(n=3)))
+  # Settings of an operator that is not run stay in the config without effect.
+  assert features_stage.operator_settings(c) == {}
+  c.features.operators = ('near_uniform', 'words')
+  assert features_stage.operator_settings(c) == {'near_uniform': {'threshold': 0.5}}
+  images = np.full((2, 8, 8, 3), 0.5, np.float32)
+  images[1] = np.random.default_rng(0).uniform(size=(8, 8, 3))  # contrast ~0.2-0.3
+  table = {'height': [8, 8], 'width': [8, 8], 'caption': ['a b', 'c d']}
+  emb = np.zeros((2, 4), np.float32)
+  default = features_stage._score_chunk(['near_uniform'], {}, 0, 2, 4, table, emb, emb,
+                                        images)
+  looser = features_stage._score_chunk(['near_uniform'], features_stage.operator_settings(c),
+                                       0, 2, 4, table, emb, emb, images)
+  np.testing.assert_array_equal(default['near_uniform'], [1, 0])
+  np.testing.assert_array_equal(looser['near_uniform'], [1, 1])
+  for settings, message in [
+      (dict(near_uniform=dict(thresh=0.1)),
+       r'config\.features\.operator_settings\.near_uniform\.thresh: unknown setting; '
+       r'near_uniform has threshold'),
+      (dict(sparkle=dict(level=1)), r'config\.features\.operator_settings\.sparkle: unknown'),
+      (dict(near_uniform=0.1), r'config\.features\.operator_settings\.near_uniform: expected'),
+  ]:
+    c.features.operator_settings = ml_collections.ConfigDict(settings)
+    with pytest.raises(ValueError, match=message):
+      features_stage.operator_settings(c)
+
+
+def test_vocab_share_runs_only_with_a_vocabulary():
+  c = config()
+  c.features.operators = ('vocab_share',)
+  with pytest.raises(ValueError, match=r"'vocab_share' needs "
+                     r'config\.features\.operator_settings\.vocab_share\.vocab'):
+    features_stage.operators(c)
+  c.features.operator_settings = ml_collections.ConfigDict(
+      dict(vocab_share=dict(vocab=('red', 'circle'))))
+  settings = features_stage.operator_settings(c)
+  table = {'height': [8], 'width': [8], 'caption': ['a red circle']}
+  emb = np.zeros((1, 4), np.float32)
+  out = features_stage._score_chunk(['vocab_share'], settings, 0, 1, 2, table, emb, emb)
+  np.testing.assert_allclose(out['vocab_share'], [2 / 3])
+
+
+def test_global_signals_run_in_order_and_give_the_global_columns():
+  assert list(features_stage.SIGNALS) == ['relevance', 'clusters', 'semantic_duplicate',
+                                          'exact_duplicate']
+  assert features_stage.GLOBAL_COLUMNS == ('cluster', 'cluster_weight', 'semantic_duplicate',
+                                           'exact_duplicate')
+  fields = set(config().features)
+  for s in features_stage.SIGNALS.values():  # every setting a signal reads is a field
+    assert set(s.settings) <= fields, s.name

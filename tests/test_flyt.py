@@ -5,11 +5,9 @@ loss against a numpy transcription of FLYT's NegativeWeightedClipLoss and, at un
 weights, against the plain CLIP loss; the differentiable AdamW step against optax; FLYT
 learning to score swapped captions lower and M-FLYT weighting the one informative score
 on toys; resume; hard cap sampling against a transcription of FLYT's loop and hand cases;
-config checks. XLA's CPU optimizations are off while this module runs (tiny programs).
+config checks. XLA's CPU optimizations are off while this module runs (conftest.py's
+fast_compiles).
 """
-
-import os
-import sys
 
 import flax.linen as nn
 import jax
@@ -25,34 +23,13 @@ from tads_jax import config as config_lib
 from tads_jax import meta
 from tads_jax import selection
 from tads_jax import selectors
-from tads_jax import stages
 from tads_jax import train
-from tads_jax.models import clip
 from tads_jax.selectors import flyt
 from tads_jax.stages import learn
+from configs import default
+from conftest import auroc, unit, validate
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-
-@pytest.fixture(scope='module', autouse=True)
-def fast_compiles():
-  previous = jax.config.read('jax_disable_most_optimizations')
-  jax.config.update('jax_disable_most_optimizations', True)
-  yield
-  jax.config.update('jax_disable_most_optimizations', previous)
-
-
-def _unit(x):
-  return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
-
-
-def _auroc(positive, score):
-  """P(score of a positive > score of a negative), ties half (Mann-Whitney)."""
-  ranks = stats.rankdata(score)
-  p, n = positive.sum(), (~positive).sum()
-  return (ranks[positive].sum() - p * (p + 1) / 2) / (p * n)
+pytestmark = pytest.mark.usefixtures('fast_compiles')
 
 
 # The blocks configs/default.py carries, at toy scale (meta settings chosen on the toy).
@@ -82,17 +59,17 @@ def _toy(seed=0, n=512, classes=8, dim=16, noise=0.1):
   """Half the pool's captions name a wrong class; the task classifies the same classes.
   -> (Inputs with a clip_score and a noise column, swapped [N] bool)."""
   rng = np.random.default_rng(seed)
-  centroids = _unit(rng.normal(size=(classes, dim)))
+  centroids = unit(rng.normal(size=(classes, dim)))
   label = rng.integers(0, classes, n)
   swapped = np.arange(n) % 2 == 1
   caption = np.where(swapped, (label + rng.integers(1, classes, n)) % classes, label)
-  image = _unit(centroids[label] + noise * rng.normal(size=(n, dim)))
-  text = _unit(centroids[caption] + noise * rng.normal(size=(n, dim)))
+  image = unit(centroids[label] + noise * rng.normal(size=(n, dim)))
+  text = unit(centroids[caption] + noise * rng.normal(size=(n, dim)))
   task_label = rng.integers(0, classes, 256)
   task = {'name': 'cls', 'kind': 'classification',
-          'image_emb': _unit(centroids[task_label] + noise * rng.normal(size=(256, dim))),
+          'image_emb': unit(centroids[task_label] + noise * rng.normal(size=(256, dim))),
           'labels': task_label,
-          'class_text_emb': _unit(centroids[:, None] + 0.1 * rng.normal(
+          'class_text_emb': unit(centroids[:, None] + 0.1 * rng.normal(
               size=(classes, 3, dim)))}
   features = pa.table({'uid': [f'{i:032x}' for i in range(n)],
                        'clip_score': np.sum(image * text, axis=1).astype(np.float64),
@@ -135,7 +112,7 @@ def _clip_loss(image, text, scale):
 
 def test_weighted_loss_is_flyts_and_uniform_weights_give_the_clip_loss():
   rng = np.random.default_rng(0)
-  image, text = _unit(rng.normal(size=(12, 6))), _unit(rng.normal(size=(12, 6)))
+  image, text = unit(rng.normal(size=(12, 6))), unit(rng.normal(size=(12, 6)))
   w = np.asarray(jax.nn.softmax(jnp.asarray(rng.normal(size=12))), np.float64)
   got = train.weighted_clip_loss(image, text, jnp.log(20.0), jnp.asarray(w))
   expected = _flyt_negative_weighted_loss(image.astype(np.float64), text, 20.0, w)
@@ -183,39 +160,27 @@ def test_random_templates_pick_one_per_class_reproducibly():
 # The meta-gradient against central finite differences, in float64.
 
 
-def _normalize64(x):
-  x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
-def _dot64(spec, x, kernel, dtype):
-  dtype = jnp.promote_types(dtype, x.dtype)
-  return jnp.einsum(spec, x.astype(dtype), kernel.astype(dtype), preferred_element_type=dtype)
-
-
 @pytest.mark.parametrize('which', ['flyt', 'mflyt'])
-def test_scorer_meta_gradient_matches_finite_differences(which, monkeypatch):
-  # The proxy's helpers pin float32; for this check they keep float64 (as test_meta).
-  monkeypatch.setattr(train, '_normalize', _normalize64)
-  monkeypatch.setattr(clip, '_dot', _dot64)
+def test_scorer_meta_gradient_matches_finite_differences(which, float64_proxy):
+  del float64_proxy  # the whole path from the scores to the outer loss in float64
   rng = np.random.default_rng(0)
   n, dim = 8, 5
   cfg = meta.MetaConfig(unroll=1, inner_optimizer='adam', inner_lr=0.05,
                         inner_weight_decay=0.2, inner_eps=1e-3, task_weight_rate=0.0,
                         outer_logit_scale=2.65926, templates='random')
   tasks = meta.check_tasks([
-      {'name': 'cls', 'image_emb': _unit(rng.normal(size=(6, dim))),
+      {'name': 'cls', 'image_emb': unit(rng.normal(size=(6, dim))),
        'labels': rng.integers(0, 3, 6),
-       'class_text_emb': _unit(rng.normal(size=(3, 4, dim)))},
-      {'name': 'ret', 'image_emb': _unit(rng.normal(size=(6, dim))),
-       'text_emb': _unit(rng.normal(size=(6, dim))), 'text_image': np.arange(6)}], dim)
+       'class_text_emb': unit(rng.normal(size=(3, 4, dim)))},
+      {'name': 'ret', 'image_emb': unit(rng.normal(size=(6, dim))),
+       'text_emb': unit(rng.normal(size=(6, dim))), 'text_image': np.arange(6)}], dim)
   with jax.enable_x64(True):
     f64 = lambda tree: jax.tree_util.tree_map(
         lambda x: jnp.asarray(x, jnp.float64 if np.issubdtype(np.asarray(x).dtype,
                                                                 np.floating) else None),
         tree)
-    pool = f64({'image_emb': _unit(rng.normal(size=(n, dim))),
-                'text_emb': _unit(rng.normal(size=(n, dim))),
+    pool = f64({'image_emb': unit(rng.normal(size=(n, dim))),
+                'text_emb': unit(rng.normal(size=(n, dim))),
                 'z': rng.normal(size=(n, 3))})
     if which == 'flyt':
       scorer = flyt.flyt_scorer(flyt.FlytScorer())
@@ -269,7 +234,7 @@ def test_flyt_scores_swapped_captions_lower_and_round_trips(tmp_path):
   selector = selectors.get('flyt')
   state = selector.fit(config, inputs)
   scores = selectors.run_selector(selector, config, state, inputs)
-  assert _auroc(swapped, -scores) > 0.9
+  assert auroc(swapped, -scores) > 0.9
   history = state['history']
   assert len(history['outer_loss']) == 200 and history['tasks'] == ['cls']
   assert history['weight_entropy'][-1] < history['weight_entropy'][0]
@@ -302,7 +267,7 @@ def test_mflyt_weights_the_informative_score_most(noise_selector):
   assert abs(weights['clip_score']) > 2 * max(abs(weights['test_noise']),
                                               abs(weights['random'])), weights
   scores = selectors.run_selector(selector, config, state, inputs)
-  assert _auroc(swapped, -scores) > 0.9
+  assert auroc(swapped, -scores) > 0.9
   # score recomputes the inputs from their states: the same mix by hand.
   x = np.stack([inputs.column(c, 't') for c in ('noise', 'clip_score')] +
                [selectors.run_selector(selectors.get('random'), config, {}, inputs)], 1)
@@ -329,7 +294,7 @@ def test_cosine_init_scores_near_the_clip_cosine():
       params, [inputs.image_emb, inputs.text_emb], chunk=100)  # 3 chunks, last padded
   cosine = inputs.column('clip_score', 't')
   assert stats.spearmanr(scores, cosine)[0] > 0.95
-  assert _auroc(swapped, -scores) > 0.95
+  assert auroc(swapped, -scores) > 0.95
 
 
 @pytest.mark.slow  # 10-15 s of meta-learning: make test-all runs it
@@ -473,10 +438,6 @@ def test_hard_cap_through_select_excludes_ineligible_rows():
 # Config checks.
 
 
-def _validate(c):
-  config_lib.validate(c, stages.STAGE_NAMES, selectors.SELECTORS)
-
-
 def _default(selector):
   c = default.get_config()
   c.selector.name = selector
@@ -500,14 +461,14 @@ def _default(selector):
 def test_hard_cap_settings_are_checked(field, value, message):
   c = _default('flyt')
   c.selection.method = 'hard_cap'
-  _validate(c)
+  validate(c)
   block, key = field.rsplit('.', 1)
   node = c
   for part in block.split('.'):
     node = node[part]
   node[key] = value
   with pytest.raises(config_lib.ConfigError, match=message):
-    _validate(c)
+    validate(c)
 
 
 @pytest.mark.parametrize('selector,field,value,message', [
@@ -528,17 +489,17 @@ def test_hard_cap_settings_are_checked(field, value, message):
 ])
 def test_flyt_config_errors_name_the_field(selector, field, value, message):
   c = _default(selector)
-  _validate(c)
+  validate(c)
   block, key = field.rsplit('.', 1)
   node = c
   for part in block.split('.'):
     node = node[part]
   node[key] = value
   if message is None:
-    _validate(c)
+    validate(c)
     return
   with pytest.raises(config_lib.ConfigError, match=message):
-    _validate(c)
+    validate(c)
 
 
 def test_cosine_init_needs_one_layer_of_hidden_mult_one():
@@ -546,4 +507,4 @@ def test_cosine_init_needs_one_layer_of_hidden_mult_one():
   c.flyt.init = 'cosine'
   c.flyt.layers = 2
   with pytest.raises(config_lib.ConfigError, match="config.flyt.init: 'cosine' needs"):
-    _validate(c)
+    validate(c)

@@ -176,8 +176,8 @@ def compare(reference: str, work: str) -> list:
 
 
 def _env() -> dict:
-  """One CPU device, as the reference: other test modules add an 8-device flag to
-  XLA_FLAGS of this process."""
+  """One CPU device, as the reference: conftest.py adds an 8-device flag to XLA_FLAGS of
+  this process."""
   env = dict(os.environ)
   flags = [f for f in env.get('XLA_FLAGS', '').split()
            if not f.startswith('--xla_force_host_platform_device_count')]

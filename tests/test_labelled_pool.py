@@ -13,7 +13,6 @@ import dataclasses
 import importlib.util
 import json
 import os
-import sys
 
 import ml_collections
 import numpy as np
@@ -22,16 +21,14 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import test_encoder_stage  # noqa: E402  pylint: disable=wrong-import-position
-
-from tads_jax import main  # noqa: E402
-from tads_jax import pipeline  # noqa: E402
-from tads_jax import selectors  # noqa: E402
-from tads_jax.data import tar_writer  # noqa: E402
-from tads_jax.data import webdataset  # noqa: E402
-from tads_jax.selectors import clip_powered  # noqa: E402
-from tads_jax.stages import ingest  # noqa: E402
+from tads_jax import main
+from tads_jax import pipeline
+from tads_jax import selectors
+from tads_jax.data import tar_writer
+from tads_jax.data import webdataset
+from tads_jax.selectors import clip_powered
+from tads_jax.stages import ingest
+from conftest import tiny_world_config
 
 _TOOL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'tools',
                      'labelled_to_pool.py')
@@ -65,7 +62,7 @@ def _true_class(image):  # uint8 [H, W, 3] -> the nearest class colour's index
 
 
 def _pool_config(pool_dir):
-  c = test_encoder_stage.tiny_config()
+  c = tiny_world_config()
   c.stages = ('ingest',)
   c.pool.format = 'webdataset'
   c.pool.shards = os.path.join(pool_dir, '*.tar')

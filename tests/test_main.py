@@ -20,9 +20,8 @@ from tads_jax.data import subset as subset_lib
 from tads_jax.data import tar_writer
 from tads_jax.data import webdataset
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
+from configs import default
+from conftest import REPO
 
 
 def small_config(**synthetic) -> ml_collections.ConfigDict:

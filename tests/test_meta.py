@@ -1,17 +1,11 @@
 """Meta-learning: config and task checks, inner optimizers against optax, the meta-gradient
 against finite differences (float64), memory under remat, learning on a toy with known
-answers, resume, and 8-device sharding.
+answers, resume, and 8-device sharding (conftest.py's on_8_devices).
 
-The 8-device check needs XLA_FLAGS=--xla_force_host_platform_device_count=8 before jax
-starts; when jax already started with fewer devices, it runs in a fresh interpreter on this
-same file. XLA's CPU optimizations are off while this module runs (the programs are tiny;
-compiling them optimized costs more than it saves).
+XLA's CPU optimizations are off while this module runs (conftest.py's fast_compiles).
 """
 
 import dataclasses
-import os
-import subprocess
-import sys
 
 import flax.linen as nn
 import jax
@@ -19,40 +13,27 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from scipy import stats
 
 from tads_jax import meta
 from tads_jax import sharding
 from tads_jax import train
 from tads_jax import value
-from tads_jax.models import clip
+from conftest import auroc, unit
 
-_FLAG = '--xla_force_host_platform_device_count=8'
-
-
-@pytest.fixture(scope='module', autouse=True)
-def fast_compiles():
-  previous = jax.config.read('jax_disable_most_optimizations')
-  jax.config.update('jax_disable_most_optimizations', True)
-  yield
-  jax.config.update('jax_disable_most_optimizations', previous)
-
-
-def _unit(x):
-  return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+pytestmark = pytest.mark.usefixtures('fast_compiles')
 
 
 def _random_problem(n=128, dim=8, features=3, seed=0):
   """A pool and one task of each kind, all random (for mechanics, not learning)."""
   rng = np.random.default_rng(seed)
   pool = {'z': rng.normal(size=(n, features)).astype(np.float32),
-          'image_emb': _unit(rng.normal(size=(n, dim))).astype(np.float16),
-          'text_emb': _unit(rng.normal(size=(n, dim))).astype(np.float16)}
-  tasks = [{'name': 'cls', 'image_emb': _unit(rng.normal(size=(40, dim))),
-            'labels': rng.integers(0, 5, 40), 'class_text_emb': _unit(rng.normal(
+          'image_emb': unit(rng.normal(size=(n, dim))).astype(np.float16),
+          'text_emb': unit(rng.normal(size=(n, dim))).astype(np.float16)}
+  tasks = [{'name': 'cls', 'image_emb': unit(rng.normal(size=(40, dim))),
+            'labels': rng.integers(0, 5, 40), 'class_text_emb': unit(rng.normal(
                 size=(5, 3, dim)))},
-           {'name': 'ret', 'image_emb': _unit(rng.normal(size=(30, dim))),
-            'text_emb': _unit(rng.normal(size=(60, dim))),
+           {'name': 'ret', 'image_emb': unit(rng.normal(size=(30, dim))),
+            'text_emb': unit(rng.normal(size=(60, dim))),
             'text_image': np.repeat(np.arange(30), 2)}]
   return pool, tasks
 
@@ -194,22 +175,9 @@ def test_meta_steps_carry_the_proxy_like_plain_training():
 # The meta-gradient against central finite differences, in float64.
 
 
-def _normalize64(x):
-  x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
-def _dot64(spec, x, kernel, dtype):
-  dtype = jnp.promote_types(dtype, x.dtype)
-  return jnp.einsum(spec, x.astype(dtype), kernel.astype(dtype), preferred_element_type=dtype)
-
-
 @pytest.mark.parametrize('optimizer', ['sgd', 'adam'])
-def test_meta_gradient_matches_finite_differences(optimizer, monkeypatch):
-  # The proxy's helpers pin float32 (train._normalize, clip._dot); for this check they
-  # keep float64 instead, so that the whole path from V to the outer loss is float64.
-  monkeypatch.setattr(train, '_normalize', _normalize64)
-  monkeypatch.setattr(clip, '_dot', _dot64)
+def test_meta_gradient_matches_finite_differences(optimizer, float64_proxy):
+  del float64_proxy  # the whole path from V to the outer loss in float64
   pool, tasks = _random_problem(n=8, dim=5)
   tasks = meta.check_tasks(tasks, 5)
   cfg = meta.MetaConfig(unroll=3, inner_optimizer=optimizer,
@@ -272,8 +240,8 @@ def _temp_bytes(cfg, tasks, module, vparams):
   step = jax.jit(meta.make_meta_step(cfg, module, proxy, kinds, optimizer))
   rng = np.random.default_rng(0)
   pool = {'z': np.zeros((cfg.batch_size, 3), np.float32),
-          'image_emb': _unit(rng.normal(size=(cfg.batch_size, 32))),
-          'text_emb': _unit(rng.normal(size=(cfg.batch_size, 32)))}
+          'image_emb': unit(rng.normal(size=(cfg.batch_size, 32))),
+          'text_emb': unit(rng.normal(size=(cfg.batch_size, 32)))}
   feedback = [meta.task_batch(t, np.arange(16)) for t in tasks]
   compiled = step.lower(state, pool, feedback).compile()
   carry = sum(x.nbytes for x in jax.tree_util.tree_leaves(
@@ -286,9 +254,9 @@ def test_remat_keeps_only_the_carry_per_unrolled_step():
   moments); with remat that is all it keeps, without it every step's activations (the
   [B, B] logits, ...) too."""
   rng = np.random.default_rng(0)
-  tasks = meta.check_tasks([{'image_emb': _unit(rng.normal(size=(16, 32))),
+  tasks = meta.check_tasks([{'image_emb': unit(rng.normal(size=(16, 32))),
                              'labels': rng.integers(0, 4, 16),
-                             'class_text_emb': _unit(rng.normal(size=(4, 2, 32)))}], 32)
+                             'class_text_emb': unit(rng.normal(size=(4, 2, 32)))}], 32)
   module, vparams = _value_function()
   temp = {}
   for remat in (True, False):
@@ -306,32 +274,25 @@ def test_remat_keeps_only_the_carry_per_unrolled_step():
 # Learning on a toy whose answer is known.
 
 
-def _auroc(positive, score):
-  """P(score of a positive > score of a negative), ties half (Mann-Whitney)."""
-  ranks = stats.rankdata(score)
-  p, n = positive.sum(), (~positive).sum()
-  return (ranks[positive].sum() - p * (p + 1) / 2) / (p * n)
-
-
 def test_swapped_captions_get_lower_value():
   """Half the pool's captions name a wrong class; the task classifies the same classes.
   From a zero prior, meta-learning must learn to value the image-text cosine."""
   rng = np.random.default_rng(0)
   classes, dim, n = 8, 16, 512
-  centroids = _unit(rng.normal(size=(classes, dim)))
+  centroids = unit(rng.normal(size=(classes, dim)))
   label = rng.integers(0, classes, n)
   swapped = np.arange(n) % 2 == 1
   caption = np.where(swapped, (label + rng.integers(1, classes, n)) % classes, label)
-  image = _unit(centroids[label] + 0.2 * rng.normal(size=(n, dim)))
-  text = _unit(centroids[caption] + 0.2 * rng.normal(size=(n, dim)))
+  image = unit(centroids[label] + 0.2 * rng.normal(size=(n, dim)))
+  text = unit(centroids[caption] + 0.2 * rng.normal(size=(n, dim)))
   features = np.stack([np.sum(image * text, axis=1), rng.normal(size=n),
                        rng.normal(size=n)], axis=1)
   names = ('clip_score', 'width', 'height')  # [cosine, noise, noise]
   z = value.Standardizer.fit(features, names).transform(features)
   task_label = rng.integers(0, classes, 256)
-  task = {'image_emb': _unit(centroids[task_label] + 0.2 * rng.normal(size=(256, dim))),
+  task = {'image_emb': unit(centroids[task_label] + 0.2 * rng.normal(size=(256, dim))),
           'labels': task_label,
-          'class_text_emb': _unit(centroids[:, None] + 0.1 * rng.normal(
+          'class_text_emb': unit(centroids[:, None] + 0.1 * rng.normal(
               size=(classes, 2, dim)))}
   module = value.make_value_function(names, hidden=(8,), zero_prior=True)
   params = value.init_params(module)
@@ -341,7 +302,7 @@ def test_swapped_captions_get_lower_value():
   learned, history = meta.learn(cfg, (module, params),
                                 {'z': z, 'image_emb': image, 'text_emb': text}, [task])
   v = np.asarray(module.apply({'params': learned}, z))
-  assert _auroc(swapped, -v) >= 0.9
+  assert auroc(swapped, -v) >= 0.9
   weights = value.feature_weights(module, learned, z)
   assert weights['clip_score']['linear'] > 0 and weights['clip_score']['effective'] > 0
   assert len(history['outer_loss']) == 40 and history['tasks'] == ['task0']
@@ -405,27 +366,18 @@ def check_sharded_meta_learning():
   np.testing.assert_allclose(history['outer_loss'], one_history['outer_loss'], rtol=1e-5)
   for a, b in zip(jax.tree_util.tree_leaves(one), jax.tree_util.tree_leaves(got)):
     np.testing.assert_allclose(a, b, atol=1e-5)
+  # config.mesh.rules = 'fsdp': the proxy's kernels split over the data axis, same result.
+  fsdp, fsdp_history = meta.learn(cfg, value_fn, pool, tasks, mesh=mesh, rules='fsdp')
+  np.testing.assert_allclose(fsdp_history['outer_loss'], one_history['outer_loss'], rtol=1e-5)
+  for a, b in zip(jax.tree_util.tree_leaves(one), jax.tree_util.tree_leaves(fsdp)):
+    np.testing.assert_allclose(a, b, atol=1e-5)
   with pytest.raises(ValueError, match=r"batch_size: 12 is not a multiple of the mesh's "
                      r'data axis \(8 devices\)'):
     meta.learn(dataclasses.replace(cfg, batch_size=12), value_fn, pool, tasks, mesh=mesh)
 
 
-def test_sharded_meta_learning_matches_single_device():
-  if jax.device_count() >= 8:
-    check_sharded_meta_learning()
-    return
-  env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {_FLAG}".strip(),
-             JAX_DISABLE_MOST_OPTIMIZATIONS='1')
-  result = subprocess.run([sys.executable, os.path.abspath(__file__),
-                           'check_sharded_meta_learning'], env=env, capture_output=True,
-                          text=True, timeout=600, check=False)
-  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-  assert 'check_sharded_meta_learning ok' in result.stdout
-
-
-if __name__ == '__main__':
-  globals()[sys.argv[1]]()
-  print(f'{sys.argv[1]} ok')
+def test_sharded_meta_learning_matches_single_device(on_8_devices):
+  on_8_devices(check_sharded_meta_learning)
 
 
 def test_a_pool_smaller_than_a_batch_shrinks_the_batch_and_says_so(caplog):

@@ -164,3 +164,62 @@ def test_remove_temporaries_takes_what_killed_writers_left(tmp_path):
   for rel in kept:
     assert (tmp_path / rel).exists(), rel
   assert not os.path.exists(tmp_path / 'encoder' / '.clip.tmp-k2j_x9')
+
+
+@pytest.mark.parametrize('suffix', ['', '.npy'])
+def test_atomic_write_failing_midway_keeps_the_old_file_and_no_temporary(tmp_path, suffix):
+  path = tmp_path / 'scores.bin'
+  path.write_bytes(b'old')
+  with pytest.raises(RuntimeError, match='disk full'):
+    with pipeline.atomic_write(str(path), suffix=suffix) as tmp:
+      assert tmp == f'{path}.tmp-{os.getpid()}{suffix}'
+      with open(tmp, 'wb') as f:
+        f.write(b'half of the new')
+      raise RuntimeError('disk full')
+  assert path.read_bytes() == b'old'
+  assert os.listdir(tmp_path) == ['scores.bin']
+  with pipeline.atomic_write(str(path), suffix=suffix) as tmp, open(tmp, 'wb') as f:
+    f.write(b'new')
+  assert path.read_bytes() == b'new'
+  assert os.listdir(tmp_path) == ['scores.bin']
+
+
+def test_atomic_write_temporaries_are_the_ones_a_kill_cleanup_finds(tmp_path):
+  """A name that remove_temporaries would not match is refused."""
+  with pytest.raises(ValueError, match='remove_temporaries would miss'):
+    with pipeline.atomic_write(str(tmp_path / 'a.npz'), suffix='.npz'):
+      pass
+  for suffix in ('', '.npy', '.png'):
+    with pipeline.atomic_write(str(tmp_path / 'a'), suffix=suffix) as tmp:
+      assert pipeline._TEMPORARY_FILE.fullmatch(os.path.basename(tmp))
+      open(tmp, 'w').close()
+
+
+def test_resumable_items_skip_finished_items_after_a_failure(tmp_path):
+  computed = []
+
+  def item_loop(fail_at=None):
+    records = []
+    for name in ('a', 'b', 'c'):
+      item = str(tmp_path / name)
+
+      def compute(name=name, item=item):
+        computed.append(name)
+        with pipeline.atomic_write(item + '.txt') as tmp, open(tmp, 'w') as f:
+          f.write(name)
+          if name == fail_at:
+            raise RuntimeError(f'killed on {name}')
+        return {'name': name}
+
+      records.append(pipeline.resumable_item(item, compute))
+    return records
+
+  with pytest.raises(RuntimeError, match='killed on b'):
+    item_loop(fail_at='b')
+  assert computed == ['a', 'b']
+  assert pipeline.item_done(str(tmp_path / 'a')) and not pipeline.item_done(str(tmp_path / 'b'))
+  assert sorted(os.listdir(tmp_path)) == ['a.json', 'a.txt']
+  assert item_loop() == [{'name': 'a'}, {'name': 'b'}, {'name': 'c'}]
+  assert computed == ['a', 'b', 'b', 'c']  # a was not redone
+  assert item_loop() == [{'name': 'a'}, {'name': 'b'}, {'name': 'c'}]
+  assert computed == ['a', 'b', 'b', 'c']

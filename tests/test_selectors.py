@@ -3,7 +3,6 @@ saved and restored by the stages, and the one-way data flow of the modules."""
 
 import ast
 import os
-import sys
 
 import ml_collections
 import numpy as np
@@ -16,9 +15,8 @@ from tads_jax import selectors
 from tads_jax import stages
 from tads_jax.stages import learn
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
+from configs import default
+from conftest import REPO, validate
 
 # Every selector the README promises (issue: one pure interface).
 PUBLISHED = ('no_filter', 'basic_filter', 'clip_score', 'laion2b', 'text_based',
@@ -112,37 +110,33 @@ def test_state_round_trips_through_the_learn_stage_files(tmp_path):
     learn.load_state(path)
 
 
-def _validate(c):
-  config_lib.validate(c, stages.STAGE_NAMES, selectors.SELECTORS)
-
-
 def test_what_a_selector_needs_is_checked_before_any_work():
   c = default.get_config()
   c.selector.name = 'normsim'
   c.stages = ('ingest', 'encoder', 'embed', 'features', 'select')
-  _validate(c)  # the default world has tasks and embeddings
+  validate(c)  # the default world has tasks and embeddings
   c.unlock()
   del c['tasks']
   c.tasks = []
   with pytest.raises(config_lib.ConfigError, match="config.tasks: selector 'normsim'"):
-    _validate(c)
+    validate(c)
   c = default.get_config()
   c.selector.name = 'laion2b'
   c.stages = ('ingest', 'encoder', 'embed', 'select')
   with pytest.raises(config_lib.ConfigError, match="selector 'laion2b' reads the features"):
-    _validate(c)
+    validate(c)
   c = default.get_config()
   c.evaluate.baselines = ('full', 'semdedup')
   c.stages = ('ingest', 'select', 'evaluate')
   c.selector.name = 'random'
   with pytest.raises(config_lib.ConfigError,
                      match="config.evaluate.baselines: selector 'semdedup' reads the pool"):
-    _validate(c)
+    validate(c)
   c = default.get_config()
   c.evaluate.baselines = ('full', 'basic_filter')
   c.basic_filter.max_aspect = 0.5
   with pytest.raises(config_lib.ConfigError, match='config.basic_filter.max_aspect'):
-    _validate(c)
+    validate(c)
 
 
 def _imports(path: str) -> set:

@@ -1,26 +1,16 @@
 """Mesh and logical-axis rules: sharded CLIP encoders equal the single-device ones.
 
-Needs 8 (fake CPU) devices. The flag is set before jax starts; when jax already started
-with fewer devices (another test module initialized it in this pytest session), the
-8-device checks run in a fresh interpreter on this same file.
+The sharded checks run on 8 (fake CPU) devices (conftest.py's on_8_devices).
 """
 
-import os
-import subprocess
-import sys
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
 
-_FLAG = '--xla_force_host_platform_device_count=8'
-if _FLAG not in os.environ.get('XLA_FLAGS', ''):
-  os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {_FLAG}".strip()
-
-import flax.linen as nn  # noqa: E402
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from jax.sharding import PartitionSpec as P  # noqa: E402
-
-from tads_jax import sharding  # noqa: E402
-from tads_jax.models import api, clip, preprocess  # noqa: E402
+from tads_jax import sharding
+from tads_jax.models import api, clip, preprocess
 
 # One block per tower: the layout is the same for every block, and compiles are slow.
 TINY = clip.get_config('tiny', vocab_size=512, eos_token_id=511, vision_layers=1,
@@ -96,15 +86,8 @@ def check_sharded_encoders():
     _encoder(params, mesh=bad, rules='tensor_parallel')
 
 
-def test_sharded_encoders_match_single_device():
-  if jax.device_count() >= 8:
-    check_sharded_encoders()
-    return
-  env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {_FLAG}".strip())
-  result = subprocess.run([sys.executable, os.path.abspath(__file__)], env=env,
-                          capture_output=True, text=True, timeout=600, check=False)
-  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-  assert 'sharded encoders ok' in result.stdout
+def test_sharded_encoders_match_single_device(on_8_devices):
+  on_8_devices(check_sharded_encoders)
 
 
 def test_make_mesh_shapes_and_errors():
@@ -121,6 +104,36 @@ def test_make_mesh_shapes_and_errors():
   import ml_collections  # pylint: disable=import-outside-toplevel
   config = ml_collections.ConfigDict({'mesh': {'data': -1, 'model': 1}})
   assert sharding.mesh_from_config(config).devices.shape == (n, 1)
+
+
+def test_from_config_gives_the_configured_mesh_and_rules():
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  n = jax.device_count()
+  config = ml_collections.ConfigDict({'mesh': {'data': -1, 'model': 1, 'rules': 'fsdp'}})
+  mesh, rules = sharding.from_config(config)
+  assert mesh.devices.shape == (n, 1) and rules == 'fsdp'
+  table = (('activation_batch', 'data'), ('embed', None), ('mlp', ('data', 'model')))
+  config = ml_collections.ConfigDict({'mesh': {'data': -1, 'model': 1, 'rules': table}})
+  assert sharding.from_config(config).rules == table
+  assert sharding.get_rules(sharding.from_config(config).rules) == table
+  assert sharding.from_config(ml_collections.ConfigDict()).rules == 'data_parallel'
+
+
+@pytest.mark.parametrize('field, value, message', [
+    ('data', 0, r'config\.mesh\.data: expected a positive integer or -1, got 0'),
+    ('data', 'all', r'config\.mesh\.data: expected a positive integer'),
+    ('model', 3, r'config\.mesh\.(model: 3 does not divide|data x config\.mesh\.model)'),
+    ('model', -1, r'config\.mesh\.model: -1 is only allowed for config\.mesh\.data'),
+    ('rules', 'zero', r"config\.mesh\.rules: 'zero' unknown; one of data_parallel"),
+    ('rules', (('embed', 'tensor'),), r'config\.mesh\.rules: expected a preset'),
+])
+def test_from_config_errors_name_the_field(field, value, message):
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  mesh = {'data': -1, 'model': 1, 'rules': 'data_parallel'}
+  mesh[field] = value
+  config = ml_collections.ConfigDict({'mesh': mesh})
+  with pytest.raises(ValueError, match=message):
+    sharding.from_config(config)
 
 
 def test_rules_map_logical_names():
@@ -140,7 +153,3 @@ def test_rules_map_logical_names():
   with pytest.raises(ValueError, match="sharding rules 'zero' unknown"):
     sharding.get_rules('zero')
 
-
-if __name__ == '__main__':
-  check_sharded_encoders()
-  print('sharded encoders ok')

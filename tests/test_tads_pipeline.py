@@ -21,10 +21,9 @@ import test_features_stage  # noqa: E402  pylint: disable=wrong-import-position
 
 from tads_jax import config as config_lib  # noqa: E402
 from tads_jax import main  # noqa: E402
-from tads_jax import selectors  # noqa: E402
-from tads_jax import stages  # noqa: E402
 from tads_jax.data import subset as subset_lib  # noqa: E402
 from tads_jax.stages import learn  # noqa: E402
+from conftest import validate  # noqa: E402
 
 STAGES = ('ingest', 'encoder', 'embed', 'features', 'learn', 'select', 'report')
 
@@ -150,19 +149,15 @@ def test_soft_cap_writes_repeats_at_the_same_budget(prior_run, tmp_path):
   assert counts.max() > 1  # some sample repeats: a batch of 4 from softmax of the values
 
 
-def _validate(c):
-  config_lib.validate(c, stages.STAGE_NAMES, selectors.SELECTORS)
-
-
 def test_config_errors_name_the_field():
   c = config()
   c.stages = tuple(s for s in STAGES if s != 'learn')
   with pytest.raises(config_lib.ConfigError, match="config.stages: selector 'tads' learns"):
-    _validate(c)
+    validate(c)
   c = config()
   c.selector.name = 'random'
   with pytest.raises(config_lib.ConfigError, match="selector 'random' has nothing to learn"):
-    _validate(c)
+    validate(c)
   for field, value, message in (
       ('groups', ('quality', 'vibes'), 'config.tads.groups'),
       ('hidden', (0,), 'config.tads.hidden'),
@@ -170,12 +165,12 @@ def test_config_errors_name_the_field():
     c = config()
     c.tads[field] = value
     with pytest.raises(config_lib.ConfigError, match=message):
-      _validate(c)
+      validate(c)
   c = config()
   c.tads.meta.unroll = 0
   with pytest.raises(config_lib.ConfigError, match='config.tads.meta.unroll'):
-    _validate(c)
+    validate(c)
   c = config()
   c.tads.prior.quality = -1.0
   with pytest.raises(config_lib.ConfigError, match='config.tads.prior'):
-    _validate(c)
+    validate(c)

@@ -1,20 +1,13 @@
 """Proxy training: the weighted loss, schedule, data order, budget, learning, resume and
-sharding.
+sharding (on 8 devices: conftest.py's on_8_devices).
 
-The 8-device check needs XLA_FLAGS=--xla_force_host_platform_device_count=8 before jax
-starts; when jax already started with fewer devices (another test module in this pytest
-session), it runs in a fresh interpreter on this same file.
-
-XLA's CPU optimizations are switched off while this module runs
-(jax_disable_most_optimizations): the models are tiny, so compiling them optimized costs
-more than it saves (the tiny CLIP's train step: ~25 s against ~8 s on two cores).
+XLA's CPU optimizations are switched off while this module runs (conftest.py's
+fast_compiles): the models are tiny, so compiling them optimized costs more than it saves.
 """
 
 import dataclasses
 import math
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +19,7 @@ from tads_jax import sharding
 from tads_jax import train
 from tads_jax.data import subset
 
-_FLAG = '--xla_force_host_platform_device_count=8'
+pytestmark = pytest.mark.usefixtures('fast_compiles')
 
 # One embedding config for the learning, budget, temperature and resume tests, so that
 # they share one compiled step (train caches it by config).
@@ -49,16 +42,8 @@ def _toy_pairs(n, seed=0, latent=6, dim=24):
   return unit(image), unit(text)
 
 
-@pytest.fixture(scope='module', autouse=True)
-def fast_compiles():
-  previous = jax.config.read('jax_disable_most_optimizations')
-  jax.config.update('jax_disable_most_optimizations', True)
-  yield
-  jax.config.update('jax_disable_most_optimizations', previous)
-
-
 @pytest.fixture(scope='module')
-def toy_run(fast_compiles):  # pylint: disable=redefined-outer-name,unused-argument
+def toy_run(fast_compiles):  # pylint: disable=unused-argument
   data = _toy_pairs(512)
   params, history = train.train(TOY, data)
   return data, params, history
@@ -416,27 +401,10 @@ def check_sharded_pixel_training():
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
 
 
-def _run_with_8_devices(check, name):
-  if jax.device_count() >= 8:
-    check()
-    return
-  env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {_FLAG}".strip(),
-             JAX_DISABLE_MOST_OPTIMIZATIONS='1')
-  result = subprocess.run([sys.executable, os.path.abspath(__file__), name], env=env,
-                          capture_output=True, text=True, timeout=600, check=False)
-  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-  assert f'{name} ok' in result.stdout
-
-
-def test_sharded_training_matches_single_device():
-  _run_with_8_devices(check_sharded_training, 'check_sharded_training')
+def test_sharded_training_matches_single_device(on_8_devices):
+  on_8_devices(check_sharded_training)
 
 
 @pytest.mark.slow
-def test_sharded_pixel_training_matches_single_device():
-  _run_with_8_devices(check_sharded_pixel_training, 'check_sharded_pixel_training')
-
-
-if __name__ == '__main__':
-  globals()[sys.argv[1]]()
-  print(f'{sys.argv[1]} ok')
+def test_sharded_pixel_training_matches_single_device(on_8_devices):
+  on_8_devices(check_sharded_pixel_training)

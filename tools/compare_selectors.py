@@ -52,14 +52,15 @@ def markdown(report: dict) -> str:
   ev = report['evaluation']
   rows = report_lib.comparison_rows(ev)
   tasks = list(ev['tasks'])
-  lines = ['| subset | entries | unique | average (mean ± std) | ' + ' | '.join(tasks) + ' |',
-           '|' + '---|' * (4 + len(tasks))]
+  lines = ['| subset | entries | unique | average (mean ± std) | ' + ' | '.join(tasks)
+           + ' | proxy |', '|' + '---|' * (5 + len(tasks))]
   runs = [ev] + list(ev.get('baselines', {}).values())
   for row, run in zip(rows, runs):
     cells = [f"{run['tasks'][t]['mean']['main']:.3f} ± {run['tasks'][t]['std']['main']:.3f}"
              for t in tasks]
     lines.append(f"| {row['subset']} | {row['entries']} | {row['unique']} | "
-                 f"{row['average']:.4f} ± {row['std']:.4f} | " + ' | '.join(cells) + ' |')
+                 f"{row['average']:.4f} ± {row['std']:.4f} | " + ' | '.join(cells)
+                 + f" | {row['proxy']} |")
   kept = report_lib.comparison_kept_rows(report)
   if kept:
     columns = list(dict.fromkeys(c for r in kept for c in r))

@@ -1,8 +1,10 @@
 r"""Evaluates any DataComp subset file on the same footing as the evaluate stage.
 
-Reuses a workdir where ingest, encoder and embed ran with the same config: the proxy is
-trained on that workdir's pool embeddings (the subset's uids pick the rows, repeats
-included) and scored on its task embeddings, exactly as the evaluate stage does.
+Reuses a workdir where ingest, encoder and embed ran with the same config: the proxy
+(config.evaluate.proxy) is trained on that workdir's pool embeddings or, for 'pixels', on
+its pool images (decoded once into the workdir's evaluate_cache/) and captions, the
+subset's uids picking the rows, repeats included, and scored on the tasks exactly as the
+evaluate stage does.
 
   python tools/evaluate_subset.py --config configs/clip_score.py \
       --workdir /tmp/tads-clip --subset my_subset.npy --seeds 3
@@ -33,13 +35,13 @@ def evaluate_subset(config, workdir: str, subset: str, out: str | None = None,
   evaluate_stage.check_embedded(ctx)
   out = out or subset + '.eval.json'
   result = evaluate_stage.evaluate_subset(ctx, subset, out + '.checkpoints', seeds=seeds,
-                                          mesh=sharding.mesh_from_config(config))
+                                          mesh=sharding.from_config(config).mesh)
   pipeline.write_json_atomic(out, result)
   return result
 
 
 def markdown_row(result: dict, name: str) -> str:
-  """| subset | entries | unique | seeds | samples seen | average | task means... |"""
+  """| subset | entries | unique | seeds | samples seen | average | task means... | proxy |"""
   def cell(mean, std):
     return f'{mean:.3f} ± {std:.3f}'
   tasks = [cell(t['mean']['main'], t['std']['main']) for t in result['tasks'].values()]
@@ -47,12 +49,12 @@ def markdown_row(result: dict, name: str) -> str:
                             str(result['subset']['unique']), str(len(result['seeds'])),
                             str(result['train']['samples_seen']),
                             cell(result['average']['mean'], result['average']['std']),
-                            *tasks]) + ' |'
+                            *tasks, result.get('proxy', 'embedding')]) + ' |'
 
 
 def markdown_header(result: dict) -> str:
   columns = ['subset', 'entries', 'unique', 'seeds', 'samples seen', 'average',
-             *result['tasks']]
+             *result['tasks'], 'proxy']
   return '| ' + ' | '.join(columns) + ' |\n|' + '---|' * len(columns)
 
 

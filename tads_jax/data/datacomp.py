@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from tads_jax import pipeline
 from tads_jax.data import webdataset
 
 # The model whose embeddings each npz key pair holds (DataComp's README): a task embedded
@@ -191,11 +192,7 @@ def write_metadata(parquet_path: str, table_dict: dict, embeddings: dict,
       raise ValueError(f'{parquet_path}: embedding {key!r} has shape {value.shape}, '
                        f'expected [{table.num_rows}, D]')
     arrays[key] = value.astype(dtype)
-  tmp = f'{parquet_path}.tmp-{os.getpid()}'
-  pq.write_table(table, tmp)
-  os.replace(tmp, parquet_path)
-  path = npz_path(parquet_path)
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'wb') as f:
+  with pipeline.atomic_write(parquet_path) as tmp:
+    pq.write_table(table, tmp)
+  with pipeline.atomic_write(npz_path(parquet_path)) as tmp, open(tmp, 'wb') as f:
     np.savez(f, **arrays)
-  os.replace(tmp, path)

@@ -5,10 +5,11 @@ the sample should be seen, so sampling with repetition is expressed by repeats; 
 resharder counts them with searchsorted (left/right) and writes that many copies.
 """
 
-import os
 import re
 
 import numpy as np
+
+from tads_jax import pipeline
 
 UID_DTYPE = np.dtype("u8,u8")
 _UID_RE = re.compile(r"^[0-9a-f]{32}$")
@@ -47,9 +48,8 @@ def write_subset(path: str, uids, counts=None) -> np.ndarray:
       raise ValueError(f"{path}: counts must be {len(array)} non-negative integers")
     array = np.repeat(array, counts)
   array = np.sort(array)
-  tmp = f"{path}.tmp-{os.getpid()}.npy"
-  np.save(tmp, array)
-  os.replace(tmp, path)
+  with pipeline.atomic_write(path, suffix='.npy') as tmp:
+    np.save(tmp, array)
   return array
 
 

@@ -11,8 +11,9 @@ checks that against tarfile itself.
 """
 
 import json
-import os
 from typing import Iterable, Mapping
+
+from tads_jax import pipeline
 
 # Fixed member metadata: identical inputs give byte-identical shards.
 _MTIME = 0
@@ -84,34 +85,25 @@ def write_shard(path: str, samples: Iterable[tuple[str, Mapping[str, object]]]) 
   (including an exception from `samples`), nothing appears at `path` and the temporary
   file is removed.
   """
-  tmp = f"{path}.tmp-{os.getpid()}"
   count = 0
   offset = 0
-  try:
-    with open(tmp, "wb", buffering=1 << 20) as f:
-      for key, files in samples:
-        for ext, value in files.items():
-          member = f"{key}.{ext}"
-          try:
-            data = _encode(value)
-          except TypeError as e:
-            raise TypeError(f"{path}: member {member!r}: {e}") from None
-          size = len(data)
-          pad = -size % _BLOCK
-          f.write(_header(member.encode(_ENCODING, _ERRORS), size, path, member))
-          f.write(data)
-          if pad:
-            f.write(_ZEROS[:pad])
-          offset += _BLOCK + size + pad
-        count += 1
-      # End of archive: two zero blocks, then zeros up to a whole record, as tarfile.close.
-      offset += 2 * _BLOCK
-      f.write(_ZEROS[:2 * _BLOCK + -offset % _RECORD])
-    os.replace(tmp, path)
-  except BaseException:
-    try:
-      os.remove(tmp)
-    except FileNotFoundError:
-      pass
-    raise
+  with pipeline.atomic_write(path) as tmp, open(tmp, "wb", buffering=1 << 20) as f:
+    for key, files in samples:
+      for ext, value in files.items():
+        member = f"{key}.{ext}"
+        try:
+          data = _encode(value)
+        except TypeError as e:
+          raise TypeError(f"{path}: member {member!r}: {e}") from None
+        size = len(data)
+        pad = -size % _BLOCK
+        f.write(_header(member.encode(_ENCODING, _ERRORS), size, path, member))
+        f.write(data)
+        if pad:
+          f.write(_ZEROS[:pad])
+        offset += _BLOCK + size + pad
+      count += 1
+    # End of archive: two zero blocks, then zeros up to a whole record, as tarfile.close.
+    offset += 2 * _BLOCK
+    f.write(_ZEROS[:2 * _BLOCK + -offset % _RECORD])
   return count

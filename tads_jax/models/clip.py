@@ -6,12 +6,22 @@ projections, a learned log logit scale), so that converted checkpoints give the 
 embeddings. Every parameter and the main activations carry logical axis names; the mesh
 layout is decided by the rules in `tads_jax.sharding`, not here.
 
+The image tower's stem is CLIP's patch embedding (`vision_stem='patch'`, what Hugging Face
+checkpoints hold) or, for proxies trained from scratch, a convolutional stem
+(`vision_stem='conv'`, Xiao et al. 2021, "Early convolutions help transformers see better"):
+log2(patch_size) 3x3 stride-2 convolutions, each followed by a LayerNorm over channels and
+a ReLU, then a 1x1 projection to the width, giving the same token grid as the patches. The
+paper normalizes with BatchNorm; LayerNorm keeps the model stateless and each sample's
+embedding independent of the batch it is contrasted with (batch statistics would carry
+information between the samples of a contrastive batch).
+
 Precision: `param_dtype` is how weights are stored, `dtype` is what matmul inputs are cast
 to. Matmuls accumulate in float32 (`preferred_element_type`), and LayerNorm, softmax and
 the residual stream stay in float32, so bfloat16 compute changes speed more than results.
 """
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -22,6 +32,7 @@ import jax.numpy as jnp
 Dtype = Any
 
 ACTIVATIONS = ('quick_gelu', 'gelu', 'gelu_new', 'gelu_pytorch_tanh')
+STEMS = ('patch', 'conv')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +48,10 @@ class CLIPConfig:
   vision_mlp_dim: int = 3072
   vision_act: str = 'quick_gelu'
   vision_ln_eps: float = 1e-5
+  # 'patch' (CLIP's, Hugging Face compatible) | 'conv' (log2(patch_size) 3x3 stride-2
+  # convolutions of vision_stem_width, 2x, 4x, ... channels, then a 1x1 projection).
+  vision_stem: str = 'patch'
+  vision_stem_width: int = 32
   # Text tower.
   vocab_size: int = 49408
   context_length: int = 77        # HF max_position_embeddings
@@ -71,10 +86,26 @@ class CLIPConfig:
     if self.image_size % self.patch_size:
       raise ValueError(f'CLIPConfig.patch_size: {self.patch_size} does not divide '
                        f'image_size={self.image_size}')
+    if self.vision_stem not in STEMS:
+      raise ValueError(f'CLIPConfig.vision_stem: {self.vision_stem!r} is not one of '
+                       f'{", ".join(STEMS)}')
+    if self.vision_stem == 'conv' and (self.patch_size < 2
+                                       or self.patch_size & (self.patch_size - 1)):
+      raise ValueError(f"CLIPConfig.patch_size: the 'conv' stem downsamples by 2 per "
+                       f'convolution, so patch_size must be a power of two >= 2, got '
+                       f'{self.patch_size}')
 
   @property
   def num_patches(self) -> int:
     return (self.image_size // self.patch_size) ** 2
+
+  @property
+  def stem_channels(self) -> tuple:
+    """Output channels of the conv stem's 3x3 convolutions (empty for 'patch')."""
+    if self.vision_stem != 'conv':
+      return ()
+    return tuple(self.vision_stem_width * 2**i
+                 for i in range(self.patch_size.bit_length() - 1))
 
 
 _B32 = CLIPConfig()
@@ -133,19 +164,59 @@ def _dot(spec, x, kernel, dtype):
                     preferred_element_type=jnp.float32)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def project(x, kernel, dtype):
+  """x [..., D] @ kernel [D, F] -> float32 [..., F] (inputs cast to `dtype`), the
+  projections of the CLIP towers. The same as _dot('...d,df->...f', ...) in value and
+  gradient; only how the kernel's gradient x^T dy is computed differs (_project_bwd)."""
+  return _dot('...d,df->...f', x, kernel, dtype)
+
+
+def _project_fwd(x, kernel, dtype):
+  return project(x, kernel, dtype), (x, kernel)
+
+
+def _project_bwd(dtype, residuals, dy):
+  """dx = dy kernel^T; dkernel = x^T dy over every leading axis.
+
+  On CPU both operands of x^T dy are materialized first (lax.optimization_barrier):
+  otherwise XLA fuses the LayerNorm / GELU backward that produces dy into a transposing
+  copy and runs the product outside its YNNPACK kernels: a pixel-proxy step ran at 0.87x
+  PyTorch's speed that way, 1.1-1.16x this way (BENCHMARKS.md, "Pixel proxy speed").
+  Accelerators keep their fusions.
+  """
+  x, kernel = residuals
+  dx = _dot('...f,df->...d', dy, kernel, dtype).astype(x.dtype)
+  x2, dy2 = x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])  # [N, D], [N, F]
+  if jax.default_backend() == 'cpu':
+    x2, dy2 = jax.lax.optimization_barrier((x2, dy2))
+  dkernel = _dot('nd,nf->df', x2, dy2, dtype)  # [D, F]
+  return dx, dkernel.astype(kernel.dtype)
+
+
+project.defvjp(_project_fwd, _project_bwd)
+
+
 class Dense(nn.Module):
-  """Dense layer over the last axis whose kernel carries logical axis names."""
+  """Dense layer over the last axis whose kernel carries logical axis names.
+
+  project=True computes it with `project` (the CLIP towers); False with plain autodiff
+  (the embedding proxy's heads, train.EmbeddingHead, whose numerics stay as they were)."""
   features: int
   axes: tuple[str, str]
   use_bias: bool = True
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  project: bool = False
 
   @nn.compact
   def __call__(self, x):
     kernel = self.param('kernel', _kernel_init(self.axes), (x.shape[-1], self.features),
                         self.param_dtype)
-    y = _dot('...d,df->...f', x, kernel, self.dtype)
+    if self.project:
+      y = project(x, kernel, self.dtype)
+    else:
+      y = _dot('...d,df->...f', x, kernel, self.dtype)
     if self.use_bias:
       bias = self.param('bias', _zeros_init(self.axes[1:]), (self.features,),
                         self.param_dtype)
@@ -157,6 +228,7 @@ class LayerNorm(nn.Module):
   """LayerNorm in float32 with two-pass variance, as torch.nn.LayerNorm computes it."""
   epsilon: float
   param_dtype: Dtype = jnp.float32
+  axis_name: str = 'embed'  # logical name of the normalized axis (its params')
 
   @nn.compact
   def __call__(self, x):  # [..., D] -> float32 [..., D]
@@ -166,8 +238,8 @@ class LayerNorm(nn.Module):
     y = (x - mean) * jax.lax.rsqrt(var + self.epsilon)
     width = x.shape[-1]
     scale = self.param('scale', nn.with_logical_partitioning(
-        nn.initializers.ones_init(), ('embed',)), (width,), self.param_dtype)
-    bias = self.param('bias', _zeros_init(('embed',)), (width,), self.param_dtype)
+        nn.initializers.ones_init(), (self.axis_name,)), (width,), self.param_dtype)
+    bias = self.param('bias', _zeros_init((self.axis_name,)), (width,), self.param_dtype)
     return y * scale.astype(jnp.float32) + bias.astype(jnp.float32)
 
 
@@ -185,10 +257,14 @@ class Attention(nn.Module):
                             (width, 3, self.num_heads, head_dim), self.param_dtype)
     qkv_bias = self.param('qkv_bias', _zeros_init(('qkv', 'heads', 'kv')),
                           (3, self.num_heads, head_dim), self.param_dtype)
-    qkv = _dot('bnd,dthk->tbnhk', x, qkv_kernel, self.dtype)  # [3, B, N, H, Dh]
-    qkv = qkv + qkv_bias.astype(jnp.float32)[:, None, None]
+    # One [D, H*3*Dh] matmul (heads major, so a 'heads' sharding survives the reshape):
+    # `project`'s backward is what makes the projections fast on CPU.
+    b, n = x.shape[:2]
+    kernel = jnp.transpose(qkv_kernel, (0, 2, 1, 3)).reshape(width, 3 * width)
+    qkv = project(x, kernel, self.dtype).reshape(b, n, self.num_heads, 3, head_dim)
+    qkv = qkv + jnp.transpose(qkv_bias, (1, 0, 2)).astype(jnp.float32)  # [B, N, H, 3, Dh]
     names = ('activation_batch', 'activation_length', 'activation_heads', 'activation_kv')
-    q, k, v = (nn.with_logical_constraint(t, names) for t in qkv)
+    q, k, v = (nn.with_logical_constraint(qkv[:, :, :, i], names) for i in range(3))
 
     logits = _dot('bqhk,bshk->bhqs', q, k, self.dtype) * head_dim**-0.5  # [B, H, N, N]
     if causal:
@@ -202,7 +278,8 @@ class Attention(nn.Module):
     out_kernel = self.param('out_kernel', _kernel_init(('heads', 'kv', 'embed')),
                             (self.num_heads, head_dim, width), self.param_dtype)
     out_bias = self.param('out_bias', _zeros_init(('embed',)), (width,), self.param_dtype)
-    return _dot('bnhk,hkd->bnd', out, out_kernel, self.dtype) + out_bias.astype(jnp.float32)
+    out = project(out.reshape(b, n, width), out_kernel.reshape(width, width), self.dtype)
+    return out + out_bias.astype(jnp.float32)  # [B, N, D]
 
 
 class Block(nn.Module):
@@ -223,17 +300,50 @@ class Block(nn.Module):
     x = nn.with_logical_constraint(
         x, ('activation_batch', 'activation_length', 'activation_embed'))
     y = LayerNorm(self.ln_eps, self.param_dtype, name='ln2')(x)
-    y = Dense(self.mlp_dim, ('embed', 'mlp'), name='fc1', **kw)(y)  # [B, N, F]
+    y = Dense(self.mlp_dim, ('embed', 'mlp'), name='fc1', project=True, **kw)(y)  # [B, N, F]
     y = nn.with_logical_constraint(
         y, ('activation_batch', 'activation_length', 'activation_mlp'))
     y = _activation(self.act, y)
-    x = x + Dense(x.shape[-1], ('mlp', 'embed'), name='fc2', **kw)(y)
+    x = x + Dense(x.shape[-1], ('mlp', 'embed'), name='fc2', project=True, **kw)(y)
     return nn.with_logical_constraint(
         x, ('activation_batch', 'activation_length', 'activation_embed'))
 
 
+class ConvStem(nn.Module):
+  """Xiao et al. 2021's convolutional stem: [B, H, W, 3] -> [B, H/p, W/p, D] (NHWC).
+
+  Each 3x3 convolution has stride 2 and padding 1 on every side (torch's Conv2d(k=3, s=2,
+  p=1)), no bias (the LayerNorm after it has one), and He-normal weights for the ReLU.
+  """
+  channels: tuple            # output channels of the 3x3 convolutions
+  width: int                 # the transformer width, reached by a 1x1 projection
+  ln_eps: float
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):  # [B, H, W, C] float32
+    names = ('activation_batch', None, None, None)
+    for i, out in enumerate(self.channels):
+      kernel = self.param(f'conv_{i}', nn.with_logical_partitioning(
+          nn.initializers.variance_scaling(2.0, 'fan_in', 'normal'),
+          (None, None, 'conv_in', 'conv_out')), (3, 3, x.shape[-1], out),
+                          self.param_dtype)  # [3, 3, C_in, C_out] (HWIO)
+      x = jax.lax.conv_general_dilated(
+          x.astype(self.dtype), kernel.astype(self.dtype), window_strides=(2, 2),
+          padding=((1, 1), (1, 1)), dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+          preferred_element_type=jnp.float32)  # [B, H/2, W/2, C_out]
+      x = nn.with_logical_constraint(x, names)
+      x = LayerNorm(self.ln_eps, self.param_dtype, axis_name='conv_out',
+                    name=f'norm_{i}')(x)
+      x = jax.nn.relu(x)
+    return Dense(self.width, ('conv_in', 'embed'), use_bias=False, name='proj', project=True,
+                 dtype=self.dtype, param_dtype=self.param_dtype)(x)  # [B, H/p, W/p, D]
+
+
 class VisionTower(nn.Module):
-  """ViT: patchify, class token, learned positions, blocks, class-token pooling."""
+  """ViT: patchify (or a conv stem), class token, learned positions, blocks, class-token
+  pooling."""
   config: CLIPConfig
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -246,12 +356,17 @@ class VisionTower(nn.Module):
       raise ValueError(f'VisionTower: pixels of shape {pixels.shape}; this config expects '
                        f'[B, {c.image_size}, {c.image_size}, 3]')
     p, kw = c.patch_size, dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    # Patches flattened in (row, column, channel) order; the conversion from a torch Conv2d
-    # kernel [D, 3, p, p] transposes it to match.
-    patches = pixels.reshape(b, h // p, p, w // p, p, 3).transpose(0, 1, 3, 2, 4, 5)
-    patches = patches.reshape(b, c.num_patches, p * p * 3)  # [B, N, p*p*3]
-    x = Dense(c.vision_width, ('patch', 'embed'), use_bias=False, name='patch_embed',
-              **kw)(patches)  # [B, N, D]
+    if c.vision_stem == 'conv':
+      x = ConvStem(c.stem_channels, c.vision_width, c.vision_ln_eps, name='stem',
+                   **kw)(pixels.astype(jnp.float32))  # [B, H/p, W/p, D]
+      x = x.reshape(b, c.num_patches, c.vision_width)  # [B, N, D], row-major as patches
+    else:
+      # Patches flattened in (row, column, channel) order; the conversion from a torch
+      # Conv2d kernel [D, 3, p, p] transposes it to match.
+      patches = pixels.reshape(b, h // p, p, w // p, p, 3).transpose(0, 1, 3, 2, 4, 5)
+      patches = patches.reshape(b, c.num_patches, p * p * 3)  # [B, N, p*p*3]
+      x = Dense(c.vision_width, ('patch', 'embed'), use_bias=False, name='patch_embed',
+                project=True, **kw)(patches)  # [B, N, D]
     cls = self.param('cls', _kernel_init(('embed',)), (c.vision_width,), self.param_dtype)
     cls = jnp.broadcast_to(cls.astype(jnp.float32), (b, 1, c.vision_width))
     x = jnp.concatenate([cls, x], axis=1)  # [B, N+1, D]
@@ -265,7 +380,7 @@ class VisionTower(nn.Module):
       x = Block(c.vision_heads, c.vision_mlp_dim, c.vision_act, c.vision_ln_eps,
                 name=f'block_{i}', **kw)(x)
     pooled = LayerNorm(c.vision_ln_eps, self.param_dtype, name='post_ln')(x[:, 0])
-    return Dense(c.embed_dim, ('embed', 'proj'), use_bias=False, name='proj',
+    return Dense(c.embed_dim, ('embed', 'proj'), use_bias=False, name='proj', project=True,
                  **kw)(pooled)  # [B, E]
 
 
@@ -303,7 +418,7 @@ class TextTower(nn.Module):
                 name=f'block_{i}', **kw)(x)
     x = LayerNorm(c.text_ln_eps, self.param_dtype, name='final_ln')(x)
     pooled = x[jnp.arange(b), eos_positions(token_ids, c.eos_token_id)]  # [B, D]
-    return Dense(c.embed_dim, ('embed', 'proj'), use_bias=False, name='proj',
+    return Dense(c.embed_dim, ('embed', 'proj'), use_bias=False, name='proj', project=True,
                  **kw)(pooled)  # [B, E]
 
 

@@ -85,8 +85,18 @@ def _block_state(block: dict, prefix: str) -> dict[str, np.ndarray]:
   return {f'{prefix}.{k}': v for k, v in out.items()}
 
 
+def check_exportable(config: clip.CLIPConfig) -> None:
+  """Hugging Face's CLIPVisionModel has only the patch embedding: a conv stem has no place
+  there, so a model with one is refused rather than exported wrong."""
+  if config.vision_stem != 'patch':
+    raise ValueError(f"CLIPConfig.vision_stem: {config.vision_stem!r} cannot be exported to "
+                     "a Hugging Face CLIP (its vision model has only the 'patch' stem); keep "
+                     'such a model as a tads-jax orbax checkpoint')
+
+
 def to_state_dict(config: clip.CLIPConfig, params) -> dict[str, np.ndarray]:
   """Params of `clip.CLIP(config)` -> HF CLIPModel state dict (contiguous float32)."""
+  check_exportable(config)
   p = _numpy_params(config, params)
   vision, text, ps = p['vision'], p['text'], config.patch_size
   # [p*p*3, D] in VisionTower's (row, column, channel) patch order -> Conv2d [D, 3, p, p].
@@ -122,6 +132,7 @@ def hf_config_dict(config: clip.CLIPConfig, bos_token_id: int | None = None,
   Special ids default to CLIP's layout (BOS just below EOS, padding with EOS); pass the
   tokenizer's when it differs. Only eos_token_id changes the model (where text pools).
   """
+  check_exportable(config)
   eos = config.eos_token_id
   if config.eos_token_id == 2:  # legacy configs (argmax pooling) carried these
     default_bos, default_pad = 0, 1
@@ -200,6 +211,7 @@ def save_hf_checkpoint(folder: str, config: clip.CLIPConfig, params,
   """
   if not isinstance(config, clip.CLIPConfig):
     raise TypeError(f'config: expected a clip.CLIPConfig, got {type(config).__name__}')
+  check_exportable(config)
   pp = preprocess_lib.default_config(config.image_size) if preprocess is None else preprocess
   out_hw = pp.crop_hw or pp.resize_hw
   if out_hw != (config.image_size, config.image_size):

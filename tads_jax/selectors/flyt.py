@@ -171,11 +171,11 @@ def _learn(config, name: str, scorer: meta.Scorer, params, pool: dict,
            inputs: selectors.Inputs):
   """meta.learn of `scorer` against the tasks' train splits: (params, history by task)."""
   tasks = [dict(task) for task in inputs.task_list(name)]
-  mesh = sharding.mesh_from_config(config)
-  cfg = meta.fit_batch_to_pool(_meta_config(config, name), inputs.num_rows, mesh,
+  layout = sharding.from_config(config)
+  cfg = meta.fit_batch_to_pool(_meta_config(config, name), inputs.num_rows, layout.mesh,
                                f'config.{name}.meta')
   params, raw = meta.learn(cfg, (scorer, params), pool, tasks, workdir=inputs.checkpoints,
-                           mesh=mesh)
+                           mesh=layout.mesh, rules=layout.rules)
   return jax.device_get(params), meta.history_by_task(raw)
 
 

@@ -14,6 +14,7 @@ from absl import logging
 import jax
 import numpy as np
 
+from tads_jax import config as config_lib
 from tads_jax import meta
 from tads_jax import selectors
 from tads_jax import sharding
@@ -46,8 +47,8 @@ def check_config(config) -> None:
   try:  # the prior's group weights and the hidden widths, as fit will use them
     value.make_value_function(['clip_score'], dict(t.prior), tuple(t.hidden))
   except ValueError as e:
-    raise ValueError(f'config.tads.{e}'.replace('tads.group_weights', 'tads.prior')) \
-        from None
+    raise config_lib.field_error(e, 'config.tads', renames={
+        'group_weights': 'config.tads.prior', 'hidden': 'config.tads.hidden'}) from None
   meta_config(config)
 
 
@@ -72,11 +73,11 @@ def fit(config, inputs: selectors.Inputs) -> dict:
   if steps:
     image_emb, text_emb = inputs.embeddings('tads')
     tasks = [dict(task) for task in inputs.task_list('tads')]
-    mesh = sharding.mesh_from_config(config)
-    cfg = meta.fit_batch_to_pool(cfg, len(z), mesh, 'config.tads.meta')
+    layout = sharding.from_config(config)
+    cfg = meta.fit_batch_to_pool(cfg, len(z), layout.mesh, 'config.tads.meta')
     params, raw = meta.learn(
         cfg, (module, params), {'z': z, 'image_emb': image_emb, 'text_emb': text_emb},
-        tasks, workdir=inputs.checkpoints, mesh=mesh)
+        tasks, workdir=inputs.checkpoints, mesh=layout.mesh, rules=layout.rules)
     history = by_task(raw)
   learned = value.feature_weights(module, params, z)
   weights = [{'feature': n, 'group': value.feature_group(n),

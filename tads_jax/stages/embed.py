@@ -26,7 +26,6 @@ the encoder stage's reference CLIP (the given `encoder.checkpoint`, or the one t
 """
 
 import collections
-import json
 import logging
 import os
 import re
@@ -89,8 +88,7 @@ def load_encoder(config, checkpoint: str) -> embedding.Encoder:
   for name, value in (('batch_size', batch_size), ('workers', workers)):
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
       raise ValueError(f'config.embed.{name}: expected a positive integer, got {value!r}')
-  mesh = sharding.mesh_from_config(config)
-  rules = config.mesh.get('rules', 'data_parallel')
+  mesh, rules = sharding.from_config(config)
   try:
     clip = api.load_clip(checkpoint, dtype=dtype, param_dtype=dtype,
                          batch_size=batch_size, mesh=mesh, rules=rules)
@@ -100,13 +98,12 @@ def load_encoder(config, checkpoint: str) -> embedding.Encoder:
 
 
 def _save_npz(path: str, arrays: dict) -> None:
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'wb') as f:  # a file object: np.savez would append '.npz' to a name
+  # A file object: np.savez would append '.npz' to a name.
+  with pipeline.atomic_write(path) as tmp, open(tmp, 'wb') as f:
     np.savez(f, **arrays)
-  os.replace(tmp, path)
 
 
-def _shard_images(path: str, wanted: set, skips: collections.Counter):
+def shard_images(path: str, wanted: set, skips: collections.Counter):
   """(uid, (bytes, where)) for every sample of a shard whose uid is wanted, in tar order.
 
   A uid can occur twice in a shard; ingest kept its first occurrence that decodes, so all
@@ -128,61 +125,59 @@ def _first_of_each(uids: list, emb: np.ndarray) -> tuple[list, np.ndarray]:
 def _embed_shard(ctx, encoder: embedding.Encoder, path: str, uids: list,
                  captions: list) -> dict:
   item = shard_item(ctx, path)
-  if os.path.exists(item + '.json'):  # written after the npz: the shard is complete
-    with open(item + '.json') as f:
-      return json.load(f)
-  start = time.time()
-  skips = collections.Counter()
-  got, image_emb = encoder.embed_images(_shard_images(path, set(uids), skips), skips=skips)
-  got, image_emb = _first_of_each(got, image_emb)
-  if got != uids:
-    got_set = set(got)
-    missing = [u for u in uids if u not in got_set]
-    raise ValueError(f'{path}: the shard no longer matches ingest/samples.parquet '
-                     f'({len(got)} of {len(uids)} samples read back, first missing uid '
-                     f'{missing[0] if missing else None!r}, skips {dict(skips)}); rerun '
-                     'ingest')
-  text_emb = encoder.embed_texts(captions)
-  _save_npz(item + '.npz', {
-      'uid': np.asarray(uids, dtype='<U32'),                # [N]
-      'image_emb': image_emb.astype(STORE_DTYPE),           # [N, E]
-      'text_emb': text_emb.astype(STORE_DTYPE),             # [N, E]
-  })
-  seconds = time.time() - start
-  record = {'path': path, 'npz': item + '.npz', 'samples': len(uids),
+
+  def compute():
+    start = time.time()
+    skips = collections.Counter()
+    got, image_emb = encoder.embed_images(shard_images(path, set(uids), skips), skips=skips)
+    got, image_emb = _first_of_each(got, image_emb)
+    if got != uids:
+      got_set = set(got)
+      missing = [u for u in uids if u not in got_set]
+      raise ValueError(f'{path}: the shard no longer matches ingest/samples.parquet '
+                       f'({len(got)} of {len(uids)} samples read back, first missing uid '
+                       f'{missing[0] if missing else None!r}, skips {dict(skips)}); rerun '
+                       'ingest')
+    text_emb = encoder.embed_texts(captions)
+    _save_npz(item + '.npz', {
+        'uid': np.asarray(uids, dtype='<U32'),                # [N]
+        'image_emb': image_emb.astype(STORE_DTYPE),           # [N, E]
+        'text_emb': text_emb.astype(STORE_DTYPE),             # [N, E]
+    })
+    seconds = time.time() - start
+    return {'path': path, 'npz': item + '.npz', 'samples': len(uids),
             'skips': dict(skips), 'seconds': round(seconds, 3)}
-  pipeline.write_json_atomic(item + '.json', record)
-  return record
+
+  return pipeline.resumable_item(item, compute)
 
 
 def _embed_task(ctx, encoder: embedding.Encoder, spec, split: str,
                 class_text_emb: np.ndarray | None) -> dict:
   item = task_item(ctx, spec.name, split)
-  if os.path.exists(item + '.json'):
-    with open(item + '.json') as f:
-      return json.load(f)
-  # At the encoder's own input size: loading at pool.image_size and upsampling would blur.
-  data = tasks_lib.load_split(spec, split, encoder.clip.config.image_size)
-  _, image_emb = encoder.embed_images(enumerate(data.images))  # [N, E]
-  arrays = {'image_emb': image_emb.astype(STORE_DTYPE),
-            'keys': np.asarray(data.keys, dtype=str)}
-  if spec.kind == 'classification':
-    arrays.update(labels=data.labels,                                   # [N]
-                  class_text_emb=class_text_emb.astype(STORE_DTYPE),    # [C, T, E]
-                  classnames=np.asarray(spec.classnames, dtype=str),
-                  templates=np.asarray(spec.templates, dtype=str))
-    texts = class_text_emb.shape[0] * class_text_emb.shape[1]
-  else:
-    flat = [c for caps in data.captions for c in caps]
-    owner = [i for i, caps in enumerate(data.captions) for _ in caps]
-    arrays.update(text_emb=encoder.embed_texts(flat).astype(STORE_DTYPE),  # [M, E]
-                  text_image=np.asarray(owner, np.int32))                  # [M]
-    texts = len(flat)
-  _save_npz(item + '.npz', arrays)
-  record = {'task': spec.name, 'kind': spec.kind, 'split': split, 'npz': item + '.npz',
+
+  def compute():
+    # At the encoder's own input size: loading at pool.image_size and upsampling would blur.
+    data = tasks_lib.load_split(spec, split, encoder.clip.config.image_size)
+    _, image_emb = encoder.embed_images(enumerate(data.images))  # [N, E]
+    arrays = {'image_emb': image_emb.astype(STORE_DTYPE),
+              'keys': np.asarray(data.keys, dtype=str)}
+    if spec.kind == 'classification':
+      arrays.update(labels=data.labels,                                   # [N]
+                    class_text_emb=class_text_emb.astype(STORE_DTYPE),    # [C, T, E]
+                    classnames=np.asarray(spec.classnames, dtype=str),
+                    templates=np.asarray(spec.templates, dtype=str))
+      texts = class_text_emb.shape[0] * class_text_emb.shape[1]
+    else:
+      flat = [c for caps in data.captions for c in caps]
+      owner = [i for i, caps in enumerate(data.captions) for _ in caps]
+      arrays.update(text_emb=encoder.embed_texts(flat).astype(STORE_DTYPE),  # [M, E]
+                    text_image=np.asarray(owner, np.int32))                  # [M]
+      texts = len(flat)
+    _save_npz(item + '.npz', arrays)
+    return {'task': spec.name, 'kind': spec.kind, 'split': split, 'npz': item + '.npz',
             'images': int(len(image_emb)), 'texts': int(texts), 'skips': dict(data.skips)}
-  pipeline.write_json_atomic(item + '.json', record)
-  return record
+
+  return pipeline.resumable_item(item, compute)
 
 
 def _class_prompts(encoder: embedding.Encoder, spec) -> np.ndarray:  # -> [C, T, E]
@@ -204,8 +199,7 @@ def _embed_tasks(ctx, encoder: embedding.Encoder, specs) -> list:
   os.makedirs(os.path.join(ctx.stage_dir('embed'), 'tasks'), exist_ok=True)
   task_records = []
   for spec in specs:
-    done = all(os.path.exists(task_item(ctx, spec.name, s) + '.json')
-               for s in tasks_lib.SPLITS)
+    done = all(pipeline.item_done(task_item(ctx, spec.name, s)) for s in tasks_lib.SPLITS)
     prompts = None
     if spec.kind == 'classification' and not done:
       prompts = _class_prompts(encoder, spec)  # [C, T, E], stored with both splits
@@ -272,7 +266,7 @@ def run(ctx) -> dict:
   start, computed, records = time.time(), 0, []
   for path, rows in ingest.rows_by_shard(ctx, paths, ('uid', 'caption')):
     uids, captions = rows['uid'], rows['caption']
-    done = os.path.exists(shard_item(ctx, path) + '.json')
+    done = pipeline.item_done(shard_item(ctx, path))
     records.append(_embed_shard(ctx, encoder, path, uids, captions))
     computed += 0 if done else len(uids)
     progress.update(len(uids))

@@ -95,7 +95,7 @@ def run(ctx) -> dict:
 
 def _mesh(config):
   from tads_jax import sharding  # pylint: disable=g-import-not-at-top
-  return sharding.make_mesh(config.mesh.data, config.mesh.model)
+  return sharding.from_config(config).mesh
 
 
 def checkpoint(ctx) -> str:

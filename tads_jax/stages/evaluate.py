@@ -1,21 +1,39 @@
 """Evaluate: train a proxy CLIP from scratch on the subset, zero-shot on every task's eval split.
 
-DataComp's protocol on the cheap: the proxy is an 'embedding' proxy (two heads over the
-frozen reference embeddings the embed stage wrote), trained for `evaluate.samples_seen`
-samples whatever the subset size, once per seed in range(evaluate.seeds). Every task's eval
-split is scored through the trained heads: task images through the image head; the
-classifier of a classification task from its stored prompt embeddings [C, T, E] through
-the text head (then averaged per class as CLIP_benchmark does); retrieval captions through
-the text head. The spread over seeds is part of the result, so a difference between two
-subsets can be read against it.
+DataComp's protocol: a proxy trained for a fixed number of samples seen whatever the subset
+size, once per seed in range(evaluate.seeds), then scored zero-shot. Two proxies
+(`evaluate.proxy`):
+
+- 'embedding' (default; DataComp on the cheap): two heads over the frozen reference
+  embeddings the embed stage wrote, `evaluate.samples_seen` samples. Every task's eval
+  split is scored through the trained heads: task images through the image head; the
+  classifier of a classification task from its stored prompt embeddings [C, T, E] through
+  the text head (then averaged per class as CLIP_benchmark does); retrieval captions
+  through the text head.
+- 'pixels' (DataComp's own protocol, at the size `evaluate.pixels` sets): a CLIP (ViT image
+  tower, by default with a convolutional stem, a text transformer, a learned temperature)
+  trained from scratch on the subset's decoded images and its captions tokenized with the
+  reference encoder's tokenizer, for `evaluate.pixels.samples_seen` samples; a sample the
+  subset repeats that lands twice in one batch is not its own negative. Every task's eval
+  images and prompts or captions go through the trained towers (eval.evaluate_tasks). The
+  pool's images are decoded once, at evaluate.pixels.image_size, into a cache every subset,
+  baseline and seed reads: `evaluate_cache/pixels_<size>-<ingest fingerprint>-v<n>/`, one
+  `<shard>.npy` per pool shard, uint8 [n, S, S, 3] in ingest order (memory-mapped when
+  read; its `.json`, written after it, marks it complete and counts the samples skipped as
+  the embed stage counts them).
+
+The spread over seeds is part of the result, so a difference between two subsets can be
+read against it; eval.json records which proxy made it.
 
 Output `eval.json` in the workdir:
   tasks:   {name: {kind, num_images, num_texts, main_metric, per_seed: [{metric: value}],
                    mean: {metric: value}, std: {metric: value}}}
   average (and classification_average / retrieval_average when such tasks exist):
            {per_seed: [value], mean, std}   (the mean over tasks of each task's main metric)
-  plus what was evaluated (subset path, sha256, entries, unique samples) and how (train
-  config, seeds). std is the sample standard deviation over seeds (0 with one seed).
+  plus what was evaluated (subset path, sha256, entries, unique samples) and how (proxy:
+  'embedding' | 'pixels', train config, seeds; for pixels the image cache's folder, its
+  skips and how many shards this call decoded). std is the sample standard deviation over
+  seeds (0 with one seed).
 
 With `evaluate.baselines` (e.g. ('full', 'random', 'clip_score')) the same protocol runs on
 each baseline's subset under the same selection rules (config.selection: fraction, method,
@@ -24,27 +42,35 @@ seen, so that the comparison table comes from one run; eval.json holds them unde
 'baselines'. Any selector may be a baseline; a learning one (tads) is fitted here, with
 its checkpoints under evaluate/baselines/<name>/learn.
 
-Checkpoints go to evaluate/selected/seed_<s>/checkpoints, so a killed run resumes at its last
-checkpoint of the seed it was training, and finished seeds are not retrained.
+Checkpoints go to evaluate/selected/seed_<s>/checkpoints (the pixel proxy's to
+seed_<s>/pixels/checkpoints), so a killed run resumes at its last checkpoint of the seed it
+was training, and finished seeds are not retrained.
 `evaluate_subset` is the stage without the stage: tools/evaluate_subset.py scores any
 DataComp subset file against the same embeddings with it.
 """
 
+import collections
 import dataclasses
 import hashlib
 import json
 import logging
 import os
+import re
 
 import numpy as np
 
+from tads_jax import embedding
 from tads_jax import eval as eval_lib
 from tads_jax import pipeline
 from tads_jax import selection
 from tads_jax import selectors
 from tads_jax import sharding
 from tads_jax import train
+from tads_jax.data import images as images_lib
 from tads_jax.data import subset as subset_lib
+from tads_jax.data import tasks as tasks_lib
+from tads_jax.models import clip
+from tads_jax.models import tokenizer as tokenizer_lib
 from tads_jax.stages import embed as embed_stage
 from tads_jax.stages import encoder as encoder_stage
 from tads_jax.stages import ingest
@@ -54,24 +80,88 @@ from tads_jax.stages import select as select_stage
 EVAL = 'eval.json'
 STAGE_VERSION = 3  # bump when the proxy or its metrics change meaning
 SUBSET = select_stage.SUBSET
-# config.evaluate fields -> TrainConfig fields of the proxy.
+PROXIES = ('embedding', 'pixels')
+# config.evaluate fields -> TrainConfig fields of the embedding proxy.
 TRAIN_FIELDS = ('samples_seen', 'batch_size', 'lr', 'warmup', 'head')
+# config.evaluate.pixels fields -> TrainConfig fields of the pixel proxy; image_size and
+# context_length go into the model (with the tokenizer's vocabulary), beside
+# model_overrides.
+PIXEL_TRAIN_FIELDS = ('model', 'samples_seen', 'batch_size', 'lr', 'warmup', 'weight_decay',
+                      'b2', 'eps', 'dtype', 'checkpoint_every')
+PIXEL_MODEL_FIELDS = ('image_size', 'context_length')
+# Config validation runs before the encoder stage made the tokenizer, so it checks the pixel
+# proxy with CLIP's vocabulary (49408 tokens, end-of-text last); the run uses the
+# tokenizer's. Nothing else in the model depends on it.
+_VALIDATION_VOCAB = (49408, 49407)
 
 
-def train_config(config, seed: int) -> train.TrainConfig:
-  """The proxy run of one seed; raises ValueError naming the config.evaluate field."""
+def proxy_kind(config) -> str:
+  """config.evaluate.proxy ('embedding' when a config predates the field)."""
+  block = config.get('evaluate')
+  kind = 'embedding' if block is None else block.get('proxy', 'embedding')
+  if kind not in PROXIES:
+    raise ValueError(f'config.evaluate.proxy: {kind!r} is not one of {", ".join(PROXIES)}')
+  return kind
+
+
+def _rules(config) -> str:
+  mesh = config.get('mesh')
+  return 'data_parallel' if mesh is None else mesh.get('rules', 'data_parallel')
+
+
+def train_config(config, seed: int, vocab: tuple | None = None) -> train.TrainConfig:
+  """The proxy run of one seed; raises ValueError naming the config.evaluate field.
+
+  vocab: (vocab_size, eos_token_id) of the tokenizer the pixel proxy reads captions with
+  (pixel_tokenizer); None checks the pixel proxy's settings with CLIP's vocabulary.
+  """
+  if proxy_kind(config) == 'pixels':
+    return pixel_train_config(config, seed, vocab or _VALIDATION_VOCAB)
   block = config.get('evaluate')
   fields = {}
   for name in TRAIN_FIELDS:
     if block is None or name not in block:
       raise ValueError(f'config.evaluate.{name}: missing field')
     fields[name] = block[name]
-  mesh = config.get('mesh')
-  rules = 'data_parallel' if mesh is None else mesh.get('rules', 'data_parallel')
   try:
-    return train.TrainConfig(kind='embedding', seed=seed, rules=rules, **fields)
+    return train.TrainConfig(kind='embedding', seed=seed, rules=_rules(config), **fields)
   except ValueError as e:
     raise ValueError(str(e).replace('TrainConfig.', 'config.evaluate.')) from None
+
+
+def pixel_train_config(config, seed: int, vocab: tuple) -> train.TrainConfig:
+  """The pixel proxy's run of one seed: config.evaluate.pixels, the tokenizer's
+  (vocab_size, eos_token_id), mask_repeats on. ValueError names the field."""
+  where = 'config.evaluate.pixels'
+  block = config.get('evaluate', {}).get('pixels')
+  if block is None:
+    raise ValueError(f'{where}: missing block (evaluate.proxy is \'pixels\')')
+  for name in PIXEL_TRAIN_FIELDS + PIXEL_MODEL_FIELDS + ('model_overrides',):
+    if name not in block:
+      raise ValueError(f'{where}.{name}: missing field')
+  if block.model not in clip.PRESETS:
+    raise ValueError(f'{where}.model: {block.model!r} is not one of '
+                     f'{", ".join(clip.PRESETS)}')
+  overrides = block.model_overrides
+  overrides = dict(overrides.to_dict() if hasattr(overrides, 'to_dict') else overrides)
+  for name in PIXEL_MODEL_FIELDS + ('vocab_size', 'eos_token_id'):
+    if name in overrides:
+      source = (f'{where}.{name}' if name in PIXEL_MODEL_FIELDS
+                else "the reference encoder's tokenizer")
+      raise ValueError(f'{where}.model_overrides.{name}: set by {source}, not here')
+  overrides.update({name: block[name] for name in PIXEL_MODEL_FIELDS})
+  overrides.update(vocab_size=int(vocab[0]), eos_token_id=int(vocab[1]))
+  fields = {name: block[name] for name in PIXEL_TRAIN_FIELDS}
+  try:
+    return train.TrainConfig(kind='pixels', model_overrides=overrides, mask_repeats=True,
+                             seed=seed, rules=_rules(config), **fields)
+  except ValueError as e:
+    message = str(e).replace('TrainConfig.', f'{where}.')
+    # The model's own checks: a field of the block or an override.
+    message = re.sub(r'CLIPConfig\.(\w+)', lambda m: (
+        f'{where}.{m.group(1)}' if m.group(1) in PIXEL_MODEL_FIELDS
+        else f'{where}.model_overrides.{m.group(1)}'), message)
+    raise ValueError(message) from None
 
 
 def num_seeds(config) -> int:
@@ -158,12 +248,16 @@ CACHE = 'evaluate_cache'
 
 def _cache_path(ctx, subset_sha: str, cfg: train.TrainConfig) -> str | None:
   """Where one seed's result on a subset is kept; None when the embeddings' identity is
-  unknown (no fingerprint of the embed stage in ctx)."""
+  unknown (no fingerprint of the embed stage in ctx). The embed stage's fingerprint covers
+  the reference encoder and the tasks, so it also names the pixel proxy's tokenizer."""
   upstream = {name: ctx.fingerprints.get(name) for name in ('ingest', 'embed')}
   if upstream['embed'] is None:
     return None
-  blob = json.dumps({'subset': subset_sha, 'train': cfg.to_dict(), 'upstream': upstream,
-                     'version': STAGE_VERSION}, sort_keys=True, default=list).encode()
+  key = {'subset': subset_sha, 'train': cfg.to_dict(), 'upstream': upstream,
+         'version': STAGE_VERSION}
+  if cfg.kind == 'pixels':  # the embedding proxy's keys stay as they were
+    key.update(proxy='pixels', pixel_cache=PIXEL_CACHE_VERSION)
+  blob = json.dumps(key, sort_keys=True, default=list).encode()
   return ctx.path(CACHE, hashlib.sha256(blob).hexdigest()[:24] + '.json')
 
 
@@ -172,6 +266,151 @@ def _read_cache(path: str | None) -> dict | None:
     return None
   with open(path) as f:
     return json.load(f)
+
+
+# ---------------------------------------------------------------------------------------
+# The pixel proxy's data: the pool's images decoded once, captions tokenized.
+
+PIXEL_CACHE_VERSION = 1  # bump when the decoded images change (resize, crop)
+_DECODE_BATCH = 256      # images per batch of the decode threads
+
+
+def pixel_cache_dir(ctx, image_size: int) -> str:
+  """The decoded pool at one size; the ingest fingerprint names the pool it holds."""
+  fp = ctx.fingerprints.get('ingest')
+  if fp is None:
+    done = pipeline.read_done(ctx.stage_dir('ingest'))
+    if done is None:
+      raise ValueError(f'{ctx.stage_dir("ingest")}: ingest has not finished in this workdir')
+    fp = done['fingerprint']
+  return ctx.path(CACHE, f'pixels_{image_size}-{fp}-v{PIXEL_CACHE_VERSION}')
+
+
+def pixel_tokenizer(ctx, context_length: int) -> tokenizer_lib.CLIPTextTokenizer:
+  """The reference encoder's tokenizer: its Hugging Face folder has one, so nothing is
+  downloaded and the pixel proxy reads captions as the reference did."""
+  folder = encoder_stage.checkpoint(ctx)
+  if not folder:
+    raise ValueError("config.encoder.checkpoint: the pixel proxy (config.evaluate.proxy="
+                     "'pixels') tokenizes captions with the reference encoder's tokenizer, "
+                     'and this run has no reference encoder folder; set '
+                     'config.encoder.checkpoint')
+  return tokenizer_lib.CLIPTextTokenizer(folder, context_length)
+
+
+def _decode(payload, size: int) -> np.ndarray:  # (bytes, where) -> uint8 [S, S, 3]
+  data, where = payload
+  return images_lib.resize_center_crop(images_lib.decode_image(data, where=where), size)
+
+
+def _decode_shard(ctx, path: str, uids: list, size: int, item: str) -> dict:
+  """Decodes one ingested shard's rows into `item`.npy (uint8 [n, S, S, 3], ingest order)
+  and writes `item`.json after it; returns the json's record.
+
+  The shard is read as the embed stage reads it (embed.shard_images, decode threads that
+  drop a corrupt image and count it), and a uid's first occurrence that decodes is kept,
+  as ingest kept it. The array is written into a temporary memory map and renamed.
+  """
+  tar = ingest.image_shard(ctx.config, path)  # a pool shard, or a DataComp metadata's tar
+  if tar is None:
+    raise ValueError(f'{path}: no images beside this DataComp metadata file; the pixel proxy '
+                     "(config.evaluate.proxy='pixels') needs the pool's tars")
+  skips = collections.Counter()
+  index = {u: i for i, u in enumerate(uids)}
+  filled = np.zeros(len(uids), bool)
+  tmp = f'{item}.npy.tmp-{os.getpid()}'
+  out = np.lib.format.open_memmap(tmp, mode='w+', dtype=np.uint8,
+                                  shape=(len(uids), size, size, 3))  # [n, S, S, 3]
+  try:
+    items = embed_stage.shard_images(tar, set(uids), skips)
+    for batch in embedding.iter_batches(items, lambda p: _decode(p, size), _DECODE_BATCH,
+                                        workers=embed_stage.option(ctx.config, 'workers'),
+                                        skips=skips):
+      for row, uid in zip(batch.inputs, batch.ids):
+        i = index[uid]
+        if not filled[i]:
+          out[i] = row
+          filled[i] = True
+    if not filled.all():
+      missing = uids[int(np.argmin(filled))]
+      raise ValueError(f'{tar}: {int(filled.sum())} of {len(uids)} ingested samples decoded '
+                       f'(first missing uid {missing!r}, skips {dict(skips)}); the shard no '
+                       'longer matches ingest/samples.parquet, rerun ingest')
+    out.flush()
+    del out
+    os.replace(tmp, item + '.npy')
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+  record = {'path': path, 'images': tar, 'samples': len(uids), 'skips': dict(skips)}
+  pipeline.write_json_atomic(item + '.json', record)
+  return record
+
+
+class _Rows:
+  """Chosen rows of several uint8 [n_k, S, S, 3] arrays (memory maps) as one [N, S, S, 3]
+  array for train.train: indexing gathers only the rows a batch asks for."""
+
+  def __init__(self, parts: list):  # [(array [n_k, S, S, 3], local rows [m_k])]
+    self.arrays = [array for array, _ in parts]
+    self.part = np.repeat(np.arange(len(parts)), [len(rows) for _, rows in parts])  # [N]
+    self.local = np.concatenate([np.asarray(rows, np.int64) for _, rows in parts])  # [N]
+    self.shape = (len(self.local),) + self.arrays[0].shape[1:]
+    self.dtype = self.arrays[0].dtype
+
+  def __len__(self):
+    return self.shape[0]
+
+  def __getitem__(self, idx):
+    idx = np.arange(len(self))[idx] if isinstance(idx, slice) else np.asarray(idx)
+    out = np.empty((len(idx),) + self.shape[1:], self.dtype)  # [B, S, S, 3]
+    part = self.part[idx]
+    for k in np.unique(part):
+      mine = part == k
+      out[mine] = self.arrays[k][self.local[idx[mine]]]
+    return out
+
+
+def pixel_data(ctx, subset, tokenizer, image_size: int) -> tuple:
+  """(uids, images [N, S, S, 3] uint8 view, token_ids [N, L] int32, pool size, cache
+  summary) of the pool rows `subset` lists, in ingest order; shards decoded on first use."""
+  folder = pixel_cache_dir(ctx, image_size)
+  os.makedirs(folder, exist_ok=True)
+  paths = [r['path'] for r in ctx.summary('ingest')['per_source']]
+  uids, captions, parts, pool = [], [], [], 0
+  skips, decoded = collections.Counter(), 0
+  for path, rows in ingest.rows_by_shard(ctx, paths, ('uid', 'caption')):
+    shard_uids = rows['uid']
+    pool += len(shard_uids)
+    keep = subset_lib.times_selected(subset, shard_uids) > 0  # [n]
+    if not keep.any():
+      continue
+    item = os.path.join(folder, ingest.item_name(path))
+    if os.path.exists(item + '.json'):  # written after the npy: the shard is complete
+      with open(item + '.json') as f:
+        record = json.load(f)
+    else:
+      record = _decode_shard(ctx, path, shard_uids, image_size, item)
+      decoded += 1
+    skips.update(record['skips'])
+    array = np.load(item + '.npy', mmap_mode='r')  # [n, S, S, 3]
+    if array.shape != (len(shard_uids), image_size, image_size, 3):
+      raise ValueError(f'{item}.npy: shape {array.shape}, but ingest kept '
+                       f'{len(shard_uids)} samples of {path}; remove {folder}')
+    rows_kept = np.flatnonzero(keep)
+    parts.append((array, rows_kept))
+    uids += [shard_uids[i] for i in rows_kept]
+    captions += [rows['caption'][i] for i in rows_kept]
+  if not uids:
+    raise ValueError(f'{ctx.path("ingest", ingest.SAMPLES)}: no pool sample is in the subset')
+  cache = {'dir': folder, 'shards_decoded': decoded, 'skips': dict(skips)}
+  return uids, _Rows(parts), tokenizer(captions), pool, cache
+
+
+def pixel_tasks(ctx, image_size: int) -> tuple:
+  """(specs, eval splits) of every task, images decoded at the proxy's size."""
+  specs = embed_stage.task_specs(ctx)
+  return specs, [tasks_lib.load_split(spec, 'eval', image_size) for spec in specs]
 
 
 def evaluate_subset(ctx, subset_path: str, checkpoints: str, seeds: int | None = None,
@@ -188,15 +427,29 @@ def evaluate_subset(ctx, subset_path: str, checkpoints: str, seeds: int | None =
     raise ValueError(f'seeds: expected an integer >= 1, got {seeds!r}')
   if not os.path.exists(subset_path):
     raise ValueError(f'{subset_path}: no such subset file')
-  cfgs = [train_config(config, config.seed + s) for s in range(seeds)]
+  proxy = proxy_kind(config)
+  vocab = tokenizer = None
+  if proxy == 'pixels':
+    tokenizer = pixel_tokenizer(ctx, config.evaluate.pixels.context_length)
+    vocab = (len(tokenizer.tokenizer), tokenizer.eos_token_id)
+  cfgs = [train_config(config, config.seed + s, vocab) for s in range(seeds)]
   sha = file_sha256(subset_path)
   caches = [_cache_path(ctx, sha, cfg) for cfg in cfgs]
   cached = [_read_cache(path) for path in caches]
   stats = next((c['subset'] for c in cached if c and 'subset' in c), None)
+  pixel_cache = None
   if stats is None or any(c is None for c in cached):  # something to train: read the data
     subset = subset_lib.read_subset(subset_path)
-    uids, image_emb, text_emb, pool = embed_stage.pool_embeddings(ctx, subset)
-    tasks = embed_stage.task_embeddings(ctx, 'eval')
+    if proxy == 'pixels':
+      size = config.evaluate.pixels.image_size
+      uids, images, token_ids, pool, pixel_cache = pixel_data(ctx, subset, tokenizer, size)
+      data = (images, token_ids)
+      specs, splits = pixel_tasks(ctx, size)
+      tasks = list(zip(specs, splits))
+    else:
+      uids, image_emb, text_emb, pool = embed_stage.pool_embeddings(ctx, subset)
+      data = (image_emb, text_emb)
+      tasks = embed_stage.task_embeddings(ctx, 'eval')
     if not tasks:
       raise ValueError('config.tasks: no tasks to evaluate on')
     # [entries]: rows of the kept samples, each once per time the subset lists it.
@@ -217,11 +470,17 @@ def evaluate_subset(ctx, subset_path: str, checkpoints: str, seeds: int | None =
       continue
     logging.info('evaluate: seed %d of %d, %d steps on %d subset entries', s + 1, seeds,
                  cfg.steps, len(rows))
-    params, history = train.train(cfg, (image_emb, text_emb),
-                                  workdir=os.path.join(checkpoints, f'seed_{s}'),
-                                  mesh=mesh, rows=rows)
-    encode_images, encode_texts = train.encoders(cfg, params)
-    per_seed.append(evaluate_heads(encode_images, encode_texts, tasks))
+    workdir = os.path.join(checkpoints, f'seed_{s}')
+    if proxy == 'pixels':  # beside an embedding proxy's checkpoints, never mixed with them
+      workdir = os.path.join(workdir, 'pixels')
+    params, history = train.train(cfg, data, workdir=workdir, mesh=mesh, rows=rows)
+    if proxy == 'pixels':
+      encode_images, encode_texts = train.encoders(cfg, params, tokenizer=tokenizer)
+      per_seed.append(eval_lib.evaluate_tasks(encode_images, encode_texts, specs,
+                                              splits)['tasks'])
+    else:
+      encode_images, encode_texts = train.encoders(cfg, params)
+      per_seed.append(evaluate_heads(encode_images, encode_texts, tasks))
     final_loss.append(history['loss'][-1])  # the history is restored with a checkpoint
     if caches[s]:
       os.makedirs(os.path.dirname(caches[s]), exist_ok=True)
@@ -231,8 +490,12 @@ def evaluate_subset(ctx, subset_path: str, checkpoints: str, seeds: int | None =
   train_fields = cfgs[0].to_dict()
   train_fields.pop('seed')
   result.update(
-      subset={'path': os.path.abspath(subset_path), 'sha256': sha, **stats},
+      proxy=proxy, subset={'path': os.path.abspath(subset_path), 'sha256': sha, **stats},
       train=train_fields, seeds=[cfg.seed for cfg in cfgs], final_loss=final_loss)
+  if proxy == 'pixels':
+    result['pixel_cache'] = pixel_cache or {
+        'dir': pixel_cache_dir(ctx, config.evaluate.pixels.image_size), 'shards_decoded': 0,
+        'skips': None}  # every seed was cached: the images were not read
   return result
 
 
@@ -345,8 +608,13 @@ def inputs(config) -> tuple:
 
 
 def config_keys(config) -> tuple:
-  """The proxy's settings, and the selection rules and own blocks of every baseline."""
-  keys = ['evaluate', 'seed', 'selection', 'mesh.rules']
+  """The proxy's settings, and the selection rules and own blocks of every baseline. The
+  pixel proxy's block counts only when it is the proxy: changing it does not rerun (and
+  clear) an embedding-proxy evaluation."""
+  block = config.get('evaluate') or {}
+  proxy = block.get('proxy', 'embedding')
+  keys = [f'evaluate.{k}' for k in block if k != 'pixels' or proxy == 'pixels']
+  keys += ['seed', 'selection', 'mesh.rules']
   for name in baseline_names(config):
     if name != FULL:
       keys += list(selectors.get(name).config_fields_for(config))

@@ -1,23 +1,28 @@
 """Features: per-sample quality, task relevance and diversity signals for the selectors.
 
-Streaming part, per pool shard (resumable like ingest and embed): the shard's images are
-decoded again, resized to pool.image_size and scored by the image operators in fixed-shape
-chunks of `features.chunk` rows (the tail padded and masked, so XLA compiles one program);
-captions go through the text operators and the embed stage's npz rows through the
-cross-modal ones. flipped_clip_score embeds the horizontally flipped images with the
-reference encoder here. Each shard's columns go to `features/shards/<item>.parquet`; the
-`.json` sidecar is written last and marks the shard complete. Memory holds one chunk of
-images.
+Two passes, one concern each.
 
-Global part, over the whole pool: task relevance (top-m cosines to each task's prototypes
-from its train split, computed shard by shard in the same loop), spherical k-means on the
-joint embedding normalize(image + text), cluster weights (|C| / N) ** -alpha, SemDeDup
-flags inside the clusters (best clip_score kept) and exact-duplicate flags by ingest's
-image sha256. It never holds the pool's [N, E] embeddings: k-means streams the shards'
-embeddings from disk once per Lloyd iteration (kmeans.fit_stream, k-means++ on at most
-_init_rows(...) sampled rows), and SemDeDup sorts them by cluster into a scratch file in one
-pass and reads one cluster at a time (dedup.semdedup_flags_stream). Memory holds one shard's
-embeddings, the largest cluster and per-sample scalars (labels, bounds, output columns).
+Per shard (resumable like ingest and embed): the quality operators of
+config.features.operators (scoring/registry.py), with the settings of
+config.features.operator_settings. The shard's images are decoded again, resized to
+pool.image_size and scored by the image operators in fixed-shape chunks of `features.chunk`
+rows (the tail padded and masked, so XLA compiles one program); captions go through the
+text operators and the embed stage's npz rows through the cross-modal ones.
+flipped_clip_score embeds the horizontally flipped images with the reference encoder here.
+Each shard's columns go to `features/shards/<item>.parquet`; the `.json` sidecar is written
+last and marks the shard complete. Memory holds one chunk of images.
+
+Global signals, over the whole pool: the functions registered in SIGNALS, run in
+registration order, each adding its columns: task relevance (top-m cosines to each task's
+prototypes from its train split), spherical k-means on the joint embedding normalize(image
++ text) with cluster weights (|C| / N) ** -alpha, SemDeDup flags inside the clusters (best
+clip_score kept) and exact-duplicate flags by ingest's image sha256. Their settings are
+config.features fields (each signal lists the ones it reads). None holds the pool's [N, E]
+embeddings: they stream the shards' embeddings from disk (Pool.embeddings), k-means once per
+Lloyd iteration (kmeans.fit_stream, k-means++ on at most _init_rows(...) sampled rows), and
+SemDeDup sorts them by cluster into a scratch file in one pass and reads one cluster at a
+time (dedup.semdedup_flags_stream). Memory holds one shard's embeddings, the largest cluster
+and per-sample scalars (labels, bounds, output columns).
 
 Output: `features/features.parquet`, uid plus one column per feature, rows in
 ingest/samples.parquet order. A DataComp pool's embeddings come from its own npz files and
@@ -28,10 +33,12 @@ the reason in the summary).
 """
 
 import collections
-import json
+import dataclasses
+import functools
 import logging
 import os
 import re
+from typing import Callable, Mapping
 
 import jax
 import numpy as np
@@ -54,9 +61,8 @@ FEATURES = 'features.parquet'
 # The pool's joint embeddings sorted by cluster while SemDeDup runs ([N, E] float32 on disk,
 # removed after; a fixed name, so that a killed run's copy is overwritten by the next).
 SEMDEDUP_SCRATCH = 'semdedup_scratch.f32'
-# vocab_share is not run here: it needs a vocabulary setting the stage does not build yet.
-GLOBAL_COLUMNS = ('cluster', 'cluster_weight', 'semantic_duplicate', 'exact_duplicate')
-_UNSUPPORTED = ('vocab_share',)
+# Operators with a setting that has no usable default: {operator: setting}.
+_NEEDS_SETTING = {'vocab_share': 'vocab'}
 
 
 def option(config, name: str):
@@ -74,12 +80,46 @@ def operators(config) -> tuple:
     if name not in registry.OPERATORS:
       raise ValueError(f'config.features.operators: unknown operator {name!r}; '
                        f'registered: {sorted(registry.OPERATORS)}')
-    if name in _UNSUPPORTED:
-      raise ValueError(f'config.features.operators: {name!r} needs a vocabulary setting '
-                       'that the features stage does not provide')
+    setting, given = _NEEDS_SETTING.get(name), _settings_block(config).get(name)
+    if setting and not (isinstance(given, Mapping) and given.get(setting)):
+      raise ValueError(f'config.features.operators: {name!r} needs '
+                       f'config.features.operator_settings.{name}.{setting}')
   if len(set(names)) != len(names):
     raise ValueError(f'config.features.operators: repeated names in {names}')
   return names
+
+
+def _settings_block(config) -> dict:
+  """config.features.operator_settings as a plain dict; a block without it has none."""
+  block = config.features.get('operator_settings')
+  if block is None:
+    return {}
+  return dict(block.to_dict() if hasattr(block, 'to_dict') else block)
+
+
+def operator_settings(config, names=None) -> dict:
+  """{operator: {setting: value}} for registry.compute, from
+  config.features.operator_settings, checked against the registry; only the operators in
+  `names` (default: config.features.operators), so that the settings of an operator left
+  out stay in the config without effect. ValueError names the field."""
+  names = operators(config) if names is None else names
+  out = {}
+  for name, values in _settings_block(config).items():
+    where = f'config.features.operator_settings.{name}'
+    if name not in registry.OPERATORS:
+      raise ValueError(f'{where}: unknown operator; registered: {sorted(registry.OPERATORS)}')
+    if hasattr(values, 'to_dict'):
+      values = values.to_dict()
+    if not isinstance(values, Mapping):
+      raise ValueError(f'{where}: expected {{setting: value}}, got {values!r}')
+    known = registry.OPERATORS[name].settings
+    for setting in values:
+      if setting not in known:
+        raise ValueError(f'{where}.{setting}: unknown setting; {name} has '
+                         f'{", ".join(known) or "none"}')
+    if name in names and values:
+      out[name] = dict(values)
+  return out
 
 
 def _needs_images(op) -> bool:
@@ -167,8 +207,8 @@ def _pad(x: np.ndarray, rows: int, value=0) -> np.ndarray:
   return np.pad(x, pad, constant_values=value)
 
 
-def _score_chunk(names, start, count, chunk, table, image_emb, text_emb, images=None,
-                 flipped_emb=None) -> dict:
+def _score_chunk(names, settings, start, count, chunk, table, image_emb, text_emb,
+                 images=None, flipped_emb=None) -> dict:
   """The operators on rows [start, start + count) of a shard, padded to `chunk` rows."""
   end = start + count
   sizes = np.stack([np.asarray(table['height'][start:end], np.int32),
@@ -183,56 +223,82 @@ def _score_chunk(names, start, count, chunk, table, image_emb, text_emb, images=
     inputs['images'] = _pad(images, chunk)            # [chunk, S, S, 3] float32
   if flipped_emb is not None:
     inputs['flipped_image_emb'] = _pad(flipped_emb, chunk)
-  out = registry.compute(names, **inputs)
+  out = registry.compute(names, settings, **inputs)
   return {name: values[:count] for name, values in out.items()}
 
 
-def _features_shard(ctx, path: str, table: dict, names: list, encoder) -> dict:
+def _features_shard(ctx, path: str, table: dict, names: list, settings: dict,
+                    encoder) -> dict:
+  """The operators on one shard's rows, written to its item unless a finished run did."""
   item = shard_item(ctx, path)
-  if os.path.exists(item + '.json'):  # written after the parquet: the shard is complete
-    with open(item + '.json') as f:
-      return json.load(f)
-  config = ctx.config
-  chunk = option(config, 'chunk')
-  uids = table['uid']
-  n = len(uids)
-  image_emb, text_emb = embed.shard_embeddings(ctx, path, uids)  # [N, E] float32 each
-  columns = {name: [] for name in names}
-  skips = collections.Counter()
-  image_ops = any(_needs_images(registry.OPERATORS[m]) for m in names)
-  flipped = 'flipped_clip_score' in names
-  if image_ops or flipped:
-    # A pool shard, or the tar beside a DataComp metadata file.
-    tar = ingest.image_shard(config, path)
-    decoded = _chunks(_shard_images(tar, uids, skips), chunk)
-  else:
-    decoded = ([None] * len(range(s, min(s + chunk, n))) for s in range(0, n, chunk))
-  size = config.pool.image_size
-  for start, originals in zip(range(0, n, chunk), decoded):
-    count = len(originals)
-    images = flipped_emb = None
-    if image_ops:
-      images = np.stack([images_lib.resize_center_crop(im, size) for im in originals])
-      images = images.astype(np.float32) / 255.0  # [B, S, S, 3] in [0, 1]
-    if flipped:
-      items = [(i, np.ascontiguousarray(im[:, ::-1])) for i, im in enumerate(originals)]
-      got, flipped_emb = encoder.embed_images(items, skips=skips)  # [B, E]
-      if len(got) != count:
-        raise ValueError(f'{path}: {count - len(got)} flipped images failed to load')
-    out = _score_chunk(names, start, count, chunk, table, image_emb, text_emb, images,
-                       flipped_emb)
+
+  def compute():
+    config = ctx.config
+    chunk = option(config, 'chunk')
+    uids = table['uid']
+    n = len(uids)
+    image_emb, text_emb = embed.shard_embeddings(ctx, path, uids)  # [N, E] float32 each
+    columns = {name: [] for name in names}
+    skips = collections.Counter()
+    image_ops = any(_needs_images(registry.OPERATORS[m]) for m in names)
+    flipped = 'flipped_clip_score' in names
+    if image_ops or flipped:
+      # A pool shard, or the tar beside a DataComp metadata file.
+      tar = ingest.image_shard(config, path)
+      decoded = _chunks(_shard_images(tar, uids, skips), chunk)
+    else:
+      decoded = ([None] * len(range(s, min(s + chunk, n))) for s in range(0, n, chunk))
+    size = config.pool.image_size
+    for start, originals in zip(range(0, n, chunk), decoded):
+      count = len(originals)
+      images = flipped_emb = None
+      if image_ops:
+        images = np.stack([images_lib.resize_center_crop(im, size) for im in originals])
+        images = images.astype(np.float32) / 255.0  # [B, S, S, 3] in [0, 1]
+      if flipped:
+        items = [(i, np.ascontiguousarray(im[:, ::-1])) for i, im in enumerate(originals)]
+        got, flipped_emb = encoder.embed_images(items, skips=skips)  # [B, E]
+        if len(got) != count:
+          raise ValueError(f'{path}: {count - len(got)} flipped images failed to load')
+      out = _score_chunk(names, settings, start, count, chunk, table, image_emb, text_emb,
+                         images, flipped_emb)
+      for name in names:
+        columns[name].append(out[name])
+    arrays = {'uid': pa.array(uids, pa.string())}
     for name in names:
-      columns[name].append(out[name])
-  arrays = {'uid': pa.array(uids, pa.string())}
-  for name in names:
-    values = np.concatenate(columns[name]) if columns[name] else np.zeros(0, np.float32)
-    arrays[name] = pa.array(values.astype(np.float32))
-  tmp = f'{item}.parquet.tmp-{os.getpid()}'
-  pq.write_table(pa.table(arrays), tmp)
-  os.replace(tmp, item + '.parquet')
-  record = {'path': path, 'parquet': item + '.parquet', 'samples': n, 'skips': dict(skips)}
-  pipeline.write_json_atomic(item + '.json', record)
-  return record
+      values = np.concatenate(columns[name]) if columns[name] else np.zeros(0, np.float32)
+      arrays[name] = pa.array(values.astype(np.float32))
+    with pipeline.atomic_write(item + '.parquet') as tmp:
+      pq.write_table(pa.table(arrays), tmp)
+    return {'path': path, 'parquet': item + '.parquet', 'samples': n, 'skips': dict(skips)}
+
+  return pipeline.resumable_item(item, compute)
+
+
+def _shard_pass(ctx, names: list) -> tuple[list, int, list, list]:
+  """The quality operators over every shard: (records, shards computed now, each shard's
+  table of columns, (path, first row, rows) of each shard)."""
+  config = ctx.config
+  settings = operator_settings(config, names)
+  ingested = ctx.summary('ingest')
+  paths = [r['path'] for r in ingested['per_source']]
+  os.makedirs(os.path.join(ctx.stage_dir('features'), 'shards'), exist_ok=True)
+  encoder = None
+  if 'flipped_clip_score' in names and not all(
+      pipeline.item_done(shard_item(ctx, p)) for p in paths):
+    encoder = embed.load_encoder(config, encoder_stage.checkpoint(ctx))
+  progress = pipeline.Progress('features', ingested['samples'], unit='samples')
+  records, computed, tables, shards, n = [], 0, [], [], 0
+  for path, table in ingest.rows_by_shard(ctx, paths,
+                                         ('uid', 'caption', 'width', 'height')):
+    done = pipeline.item_done(shard_item(ctx, path))
+    records.append(_features_shard(ctx, path, table, names, settings, encoder))
+    computed += 0 if done else 1
+    progress.update(len(table['uid']))
+    tables.append(pq.read_table(shard_item(ctx, path) + '.parquet'))
+    shards.append((path, n, len(table['uid'])))
+    n += len(table['uid'])
+  return records, computed, tables, shards
 
 
 def _task_prototypes(ctx, key) -> list:
@@ -270,23 +336,147 @@ def _relevance_block(ctx, tasks, image_emb, text_emb) -> np.ndarray:
   return np.concatenate(parts)
 
 
-def _joint_source(ctx, shards: list, uid_column):
-  """A callable returning an iterator over the pool's joint embeddings normalize(image +
-  text), float32 [n, E] per shard, read from disk again on every call. shards lists
-  (path, first row, rows); uid_column holds the pool's uids in row order."""
-  def chunks():
-    for path, start, count in shards:
-      if count:
-        uids = uid_column.slice(start, count).to_pylist()
-        image_emb, text_emb = _stored_embeddings(ctx, path, uids)
-        yield np.asarray(kmeans.normalize(image_emb + text_emb))  # [n, E]
-  return chunks
-
-
 def _init_rows(config, k: int) -> int:
   """Rows k-means++ starts from (all of them in a smaller pool): a bound set by the config,
   not the pool, large enough that every centroid has many candidates."""
   return max(64 * option(config, 'chunk'), 64 * k)
+
+
+# ---------------------------------------------------------------------------------------
+# Global signals.
+
+
+@dataclasses.dataclass
+class Pool:
+  """What a global signal reads: the pool after the per-shard pass.
+
+  Embeddings are never held whole; embeddings() and joint() read them from disk again on
+  every call, one shard at a time.
+  """
+  ctx: pipeline.Context
+  shards: list             # (path, first row, rows) of each shard, in ingest order
+  features: pa.Table       # uid and the operators' columns, one row per sample
+  samples: pa.Table        # ingest's uid and sha256, the same rows
+  keys: dict               # {signal name: PRNG key} for the signals that draw
+  columns: dict = dataclasses.field(default_factory=dict)  # what earlier signals added
+
+  @property
+  def rows(self) -> int:
+    return self.features.num_rows
+
+  def embeddings(self):
+    """(image_emb, text_emb) of each non-empty shard, float32 [n, E] each, as stored."""
+    uid_column = self.features.column('uid')
+    for path, start, count in self.shards:
+      if count:
+        uids = uid_column.slice(start, count).to_pylist()
+        yield _stored_embeddings(self.ctx, path, uids)
+
+  def joint(self) -> Callable:
+    """A source for kmeans.fit_stream and dedup.semdedup_flags_stream: a callable
+    returning an iterator over the joint embeddings normalize(image + text), [n, E] per
+    shard."""
+    def chunks():
+      for image_emb, text_emb in self.embeddings():
+        yield np.asarray(kmeans.normalize(image_emb + text_emb))  # [n, E]
+    return chunks
+
+  @functools.cached_property
+  def quality(self) -> np.ndarray:  # [N]
+    """Which copy of a duplicate is kept: the one of highest clip_score (the operator's
+    column when it ran, else the same cosine from the stored embeddings)."""
+    if 'clip_score' in self.features.column_names:
+      return self.features.column('clip_score').to_numpy()
+    return np.concatenate([np.zeros(0, np.float32)] + [
+        np.sum(image_emb * text_emb, axis=1) for image_emb, text_emb in self.embeddings()])
+
+
+@dataclasses.dataclass(frozen=True)
+class Signal:
+  name: str
+  # Pool -> ({column: [N] values}, {summary key: JSON-able value}).
+  fn: Callable[[Pool], tuple[dict, dict]]
+  columns: tuple[str, ...] | None   # the columns it adds; None: one pair per task
+  settings: tuple[str, ...]         # the config.features fields it reads
+
+
+SIGNALS: dict[str, Signal] = {}
+# Signals that draw, in the order the run's key is split (a fixed order: one signal's draws
+# do not depend on which others exist).
+_SEEDED = ('relevance', 'clusters')
+
+
+def signal(name: str, columns: tuple[str, ...] | None, settings: tuple[str, ...] = ()):
+  """Decorator adding a global signal to SIGNALS; they run in registration order, so a
+  signal may read the columns of those registered before it (pool.columns)."""
+  def wrap(fn):
+    if name in SIGNALS:
+      raise ValueError(f'signal {name!r} is already registered')
+    SIGNALS[name] = Signal(name, fn, columns, tuple(settings))
+    return fn
+  return wrap
+
+
+@signal('relevance', columns=None,
+        settings=('relevance_top_m', 'retrieval_prototypes', 'chunk'))
+def task_relevance(pool: Pool) -> tuple[dict, dict]:
+  """relevance_<task>_image / _text: how close a sample is to what each task asks for."""
+  tasks = _task_prototypes(pool.ctx, pool.keys['relevance'])  # a DataComp pool's: its space
+  columns = {}
+  if not tasks:
+    return columns, {}
+  parts = [np.zeros((0, 2 * len(tasks)), np.float32)]
+  for image_emb, text_emb in pool.embeddings():
+    parts.append(_relevance_block(pool.ctx, tasks, image_emb, text_emb))
+  values = np.concatenate(parts)  # [N, 2T]
+  for t, (prefix, _) in enumerate(tasks):
+    columns[f'{prefix}_image'] = values[:, 2 * t]
+    columns[f'{prefix}_text'] = values[:, 2 * t + 1]
+  return columns, {}
+
+
+@signal('clusters', columns=('cluster', 'cluster_weight'),
+        settings=('kmeans_k', 'kmeans_iters', 'alpha', 'chunk'))
+def clusters(pool: Pool) -> tuple[dict, dict]:
+  """k-means clusters of the joint embedding, and weights that shrink the dense ones."""
+  if not pool.rows:
+    return {'cluster': np.zeros(0, np.int32),
+            'cluster_weight': np.zeros(0, np.float32)}, {'kmeans': None}
+  config = pool.ctx.config
+  k = min(option(config, 'kmeans_k'), pool.rows)
+  fit = kmeans.fit_stream(
+      pool.joint(), pool.rows, k, option(config, 'kmeans_iters'), pool.keys['clusters'],
+      init_sample=_init_rows(config, k),
+      callback=lambda i, cos, share: logging.info(
+          'features: k-means pass %d, mean cosine %.4f, %.0f%% of rows computed', i, cos,
+          100 * share))
+  columns = {'cluster': fit.assignment.astype(np.int32),
+             'cluster_weight': kmeans.cluster_weights(fit.assignment, k,
+                                                      option(config, 'alpha'))}
+  return columns, {'kmeans': {'k': k, 'objective': float(fit.objective)}}
+
+
+@signal('semantic_duplicate', columns=('semantic_duplicate',), settings=('semdedup_eps',))
+def semantic_duplicates(pool: Pool) -> tuple[dict, dict]:
+  """SemDeDup inside each cluster (reads 'cluster'): all but the best of near-copies."""
+  flags = np.zeros(0, bool)
+  if pool.rows:
+    flags = dedup.semdedup_flags_stream(
+        pool.joint(), pool.columns['cluster'], pool.quality,
+        option(pool.ctx.config, 'semdedup_eps'),
+        scratch=pool.ctx.path('features', SEMDEDUP_SCRATCH))
+  return {'semantic_duplicate': flags}, {'semantic_duplicates': int(np.sum(flags))}
+
+
+@signal('exact_duplicate', columns=('exact_duplicate',))
+def exact_duplicates(pool: Pool) -> tuple[dict, dict]:
+  """Byte-identical images (ingest's sha256): all but the best copy."""
+  flags = dedup.exact_duplicate_flags(pool.samples.column('sha256').to_pylist(), pool.quality)
+  return {'exact_duplicate': flags}, {'exact_duplicates': int(np.sum(flags))}
+
+
+# The columns every pool gets from the global signals, after the relevance pairs.
+GLOBAL_COLUMNS = tuple(c for s in SIGNALS.values() for c in s.columns or ())
 
 
 def run(ctx) -> dict:
@@ -294,89 +484,34 @@ def run(ctx) -> dict:
   names, left_out, left_out_why = left_out_operators(config)
   if left_out:
     logging.info('features: %s left out: %s', ', '.join(left_out), left_out_why)
-  ingested = ctx.summary('ingest')
-  paths = [r['path'] for r in ingested['per_source']]
-  os.makedirs(os.path.join(ctx.stage_dir('features'), 'shards'), exist_ok=True)
-  encoder = None
-  if 'flipped_clip_score' in names and not all(
-      os.path.exists(shard_item(ctx, p) + '.json') for p in paths):
-    encoder = embed.load_encoder(config, encoder_stage.checkpoint(ctx))
-  key = jax.random.PRNGKey(config.seed)
-  relevance_key, kmeans_key = jax.random.split(key)
-  tasks = _task_prototypes(ctx, relevance_key)  # a DataComp pool's: in its npz's space
-
-  progress = pipeline.Progress('features', ingested['samples'], unit='samples')
-  records, computed = [], 0
-  tables, shards, relevance_parts, dot_parts = [], [], [], []
-  n = 0
-  for path, table in ingest.rows_by_shard(ctx, paths,
-                                         ('uid', 'caption', 'width', 'height')):
-    done = os.path.exists(shard_item(ctx, path) + '.json')
-    records.append(_features_shard(ctx, path, table, names, encoder))
-    computed += 0 if done else 1
-    progress.update(len(table['uid']))
-    tables.append(pq.read_table(shard_item(ctx, path) + '.parquet'))
-    shards.append((path, n, len(table['uid'])))
-    n += len(table['uid'])
-    if tasks or 'clip_score' not in names:
-      image_emb, text_emb = _stored_embeddings(ctx, path, table['uid'])  # [n, E] each
-      if tasks:
-        relevance_parts.append(_relevance_block(ctx, tasks, image_emb, text_emb))
-      dot_parts.append(np.sum(image_emb * text_emb, axis=1))  # [n]
+  records, computed, tables, shards = _shard_pass(ctx, names)
 
   features = pa.concat_tables(tables)
   samples = pq.read_table(ctx.path('ingest', ingest.SAMPLES), columns=['uid', 'sha256'])
   if features.column('uid').to_pylist() != samples.column('uid').to_pylist():
     raise ValueError(f"{ctx.path('ingest', ingest.SAMPLES)}: field 'uid' does not match the "
                      'features shards; rerun ingest')
-  columns = {}
-  if tasks:
-    values = np.concatenate(relevance_parts)  # [N, 2T]
-    for t, (prefix, _) in enumerate(tasks):
-      columns[f'{prefix}_image'] = values[:, 2 * t]
-      columns[f'{prefix}_text'] = values[:, 2 * t + 1]
-
-  quality = (features.column('clip_score').to_numpy() if 'clip_score' in names else
-             np.concatenate([np.zeros(0, np.float32), *dot_parts]))
-  summary_kmeans = None
-  if n:
-    joint = _joint_source(ctx, shards, features.column('uid'))
-    k = min(option(config, 'kmeans_k'), n)
-    fit = kmeans.fit_stream(
-        joint, n, k, option(config, 'kmeans_iters'), kmeans_key,
-        init_sample=_init_rows(config, k),
-        callback=lambda i, cos, share: logging.info(
-            'features: k-means pass %d, mean cosine %.4f, %.0f%% of rows computed', i, cos,
-            100 * share))
-    columns['cluster'] = fit.assignment.astype(np.int32)
-    columns['cluster_weight'] = kmeans.cluster_weights(fit.assignment, k,
-                                                       option(config, 'alpha'))
-    columns['semantic_duplicate'] = dedup.semdedup_flags_stream(
-        joint, fit.assignment, quality, option(config, 'semdedup_eps'),
-        scratch=ctx.path('features', SEMDEDUP_SCRATCH))
-    summary_kmeans = {'k': k, 'objective': float(fit.objective)}
-  else:
-    columns.update(cluster=np.zeros(0, np.int32), cluster_weight=np.zeros(0, np.float32),
-                   semantic_duplicate=np.zeros(0, bool))
-  columns['exact_duplicate'] = dedup.exact_duplicate_flags(
-      samples.column('sha256').to_pylist(), quality)
-  for name, values in columns.items():
+  keys = dict(zip(_SEEDED, jax.random.split(jax.random.PRNGKey(config.seed), len(_SEEDED))))
+  pool = Pool(ctx, shards, features, samples, keys)
+  signal_summary = {}
+  for sig in SIGNALS.values():
+    columns, summary = sig.fn(pool)
+    pool.columns.update(columns)
+    signal_summary.update(summary)
+  for name, values in pool.columns.items():
     features = features.append_column(name, pa.array(values))
-  tmp = ctx.path('features', f'{FEATURES}.tmp-{os.getpid()}')
-  pq.write_table(features, tmp)
-  os.replace(tmp, ctx.path('features', FEATURES))
-  logging.info('features: %d samples, %d columns', n, features.num_columns - 1)
+  with pipeline.atomic_write(ctx.path('features', FEATURES)) as tmp:
+    pq.write_table(features, tmp)
+  logging.info('features: %d samples, %d columns', pool.rows, features.num_columns - 1)
   return {
-      'samples': n,
+      'samples': pool.rows,
       'shards': len(records),
       'shards_computed': computed,
       'operators': names,
       'operators_left_out': left_out,
       'operators_left_out_reason': left_out_why,
       'columns': features.column_names[1:],
-      'kmeans': summary_kmeans,
-      'semantic_duplicates': int(np.sum(columns['semantic_duplicate'])),
-      'exact_duplicates': int(np.sum(columns['exact_duplicate'])),
+      **signal_summary,
       'skips': dict(sum((collections.Counter(r['skips']) for r in records),
                         collections.Counter())),
   }

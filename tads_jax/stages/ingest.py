@@ -19,7 +19,6 @@ without labels reads as before with one more column of -1.
 
 import collections
 import hashlib
-import json
 import logging
 import os
 
@@ -216,26 +215,22 @@ def _ingest_source(ctx, path: str) -> dict:
   """Reads one shard (or metadata file) unless a finished item exists; returns skips."""
   items = os.path.join(ctx.stage_dir('ingest'), 'shards')
   os.makedirs(items, exist_ok=True)
-  name = item_name(path)
-  table_path = os.path.join(items, name + '.parquet')
-  skips_path = os.path.join(items, name + '.json')
-  if os.path.exists(skips_path):  # written after the parquet: the item is complete
-    with open(skips_path) as f:
-      return json.load(f)
-  skips = collections.Counter()
-  extra = {}
-  if ctx.config.pool.format == 'datacomp':
-    tar = image_shard(ctx.config, path)
-    rows, dim = _rows_from_metadata(path, ctx.config.pool.embedding_model, skips, tar)
-    extra = {'embedding_dim': dim, 'tar': tar}
-  else:
-    rows = _rows_from_shard(path, skips)
-  tmp = f'{table_path}.tmp-{os.getpid()}'
-  pq.write_table(pa.table(rows, schema=SCHEMA), tmp)
-  os.replace(tmp, table_path)
-  record = {'path': path, 'samples': len(rows['uid']), 'skips': dict(skips), **extra}
-  pipeline.write_json_atomic(skips_path, record)
-  return record
+  item = os.path.join(items, item_name(path))
+
+  def compute():
+    skips = collections.Counter()
+    extra = {}
+    if ctx.config.pool.format == 'datacomp':
+      tar = image_shard(ctx.config, path)
+      rows, dim = _rows_from_metadata(path, ctx.config.pool.embedding_model, skips, tar)
+      extra = {'embedding_dim': dim, 'tar': tar}
+    else:
+      rows = _rows_from_shard(path, skips)
+    with pipeline.atomic_write(item + '.parquet') as tmp:
+      pq.write_table(pa.table(rows, schema=SCHEMA), tmp)
+    return {'path': path, 'samples': len(rows['uid']), 'skips': dict(skips), **extra}
+
+  return pipeline.resumable_item(item, compute)
 
 
 def run(ctx) -> dict:
@@ -278,9 +273,8 @@ def run(ctx) -> dict:
     raise ValueError(f'{sources[0] if len(sources) == 1 else f"{len(sources)} pool sources"}: '
                      f'the pool has no usable sample (skipped by reason: '
                      f'{dict(sorted(skips.items())) or "none; the sources are empty"})')
-  tmp = ctx.path('ingest', SAMPLES + f'.tmp-{os.getpid()}')
-  pq.write_table(table, tmp)
-  os.replace(tmp, ctx.path('ingest', SAMPLES))
+  with pipeline.atomic_write(ctx.path('ingest', SAMPLES)) as tmp:
+    pq.write_table(table, tmp)
 
   summary = {
       'format': config.pool.format,

@@ -46,10 +46,8 @@ def _task_dict(spec, arrays) -> dict:
 
 
 def save_state(path: str, state: dict) -> None:
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'wb') as f:
+  with pipeline.atomic_write(path) as tmp, open(tmp, 'wb') as f:
     f.write(flax.serialization.msgpack_serialize(state))
-  os.replace(tmp, path)
 
 
 def load_state(path: str) -> dict:

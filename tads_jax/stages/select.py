@@ -8,7 +8,6 @@ it declares it needs (stages/learn.selector_inputs).
 """
 
 import logging
-import os
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -41,9 +40,8 @@ def run(ctx) -> dict:
 
   table = inputs.features.append_column('score', pa.array(scores)) \
                          .append_column('times_selected', pa.array(counts))
-  tmp = ctx.path(f'{SCORES}.tmp-{os.getpid()}')
-  pq.write_table(table, tmp)
-  os.replace(tmp, ctx.path(SCORES))
+  with pipeline.atomic_write(ctx.path(SCORES)) as tmp:
+    pq.write_table(table, tmp)
   logging.info('select: %s kept %d of %d samples (%d entries in %s)', selector.name,
                int((counts > 0).sum()), len(uids), len(written), SUBSET)
   return {

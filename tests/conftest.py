@@ -1,0 +1,121 @@
+"""What several test modules share: 8 CPU devices, faster compiles, tiny worlds, helpers.
+
+Every test runs with 8 (fake) CPU devices, as design.md asks: XLA_FLAGS is set here, which
+pytest imports before any test module, so before jax starts (jax fixes its device count
+when its backend starts; a whole-suite run used to get the flag from whichever sharding
+test module was collected first, a single module run did not). A test that needs the 8
+devices takes the `on_8_devices` fixture.
+
+Helpers that are not fixtures are imported by the modules that use them
+(`from conftest import tiny_world_config`): pytest puts tests/ on sys.path.
+"""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+DEVICE_COUNT_FLAG = '--xla_force_host_platform_device_count'
+if DEVICE_COUNT_FLAG not in os.environ.get('XLA_FLAGS', ''):
+  os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {DEVICE_COUNT_FLAG}=8".strip()
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)  # for `from configs import default`
+from configs import default  # noqa: E402  pylint: disable=wrong-import-position
+
+
+@pytest.fixture
+def on_8_devices(request):
+  """Runs check() with 8 devices: here, or, when jax has fewer (XLA_FLAGS set to another
+  count before pytest started), in a fresh pytest process running only this test with 8;
+  its failure fails this test."""
+  def run(check):
+    import jax  # pylint: disable=g-import-not-at-top
+    if jax.device_count() >= 8:
+      return check()
+    flags = [f for f in os.environ.get('XLA_FLAGS', '').split()
+             if not f.startswith(DEVICE_COUNT_FLAG)]
+    env = dict(os.environ, XLA_FLAGS=' '.join(flags + [f'{DEVICE_COUNT_FLAG}=8']))
+    result = subprocess.run(
+        [sys.executable, '-m', 'pytest', '-q', '-m', '', '-p', 'no:cacheprovider',
+         request.node.nodeid], cwd=str(request.config.rootpath), env=env,
+        capture_output=True, text=True, timeout=900, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  return run
+
+
+@pytest.fixture(scope='module')
+def fast_compiles():
+  """XLA's CPU optimizations off while a module runs: its programs are tiny, so compiling
+  them optimized costs more than it saves (the tiny CLIP's train step: ~25 s against ~8 s
+  on two cores). A module opts in with pytestmark = pytest.mark.usefixtures(...)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  previous = jax.config.read('jax_disable_most_optimizations')
+  jax.config.update('jax_disable_most_optimizations', True)
+  yield
+  jax.config.update('jax_disable_most_optimizations', previous)
+
+
+@pytest.fixture
+def float64_proxy(monkeypatch):
+  """The proxy's helpers pin float32 (train._normalize, clip._dot); under this fixture they
+  keep float64, so that a meta-gradient can be checked against finite differences in
+  float64 (with jax_enable_x64) along the whole path from the scores to the outer loss."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from tads_jax import train  # pylint: disable=g-import-not-at-top
+  from tads_jax.models import clip  # pylint: disable=g-import-not-at-top
+
+  def normalize64(x):
+    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+  def dot64(spec, x, kernel, dtype):
+    dtype = jnp.promote_types(dtype, x.dtype)
+    return jnp.einsum(spec, x.astype(dtype), kernel.astype(dtype),
+                      preferred_element_type=dtype)
+
+  monkeypatch.setattr(train, '_normalize', normalize64)
+  monkeypatch.setattr(clip, '_dot', dot64)
+
+
+def tiny_world_config():
+  """The default config on a 100-sample synthetic world (two shards) with a tiny reference
+  CLIP trained on its 200 trusted pairs in ~30 steps: the world of the stage tests."""
+  c = default.get_config()
+  c.stages = ('ingest', 'encoder')
+  c.selector.name = 'random'
+  c.encoder.image_size = 32
+  c.pool.synthetic.update(dict(num_samples=100, shard_size=50, trusted_size=200,
+                               train_per_class=1, eval_per_class=1, retrieval_train=4,
+                               retrieval_eval=4))
+  c.encoder.model = 'tiny'
+  c.encoder.model_overrides = {}
+  c.encoder.context_length = 16
+  c.encoder.vocab_size = 600
+  c.encoder.batch_size = 32
+  c.encoder.samples_seen = 32 * 30
+  c.encoder.warmup = 5
+  c.encoder.checkpoint_every = 10
+  return c
+
+
+def validate(c):
+  """config.validate with every stage and selector the CLI knows."""
+  from tads_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from tads_jax import selectors  # pylint: disable=g-import-not-at-top
+  from tads_jax import stages  # pylint: disable=g-import-not-at-top
+  config_lib.validate(c, stages.STAGE_NAMES, selectors.SELECTORS)
+
+
+def unit(x):  # [..., D] -> float32 unit rows
+  return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def auroc(positive, score):
+  """P(score of a positive > score of a negative), ties half (Mann-Whitney)."""
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  ranks = stats.rankdata(score)
+  p, n = positive.sum(), (~positive).sum()
+  return (ranks[positive].sum() - p * (p + 1) / 2) / (p * n)

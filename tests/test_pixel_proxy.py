@@ -1,0 +1,463 @@
+"""The pixel proxy (evaluate.proxy='pixels'): the conv stem, the repeat-masked CLIP loss,
+the evaluate stage end to end on the tiny world, the shared image cache, resume and the
+config errors.
+
+References are independent of the code under test: the loss is recomputed in numpy from
+its definition; the conv stem's shape from the arithmetic of stride-2 convolutions; the
+stage's metrics from a proxy retrained here with train.train and scored with eval.py.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import test_encoder_stage  # noqa: E402  pylint: disable=wrong-import-position
+
+from tads_jax import config as config_lib  # noqa: E402
+from tads_jax import eval as eval_lib  # noqa: E402
+from tads_jax import main  # noqa: E402
+from tads_jax import pipeline  # noqa: E402
+from tads_jax import report as report_lib  # noqa: E402
+from tads_jax import selectors  # noqa: E402
+from tads_jax import stages  # noqa: E402
+from tads_jax import train  # noqa: E402
+from tads_jax.data import subset as subset_lib  # noqa: E402
+from tads_jax.models import clip  # noqa: E402
+from tads_jax.models import hf_export  # noqa: E402
+from tads_jax.stages import evaluate  # noqa: E402
+
+
+@pytest.fixture(scope='module', autouse=True)
+def fast_compiles():
+  """Tiny models compile faster unoptimized than they run optimized (see test_train.py)."""
+  previous = jax.config.read('jax_disable_most_optimizations')
+  jax.config.update('jax_disable_most_optimizations', True)
+  yield
+  jax.config.update('jax_disable_most_optimizations', previous)
+
+
+# ---------------------------------------------------------------------------------------
+# The conv stem.
+
+
+def _flat(tree, prefix=''):
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f'{prefix}{k}/'))
+    else:
+      out[prefix + k] = tuple(v.shape)
+  return out
+
+
+def test_conv_stem_gives_the_patch_grid_and_patch_params_are_unchanged():
+  patch = clip.get_config('tiny')  # 32 px, patch 8, width 64
+  conv = dataclasses.replace(patch, vision_stem='conv', vision_stem_width=8)
+  assert conv.stem_channels == (8, 16, 32)  # log2(8) = 3 stride-2 convolutions, doubling
+  shapes = {}
+  for name, c in (('patch', patch), ('conv', conv)):
+    shapes[name] = _flat(nn.unbox(clip.abstract_params(clip.CLIP(c))))
+  # The default stem's tree is the one Hugging Face checkpoints map onto, field for field.
+  assert shapes['patch']['vision/patch_embed/kernel'] == (8 * 8 * 3, 64)
+  assert not any('stem' in k for k in shapes['patch'])
+  stem = {k: v for k, v in shapes['conv'].items() if k.startswith('vision/stem/')}
+  assert stem == {'vision/stem/conv_0': (3, 3, 3, 8), 'vision/stem/conv_1': (3, 3, 8, 16),
+                  'vision/stem/conv_2': (3, 3, 16, 32),
+                  'vision/stem/norm_0/scale': (8,), 'vision/stem/norm_0/bias': (8,),
+                  'vision/stem/norm_1/scale': (16,), 'vision/stem/norm_1/bias': (16,),
+                  'vision/stem/norm_2/scale': (32,), 'vision/stem/norm_2/bias': (32,),
+                  'vision/stem/proj/kernel': (32, 64)}
+  rest = {k: v for k, v in shapes['conv'].items() if not k.startswith('vision/stem/')}
+  assert rest == {k: v for k, v in shapes['patch'].items() if k != 'vision/patch_embed/kernel'}
+  # Forward: 32 px -> 16 -> 8 -> 4, i.e. the 4 x 4 grid of 8 px patches.
+  model = clip.CLIP(conv)
+  params = nn.unbox(clip.init_params(model, jax.random.key(0)))
+  pixels = jnp.asarray(np.random.default_rng(0).normal(size=(3, 32, 32, 3)), jnp.float32)
+  tokens = model.apply({'params': params}, pixels, method=lambda m, x: m.vision(x))
+  assert tokens.shape == (3, conv.embed_dim)
+  stem_out = clip.ConvStem(conv.stem_channels, conv.vision_width, 1e-5).apply(
+      {'params': params['vision']['stem']}, pixels)
+  assert stem_out.shape == (3, 4, 4, 64)
+  # Images that differ get different embeddings (the stem does not wash them out).
+  assert float(jnp.abs(tokens[0] - tokens[1]).max()) > 1e-4
+
+
+def test_conv_stem_config_errors_and_no_hf_export(tmp_path):
+  with pytest.raises(ValueError, match=r"CLIPConfig.vision_stem: 'dense' is not one of"):
+    clip.get_config('tiny', vision_stem='dense')
+  with pytest.raises(ValueError, match=r'CLIPConfig.patch_size: .* power of two'):
+    clip.get_config('tiny', vision_stem='conv', image_size=36, patch_size=12)
+  config = clip.get_config('tiny', vision_stem='conv', vision_stem_width=8)
+  params = clip.init_params(clip.CLIP(config), jax.random.key(0))
+  with pytest.raises(ValueError, match=r"CLIPConfig.vision_stem: 'conv' cannot be exported"):
+    hf_export.save_hf_checkpoint(str(tmp_path / 'clip'), config, params)
+  assert not (tmp_path / 'clip').exists()
+
+
+# ---------------------------------------------------------------------------------------
+# The loss with repeats masked.
+
+
+def _masked_loss_numpy(image, text, scale, rows):
+  """CLIP's loss where, for each query, the other samples of the same data row are left
+  out of the softmax (they are the same pair, not a negative); float64."""
+  logits = scale * image @ text.T
+  n = len(rows)
+  def direction(l):
+    total = 0.0
+    for i in range(n):
+      keep = [j for j in range(n) if j == i or rows[j] != rows[i]]
+      total += np.log(np.sum(np.exp(l[i, keep]))) - l[i, i]
+    return total / n
+  return 0.5 * (direction(logits) + direction(logits.T))
+
+
+def _unit(rng, shape):
+  x = rng.normal(size=shape)
+  return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def test_a_repeated_row_is_not_its_own_negative():
+  rng = np.random.default_rng(0)
+  rows = np.array([4, 7, 4, 9, 2, 7])  # rows 4 and 7 drawn twice
+  image, text = _unit(rng, (6, 5)), _unit(rng, (6, 5))
+  # A repeat is the same pair: same embeddings (up to the model, exactly so here).
+  image[2], text[2], image[5], text[5] = image[0], text[0], image[1], text[1]
+  loss = jax.jit(train.weighted_clip_loss)
+  args = jnp.asarray(image, jnp.float32), jnp.asarray(text, jnp.float32)
+  for log_scale in (0.0, 1.3, math.log(100)):
+    expected = _masked_loss_numpy(image, text, math.exp(log_scale), rows)
+    got = float(loss(*args, log_scale, None, jnp.asarray(rows, jnp.int32)))
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    if log_scale < 2:  # at scale 100 the random negatives drown the copy's term
+      # Unmasked, each copy is a negative of the other: a higher loss.
+      assert float(loss(*args, log_scale)) > got + 1e-3
+  # Without repeats the row ids change nothing: exactly today's loss, weights included.
+  distinct = jnp.asarray([3, 1, 0, 5, 2, 4], jnp.int32)
+  weights = jnp.asarray(rng.uniform(0.1, 2.0, 6), jnp.float32)
+  for w in (None, weights):
+    assert float(loss(*args, 1.1, w, distinct)) == float(loss(*args, 1.1, w))
+  # The masked pair gets no gradient through the other copy's logit.
+  grad = jax.grad(lambda t: train.weighted_clip_loss(args[0], t, 1.1, None,
+                                                     jnp.asarray(rows, jnp.int32)))
+  g = np.asarray(grad(args[1]))
+  assert np.all(np.isfinite(g))
+
+
+def test_train_masks_repeats_only_when_asked():
+  """A pixel run's fingerprint carries mask_repeats; an embedding run's dict is unchanged
+  (so its checkpoints and cached results keep their keys)."""
+  plain = train.TrainConfig(kind='embedding', batch_size=8, samples_seen=64)
+  assert 'mask_repeats' not in plain.to_dict()
+  masked = dataclasses.replace(plain, mask_repeats=True)
+  assert masked.to_dict()['mask_repeats'] is True
+  with pytest.raises(ValueError, match='TrainConfig.mask_repeats'):
+    dataclasses.replace(plain, mask_repeats=1)
+
+
+# ---------------------------------------------------------------------------------------
+# The evaluate stage with the pixel proxy, on the tiny world.
+
+STAGES = ('ingest', 'encoder', 'embed', 'select', 'evaluate')
+
+
+def config():
+  c = test_encoder_stage.tiny_config()
+  c.stages = STAGES
+  c.embed.batch_size = 32
+  c.selection.fraction = 0.5
+  c.evaluate.update(dict(proxy='pixels', seeds=2, baselines=('full',)))
+  c.evaluate.pixels.update(dict(
+      model='tiny', image_size=32, context_length=16, batch_size=16, samples_seen=16 * 6,
+      lr=1e-3, warmup=2, checkpoint_every=3))
+  c.evaluate.pixels.model_overrides = {'vision_stem': 'conv', 'vision_stem_width': 8,
+                                       'vision_layers': 1, 'text_layers': 1}
+  return c
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('pixels'))
+  status = main.run(config(), workdir)
+  return workdir, status
+
+
+def _eval_json(workdir):
+  with open(os.path.join(workdir, evaluate.EVAL)) as f:
+    return json.load(f)
+
+
+def test_eval_json_records_the_pixel_proxy_with_finite_metrics(run):
+  workdir, status = run
+  assert status['evaluate'] == 'ran'
+  result = _eval_json(workdir)
+  assert result['proxy'] == 'pixels'
+  assert result['train']['kind'] == 'pixels' and result['train']['mask_repeats'] is True
+  overrides = dict(result['train']['model_overrides'])
+  assert overrides['vision_stem'] == 'conv' and overrides['image_size'] == 32
+  assert result['seeds'] == [0, 1]
+  for name, task in result['tasks'].items():
+    assert len(task['per_seed']) == 2, name
+    for r in task['per_seed']:
+      assert all(np.isfinite(v) for v in r.values()), name
+      assert 0 <= r['main'] <= 1
+  assert np.all(np.isfinite(result['final_loss']))
+  full = result['baselines']['full']
+  assert full['proxy'] == 'pixels' and full['subset']['entries'] == full['subset']['pool']
+  # The checkpoints sit beside where an embedding proxy's would, in a folder of their own.
+  seed_dir = os.path.join(workdir, 'evaluate', 'selected', 'seed_1')
+  assert os.listdir(seed_dir) == ['pixels']
+  assert 6 in [int(d) for d in os.listdir(os.path.join(seed_dir, 'pixels', 'checkpoints'))
+               if d.isdigit()]
+
+
+def test_the_pool_is_decoded_once_for_every_subset_and_seed(run, tmp_path):
+  workdir, _ = run
+  result = _eval_json(workdir)
+  cache = result['pixel_cache']['dir']
+  ingested = pipeline.read_done(os.path.join(workdir, 'ingest'))['summary']
+  shards = len(ingested['per_source'])
+  # The selected subset (first) decoded every shard it touches; 'full' after it decoded
+  # none, though it reads every shard.
+  assert 1 <= result['pixel_cache']['shards_decoded'] <= shards
+  assert result['baselines']['full']['pixel_cache']['shards_decoded'] == 0
+  npys = sorted(f for f in os.listdir(cache) if f.endswith('.npy'))
+  assert len(npys) == shards
+  assert not [f for f in os.listdir(cache) if '.tmp-' in f]
+  # The cached rows are the shards' images at the proxy's size, in ingest order.
+  arrays = [np.load(os.path.join(cache, f), mmap_mode='r') for f in npys]
+  assert sum(len(a) for a in arrays) == ingested['samples']
+  assert all(a.dtype == np.uint8 and a.shape[1:] == (32, 32, 3) for a in arrays)
+  # A third seed, in another copy of the workdir: trains one proxy per subset, decodes
+  # nothing (the cache files are not rewritten).
+  work = str(tmp_path / 'w')
+  shutil.copytree(workdir, work)
+  copied = os.path.join(work, os.path.relpath(cache, workdir))
+  mtimes = {f: os.stat(os.path.join(copied, f)).st_mtime_ns for f in os.listdir(copied)}
+  c = config()
+  c.evaluate.seeds = 3
+  assert main.run(c, work)['evaluate'] == 'ran'
+  third = _eval_json(work)
+  assert third['pixel_cache']['shards_decoded'] == 0
+  assert third['baselines']['full']['pixel_cache']['shards_decoded'] == 0
+  assert {f: os.stat(os.path.join(copied, f)).st_mtime_ns for f in os.listdir(copied)} == mtimes
+  assert third['average']['per_seed'][:2] == result['average']['per_seed']
+
+
+def test_metrics_match_a_pixel_proxy_trained_and_scored_independently(run):
+  """Seed 1 retrained here from the cache's images, the tokenizer of the encoder folder and
+  rows_from_subset; the tasks scored with eval.evaluate_tasks."""
+  workdir, _ = run
+  c = config()
+  ctx = pipeline.Context(config=c, workdir=workdir)
+  evaluate.check_embedded(ctx)
+  tokenizer = evaluate.pixel_tokenizer(ctx, 16)
+  subset = subset_lib.read_subset(os.path.join(workdir, 'subset.npy'))
+  uids, images, token_ids, _, _ = evaluate.pixel_data(ctx, subset, tokenizer, 32)
+  cfg = evaluate.train_config(c, 1, (len(tokenizer.tokenizer), tokenizer.eos_token_id))
+  params, _ = train.train(cfg, (images[np.arange(len(images))], token_ids),
+                          rows=train.rows_from_subset(subset, uids))
+  specs, splits = evaluate.pixel_tasks(ctx, 32)
+  expected = eval_lib.evaluate_tasks(*train.encoders(cfg, params, tokenizer=tokenizer),
+                                     specs, splits)['tasks']
+  result = _eval_json(workdir)
+  for name, task in expected.items():
+    assert result['tasks'][name]['per_seed'][1]['main'] == pytest.approx(task['main']), name
+
+
+def test_a_killed_seed_resumes_to_the_same_result(run, tmp_path):
+  workdir = str(tmp_path / 'w')
+  shutil.copytree(run[0], workdir)
+  before = _eval_json(workdir)
+  os.remove(os.path.join(workdir, 'evaluate', pipeline.DONE))
+  os.remove(os.path.join(workdir, evaluate.EVAL))
+  shutil.rmtree(os.path.join(workdir, evaluate.CACHE))  # results and images both gone
+  # Seed 1 killed after step 4: its checkpoint at step 3 is all that is left.
+  c = config()
+  ctx = pipeline.Context(config=c, workdir=workdir)
+  evaluate.check_embedded(ctx)
+  tokenizer = evaluate.pixel_tokenizer(ctx, 16)
+  subset = subset_lib.read_subset(os.path.join(workdir, 'subset.npy'))
+  uids, images, token_ids, _, _ = evaluate.pixel_data(ctx, subset, tokenizer, 32)
+  cfg = evaluate.train_config(c, 1, (len(tokenizer.tokenizer), tokenizer.eos_token_id))
+  seed_dir = os.path.join(workdir, 'evaluate', 'selected', 'seed_1', 'pixels')
+  shutil.rmtree(seed_dir)
+  train.train(cfg, (images, token_ids), workdir=seed_dir,
+              rows=train.rows_from_subset(subset, uids), stop_after=4)
+  checkpoints = os.path.join(seed_dir, 'checkpoints')
+  assert sorted(int(d) for d in os.listdir(checkpoints) if d.isdigit()) == [3]
+  assert main.run(c, workdir)['evaluate'] == 'ran'
+  assert 6 in [int(d) for d in os.listdir(checkpoints) if d.isdigit()]
+  after = _eval_json(workdir)
+  for name, task in before['tasks'].items():
+    for s in range(2):
+      assert after['tasks'][name]['per_seed'][s] == pytest.approx(task['per_seed'][s]), name
+
+
+def test_pixel_and_embedding_results_never_mix(run, tmp_path):
+  """The same workdir evaluated with the embedding proxy: its own cache entries and
+  checkpoints, its own numbers; the pixel entries stay."""
+  workdir = str(tmp_path / 'w')
+  shutil.copytree(run[0], workdir)
+  pixels = _eval_json(workdir)
+  cache = os.path.join(workdir, evaluate.CACHE)
+  before = {f for f in os.listdir(cache) if f.endswith('.json')}
+  c = config()
+  c.evaluate.update(dict(proxy='embedding', samples_seen=16 * 4, batch_size=16, lr=1e-3,
+                         warmup=2, head='mlp'))
+  assert main.run(c, workdir)['evaluate'] == 'ran'
+  emb = _eval_json(workdir)
+  assert emb['proxy'] == 'embedding' and emb['train']['kind'] == 'embedding'
+  after = {f for f in os.listdir(cache) if f.endswith('.json')}
+  assert before < after and len(after - before) == 4  # 2 subsets x 2 seeds, all new
+  assert emb['average']['per_seed'] != pixels['average']['per_seed']
+  # Every figure of report.md's evaluation tables names the proxy that produced it.
+  for result, label in ((pixels, 'pixel proxy'), (emb, 'embedding proxy')):
+    lines = report_lib._evaluation_lines(result)  # pylint: disable=protected-access
+    figures = [l for l in lines if l.startswith('| ') and not l.startswith(('| task',
+                                                                           '| subset'))]
+    assert len(figures) > len(result['tasks']), label
+    assert all(l.endswith(f'| {label} |') for l in figures), label
+    assert lines[0].startswith(f'{label}: 2 seeds;'), label
+
+
+def test_pixel_settings_rerun_the_stage_only_when_they_are_the_proxy():
+  from configs import default  # pylint: disable=g-import-not-at-top
+  upstream = {name: name for name in ('ingest', 'embed', 'features', 'select')}
+  fingerprint = lambda c: pipeline.fingerprint(evaluate.STAGE, c, upstream)
+  c = default.get_config()
+  before = fingerprint(c)
+  c.evaluate.pixels.lr = 1e-4
+  assert fingerprint(c) == before  # an embedding evaluation is not redone (nor cleared)
+  c.evaluate.proxy = 'pixels'
+  pixels = fingerprint(c)
+  assert pixels != before
+  c.evaluate.pixels.lr = 2e-4
+  assert fingerprint(c) != pixels
+
+
+# ---------------------------------------------------------------------------------------
+# Config errors.
+
+
+def _validate(c):
+  config_lib.validate(c, stages.STAGE_NAMES, selectors.SELECTORS)
+
+
+@pytest.mark.parametrize('field,value,message', [
+    ('proxy', 'tokens', r"config.evaluate.proxy: 'tokens' is not one of embedding, pixels"),
+    ('pixels.model', 'vit_huge', r"config.evaluate.pixels.model: 'vit_huge' is not one of"),
+    ('pixels.batch_size', 0, r'config.evaluate.pixels.batch_size: expected an integer >= 1'),
+    ('pixels.samples_seen', 8, r'config.evaluate.pixels.samples_seen: 8 is less than one'),
+    ('pixels.lr', -1.0, r'config.evaluate.pixels.lr: expected a finite number >= 0'),
+    ('pixels.dtype', 'float16', r"config.evaluate.pixels.dtype: 'float16' is not one of"),
+    ('pixels.image_size', 36, r'config.evaluate.pixels.model_overrides.patch_size: .* does '
+                              r'not divide image_size=36'),
+    ('pixels.model_overrides', {'vision_stem': 'fancy'},
+     r"config.evaluate.pixels.model_overrides.vision_stem: 'fancy' is not one of"),
+    ('pixels.model_overrides', {'image_size': 64},
+     r'config.evaluate.pixels.model_overrides.image_size: set by '
+     r'config.evaluate.pixels.image_size'),
+])
+def test_bad_pixel_settings_fail_validation_in_one_line_naming_the_field(field, value,
+                                                                         message):
+  c = config()
+  node = c.evaluate
+  *parents, leaf = field.split('.')
+  for p in parents:
+    node = node[p]
+  with c.unlocked():
+    node[leaf] = value
+  with pytest.raises(config_lib.ConfigError, match=message) as error:
+    _validate(c)
+  assert '\n' not in str(error.value)
+
+
+def test_default_and_datacomp_pixel_settings_validate_and_datacomp_needs_tars(tmp_path):
+  from configs import default  # pylint: disable=g-import-not-at-top
+  c = default.get_config()
+  c.evaluate.proxy = 'pixels'
+  _validate(c)
+  assert evaluate.train_config(c, 0).clip_config().vision_stem == 'conv'
+  import test_datacomp_pool as dc  # pylint: disable=g-import-not-at-top
+  from configs import datacomp as datacomp_config  # pylint: disable=g-import-not-at-top
+  data = tmp_path / 'data'
+  dc._tiny_pool(str(data / 'shards'), dim=8)  # pylint: disable=protected-access
+  dc._stub_checkpoint(data / 'clip-vit-base-patch32', 8)  # pylint: disable=protected-access
+  for name in ('wds_mscoco_captions', 'wds_flickr30k'):
+    for split in ('train', 'test'):
+      dc._retrieval_shards(str(data / name / split))  # pylint: disable=protected-access
+  c = datacomp_config.get_config(str(data))
+  c.evaluate.proxy = 'pixels'
+  _validate(c)  # DataComp small's ViT-B/32 settings validate on a CPU host
+  cfg = evaluate.train_config(c, 0)
+  model = cfg.clip_config()
+  assert (cfg.model, model.vision_stem, model.image_size, cfg.batch_size, cfg.samples_seen,
+          cfg.lr, cfg.warmup, cfg.weight_decay, cfg.b2, cfg.eps) == (
+              'vit_b32', 'patch', 224, 4096, 12_800_000, 5e-4, 500, 0.2, 0.98, 1e-6)
+  os.remove(data / 'shards' / '00000000.tar')
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"^config\.evaluate\.proxy: 'pixels' trains on the pool's images, "
+                           r'and this DataComp pool has no tars') as error:
+    _validate(c)
+  assert '\n' not in str(error.value)
+  c.evaluate.proxy = 'embedding'
+  _validate(c)
+
+
+# ---------------------------------------------------------------------------------------
+# Sharding: the pixel proxy over 8 devices equals one device.
+
+_FLAG = '--xla_force_host_platform_device_count=8'
+
+
+def check_sharded_pixel_proxy():
+  """The conv-stem CLIP with repeats masked, data-parallel over 8 devices, equals one
+  device (the batch's row ids are split over the devices like the batch)."""
+  from tads_jax import sharding  # pylint: disable=g-import-not-at-top
+  assert jax.device_count() >= 8, jax.devices()
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, size=(12, 32, 32, 3), dtype=np.uint8)
+  ids = rng.integers(1, 60, size=(12, 8)).astype(np.int32)
+  ids[:, -1] = 63
+  rows = np.repeat(np.arange(12), 2)  # every row twice: batches of 16 hold repeats
+  cfg = train.TrainConfig(
+      kind='pixels', model='tiny', batch_size=16, samples_seen=16 * 3, lr=1e-3, warmup=1,
+      eps=1e-3, mask_repeats=True, model_overrides=dict(
+          vocab_size=64, eos_token_id=63, context_length=8, vision_layers=1, text_layers=1,
+          vision_stem='conv', vision_stem_width=8))
+  ref = train.train(cfg, (images, ids), rows=rows)
+  got = train.train(cfg, (images, ids), rows=rows, mesh=sharding.make_mesh(8, 1))
+  np.testing.assert_allclose(got[1]['loss'], ref[1]['loss'], rtol=1e-5)
+  for a, b in zip(jax.tree_util.tree_leaves(ref[0]), jax.tree_util.tree_leaves(got[0])):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_sharded_pixel_proxy_matches_single_device():
+  if jax.device_count() >= 8:
+    check_sharded_pixel_proxy()
+    return
+  env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {_FLAG}".strip(),
+             JAX_DISABLE_MOST_OPTIMIZATIONS='1')
+  result = subprocess.run([sys.executable, os.path.abspath(__file__),
+                           'check_sharded_pixel_proxy'], env=env, capture_output=True,
+                          text=True, timeout=600, check=False)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  assert 'check_sharded_pixel_proxy ok' in result.stdout
+
+
+if __name__ == '__main__':
+  globals()[sys.argv[1]]()
+  print(f'{sys.argv[1]} ok')
