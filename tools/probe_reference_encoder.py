@@ -12,15 +12,31 @@ embeddings (does the image tower carry the attribute at all, whatever the text s
 with any of image_size, overrides (CLIPConfig fields), batch_size, samples_seen, lr, warmup,
 context_length, vocab_size, and 'train' (other TrainConfig fields). Defaults: the encoder
 block of configs/default.py.
+
+Recipes tried for issue 13 item 1 (a reference that sees shape), kept here so their
+numbers in BENCHMARKS.md can be reproduced; none is in the encoder stage because none made
+shape visible (a conv stem is: overrides {"vision_stem": "conv"}):
+  "hard_batches": f   a share f of the batches drawn from one colour (colour read from
+                      the caption with the world's word tables): same-colour negatives;
+                      "hard_after": k starts them after step k (a curriculum)
+  "negatives": [...]  NegCLIP-style (Yuksekgonul et al. 2023): each caption gets one extra
+                      negative caption with a word of these attributes ('shape', 'texture',
+                      'color') swapped for another value's, scored in image->text only
+  "tower": "cnn"      the image tower replaced by a plain CNN (per stage a 3x3 conv and a
+                      3x3 stride-2 conv, GroupNorm, ReLU; channels 32, 64, 128; mean pool)
 """
 
 import argparse
 import json
 import os
+import re
 import sys
 import tempfile
 import time
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,6 +44,7 @@ sys.path.insert(0, REPO)
 from configs import default  # noqa: E402  pylint: disable=wrong-import-position
 from tads_jax import eval as eval_lib  # noqa: E402  pylint: disable=wrong-import-position
 from tads_jax import train  # noqa: E402  pylint: disable=wrong-import-position
+from tads_jax.data import synthetic  # noqa: E402  pylint: disable=wrong-import-position
 from tads_jax.data import tasks as tasks_lib  # noqa: E402  pylint: disable=wrong-import-position
 from tads_jax.models import bpe  # noqa: E402  pylint: disable=wrong-import-position
 from tads_jax.models import tokenizer as tokenizer_lib  # noqa: E402  pylint: disable=wrong-import-position
@@ -46,6 +63,102 @@ def probe(x, y, folds: int = 5) -> float:
     w = np.linalg.solve(a.T @ a + 1e-2 * np.eye(a.shape[1]), a.T @ np.eye(classes)[y[fit]])
     right += int((np.argmax(np.c_[x[test], np.ones(len(test))] @ w, 1) == y[test]).sum())
   return right / n
+
+
+# ---------------------------------------------------------------------------------------
+# Experimental recipes (see the docstring); each patches train.py's pieces in this process.
+
+
+def _word_table(attribute):
+  return {'shape': synthetic.SHAPE_WORDS, 'color': synthetic.COLOR_WORDS,
+          'texture': synthetic.TEXTURE_ADJ}[attribute]
+
+
+def _find_value(caption, attribute):
+  """(value, match) of the first (longest) word of the attribute in the caption, or None."""
+  words = sorted(((w, k) for k, ws in _word_table(attribute).items() for w in ws),
+                 key=lambda t: -len(t[0]))
+  for word, value in words:
+    m = re.search(r'\b' + re.escape(word) + r'\b', caption)
+    if m:
+      return value, m
+  return None
+
+
+def _use_colour_batches(captions, share, after=0):
+  colour = np.array([(_find_value(c, 'color') or ('?', None))[0] for c in captions])
+  groups = [np.flatnonzero(colour == v) for v in np.unique(colour)]
+
+  def batch_rows(rows, batch_size, seed, start_step=0):
+    rng = np.random.default_rng([seed, start_step])
+    rows = np.asarray(rows)
+    step = start_step
+    while True:
+      step += 1
+      if step > after and rng.random() < share:
+        g = groups[rng.integers(len(groups))]
+        yield rng.choice(g, batch_size, replace=len(g) < batch_size)
+      else:
+        yield rng.choice(rows, batch_size, replace=False)
+  train.batch_rows = batch_rows
+
+
+def _with_negatives(captions, token_ids, tokenizer, attributes):
+  """token_ids [N, 2L]: each caption, then its swapped negative (all-zero ids: none)."""
+  rng = np.random.default_rng(0)
+  negatives = []
+  for caption in captions:
+    negative = None
+    for attribute in rng.permutation(attributes):
+      found = _find_value(caption, attribute)
+      if found:
+        table = _word_table(attribute)
+        other = rng.choice([v for v in table if v != found[0]])
+        word = table[other][rng.integers(len(table[other]))]
+        negative = caption[:found[1].start()] + word + caption[found[1].end():]
+        break
+    negatives.append(negative)
+  neg_ids = tokenizer([n or '' for n in negatives])
+  neg_ids[[n is None for n in negatives]] = 0
+  length = token_ids.shape[1]
+
+  def make_loss_fn(model, kind):
+    def loss_fn(params, images, texts, weights=None, row_ids=None):
+      del weights, row_ids  # uniform weights, no repeats in this experiment
+      both = jnp.concatenate([texts[:, :length], texts[:, length:]], 0)  # [2B, L]
+      img, txt, scale = model.apply({'params': params},
+                                    train.prepare_images(kind, images), both)
+      img, txt = train._normalize(img), train._normalize(txt)  # pylint: disable=protected-access
+      b = img.shape[0]
+      logits = jnp.exp(scale) * img @ txt.T  # [B, 2B]
+      has_negative = jnp.any(texts[:, length:] != 0, axis=1)
+      logits = logits.at[:, b:].set(jnp.where(has_negative[None], logits[:, b:], -1e9))
+      i2t = jax.nn.logsumexp(logits, 1) - jnp.diagonal(logits[:, :b])
+      t2i = jax.nn.logsumexp(logits[:, :b].T, 1) - jnp.diagonal(logits[:, :b])
+      return jnp.mean(0.5 * (i2t + t2i))
+    return loss_fn
+
+  check_data = train._check_data  # pylint: disable=protected-access
+  train._check_data = lambda cfg, data: check_data(cfg, (data[0], data[1][:, :length]))  # pylint: disable=protected-access
+  train.make_loss_fn = make_loss_fn
+  return np.concatenate([token_ids, neg_ids], 1)
+
+
+def _use_cnn_tower():
+  from tads_jax.models import clip  # pylint: disable=g-import-not-at-top
+
+  class CNNTower(clip.VisionTower):
+    @nn.compact
+    def __call__(self, pixels):
+      x = pixels
+      for i, channels in enumerate((32, 64, 128)):
+        for j, stride in enumerate((1, 2)):
+          x = nn.Conv(channels, (3, 3), strides=(stride, stride), padding='SAME',
+                      name=f'conv{i}_{j}')(x)
+          x = jax.nn.relu(nn.GroupNorm(num_groups=8, name=f'norm{i}_{j}')(x))
+      return clip.Dense(self.config.embed_dim, ('embed', 'proj'), use_bias=False,
+                        name='proj')(x.mean((1, 2)))
+  clip.VisionTower = CNNTower
 
 
 def main():
@@ -75,7 +188,14 @@ def main():
                           samples_seen=s.get('samples_seen', e.samples_seen),
                           lr=s.get('lr', e.lr), warmup=s.get('warmup', e.warmup), seed=0,
                           **s.get('train', {}))
-  params, history = train.train(cfg, (pixels, tokenizer(captions)))
+  token_ids = tokenizer(captions)
+  if s.get('tower') == 'cnn':
+    _use_cnn_tower()
+  if s.get('hard_batches'):
+    _use_colour_batches(captions, s['hard_batches'], s.get('hard_after', 0))
+  if s.get('negatives'):
+    token_ids = _with_negatives(captions, token_ids, tokenizer, s['negatives'])
+  params, history = train.train(cfg, (pixels, token_ids))
   seconds = time.perf_counter() - start
   encode_images, encode_texts = train.encoders(cfg, params, tokenizer=tokenizer,
                                                batch_size=256)
