@@ -137,11 +137,6 @@ def from_config(config) -> Layout:
   return Layout(mesh, rules)
 
 
-def mesh_from_config(config) -> Mesh:
-  """from_config(config).mesh, for callers that place nothing by rules themselves."""
-  return from_config(config).mesh
-
-
 def logical_axes(tree):
   """Tree of logical PartitionSpecs from boxed params (concrete or from jax.eval_shape)."""
   return nn.get_partition_spec(tree)

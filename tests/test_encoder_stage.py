@@ -13,13 +13,12 @@ from conftest import tiny_world_config
 
 
 # The world and encoder of the stage tests (conftest.py); test_pixel_proxy.py reads it here.
-tiny_config = tiny_world_config
 
 
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('enc'))
-  main.run(tiny_config(), workdir)
+  main.run(tiny_world_config(), workdir)
   return workdir
 
 
@@ -44,15 +43,15 @@ def test_rerun_skips_and_encoder_change_reruns_only_it(trained, tmp_path):
   import shutil
   work = str(tmp_path / 'w')
   shutil.copytree(trained, work)
-  assert set(main.run(tiny_config(), work).values()) == {'skipped'}
-  c = tiny_config()
+  assert set(main.run(tiny_world_config(), work).values()) == {'skipped'}
+  c = tiny_world_config()
   c.encoder.samples_seen = 32 * 12
   assert main.run(c, work) == {'ingest': 'skipped', 'encoder': 'ran'}
 
 
 def test_a_given_checkpoint_is_used_as_is(trained, tmp_path):
   folder = os.path.join(trained, 'encoder', 'clip')
-  c = tiny_config()
+  c = tiny_world_config()
   c.encoder.checkpoint = folder
   main.run(c, str(tmp_path))
   done = json.load(open(tmp_path / 'encoder' / '_done.json'))['summary']
@@ -60,11 +59,11 @@ def test_a_given_checkpoint_is_used_as_is(trained, tmp_path):
 
 
 def test_bad_encoder_fields_fail_before_work(tmp_path):
-  c = tiny_config()
+  c = tiny_world_config()
   c.encoder.model = 'huge'
   with pytest.raises(config_lib.ConfigError, match="config.encoder: .*'huge'"):
     main.run(c, str(tmp_path / 'w'))
-  c = tiny_config()
+  c = tiny_world_config()
   c.encoder.vocab_size = 10
   with pytest.raises(config_lib.ConfigError, match='config.encoder.vocab_size'):
     main.run(c, str(tmp_path / 'w'))
@@ -79,12 +78,12 @@ def test_exported_folder_truncates_in_transformers_and_agrees(trained):
   import transformers  # pylint: disable=g-import-not-at-top
   folder = os.path.join(trained, 'encoder', 'clip')
   config = json.load(open(os.path.join(folder, 'tokenizer_config.json')))
-  assert config['model_max_length'] == tiny_config().encoder.context_length
+  assert config['model_max_length'] == tiny_world_config().encoder.context_length
   captions = ['a big red circle on a green background ' * 6, 'a small blue star']
   tokenizer = transformers.CLIPTokenizer.from_pretrained(folder)
   model = transformers.CLIPModel.from_pretrained(folder).eval()
   tokens = tokenizer(captions, padding='max_length', truncation=True, return_tensors='pt')
-  assert tokens['input_ids'].shape[1] == tiny_config().encoder.context_length
+  assert tokens['input_ids'].shape[1] == tiny_world_config().encoder.context_length
   with torch.no_grad():
     hf = model.get_text_features(**tokens)
   hf = getattr(hf, 'pooler_output', hf).numpy()

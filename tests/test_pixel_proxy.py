@@ -12,8 +12,6 @@ import json
 import math
 import os
 import shutil
-import subprocess
-import sys
 
 import flax.linen as nn
 import jax
@@ -21,30 +19,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import test_encoder_stage  # noqa: E402  pylint: disable=wrong-import-position
-
-from tads_jax import config as config_lib  # noqa: E402
-from tads_jax import eval as eval_lib  # noqa: E402
-from tads_jax import main  # noqa: E402
-from tads_jax import pipeline  # noqa: E402
-from tads_jax import report as report_lib  # noqa: E402
-from tads_jax import selectors  # noqa: E402
-from tads_jax import stages  # noqa: E402
-from tads_jax import train  # noqa: E402
-from tads_jax.data import subset as subset_lib  # noqa: E402
-from tads_jax.models import clip  # noqa: E402
-from tads_jax.models import hf_export  # noqa: E402
-from tads_jax.stages import evaluate  # noqa: E402
+from conftest import tiny_world_config, validate
+from tads_jax import config as config_lib
+from tads_jax import eval as eval_lib
+from tads_jax import main
+from tads_jax import pipeline
+from tads_jax import report as report_lib
+from tads_jax import train
+from tads_jax.data import subset as subset_lib
+from tads_jax.models import clip
+from tads_jax.models import hf_export
+from tads_jax.stages import evaluate
 
 
-@pytest.fixture(scope='module', autouse=True)
-def fast_compiles():
-  """Tiny models compile faster unoptimized than they run optimized (see test_train.py)."""
-  previous = jax.config.read('jax_disable_most_optimizations')
-  jax.config.update('jax_disable_most_optimizations', True)
-  yield
-  jax.config.update('jax_disable_most_optimizations', previous)
+pytestmark = pytest.mark.usefixtures('fast_compiles')
 
 
 # ---------------------------------------------------------------------------------------
@@ -173,7 +161,7 @@ STAGES = ('ingest', 'encoder', 'embed', 'select', 'evaluate')
 
 
 def config():
-  c = test_encoder_stage.tiny_config()
+  c = tiny_world_config()
   c.stages = STAGES
   c.embed.batch_size = 32
   c.selection.fraction = 0.5
@@ -351,10 +339,6 @@ def test_pixel_settings_rerun_the_stage_only_when_they_are_the_proxy():
 # Config errors.
 
 
-def _validate(c):
-  config_lib.validate(c, stages.STAGE_NAMES, selectors.SELECTORS)
-
-
 @pytest.mark.parametrize('field,value,message', [
     ('proxy', 'tokens', r"config.evaluate.proxy: 'tokens' is not one of embedding, pixels"),
     ('pixels.model', 'vit_huge', r"config.evaluate.pixels.model: 'vit_huge' is not one of"),
@@ -380,7 +364,7 @@ def test_bad_pixel_settings_fail_validation_in_one_line_naming_the_field(field, 
   with c.unlocked():
     node[leaf] = value
   with pytest.raises(config_lib.ConfigError, match=message) as error:
-    _validate(c)
+    validate(c)
   assert '\n' not in str(error.value)
 
 
@@ -388,7 +372,7 @@ def test_default_and_datacomp_pixel_settings_validate_and_datacomp_needs_tars(tm
   from configs import default  # pylint: disable=g-import-not-at-top
   c = default.get_config()
   c.evaluate.proxy = 'pixels'
-  _validate(c)
+  validate(c)
   assert evaluate.train_config(c, 0).clip_config().vision_stem == 'conv'
   import test_datacomp_pool as dc  # pylint: disable=g-import-not-at-top
   from configs import datacomp as datacomp_config  # pylint: disable=g-import-not-at-top
@@ -400,7 +384,7 @@ def test_default_and_datacomp_pixel_settings_validate_and_datacomp_needs_tars(tm
       dc._retrieval_shards(str(data / name / split))  # pylint: disable=protected-access
   c = datacomp_config.get_config(str(data))
   c.evaluate.proxy = 'pixels'
-  _validate(c)  # DataComp small's ViT-B/32 settings validate on a CPU host
+  validate(c)  # DataComp small's ViT-B/32 settings validate on a CPU host
   cfg = evaluate.train_config(c, 0)
   model = cfg.clip_config()
   assert (cfg.model, model.vision_stem, model.image_size, cfg.batch_size, cfg.samples_seen,
@@ -410,16 +394,14 @@ def test_default_and_datacomp_pixel_settings_validate_and_datacomp_needs_tars(tm
   with pytest.raises(config_lib.ConfigError,
                      match=r"^config\.evaluate\.proxy: 'pixels' trains on the pool's images, "
                            r'and this DataComp pool has no tars') as error:
-    _validate(c)
+    validate(c)
   assert '\n' not in str(error.value)
   c.evaluate.proxy = 'embedding'
-  _validate(c)
+  validate(c)
 
 
 # ---------------------------------------------------------------------------------------
 # Sharding: the pixel proxy over 8 devices equals one device.
-
-_FLAG = '--xla_force_host_platform_device_count=8'
 
 
 def check_sharded_pixel_proxy():
@@ -445,19 +427,5 @@ def check_sharded_pixel_proxy():
 
 
 @pytest.mark.slow
-def test_sharded_pixel_proxy_matches_single_device():
-  if jax.device_count() >= 8:
-    check_sharded_pixel_proxy()
-    return
-  env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {_FLAG}".strip(),
-             JAX_DISABLE_MOST_OPTIMIZATIONS='1')
-  result = subprocess.run([sys.executable, os.path.abspath(__file__),
-                           'check_sharded_pixel_proxy'], env=env, capture_output=True,
-                          text=True, timeout=600, check=False)
-  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-  assert 'check_sharded_pixel_proxy ok' in result.stdout
-
-
-if __name__ == '__main__':
-  globals()[sys.argv[1]]()
-  print(f'{sys.argv[1]} ok')
+def test_sharded_pixel_proxy_matches_single_device(on_8_devices):
+  on_8_devices(check_sharded_pixel_proxy)

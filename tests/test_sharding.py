@@ -103,7 +103,7 @@ def test_make_mesh_shapes_and_errors():
     sharding.make_mesh(data=0)
   import ml_collections  # pylint: disable=import-outside-toplevel
   config = ml_collections.ConfigDict({'mesh': {'data': -1, 'model': 1}})
-  assert sharding.mesh_from_config(config).devices.shape == (n, 1)
+  assert sharding.from_config(config).mesh.devices.shape == (n, 1)
 
 
 def test_from_config_gives_the_configured_mesh_and_rules():

@@ -13,6 +13,7 @@ import os
 import numpy as np
 
 from tads_jax import pipeline
+from tads_jax import sharding
 from tads_jax import train
 from tads_jax.data import images as images_lib
 from tads_jax.data import webdataset
@@ -57,7 +58,8 @@ def train_config(config, vocab_size: int) -> train.TrainConfig:
   return train.TrainConfig(
       kind='pixels', model=e.model, model_overrides=overrides, batch_size=e.batch_size,
       samples_seen=e.samples_seen, lr=e.lr, warmup=e.warmup, seed=config.seed,
-      dtype=e.dtype, checkpoint_every=e.checkpoint_every)
+      dtype=e.dtype, checkpoint_every=e.checkpoint_every,
+      rules=sharding.from_config(config).rules)
 
 
 def run(ctx) -> dict:
@@ -94,7 +96,6 @@ def run(ctx) -> dict:
 
 
 def _mesh(config):
-  from tads_jax import sharding  # pylint: disable=g-import-not-at-top
   return sharding.from_config(config).mesh
 
 

@@ -55,10 +55,10 @@ import hashlib
 import json
 import logging
 import os
-import re
 
 import numpy as np
 
+from tads_jax import config as config_lib
 from tads_jax import embedding
 from tads_jax import eval as eval_lib
 from tads_jax import pipeline
@@ -104,9 +104,8 @@ def proxy_kind(config) -> str:
   return kind
 
 
-def _rules(config) -> str:
-  mesh = config.get('mesh')
-  return 'data_parallel' if mesh is None else mesh.get('rules', 'data_parallel')
+def _rules(config):
+  return sharding.from_config(config).rules
 
 
 def train_config(config, seed: int, vocab: tuple | None = None) -> train.TrainConfig:
@@ -123,10 +122,8 @@ def train_config(config, seed: int, vocab: tuple | None = None) -> train.TrainCo
     if block is None or name not in block:
       raise ValueError(f'config.evaluate.{name}: missing field')
     fields[name] = block[name]
-  try:
-    return train.TrainConfig(kind='embedding', seed=seed, rules=_rules(config), **fields)
-  except ValueError as e:
-    raise ValueError(str(e).replace('TrainConfig.', 'config.evaluate.')) from None
+  return config_lib.build(train.TrainConfig, fields, 'config.evaluate', kind='embedding',
+                          seed=seed, rules=_rules(config))
 
 
 def pixel_train_config(config, seed: int, vocab: tuple) -> train.TrainConfig:
@@ -156,12 +153,10 @@ def pixel_train_config(config, seed: int, vocab: tuple) -> train.TrainConfig:
     return train.TrainConfig(kind='pixels', model_overrides=overrides, mask_repeats=True,
                              seed=seed, rules=_rules(config), **fields)
   except ValueError as e:
-    message = str(e).replace('TrainConfig.', f'{where}.')
-    # The model's own checks: a field of the block or an override.
-    message = re.sub(r'CLIPConfig\.(\w+)', lambda m: (
-        f'{where}.{m.group(1)}' if m.group(1) in PIXEL_MODEL_FIELDS
-        else f'{where}.model_overrides.{m.group(1)}'), message)
-    raise ValueError(message) from None
+    # The model's own checks name a field of the block or an override.
+    raise config_lib.field_error(e, where, train.TrainConfig, renames={
+        **{f'CLIPConfig.{n}': f'{where}.{n}' for n in PIXEL_MODEL_FIELDS},
+        'CLIPConfig': f'{where}.model_overrides'}) from None
 
 
 def num_seeds(config) -> int:
@@ -304,8 +299,8 @@ def _decode(payload, size: int) -> np.ndarray:  # (bytes, where) -> uint8 [S, S,
 
 
 def _decode_shard(ctx, path: str, uids: list, size: int, item: str) -> dict:
-  """Decodes one ingested shard's rows into `item`.npy (uint8 [n, S, S, 3], ingest order)
-  and writes `item`.json after it; returns the json's record.
+  """Decodes one ingested shard's rows into `item`.npy (uint8 [n, S, S, 3], ingest order);
+  returns the record that pipeline.resumable_item writes after it as `item`.json.
 
   The shard is read as the embed stage reads it (embed.shard_images, decode threads that
   drop a corrupt image and count it), and a uid's first occurrence that decodes is kept,
@@ -318,10 +313,9 @@ def _decode_shard(ctx, path: str, uids: list, size: int, item: str) -> dict:
   skips = collections.Counter()
   index = {u: i for i, u in enumerate(uids)}
   filled = np.zeros(len(uids), bool)
-  tmp = f'{item}.npy.tmp-{os.getpid()}'
-  out = np.lib.format.open_memmap(tmp, mode='w+', dtype=np.uint8,
-                                  shape=(len(uids), size, size, 3))  # [n, S, S, 3]
-  try:
+  with pipeline.atomic_write(item + '.npy', suffix='.npy') as tmp:
+    out = np.lib.format.open_memmap(tmp, mode='w+', dtype=np.uint8,
+                                    shape=(len(uids), size, size, 3))  # [n, S, S, 3]
     items = embed_stage.shard_images(tar, set(uids), skips)
     for batch in embedding.iter_batches(items, lambda p: _decode(p, size), _DECODE_BATCH,
                                         workers=embed_stage.option(ctx.config, 'workers'),
@@ -338,13 +332,7 @@ def _decode_shard(ctx, path: str, uids: list, size: int, item: str) -> dict:
                        'longer matches ingest/samples.parquet, rerun ingest')
     out.flush()
     del out
-    os.replace(tmp, item + '.npy')
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-  record = {'path': path, 'images': tar, 'samples': len(uids), 'skips': dict(skips)}
-  pipeline.write_json_atomic(item + '.json', record)
-  return record
+  return {'path': path, 'images': tar, 'samples': len(uids), 'skips': dict(skips)}
 
 
 class _Rows:
@@ -386,12 +374,9 @@ def pixel_data(ctx, subset, tokenizer, image_size: int) -> tuple:
     if not keep.any():
       continue
     item = os.path.join(folder, ingest.item_name(path))
-    if os.path.exists(item + '.json'):  # written after the npy: the shard is complete
-      with open(item + '.json') as f:
-        record = json.load(f)
-    else:
-      record = _decode_shard(ctx, path, shard_uids, image_size, item)
-      decoded += 1
+    decoded += not pipeline.item_done(item)
+    record = pipeline.resumable_item(
+        item, lambda: _decode_shard(ctx, path, shard_uids, image_size, item))  # pylint: disable=cell-var-from-loop
     skips.update(record['skips'])
     array = np.load(item + '.npy', mmap_mode='r')  # [n, S, S, 3]
     if array.shape != (len(shard_uids), image_size, image_size, 3):
@@ -581,7 +566,7 @@ def evaluate_baselines(ctx, mesh=None, names=None) -> dict:
 
 def run(ctx) -> dict:
   subset_path = ctx.path(SUBSET)
-  mesh = sharding.mesh_from_config(ctx.config)
+  mesh = sharding.from_config(ctx.config).mesh
   result = evaluate_subset(ctx, subset_path, os.path.join(ctx.stage_dir('evaluate'),
                                                           'selected'), mesh=mesh)
   result['selector'] = ctx.config.selector.name

@@ -76,17 +76,13 @@ def run(ctx) -> dict:
       report['comparison_kept'] = _baselines_kept(ctx, gt, list(evaluation['baselines']))
   report['plots'] = plots.draw_all(report, ctx.path(PLOTS))
   pipeline.write_json_atomic(ctx.path('report.json'), report)
-  tmp = ctx.path(f'report.md.tmp-{os.getpid()}')
-  with open(tmp, 'w') as f:
+  with pipeline.atomic_write(ctx.path('report.md')) as tmp, open(tmp, 'w') as f:
     f.write(report_lib.render_markdown(report))
-  os.replace(tmp, ctx.path('report.md'))
   start = time.time()
   page = html_page(report, ctx.path(select.SCORES), gt_path or None,
                    seed=ctx.config.seed)
-  tmp = ctx.path(f'{HTML}.tmp-{os.getpid()}')
-  with open(tmp, 'w', encoding='utf-8') as f:
+  with pipeline.atomic_write(ctx.path(HTML)) as tmp, open(tmp, 'w', encoding='utf-8') as f:
     f.write(page)
-  os.replace(tmp, ctx.path(HTML))
   logging.info('report: %s (%.1f MB) in %.1f s', ctx.path(HTML), len(page) / 2**20,
                time.time() - start)
   return {'report': ctx.path('report.md'), 'html': ctx.path(HTML)}
