@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tads_jax import losses
 from tads_jax import sharding
 from tads_jax.data import images as images_lib
 from tads_jax.models import api, clip as clip_lib, preprocess
@@ -175,11 +176,6 @@ def image_loader(clip: api.LoadedCLIP) -> Callable[[Any], np.ndarray]:
 _STEPS = {}
 
 
-def _normalize(x):  # [B, E] -> [B, E] float32 unit rows
-  x = x.astype(jnp.float32)
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
 class Encoder:
   """The image and text towers of a loaded CLIP as jitted masked steps over fixed batches.
 
@@ -211,7 +207,7 @@ class Encoder:
       return _STEPS[key]
 
     def step(params, inputs, mask):  # [B, ...], [B] -> [B, E] float32, zero where masked
-      emb = _normalize(module.apply({'params': params}, inputs, method=method))
+      emb = losses.normalize(module.apply({'params': params}, inputs, method=method))
       return jnp.where(mask[:, None], emb, 0.0)
 
     if self.mesh is None:

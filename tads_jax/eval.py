@@ -19,16 +19,17 @@ on the same [0, 1] scale, so their mean weighs every task alike whatever its siz
 
 import numpy as np
 
+from tads_jax import losses
+
 RETRIEVAL_KS = (1, 5, 10)
 _CHUNK = 1024  # queries per block: memory is [chunk, gallery] scores, not [M, N]
 
 
-def _normalize(x, where: str):  # [..., D] -> float32 unit rows
+def _normalize(x, where: str):  # [..., D] -> float32 unit rows, on the host
   x = np.asarray(x, np.float32)
-  norms = np.linalg.norm(x, axis=-1, keepdims=True)
   if not np.all(np.isfinite(x)):
     raise ValueError(f'{where}: embeddings contain NaN or inf')
-  return x / np.maximum(norms, 1e-12)
+  return losses.normalize(x, xp=np)
 
 
 def zero_shot_classifier(class_text_emb) -> np.ndarray:

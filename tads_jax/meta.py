@@ -6,8 +6,8 @@ GLU head over the reference embeddings, M-FLYT's linear layer over standardized 
 (selectors/flyt.py). One meta step:
   1. draw a pool batch (a pure function of (seed, step), so a resumed run draws the same);
   2. w = softmax(V(batch) / tau) over the batch;
-  3. K differentiable updates of the proxy (train.EmbeddingCLIP on frozen reference
-     embeddings) on train.weighted_clip_loss with weights w, in lax.scan, each step under
+  3. K differentiable updates of the proxy (proxy.EmbeddingCLIP on frozen reference
+     embeddings) on losses.weighted_clip_loss with weights w, in lax.scan, each step under
      jax.checkpoint when cfg.remat (the backward pass then keeps only the K carries, not
      every step's activations);
   4. outer loss at the unrolled params: sum_t a_t L_t over the tasks (classification:
@@ -33,10 +33,7 @@ less than the others' (relative to where it started) gets more weight; rate 0 is
 
 import dataclasses
 import functools
-import hashlib
 import math
-import os
-import time
 from typing import Any, Callable, Mapping, Sequence
 
 from absl import logging
@@ -47,11 +44,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from tads_jax import checkpoints
 from tads_jax import config as config_lib
-from tads_jax import pipeline
+from tads_jax import loop
+from tads_jax import losses
 from tads_jax import sharding
 from tads_jax import train
 from tads_jax import value as value_lib
+from tads_jax.models import proxy as proxy_lib
 
 INNER_OPTIMIZERS = ('sgd', 'adam')
 TASK_KINDS = ('classification', 'retrieval')
@@ -114,9 +114,9 @@ class MetaConfig:
     if self.inner_optimizer not in INNER_OPTIMIZERS:
       raise ValueError(f'MetaConfig.inner_optimizer: {self.inner_optimizer!r} is not one '
                        f'of {", ".join(INNER_OPTIMIZERS)}')
-    if self.head not in train.HEADS:
+    if self.head not in proxy_lib.HEADS:
       raise ValueError(f'MetaConfig.head: {self.head!r} is not one of '
-                       f'{", ".join(train.HEADS)}')
+                       f'{", ".join(proxy_lib.HEADS)}')
     for name in ('inner_lr', 'tau', 'value_lr', 'inner_eps'):
       _number(name, getattr(self, name), positive=True)
     for name in ('value_weight_decay', 'value_grad_clip', 'task_weight_rate',
@@ -133,7 +133,7 @@ class MetaConfig:
         raise ValueError(f'MetaConfig.{name}: expected a number in [0, 1), got {value!r}')
     if not isinstance(self.remat, bool):
       raise ValueError(f'MetaConfig.remat: expected a bool, got {self.remat!r}')
-    if not 0 <= self.logit_scale_init <= train.MAX_LOGIT_SCALE:
+    if not 0 <= self.logit_scale_init <= losses.MAX_LOGIT_SCALE:
       raise ValueError(f'MetaConfig.logit_scale_init: {self.logit_scale_init!r} is outside '
                        '[0, log(100)]')
 
@@ -257,22 +257,19 @@ def check_tasks(tasks: Sequence[Mapping], width: int) -> list[dict]:
   return out
 
 
-def _unit(x):  # [..., E] -> unit rows (float32, or float64 under x64 checks)
-  return train._normalize(x)  # pylint: disable=protected-access
-
-
 def classification_loss(proxy: nn.Module, params, batch, logit_scale=None) -> jax.Array:
   """Cross-entropy of the proxy's zero-shot logits (CLIP_benchmark's classifier: the
   normalized text embeddings of the batch's templates averaged per class, renormalized;
   logits = exp(logit_scale) * image @ classes). logit_scale: a fixed log scale, or None
   for the proxy's own."""
   classes, templates, width = batch['class_text_emb'].shape
-  image = _unit(proxy.apply({'params': params}, batch['image_emb'],
-                            method='encode_image'))  # [b, E]
-  text = _unit(proxy.apply({'params': params},
-                           batch['class_text_emb'].reshape(classes * templates, width),
-                           method='encode_text'))  # [C * T, E]
-  prototypes = _unit(jnp.mean(text.reshape(classes, templates, -1), axis=1))  # [C, E]
+  image = losses.normalize(proxy.apply({'params': params}, batch['image_emb'],
+                                       method='encode_image'))  # [b, E]
+  text = losses.normalize(proxy.apply({'params': params},
+                                      batch['class_text_emb'].reshape(classes * templates,
+                                                                      width),
+                                      method='encode_text'))  # [C * T, E]
+  prototypes = losses.normalize(jnp.mean(text.reshape(classes, templates, -1), axis=1))  # [C, E]
   scale = params['logit_scale'] if logit_scale is None else logit_scale
   logits = jnp.exp(scale) * image @ prototypes.T  # [b, C]
   log_p = jax.nn.log_softmax(logits, axis=-1)
@@ -285,7 +282,7 @@ def retrieval_loss(proxy: nn.Module, params, batch, logit_scale=None) -> jax.Arr
   image, text, own_scale = proxy.apply({'params': params}, batch['image_emb'],
                                        batch['text_emb'])
   scale = own_scale if logit_scale is None else logit_scale
-  return train.weighted_clip_loss(_unit(image), _unit(text), scale)
+  return losses.weighted_clip_loss(losses.normalize(image), losses.normalize(text), scale)
 
 
 TASK_LOSSES = {'classification': classification_loss, 'retrieval': retrieval_loss}
@@ -334,7 +331,7 @@ def inner_update(cfg: MetaConfig, params, grads, state):
     new = jax.tree_util.tree_map(step, params, mu, nu)
     new_state = {'count': count, 'mu': mu, 'nu': nu}
   new = dict(new)
-  new['logit_scale'] = jnp.clip(new['logit_scale'], 0.0, train.MAX_LOGIT_SCALE)
+  new['logit_scale'] = jnp.clip(new['logit_scale'], 0.0, losses.MAX_LOGIT_SCALE)
   return new, new_state
 
 
@@ -536,36 +533,26 @@ def task_batch(task, rows, class_text_emb=None) -> dict:
 # Checkpoints.
 
 
-def _digest(*arrays) -> str:
-  h = hashlib.sha256()
-  for a in arrays:
-    a = np.ascontiguousarray(a)
-    h.update(str((a.dtype.str, a.shape)).encode())
-    h.update(a.tobytes())
-  return h.hexdigest()
-
-
 def _fingerprint(cfg, scorer: Scorer, value_params, pool, tasks) -> dict:
   """What must match for a checkpoint to be resumed. The pool's embeddings enter by shape
   only (hashing gigabytes on every start is not worth it); the scorer's other inputs (z),
   the tasks and the starting scorer by content."""
-  config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _RESUMABLE_FIELDS}
-  inputs = {f'{field}_sha256': _digest(pool[field]) for field in scorer.fields
+  inputs = {f'{field}_sha256': checkpoints.digest(pool[field]) for field in scorer.fields
             if field not in EMBEDDINGS}
   return {
-      'config': config,
+      'config': checkpoints.config_fields(dataclasses.asdict(cfg), _RESUMABLE_FIELDS),
       'scorer': _describe(scorer),
-      'value_params_sha256': _digest(*jax.tree_util.tree_leaves(
+      'value_params_sha256': checkpoints.digest(*jax.tree_util.tree_leaves(
           jax.device_get(value_params))),
       'pool': dict(inputs, image_emb=list(pool['image_emb'].shape),
                    text_emb=list(pool['text_emb'].shape)),
-      'tasks_sha256': _digest(*[task[k] for task in tasks for k in sorted(task)
-                                if k not in ('kind', 'name')]),
+      'tasks_sha256': checkpoints.digest(*[task[k] for task in tasks for k in sorted(task)
+                                           if k not in ('kind', 'name')]),
   }
 
 
 # ---------------------------------------------------------------------------------------
-# The loop.
+# The run.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -689,88 +676,61 @@ def learn(cfg: MetaConfig, value_module_and_params, pool: Mapping, tasks: Sequen
   rules = tuple((name, tuple(axes) if isinstance(axes, list) else axes)
                 for name, axes in sharding.get_rules(rules, where='rules'))
   program = _program(_compute_key(cfg), scorer, width, kinds, mesh, rules)
-  end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
   names = [task['name'] for task in tasks]
-  history = {'tasks': names, 'step': [], 'outer_loss': [], 'task_losses': [],
-             'task_weights': [], 'inner_loss': [], 'weight_entropy': [], 'value_std': [],
-             'value_grad_norm': [], 'logit_scale': []}
   batch_sh, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+
+  def make_step(start):
+    pool_rows = train.batch_rows(np.arange(n), cfg.batch_size, cfg.seed, start)
+    task_rows = [train.batch_rows(np.arange(len(task['labels'] if task['kind'] ==
+                                                'classification' else task['text_image'])),
+                                  _task_batch_size(cfg, task), _task_seed(cfg.seed, t), start)
+                 for t, task in enumerate(tasks)]
+    fixed_class_text = [jax.device_put(task['class_text_emb'], repl)
+                        if task['kind'] == 'classification' and cfg.templates == 'all'
+                        else None for task in tasks]
+
+    def run_step(state, step):
+      idx = next(pool_rows)  # [B]
+      pool_batch = {field: np.asarray(pool[field][idx], None if field in EMBEDDINGS
+                                      else np.float32)
+                    for field in scorer.fields + EMBEDDINGS}
+      class_text = fixed_class_text
+      if cfg.templates == 'random':
+        class_text = [random_templates(task['class_text_emb'], cfg.seed, t, step)
+                      if task['kind'] == 'classification' else None
+                      for t, task in enumerate(tasks)]
+      feedback = [task_batch(task, next(rows), ct)
+                  for task, rows, ct in zip(tasks, task_rows, class_text)]
+      return program.step(state, jax.device_put(pool_batch, batch_sh), feedback)
+    return run_step
+
+  def record(history, steps, metrics):
+    del steps
+    for key in history:
+      if key in ('tasks', 'step'):
+        continue
+      history[key] += [np.asarray(m[key]).tolist() for m in metrics]
+
+  def describe(history, step, steps_per_second):
+    per_task = ' '.join(f'{name}={loss:.4f}' for name, loss in
+                        zip(names, history['task_losses'][-1]))
+    return {'outer': f'{history["outer_loss"][-1]:.4f}'}, (
+        f'meta step {step}/{cfg.steps} outer {history["outer_loss"][-1]:.4f} '
+        f'[{per_task}] weight entropy {history["weight_entropy"][-1]:.3f} '
+        f'{steps_per_second:.2f} steps/s ETA '
+        f'{(cfg.steps - step) / max(steps_per_second, 1e-9):.0f}s')
 
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     state = jax.device_put(
         init_state(cfg, jax.device_get(value_params), program.proxy, width, len(tasks),
                    program.optimizer), program.state_sharding)
-    manager = fingerprint = directory = None
-    if workdir is not None:
-      directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
-      manager = train._checkpoint_manager(directory, cfg)  # pylint: disable=protected-access
-      fingerprint = _fingerprint(cfg, scorer, value_params, pool, tasks)
-    try:
-      restored = None if manager is None else train.restore_checkpoint(
-          manager, directory, state, fingerprint, config_name='MetaConfig')
-      if restored is not None:
-        latest, state, history = restored
-        log(f'{directory}: resumed at meta step {latest} of {cfg.steps}')
-
-      start = int(state.step)
-      pool_rows = train.batch_rows(np.arange(n), cfg.batch_size, cfg.seed, start)
-      task_rows = [train.batch_rows(np.arange(len(task['labels'] if task['kind'] ==
-                                                  'classification' else task['text_image'])),
-                                    _task_batch_size(cfg, task), _task_seed(cfg.seed, t),
-                                    start)
-                   for t, task in enumerate(tasks)]
-      class_text = [jax.device_put(task['class_text_emb'], repl)
-                    if task['kind'] == 'classification' and cfg.templates == 'all' else None
-                    for task in tasks]
-      pending = []
-      tick, tick_step = time.perf_counter(), start
-
-      def flush():
-        if not pending:
-          return
-        metrics = jax.device_get([m for _, m in pending])
-        history['step'] += [s for s, _ in pending]
-        for key in history:
-          if key in ('tasks', 'step'):
-            continue
-          history[key] += [np.asarray(m[key]).tolist() for m in metrics]
-        pending.clear()
-
-      # A bar on a terminal; off one, the log lines below (they carry the losses too).
-      progress = pipeline.Progress('meta', end, unit='steps', lines=False, initial=start)
-      for step in range(start + 1, end + 1):
-        idx = next(pool_rows)  # [B]
-        pool_batch = {field: np.asarray(pool[field][idx], None if field in EMBEDDINGS
-                                        else np.float32)
-                      for field in scorer.fields + EMBEDDINGS}
-        if cfg.templates == 'random':
-          class_text = [random_templates(task['class_text_emb'], cfg.seed, t, step)
-                        if task['kind'] == 'classification' else None
-                        for t, task in enumerate(tasks)]
-        feedback = [task_batch(task, next(rows), ct)
-                    for task, rows, ct in zip(tasks, task_rows, class_text)]
-        state, metrics = program.step(state, jax.device_put(pool_batch, batch_sh),
-                                      feedback)
-        pending.append((step, metrics))
-        progress.update(1)
-        if step % cfg.log_every == 0 or step == end:
-          flush()
-          progress.postfix(outer=f'{history["outer_loss"][-1]:.4f}')
-          rate = (step - tick_step) / (time.perf_counter() - tick)
-          losses = ' '.join(f'{name}={loss:.4f}' for name, loss in
-                            zip(names, history['task_losses'][-1]))
-          log(f'meta step {step}/{cfg.steps} outer {history["outer_loss"][-1]:.4f} '
-              f'[{losses}] weight entropy {history["weight_entropy"][-1]:.3f} '
-              f'{rate:.2f} steps/s ETA {(cfg.steps - step) / max(rate, 1e-9):.0f}s')
-          tick, tick_step = time.perf_counter(), step
-        if manager is not None and (step == cfg.steps or (
-            cfg.checkpoint_every and step % cfg.checkpoint_every == 0)):
-          flush()
-          train.save_checkpoint(manager, step, state, fingerprint, history)
-      flush()
-      progress.close()
-    finally:
-      if manager is not None:
-        manager.wait_until_finished()
-        manager.close()
+    history = {'tasks': names, 'step': [], 'outer_loss': [], 'task_losses': [],
+               'task_weights': [], 'inner_loss': [], 'weight_entropy': [], 'value_std': [],
+               'value_grad_norm': [], 'logit_scale': []}
+    state, history = loop.run(
+        cfg, 'meta', state, history, make_step, total=cfg.steps, record=record,
+        describe=describe, workdir=workdir,
+        fingerprint=(None if workdir is None else
+                     _fingerprint(cfg, scorer, value_params, pool, tasks)),
+        stop_after=stop_after, log=log)
   return jax.device_get(state.value_params), history

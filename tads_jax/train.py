@@ -4,8 +4,8 @@ Two kinds of proxy, one training loop:
   - 'pixels':    the Flax CLIP (tads_jax.models.clip) with a small preset, from scratch on
                  uint8 images [N, S, S, 3] and token ids [N, L];
   - 'embedding': two light heads (linear, or a 2-layer MLP with a residual) over frozen
-                 reference CLIP embeddings [N, D]: cheap enough for meta-learning and for
-                 evaluating many subsets of a large pool.
+                 reference CLIP embeddings [N, D] (models/proxy.py): cheap enough for
+                 meta-learning and for evaluating many subsets of a large pool.
 
     params, history = train(TrainConfig(kind='embedding', samples_seen=200_000),
                             (image_emb, text_emb), workdir='/tmp/run')
@@ -18,43 +18,38 @@ resumes to the same parameters as an uninterrupted one.
 
 Optimizer as CLIP / open_clip: AdamW (b2=0.98, eps=1e-6, weight decay on matrices only),
 linear warmup then cosine decay to 0, a learnable log temperature clipped to [0, log 100].
+The loss is losses.weighted_clip_loss; checkpoints, resume and logging are loop.run's,
+shared with meta-learning.
 """
 
 import dataclasses
 import functools
 import hashlib
-import json
 import math
 import os
-import time
 from typing import Any, Callable, Iterator, Sequence
 
-from absl import logging
 import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 
-from tads_jax import pipeline
+from tads_jax import checkpoints
+from tads_jax import loop
+from tads_jax import losses
 from tads_jax import sharding
 from tads_jax.data import subset as subset_lib
-from tads_jax.models import clip, preprocess
+from tads_jax.models import clip, preprocess, proxy
 
 KINDS = ('embedding', 'pixels')
-HEADS = ('linear', 'mlp')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
-MAX_LOGIT_SCALE = math.log(100)  # CLIP clips the learned temperature at 100
 # Fields that do not change what a run computes: a checkpoint written with other values
 # of these may be resumed.
 _RESUMABLE_FIELDS = ('checkpoint_every', 'log_every', 'keep_checkpoints')
 # TrainConfig fields added later, with the default that leaves them out of to_dict.
 _LATER_FIELDS = {'mask_repeats': False}
-# Added to the logits of zero-weight samples: exp() of it is exactly 0 in float32, so such
-# a sample drops out of every softmax, and unlike -inf it makes no 0 * inf in the gradient.
-_NEG = -1e30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +89,7 @@ class TrainConfig:
       overrides = tuple(sorted(overrides.items()))
     object.__setattr__(self, 'model_overrides', tuple(tuple(p) for p in overrides))
     _choice('kind', self.kind, KINDS)
-    _choice('head', self.head, HEADS)
+    _choice('head', self.head, proxy.HEADS)
     _choice('dtype', self.dtype, tuple(DTYPES))
     sharding.get_rules(self.rules)
     for name in ('batch_size', 'samples_seen', 'head_hidden', 'keep_checkpoints',
@@ -116,7 +111,7 @@ class TrainConfig:
       value = getattr(self, name)
       if not isinstance(value, (int, float)) or not 0 <= value < 1:
         raise ValueError(f'TrainConfig.{name}: expected a number in [0, 1), got {value!r}')
-    if not 0 <= self.logit_scale_init <= MAX_LOGIT_SCALE:
+    if not 0 <= self.logit_scale_init <= losses.MAX_LOGIT_SCALE:
       raise ValueError(f'TrainConfig.logit_scale_init: {self.logit_scale_init!r} is outside '
                        f'[0, log(100)]')
     if self.kind == 'pixels':
@@ -158,51 +153,6 @@ def _int(name, value, lowest):
 # Models.
 
 
-class EmbeddingHead(nn.Module):
-  """Maps a frozen reference embedding into the proxy's embedding space."""
-  head: str           # 'linear' | 'mlp'
-  out_dim: int        # 'linear' only; 'mlp' keeps the input width (residual)
-  hidden: int
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, emb):  # [B, D] -> [B, out]
-    if self.head == 'linear':
-      return clip.Dense(self.out_dim, ('embed', 'proj'), use_bias=False, name='proj',
-                        dtype=self.dtype)(emb)
-    h = clip.Dense(self.hidden, ('embed', 'mlp'), name='fc1', dtype=self.dtype)(emb)
-    h = nn.with_logical_constraint(h, ('activation_batch', 'activation_mlp'))  # [B, H]
-    h = jax.nn.gelu(h, approximate=False)
-    return emb + clip.Dense(emb.shape[-1], ('mlp', 'embed'), name='fc2',
-                            dtype=self.dtype)(h)
-
-
-class EmbeddingCLIP(nn.Module):
-  """Image head, text head and a log logit scale: clip.CLIP's interface on embeddings."""
-  head: str = 'mlp'
-  out_dim: int = 0
-  hidden: int = 1024
-  logit_scale_init: float = math.log(1 / 0.07)
-  dtype: Any = jnp.float32
-
-  def setup(self):
-    kw = dict(head=self.head, out_dim=self.out_dim, hidden=self.hidden, dtype=self.dtype)
-    self.image = EmbeddingHead(**kw)
-    self.text = EmbeddingHead(**kw)
-    self.logit_scale = self.param(
-        'logit_scale', nn.with_logical_partitioning(
-            nn.initializers.constant(self.logit_scale_init), ()), (), jnp.float32)
-
-  def encode_image(self, image_emb):  # [B, D] -> [B, E]
-    return self.image(_normalize(image_emb))
-
-  def encode_text(self, text_emb):  # [B, D] -> [B, E]
-    return self.text(_normalize(text_emb))
-
-  def __call__(self, image_emb, text_emb):
-    return self.encode_image(image_emb), self.encode_text(text_emb), self.logit_scale
-
-
 def make_model(cfg: TrainConfig, input_dim: int | None = None) -> nn.Module:
   """The proxy module; 'embedding' proxies need the reference embedding width."""
   dtype = DTYPES[cfg.dtype]
@@ -214,7 +164,8 @@ def make_model(cfg: TrainConfig, input_dim: int | None = None) -> nn.Module:
   if cfg.head == 'mlp' and out_dim != input_dim:
     raise ValueError(f'TrainConfig.head_dim: the residual MLP head keeps the input width '
                      f'{input_dim}; got head_dim={cfg.head_dim}')
-  return EmbeddingCLIP(cfg.head, out_dim, cfg.head_hidden, cfg.logit_scale_init, dtype)
+  return proxy.EmbeddingCLIP(cfg.head, out_dim, cfg.head_hidden, cfg.logit_scale_init,
+                              dtype)
 
 
 def init_params(model: nn.Module, cfg: TrainConfig, input_dim: int | None = None):
@@ -238,11 +189,6 @@ def _init_fn(model, kind, input_dim, out_shardings=None):
   return jax.jit(init, out_shardings=out_shardings)
 
 
-def _normalize(x):  # [..., D] -> float32 unit rows
-  x = x.astype(jnp.float32)
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
 def prepare_images(kind: str, images):
   """Model input from the stored form: uint8 pixels get CLIP's mean/std on device (4x less
   to transfer than float32); embeddings pass through."""
@@ -254,59 +200,7 @@ def prepare_images(kind: str, images):
 
 
 # ---------------------------------------------------------------------------------------
-# Loss, schedule, optimizer, step.
-
-
-def weighted_clip_loss(image_emb, text_emb, logit_scale, weights=None, row_ids=None):
-  """CLIP's symmetric contrastive loss with per-sample weights that also weight negatives.
-
-  With L_ij = exp(logit_scale) <u_i, v_j> (u, v unit image and text embeddings) and
-  w = weights / sum(weights) (FLYT's NegativeWeightedClipLoss):
-
-      loss = sum_i w_i [CE_i(image->text) + CE_i(text->image)] / 2
-      CE_i(image->text) = -log( w_i exp(L_ii) / sum_j w_j exp(L_ij) )
-      CE_i(text->image) = -log( w_i exp(L_ii) / sum_j w_j exp(L_ji) )
-
-  i.e. ordinary cross-entropy on logits L_ij + log w_j. Uniform weights shift every logit
-  by the same log(1/B), so the loss is exactly standard CLIP's; a zero-weight sample leaves
-  every softmax and the sum, so it changes neither the loss nor any gradient. Expanding,
-  the loss is sum_i w_i [lse_j(L_ij + log w_j) - L_ii] + H(w), H the entropy of w: that
-  term has no params, so it never changes a training step; only a gradient of the loss
-  value itself w.r.t. the weights sees it. An all-zero weight vector gives a loss of 0.
-
-  With row_ids ([B] ints, the data row each sample was drawn from), a pair (i, j), i != j,
-  of one row is no negative for either: L_ij leaves both softmaxes (exactly as a zero
-  weight does), so a sample drawn twice into a batch is not pushed away from its own copy.
-  Without repeats in the batch this is the loss above.
-
-  image_emb, text_emb: [B, E] unit rows; logit_scale: [] (log); weights: [B] >= 0 or None;
-  row_ids: [B] ints or None.
-  """
-  dtype = jnp.promote_types(image_emb.dtype, jnp.float32)  # float64 under x64 checks
-  logits = jnp.exp(logit_scale) * _dot(image_emb, text_emb, dtype)  # [B, B]
-  if weights is None:
-    weights = jnp.ones(logits.shape[0], dtype)
-  weights = weights.astype(dtype)
-  total = jnp.sum(weights)
-  w = weights / jnp.where(total > 0, total, 1.0)  # [B], sums to 1
-  present = w > 0
-  log_w = jnp.where(present, jnp.log(jnp.where(present, w, 1.0)), _NEG)
-
-  if row_ids is not None:  # same row, not the diagonal: symmetric, so it serves both ways
-    same = row_ids[:, None] == row_ids[None, :]  # [B, B]
-    repeat = same & ~jnp.eye(logits.shape[0], dtype=bool)
-    logits = jnp.where(repeat, _NEG, logits)
-
-  def cross_entropy(logits):  # rows are queries, the softmax runs over columns
-    shifted = logits + log_w[None, :]
-    return jax.nn.logsumexp(shifted, axis=1) - jnp.diagonal(shifted)  # [B]
-
-  per_sample = 0.5 * (cross_entropy(logits) + cross_entropy(logits.T))  # [B]
-  return jnp.sum(jnp.where(present, w * jnp.where(present, per_sample, 0.0), 0.0))
-
-
-def _dot(a, b, dtype=jnp.float32):  # [B, E] x [C, E] -> [B, C], float32 accumulation
-  return jnp.einsum('be,ce->bc', a, b, preferred_element_type=dtype)
+# Schedule, optimizer, step.
 
 
 def make_schedule(peak_lr: float, warmup: int, total_steps: int, xp=jnp) -> Callable:
@@ -341,12 +235,12 @@ class TrainState:
 
 def make_loss_fn(model: nn.Module, kind: str) -> Callable:
   """(params, images, texts, weights=None, row_ids=None) -> the weighted CLIP loss of a
-  batch (row_ids: see weighted_clip_loss)."""
+  batch (row_ids: see losses.weighted_clip_loss)."""
   def loss_fn(params, images, texts, weights=None, row_ids=None):
     image_emb, text_emb, logit_scale = model.apply(
         {'params': params}, prepare_images(kind, images), texts)
-    return weighted_clip_loss(_normalize(image_emb), _normalize(text_emb), logit_scale,
-                              weights, row_ids)
+    return losses.weighted_clip_loss(losses.normalize(image_emb), losses.normalize(text_emb),
+                                     logit_scale, weights, row_ids)
   return loss_fn
 
 
@@ -366,7 +260,7 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
                                               row_ids)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = dict(optax.apply_updates(state.params, updates))
-    params['logit_scale'] = jnp.clip(params['logit_scale'], 0.0, MAX_LOGIT_SCALE)
+    params['logit_scale'] = jnp.clip(params['logit_scale'], 0.0, losses.MAX_LOGIT_SCALE)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
     return new_state, {'loss': loss, 'logit_scale': params['logit_scale']}
   return train_step
@@ -476,59 +370,12 @@ def _fingerprint(cfg: TrainConfig, n: int, width, rows, weights) -> dict:
   digest = hashlib.sha256(np.ascontiguousarray(rows, np.int64).tobytes())
   if weights is not None:
     digest.update(np.ascontiguousarray(weights, np.float32).tobytes())
-  config = {k: v for k, v in cfg.to_dict().items() if k not in _RESUMABLE_FIELDS}
-  return {'config': config, 'num_rows': n, 'width': width,
-          'rows_and_weights_sha256': digest.hexdigest()}
-
-
-def check_fingerprint(directory, step, saved, expected, config_name='TrainConfig'):
-  """Raises ValueError unless a checkpoint's recorded fingerprint (`saved`) matches this
-  run's (`expected`): the same data fields and the same config fields."""
-  for key, value in expected.items():
-    if key == 'config':
-      continue
-    if json.loads(json.dumps(value)) != saved.get(key):
-      raise ValueError(f'{directory}: the checkpoint at step {step} was written for other '
-                       f'data ({key}={saved.get(key)!r}, this run {value!r}); use another '
-                       'workdir')
-  for key, value in expected['config'].items():
-    old = saved.get('config', {}).get(key)
-    if old != value:
-      raise ValueError(f'{directory}: the checkpoint at step {step} was written with '
-                       f'{config_name}.{key}={old!r}, this run has {value!r}; use another '
-                       'workdir')
-
-
-def save_checkpoint(manager, step: int, state, fingerprint: dict, history: dict) -> None:
-  """Saves the state with the run's fingerprint and history (a copy: the save finishes in
-  the background while history grows)."""
-  meta = dict(fingerprint, history={k: list(v) for k, v in history.items()})
-  manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
-
-
-def restore_checkpoint(manager, directory: str, state, fingerprint: dict,
-                       config_name='TrainConfig'):
-  """(step, state, history) of the latest checkpoint, checked against the fingerprint, or
-  None when there is none. `state` gives the structure and shardings to restore into."""
-  latest = manager.latest_step()
-  if latest is None:
-    return None
-  meta = manager.restore(latest, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
-  check_fingerprint(directory, latest, meta, fingerprint, config_name)
-  state = manager.restore(latest, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(_abstract(state))))['state']
-  return latest, state, {k: list(v) for k, v in meta['history'].items()}
-
-
-def _checkpoint_manager(directory: str, cfg: TrainConfig) -> ocp.CheckpointManager:
-  # The loop decides when to save (every checkpoint_every steps and at the end).
-  options = ocp.CheckpointManagerOptions(max_to_keep=cfg.keep_checkpoints, create=True)
-  return ocp.CheckpointManager(directory, options=options, item_names=('state', 'meta'))
+  return {'config': checkpoints.config_fields(cfg.to_dict(), _RESUMABLE_FIELDS),
+          'num_rows': n, 'width': width, 'rows_and_weights_sha256': digest.hexdigest()}
 
 
 # ---------------------------------------------------------------------------------------
-# The loop.
+# The run.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -571,11 +418,6 @@ def _program(cfg: TrainConfig, width, mesh) -> _Program:
   return _Program(rules, model, optimizer, state_sh, init, init_opt, step)
 
 
-def _abstract(tree):
-  return jax.tree_util.tree_map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
-
-
 def train(cfg: TrainConfig, data, workdir: str | None = None, mesh=None, weights=None,
           rows=None, stop_after: int | None = None):
   """Trains a proxy; returns (params, history).
@@ -603,12 +445,35 @@ def train(cfg: TrainConfig, data, workdir: str | None = None, mesh=None, weights
     raise ValueError(f'TrainConfig.batch_size: {cfg.batch_size} is not a multiple of the '
                      f"mesh's data axis ({shards} devices)")
   total = cfg.steps
-  end = total if stop_after is None else min(total, stop_after)
   program = _program(_compute_key(cfg), width, mesh)
   schedule = make_schedule(cfg.lr, cfg.warmup, total, xp=np)
   batch_sh = sharding.batch_sharding(mesh)
   images, texts = data
-  history = {'step': [], 'loss': [], 'logit_scale': [], 'lr': []}
+
+  def make_step(start):
+    batches = batch_rows(rows, cfg.batch_size, cfg.seed, start)
+
+    def run_step(state, _):
+      idx = next(batches)  # [B]
+      batch_w = np.ones(len(idx), np.float32) if weights is None else weights[idx]
+      return program.step(state, jax.device_put(np.asarray(images[idx]), batch_sh),
+                          jax.device_put(np.asarray(texts[idx]), batch_sh),
+                          jax.device_put(batch_w, batch_sh),
+                          jax.device_put(idx.astype(np.int32), batch_sh))
+    return run_step
+
+  def record(history, steps, metrics):
+    history['loss'] += [float(m['loss']) for m in metrics]
+    history['logit_scale'] += [float(m['logit_scale']) for m in metrics]
+    # The rate used by the update that ended at `step`.
+    history['lr'] += np.asarray(schedule(np.asarray(steps) - 1)).tolist()
+
+  def describe(history, step, steps_per_second):
+    rate = steps_per_second * cfg.batch_size  # samples/s
+    return {'loss': f"{history['loss'][-1]:.4f}"}, (
+        f"train step {step}/{total} loss {history['loss'][-1]:.4f} logit_scale "
+        f"{history['logit_scale'][-1]:.3f} {rate:.0f} samples/s ETA "
+        f'{(total - step) * cfg.batch_size / max(rate, 1e-9):.0f}s')
 
   with jax.set_mesh(mesh), nn.logical_axis_rules(program.rules):
     # rbg keys: init compiles much faster on CPU than with threefry.
@@ -616,67 +481,11 @@ def train(cfg: TrainConfig, data, workdir: str | None = None, mesh=None, weights
     state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32),
                                            program.state_sharding.step),
                        params=params, opt_state=program.init_opt(params))
-
-    manager, fingerprint = None, None
-    if workdir is not None:
-      directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
-      manager = _checkpoint_manager(directory, cfg)
-      fingerprint = _fingerprint(cfg, n, width, rows, weights)
-    try:
-      restored = None if manager is None else restore_checkpoint(manager, directory, state,
-                                                                 fingerprint)
-      if restored is not None:
-        latest, state, history = restored
-        logging.info('%s: resumed at step %d of %d', directory, latest, total)
-
-      start = int(state.step)
-      pending = []  # device metrics not yet fetched: one host sync per log or save
-      tick, tick_step = time.perf_counter(), start
-
-      def flush():
-        if not pending:
-          return
-        steps = [step for step, _ in pending]
-        metrics = jax.device_get([m for _, m in pending])
-        history['step'] += steps
-        history['loss'] += [float(m['loss']) for m in metrics]
-        history['logit_scale'] += [float(m['logit_scale']) for m in metrics]
-        # The rate used by the update that ended at `step`.
-        history['lr'] += np.asarray(schedule(np.asarray(steps) - 1)).tolist()
-        pending.clear()
-
-      batches = batch_rows(rows, cfg.batch_size, cfg.seed, start)
-      # A bar on a terminal; off one, the log lines below (they carry the loss too).
-      progress = pipeline.Progress('train', end, unit='steps', lines=False, initial=start)
-      for step in range(start + 1, end + 1):
-        idx = next(batches)  # [B]
-        batch_w = np.ones(len(idx), np.float32) if weights is None else weights[idx]
-        state, metrics = program.step(
-            state, jax.device_put(np.asarray(images[idx]), batch_sh),
-            jax.device_put(np.asarray(texts[idx]), batch_sh),
-            jax.device_put(batch_w, batch_sh),
-            jax.device_put(idx.astype(np.int32), batch_sh))
-        pending.append((step, metrics))
-        progress.update(1)
-        if step % cfg.log_every == 0 or step == end:
-          flush()
-          progress.postfix(loss=f"{history['loss'][-1]:.4f}")
-          rate = (step - tick_step) * cfg.batch_size / (time.perf_counter() - tick)
-          logging.info('train step %d/%d loss %.4f logit_scale %.3f %.0f samples/s '
-                       'ETA %.0fs', step, total, history['loss'][-1],
-                       history['logit_scale'][-1], rate,
-                       (total - step) * cfg.batch_size / max(rate, 1e-9))
-          tick, tick_step = time.perf_counter(), step
-        if manager is not None and (step == total or (
-            cfg.checkpoint_every and step % cfg.checkpoint_every == 0)):
-          flush()
-          save_checkpoint(manager, step, state, fingerprint, history)
-      flush()
-      progress.close()
-    finally:
-      if manager is not None:
-        manager.wait_until_finished()
-        manager.close()
+    state, history = loop.run(
+        cfg, 'train', state, {'step': [], 'loss': [], 'logit_scale': [], 'lr': []},
+        make_step, total=total, record=record, describe=describe, workdir=workdir,
+        fingerprint=None if workdir is None else _fingerprint(cfg, n, width, rows, weights),
+        stop_after=stop_after)
   return state.params, history
 
 
@@ -717,9 +526,9 @@ def encoders(cfg: TrainConfig, params, reference=None, tokenizer=None,
   else:
     model = make_model(cfg)
     out_width = cfg.clip_config().embed_dim
-  image_fn = jax.jit(lambda p, x: _normalize(model.apply(
+  image_fn = jax.jit(lambda p, x: losses.normalize(model.apply(
       {'params': p}, prepare_images(cfg.kind, x), method='encode_image')))
-  text_fn = jax.jit(lambda p, x: _normalize(model.apply(
+  text_fn = jax.jit(lambda p, x: losses.normalize(model.apply(
       {'params': p}, x, method='encode_text')))
   params = jax.device_put(params)
   encode_image = _batched(image_fn, params, batch_size, out_width)

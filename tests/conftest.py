@@ -60,23 +60,18 @@ def fast_compiles():
 
 @pytest.fixture
 def float64_proxy(monkeypatch):
-  """The proxy's helpers pin float32 (train._normalize, clip._dot); under this fixture they
-  keep float64, so that a meta-gradient can be checked against finite differences in
-  float64 (with jax_enable_x64) along the whole path from the scores to the outer loss."""
+  """The proxy's heads pin float32 (clip._dot); under this fixture they keep float64, so
+  that a meta-gradient can be checked against finite differences in float64 (with
+  jax_enable_x64) along the whole path from the scores to the outer loss
+  (losses.normalize and losses.weighted_clip_loss keep float64 of themselves)."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from tads_jax import train  # pylint: disable=g-import-not-at-top
   from tads_jax.models import clip  # pylint: disable=g-import-not-at-top
-
-  def normalize64(x):
-    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
   def dot64(spec, x, kernel, dtype):
     dtype = jnp.promote_types(dtype, x.dtype)
     return jnp.einsum(spec, x.astype(dtype), kernel.astype(dtype),
                       preferred_element_type=dtype)
 
-  monkeypatch.setattr(train, '_normalize', normalize64)
   monkeypatch.setattr(clip, '_dot', dot64)
 
 

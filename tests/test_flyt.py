@@ -20,10 +20,11 @@ import pytest
 from scipy import stats
 
 from tads_jax import config as config_lib
+from tads_jax import losses
 from tads_jax import meta
 from tads_jax import selection
 from tads_jax import selectors
-from tads_jax import train
+from tads_jax.models import proxy as proxy_lib
 from tads_jax.selectors import flyt
 from tads_jax.stages import learn
 from configs import default
@@ -114,14 +115,14 @@ def test_weighted_loss_is_flyts_and_uniform_weights_give_the_clip_loss():
   rng = np.random.default_rng(0)
   image, text = unit(rng.normal(size=(12, 6))), unit(rng.normal(size=(12, 6)))
   w = np.asarray(jax.nn.softmax(jnp.asarray(rng.normal(size=12))), np.float64)
-  got = train.weighted_clip_loss(image, text, jnp.log(20.0), jnp.asarray(w))
+  got = losses.weighted_clip_loss(image, text, jnp.log(20.0), jnp.asarray(w))
   expected = _flyt_negative_weighted_loss(image.astype(np.float64), text, 20.0, w)
   assert float(got) == pytest.approx(expected, rel=1e-5)
   # Uniform weights (softmax of equal scores): the plain CLIP loss, as without weights.
-  uniform = train.weighted_clip_loss(image, text, jnp.log(20.0), jnp.full(12, 1 / 12))
+  uniform = losses.weighted_clip_loss(image, text, jnp.log(20.0), jnp.full(12, 1 / 12))
   assert float(uniform) == pytest.approx(_clip_loss(image.astype(np.float64), text, 20.0),
                                          rel=1e-5)
-  assert float(uniform) == pytest.approx(float(train.weighted_clip_loss(
+  assert float(uniform) == pytest.approx(float(losses.weighted_clip_loss(
       image, text, jnp.log(20.0))), rel=1e-6)
 
 
@@ -190,7 +191,7 @@ def test_scorer_meta_gradient_matches_finite_differences(which, float64_proxy):
       scorer = flyt.mflyt_scorer(3)
       params = flyt._init(scorer.module, 0, (3,))  # pylint: disable=protected-access
     params = f64(params)
-    proxy = train.EmbeddingCLIP(head='linear', out_dim=4, hidden=1, dtype=jnp.float64)
+    proxy = proxy_lib.EmbeddingCLIP(head='linear', out_dim=4, hidden=1, dtype=jnp.float64)
     pparams = nn.unbox(proxy.init(jax.random.key(0), jnp.zeros((1, dim)),
                                   jnp.zeros((1, dim)))['params'])
     pparams = f64(jax.tree_util.tree_map(lambda x: x * 20.0 if x.ndim == 2 else x, pparams))

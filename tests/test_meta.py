@@ -18,6 +18,7 @@ from tads_jax import meta
 from tads_jax import sharding
 from tads_jax import train
 from tads_jax import value
+from tads_jax.models import proxy as proxy_lib
 from conftest import auroc, unit
 
 pytestmark = pytest.mark.usefixtures('fast_compiles')
@@ -189,7 +190,7 @@ def test_meta_gradient_matches_finite_differences(optimizer, float64_proxy):
         lambda x: jnp.asarray(x, jnp.float64 if np.issubdtype(np.asarray(x).dtype,
                                                                 np.floating) else None),
         tree)
-    proxy = train.EmbeddingCLIP(head='linear', out_dim=4, hidden=1, dtype=jnp.float64)
+    proxy = proxy_lib.EmbeddingCLIP(head='linear', out_dim=4, hidden=1, dtype=jnp.float64)
     pparams = nn.unbox(proxy.init(jax.random.key(0), jnp.zeros((1, 5)),
                                   jnp.zeros((1, 5)))['params'])
     # The init is 0.02 * N(0, 1): scaled to O(1) so that the proxy's updates matter.

@@ -1,15 +1,14 @@
-"""The pixel proxy (evaluate.proxy='pixels'): the conv stem, the repeat-masked CLIP loss,
-the evaluate stage end to end on the tiny world, the shared image cache, resume and the
-config errors.
+"""The pixel proxy (evaluate.proxy='pixels'): the conv stem, masking repeats (the masked
+loss itself: test_losses.py), the evaluate stage end to end on the tiny world, the shared
+image cache, resume and the config errors.
 
-References are independent of the code under test: the loss is recomputed in numpy from
-its definition; the conv stem's shape from the arithmetic of stride-2 convolutions; the
+References are independent of the code under test: the conv stem's shape from the
+arithmetic of stride-2 convolutions; the
 stage's metrics from a proxy retrained here with train.train and scored with eval.py.
 """
 
 import dataclasses
 import json
-import math
 import os
 import shutil
 
@@ -94,53 +93,7 @@ def test_conv_stem_config_errors_and_no_hf_export(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------
-# The loss with repeats masked.
-
-
-def _masked_loss_numpy(image, text, scale, rows):
-  """CLIP's loss where, for each query, the other samples of the same data row are left
-  out of the softmax (they are the same pair, not a negative); float64."""
-  logits = scale * image @ text.T
-  n = len(rows)
-  def direction(l):
-    total = 0.0
-    for i in range(n):
-      keep = [j for j in range(n) if j == i or rows[j] != rows[i]]
-      total += np.log(np.sum(np.exp(l[i, keep]))) - l[i, i]
-    return total / n
-  return 0.5 * (direction(logits) + direction(logits.T))
-
-
-def _unit(rng, shape):
-  x = rng.normal(size=shape)
-  return x / np.linalg.norm(x, axis=-1, keepdims=True)
-
-
-def test_a_repeated_row_is_not_its_own_negative():
-  rng = np.random.default_rng(0)
-  rows = np.array([4, 7, 4, 9, 2, 7])  # rows 4 and 7 drawn twice
-  image, text = _unit(rng, (6, 5)), _unit(rng, (6, 5))
-  # A repeat is the same pair: same embeddings (up to the model, exactly so here).
-  image[2], text[2], image[5], text[5] = image[0], text[0], image[1], text[1]
-  loss = jax.jit(train.weighted_clip_loss)
-  args = jnp.asarray(image, jnp.float32), jnp.asarray(text, jnp.float32)
-  for log_scale in (0.0, 1.3, math.log(100)):
-    expected = _masked_loss_numpy(image, text, math.exp(log_scale), rows)
-    got = float(loss(*args, log_scale, None, jnp.asarray(rows, jnp.int32)))
-    np.testing.assert_allclose(got, expected, rtol=1e-5)
-    if log_scale < 2:  # at scale 100 the random negatives drown the copy's term
-      # Unmasked, each copy is a negative of the other: a higher loss.
-      assert float(loss(*args, log_scale)) > got + 1e-3
-  # Without repeats the row ids change nothing: exactly today's loss, weights included.
-  distinct = jnp.asarray([3, 1, 0, 5, 2, 4], jnp.int32)
-  weights = jnp.asarray(rng.uniform(0.1, 2.0, 6), jnp.float32)
-  for w in (None, weights):
-    assert float(loss(*args, 1.1, w, distinct)) == float(loss(*args, 1.1, w))
-  # The masked pair gets no gradient through the other copy's logit.
-  grad = jax.grad(lambda t: train.weighted_clip_loss(args[0], t, 1.1, None,
-                                                     jnp.asarray(rows, jnp.int32)))
-  g = np.asarray(grad(args[1]))
-  assert np.all(np.isfinite(g))
+# Masking repeats in training.
 
 
 def test_train_masks_repeats_only_when_asked():

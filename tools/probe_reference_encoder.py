@@ -43,6 +43,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from configs import default  # noqa: E402  pylint: disable=wrong-import-position
 from tads_jax import eval as eval_lib  # noqa: E402  pylint: disable=wrong-import-position
+from tads_jax import losses  # noqa: E402  pylint: disable=wrong-import-position
 from tads_jax import train  # noqa: E402  pylint: disable=wrong-import-position
 from tads_jax.data import synthetic  # noqa: E402  pylint: disable=wrong-import-position
 from tads_jax.data import tasks as tasks_lib  # noqa: E402  pylint: disable=wrong-import-position
@@ -128,7 +129,7 @@ def _with_negatives(captions, token_ids, tokenizer, attributes):
       both = jnp.concatenate([texts[:, :length], texts[:, length:]], 0)  # [2B, L]
       img, txt, scale = model.apply({'params': params},
                                     train.prepare_images(kind, images), both)
-      img, txt = train._normalize(img), train._normalize(txt)  # pylint: disable=protected-access
+      img, txt = losses.normalize(img), losses.normalize(txt)
       b = img.shape[0]
       logits = jnp.exp(scale) * img @ txt.T  # [B, 2B]
       has_negative = jnp.any(texts[:, length:] != 0, axis=1)

@@ -17,13 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tads_jax import losses
 from tads_jax import sharding
 from tads_jax.models import clip, hf_convert, preprocess, tokenizer
-
-
-def _normalize(x):  # [B, E] -> [B, E] unit rows, float32
-  x = x.astype(jnp.float32)
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 class LoadedCLIP:
@@ -52,12 +48,12 @@ class LoadedCLIP:
     params = jax.tree_util.tree_map(lambda x: np.asarray(x, param_dtype), params)
 
     def image_fn(params, pixels):  # [B, H, W, 3] -> [B, E]
-      return _normalize(self.module.apply({'params': params}, pixels,
-                                          method=clip.CLIP.encode_image))
+      return losses.normalize(self.module.apply({'params': params}, pixels,
+                                                method=clip.CLIP.encode_image))
 
     def text_fn(params, token_ids):  # [B, L] -> [B, E]
-      return _normalize(self.module.apply({'params': params}, token_ids,
-                                          method=clip.CLIP.encode_text))
+      return losses.normalize(self.module.apply({'params': params}, token_ids,
+                                                method=clip.CLIP.encode_text))
 
     if mesh is None:
       self.params = jax.device_put(params)

@@ -201,7 +201,7 @@ class Dense(nn.Module):
   """Dense layer over the last axis whose kernel carries logical axis names.
 
   project=True computes it with `project` (the CLIP towers); False with plain autodiff
-  (the embedding proxy's heads, train.EmbeddingHead, whose numerics stay as they were)."""
+  (the embedding proxy's heads, proxy.EmbeddingHead, whose numerics stay as they were)."""
   features: int
   axes: tuple[str, str]
   use_bias: bool = True

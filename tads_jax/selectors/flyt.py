@@ -6,7 +6,7 @@ flyt: a scoring head over the frozen reference embeddings, learned from the task
   hidden_mult * 2D, silu) -> one score per sample. Learning (flyt/train.py,
   train_one_flyt_epoch) is meta.learn with one unrolled step: per pool batch
   w = softmax(scores); the weighted CLIP loss where w also weights the negatives
-  (train.weighted_clip_loss, their NegativeWeightedClipLoss); one differentiable AdamW step
+  (losses.weighted_clip_loss, their NegativeWeightedClipLoss); one differentiable AdamW step
   of the reference proxy (their DifferentiableAdamW: decoupled decay on matrices only);
   the tasks' losses at the updated proxy (classification: cross-entropy with one random
   template per class and a fixed downstream logit scale; retrieval: the CLIP loss), averaged
@@ -22,7 +22,7 @@ mflyt: FLYT's MixingModel, a linear layer over a matrix of per-sample scores of 
   learned weight of each input score (their Table 2).
 
 Where this differs from formll/FLYT, and why:
-  - The reference model is this project's proxy (train.EmbeddingCLIP heads on the frozen
+  - The reference model is this project's proxy (proxy.EmbeddingCLIP heads on the frozen
     reference embeddings), as for TADS, not a full pretrained CLIP: pixels are not read
     past the embed stage. The scorer's inputs are those same frozen embeddings (their
     scoring CLIP is frozen too unless --train_full_scoring).
@@ -47,10 +47,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tads_jax import losses
 from tads_jax import meta
 from tads_jax import selectors
 from tads_jax import sharding
-from tads_jax import train
 from tads_jax import value
 
 ACTIVATIONS = {'silu': jax.nn.silu, 'relu': jax.nn.relu}
@@ -92,8 +92,7 @@ class FlytScorer(nn.Module):
 
   @nn.compact
   def __call__(self, image_emb, text_emb):  # [B, D], [B, D] -> [B]
-    x = jnp.concatenate([train._normalize(image_emb),  # pylint: disable=protected-access
-                         train._normalize(text_emb)], axis=-1)  # pylint: disable=protected-access
+    x = jnp.concatenate([losses.normalize(image_emb), losses.normalize(text_emb)], axis=-1)
     width = x.shape[-1]  # 2D
     hidden = max(1, int(width * self.hidden_mult))
     for i in range(self.layers - 1):

@@ -1,0 +1,82 @@
+"""Orbax checkpoints of a training loop, each with the fingerprint of the run it belongs to.
+
+A checkpoint holds the loop's state and a JSON item with the run's fingerprint (what must
+match for the checkpoint to be resumed: the config fields that change what the run
+computes, digests of its data) and its history so far. Restoring checks the fingerprint
+first, so a workdir reused for another run raises instead of resuming the wrong one.
+"""
+
+import hashlib
+import json
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+def make_manager(directory: str, keep: int) -> ocp.CheckpointManager:
+  """A manager of `directory` keeping the last `keep` checkpoints. The loop decides when to
+  save (loop.run: every checkpoint_every steps and at the end)."""
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+  return ocp.CheckpointManager(directory, options=options, item_names=('state', 'meta'))
+
+
+def digest(*arrays) -> str:
+  """sha256 over the arrays' dtypes, shapes and bytes, for fingerprints."""
+  h = hashlib.sha256()
+  for a in arrays:
+    a = np.ascontiguousarray(a)
+    h.update(str((a.dtype.str, a.shape)).encode())
+    h.update(a.tobytes())
+  return h.hexdigest()
+
+
+def config_fields(config: dict, resumable) -> dict:
+  """A config's fields (a dict) without the `resumable` ones, which do not change what a
+  run computes (how often it logs or saves): a checkpoint may be resumed with others."""
+  return {k: v for k, v in config.items() if k not in resumable}
+
+
+def check_fingerprint(directory, step, saved, expected, config_name='TrainConfig'):
+  """Raises ValueError unless a checkpoint's recorded fingerprint (`saved`) matches this
+  run's (`expected`): the same data fields and the same config fields."""
+  for key, value in expected.items():
+    if key == 'config':
+      continue
+    if json.loads(json.dumps(value)) != saved.get(key):
+      raise ValueError(f'{directory}: the checkpoint at step {step} was written for other '
+                       f'data ({key}={saved.get(key)!r}, this run {value!r}); use another '
+                       'workdir')
+  for key, value in expected['config'].items():
+    old = saved.get('config', {}).get(key)
+    if old != value:
+      raise ValueError(f'{directory}: the checkpoint at step {step} was written with '
+                       f'{config_name}.{key}={old!r}, this run has {value!r}; use another '
+                       'workdir')
+
+
+def save(manager, step: int, state, fingerprint: dict, history: dict) -> None:
+  """Saves the state with the run's fingerprint and history (a copy: the save finishes in
+  the background while history grows)."""
+  meta = dict(fingerprint, history={k: list(v) for k, v in history.items()})
+  manager.save(step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+
+
+def restore(manager, directory: str, state, fingerprint: dict,
+            config_name='TrainConfig'):
+  """(step, state, history) of the latest checkpoint, checked against the fingerprint, or
+  None when there is none. `state` gives the structure and shardings to restore into."""
+  latest = manager.latest_step()
+  if latest is None:
+    return None
+  meta = manager.restore(latest, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+  check_fingerprint(directory, latest, meta, fingerprint, config_name)
+  state = manager.restore(latest, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(_abstract(state))))['state']
+  return latest, state, {k: list(v) for k, v in meta['history'].items()}
+
+
+def _abstract(tree):
+  return jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
