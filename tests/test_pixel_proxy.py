@@ -196,10 +196,9 @@ def test_the_pool_is_decoded_once_for_every_subset_and_seed(run, tmp_path):
   assert third['average']['per_seed'][:2] == result['average']['per_seed']
 
 
-def test_metrics_match_a_pixel_proxy_trained_and_scored_independently(run):
-  """Seed 1 retrained here from the cache's images, the tokenizer of the encoder folder and
-  rows_from_subset; the tasks scored with eval.evaluate_tasks."""
-  workdir, _ = run
+def _seed_1(workdir):
+  """What the stage trains seed 1 on, rebuilt from the workdir: (ctx, tokenizer, subset,
+  uids, images, token_ids, train config)."""
   c = config()
   ctx = pipeline.Context(config=c, workdir=workdir)
   evaluate.check_embedded(ctx)
@@ -207,6 +206,14 @@ def test_metrics_match_a_pixel_proxy_trained_and_scored_independently(run):
   subset = subset_lib.read_subset(os.path.join(workdir, 'subset.npy'))
   uids, images, token_ids, _, _ = evaluate.pixel_data(ctx, subset, tokenizer, 32)
   cfg = evaluate.train_config(c, 1, (len(tokenizer.tokenizer), tokenizer.eos_token_id))
+  return ctx, tokenizer, subset, uids, images, token_ids, cfg
+
+
+def test_metrics_match_a_pixel_proxy_trained_and_scored_independently(run):
+  """Seed 1 retrained here from the cache's images, the tokenizer of the encoder folder and
+  rows_from_subset; the tasks scored with eval.evaluate_tasks."""
+  workdir, _ = run
+  ctx, tokenizer, subset, uids, images, token_ids, cfg = _seed_1(workdir)
   params, _ = train.train(cfg, (images[np.arange(len(images))], token_ids),
                           rows=train.rows_from_subset(subset, uids))
   specs, splits = evaluate.pixel_tasks(ctx, 32)
@@ -225,20 +232,14 @@ def test_a_killed_seed_resumes_to_the_same_result(run, tmp_path):
   os.remove(os.path.join(workdir, evaluate.EVAL))
   shutil.rmtree(os.path.join(workdir, evaluate.CACHE))  # results and images both gone
   # Seed 1 killed after step 4: its checkpoint at step 3 is all that is left.
-  c = config()
-  ctx = pipeline.Context(config=c, workdir=workdir)
-  evaluate.check_embedded(ctx)
-  tokenizer = evaluate.pixel_tokenizer(ctx, 16)
-  subset = subset_lib.read_subset(os.path.join(workdir, 'subset.npy'))
-  uids, images, token_ids, _, _ = evaluate.pixel_data(ctx, subset, tokenizer, 32)
-  cfg = evaluate.train_config(c, 1, (len(tokenizer.tokenizer), tokenizer.eos_token_id))
+  ctx, _, subset, uids, images, token_ids, cfg = _seed_1(workdir)
   seed_dir = os.path.join(workdir, 'evaluate', 'selected', 'seed_1', 'pixels')
   shutil.rmtree(seed_dir)
   train.train(cfg, (images, token_ids), workdir=seed_dir,
               rows=train.rows_from_subset(subset, uids), stop_after=4)
   checkpoints = os.path.join(seed_dir, 'checkpoints')
   assert sorted(int(d) for d in os.listdir(checkpoints) if d.isdigit()) == [3]
-  assert main.run(c, workdir)['evaluate'] == 'ran'
+  assert main.run(ctx.config, workdir)['evaluate'] == 'ran'
   assert 6 in [int(d) for d in os.listdir(checkpoints) if d.isdigit()]
   after = _eval_json(workdir)
   for name, task in before['tasks'].items():
