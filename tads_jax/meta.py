@@ -672,9 +672,7 @@ def learn(cfg: MetaConfig, value_module_and_params, pool: Mapping, tasks: Sequen
     raise ValueError(f'value_module_and_params: the scorer returns {out.shape} for one '
                      'sample; expected one score per sample')
   kinds = tuple(task['kind'] for task in tasks)
-  # Hashable (an explicit table's axes may be lists): a key of _program's cache.
-  rules = tuple((name, tuple(axes) if isinstance(axes, list) else axes)
-                for name, axes in sharding.get_rules(rules, where='rules'))
+  rules = sharding.get_rules(rules, where='rules')  # hashable: a key of _program's cache
   program = _program(_compute_key(cfg), scorer, width, kinds, mesh, rules)
   names = [task['name'] for task in tasks]
   batch_sh, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)

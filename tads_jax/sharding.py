@@ -74,18 +74,22 @@ def get_rules(rules: str | Sequence[tuple[str, Any]],
 
 
 def _rule_table(rules) -> tuple | None:
-  """rules as a tuple of (name, axes) pairs, or None when it is not such a table."""
+  """rules as a tuple of (name, axes) pairs, or None when it is not such a table. A list of
+  axes (as a config file writes it) becomes a tuple, so that the table is hashable (a key
+  of the jitted programs' caches)."""
   try:
     table = tuple(tuple(rule) for rule in rules)
   except TypeError:
     return None
+  out = []
   for rule in table:
     if len(rule) != 2 or not isinstance(rule[0], str):
       return None
     axes = rule[1] if isinstance(rule[1], (tuple, list)) else (rule[1],)
     if not all(a is None or a in MESH_AXES for a in axes):
       return None
-  return table
+    out.append((rule[0], tuple(rule[1]) if isinstance(rule[1], list) else rule[1]))
+  return tuple(out)
 
 
 def make_mesh(data: int = -1, model: int = 1, devices=None, where: str = 'mesh') -> Mesh:

@@ -153,3 +153,16 @@ def test_rules_map_logical_names():
   with pytest.raises(ValueError, match="sharding rules 'zero' unknown"):
     sharding.get_rules('zero')
 
+
+
+def test_an_explicit_rules_table_from_a_config_is_hashable_and_reaches_train():
+  """A table written in a config (axes as lists) must serve as a key of the jitted
+  programs' caches, in train as in meta: lists of axes become tuples."""
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  from tads_jax import train  # pylint: disable=import-outside-toplevel
+  table = [('activation_batch', 'data'), ('embed', None), ('mlp', ['model'])]
+  layout = sharding.from_config(ml_collections.ConfigDict(
+      {'mesh': {'data': -1, 'model': 1, 'rules': table}}))
+  assert layout.rules == (('activation_batch', 'data'), ('embed', None), ('mlp', ('model',)))
+  cfg = train.TrainConfig(kind='embedding', batch_size=8, samples_seen=16, rules=layout.rules)
+  hash(train._compute_key(cfg))  # pylint: disable=protected-access  (TypeError before)
