@@ -26,24 +26,37 @@ sys.path.insert(0, REPO)  # for `from configs import default`
 from configs import default  # noqa: E402  pylint: disable=wrong-import-position
 
 
-@pytest.fixture
-def on_8_devices(request):
-  """Runs check() with 8 devices: here, or, when jax has fewer (XLA_FLAGS set to another
-  count before pytest started), in a fresh pytest process running only this test with 8;
-  its failure fails this test."""
+def _on_devices(request, count: int):
+  """run(check): check() here when jax has `count` devices, else in a fresh pytest process
+  running only this test with XLA_FLAGS set to that count; its failure fails this test."""
   def run(check):
     import jax  # pylint: disable=g-import-not-at-top
-    if jax.device_count() >= 8:
+    if jax.device_count() == count:
       return check()
     flags = [f for f in os.environ.get('XLA_FLAGS', '').split()
              if not f.startswith(DEVICE_COUNT_FLAG)]
-    env = dict(os.environ, XLA_FLAGS=' '.join(flags + [f'{DEVICE_COUNT_FLAG}=8']))
+    env = dict(os.environ, XLA_FLAGS=' '.join(flags + [f'{DEVICE_COUNT_FLAG}={count}']))
     result = subprocess.run(
         [sys.executable, '-m', 'pytest', '-q', '-m', '', '-p', 'no:cacheprovider',
          request.node.nodeid], cwd=str(request.config.rootpath), env=env,
         capture_output=True, text=True, timeout=900, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
   return run
+
+
+@pytest.fixture
+def on_8_devices(request):
+  """Runs check() with 8 devices: here, or, when jax has another count (XLA_FLAGS set
+  before pytest started), in a fresh pytest process running only this test with 8."""
+  return _on_devices(request, 8)
+
+
+@pytest.fixture
+def on_1_device(request):
+  """Runs check() with one device, in a fresh process when this one has 8: for learning
+  toys whose programs would otherwise run data-parallel over 8 virtual CPU devices, where
+  XLA's collectives can deadlock on 2 cores (FLYT's meta step did, BENCHMARKS.md)."""
+  return _on_devices(request, 1)
 
 
 @pytest.fixture(scope='module')

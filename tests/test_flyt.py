@@ -229,7 +229,11 @@ def test_scorer_meta_gradient_matches_finite_differences(which, float64_proxy):
 
 
 @pytest.mark.slow  # 10-15 s of meta-learning: make test-all runs it
-def test_flyt_scores_swapped_captions_lower_and_round_trips(tmp_path):
+def test_flyt_scores_swapped_captions_lower_and_round_trips(tmp_path, on_1_device):
+  on_1_device(lambda: _check_flyt_swapped(tmp_path))
+
+
+def _check_flyt_swapped(tmp_path):
   inputs, swapped = _toy()
   config = _config()
   selector = selectors.get('flyt')
@@ -253,7 +257,11 @@ def test_flyt_scores_swapped_captions_lower_and_round_trips(tmp_path):
 
 
 @pytest.mark.slow  # 10-15 s of meta-learning: make test-all runs it
-def test_mflyt_weights_the_informative_score_most(noise_selector):
+def test_mflyt_weights_the_informative_score_most(noise_selector, on_1_device):
+  on_1_device(lambda: _check_mflyt_weights(noise_selector))
+
+
+def _check_mflyt_weights(noise_selector):
   del noise_selector
   inputs, swapped = _toy(seed=1, noise=0.2)
   config = _config(steps=200)
@@ -299,7 +307,11 @@ def test_cosine_init_scores_near_the_clip_cosine():
 
 
 @pytest.mark.slow  # 10-15 s of meta-learning: make test-all runs it
-def test_flyt_resume_equals_uninterrupted(tmp_path):
+def test_flyt_resume_equals_uninterrupted(tmp_path, on_1_device):
+  on_1_device(lambda: _check_flyt_resume(tmp_path))
+
+
+def _check_flyt_resume(tmp_path):
   """Stopped after step 150 (checkpoint at 100) and rerun: the same scorer and history,
   the random templates drawn as an uninterrupted run draws them. (The toy and settings of
   the test above: its compiled step is reused.)"""
