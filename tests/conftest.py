@@ -121,6 +121,14 @@ def unit(x):  # [..., D] -> float32 unit rows
   return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
 
 
+def read_eval_json(workdir):
+  """The evaluate stage's eval.json of a workdir."""
+  import json  # pylint: disable=g-import-not-at-top
+  from tads_jax.stages import evaluate  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(workdir, evaluate.EVAL)) as f:
+    return json.load(f)
+
+
 def auroc(positive, score):
   """P(score of a positive > score of a negative), ties half (Mann-Whitney)."""
   from scipy import stats  # pylint: disable=g-import-not-at-top

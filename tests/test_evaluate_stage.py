@@ -28,7 +28,7 @@ from tads_jax.data import subset as subset_lib
 from tads_jax.stages import embed as embed_stage
 from tads_jax.stages import evaluate
 from tads_jax.stages import report as report_stage
-from conftest import tiny_world_config
+from conftest import read_eval_json, tiny_world_config
 
 _TOOL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'tools',
                      'evaluate_subset.py')
@@ -56,11 +56,6 @@ def run(tmp_path_factory):
   return workdir, status
 
 
-def _eval_json(workdir):
-  with open(os.path.join(workdir, evaluate.EVAL)) as f:
-    return json.load(f)
-
-
 def _task_names(workdir):
   with open(os.path.join(workdir, 'ingest', 'world', 'tasks.json')) as f:
     tasks = json.load(f)
@@ -70,7 +65,7 @@ def _task_names(workdir):
 def test_every_task_has_mean_and_std_over_two_seeds(run):
   workdir, status = run
   assert status['evaluate'] == 'ran'
-  result = _eval_json(workdir)
+  result = read_eval_json(workdir)
   assert sorted(result['tasks']) == sorted(_task_names(workdir))
   assert result['seeds'] == [0, 1]
   for name, task in result['tasks'].items():
@@ -95,7 +90,7 @@ def test_every_task_has_mean_and_std_over_two_seeds(run):
 
 def test_baselines_are_evaluated_on_their_own_subsets_at_the_same_budget(run):
   workdir, _ = run
-  result = _eval_json(workdir)
+  result = read_eval_json(workdir)
   assert sorted(result['baselines']) == ['full', 'random']
   ctx = pipeline.Context(config=config(), workdir=workdir)
   uids, _, _, pool = embed_stage.pool_embeddings(ctx)
@@ -128,7 +123,7 @@ def test_metrics_match_a_proxy_trained_and_scored_independently(run):
                           warmup=c.evaluate.warmup, head=c.evaluate.head, seed=1)
   params, _ = train.train(cfg, (image_emb, text_emb), rows=rows)
   encode_images, encode_texts = train.encoders(cfg, params)
-  result = _eval_json(workdir)
+  result = read_eval_json(workdir)
   for name in _task_names(workdir):
     npz = np.load(os.path.join(workdir, 'embed', 'tasks', f'{name}_eval.npz'))
     images = encode_images(npz['image_emb'].astype(np.float32))
@@ -147,7 +142,7 @@ def test_metrics_match_a_proxy_trained_and_scored_independently(run):
 def test_rerun_skips_and_a_killed_seed_resumes(run, tmp_path):
   workdir = str(tmp_path / 'w')
   shutil.copytree(run[0], workdir)
-  before = _eval_json(workdir)
+  before = read_eval_json(workdir)
   assert set(main.run(config(), workdir).values()) == {'skipped'}
   # A run killed in seed 1: seed 0 finished; seed 1 has only a checkpoint at step 5 of 12
   # (written by the same training run stopped at step 7), no eval.json, no _done.json.
@@ -173,7 +168,7 @@ def test_rerun_skips_and_a_killed_seed_resumes(run, tmp_path):
   assert status['evaluate'] == 'ran'
   assert os.stat(seed0).st_mtime_ns == seed0_mtime  # the finished seed was not retrained
   assert 12 in [int(d) for d in os.listdir(seed_dir) if d.isdigit()]
-  after = _eval_json(workdir)
+  after = read_eval_json(workdir)
   for name, task in before['tasks'].items():
     for s in range(2):
       assert after['tasks'][name]['per_seed'][s] == pytest.approx(task['per_seed'][s]), name
@@ -187,7 +182,7 @@ def test_report_shows_the_evaluation_table(run, tmp_path):
   status = main.run(c, workdir)
   assert status['report'] == 'ran'
   text = open(os.path.join(workdir, 'report.md')).read()
-  result = _eval_json(workdir)
+  result = read_eval_json(workdir)
   assert '## Evaluation' in text
   for name, task in result['tasks'].items():
     assert f"| {name} | {task['kind']} |" in text
@@ -215,7 +210,7 @@ def test_tool_matches_the_stage_and_names_what_is_missing(run, tmp_path):
   out = str(tmp_path / 'same.eval.json')
   result = tool.evaluate_subset(config(), workdir, os.path.join(workdir, 'subset.npy'),
                                 out=out, seeds=2)
-  stage = _eval_json(workdir)
+  stage = read_eval_json(workdir)
   assert json.load(open(out))['tasks'] == stage['tasks'] == result['tasks']
   row = tool.markdown_row(result, 'same')
   assert row.startswith('| same | ') and row.count('±') == 1 + len(result['tasks'])
@@ -335,18 +330,18 @@ def test_a_rerun_with_more_baselines_retrains_only_what_is_new(run, tmp_path):
   workdir, _ = run
   work = str(tmp_path / 'w')
   shutil.copytree(workdir, work)
-  before = _eval_json(work)
+  before = read_eval_json(work)
   c = config()
   c.evaluate.baselines = ('full', 'random', 'no_filter')
   assert main.run(c, work)['evaluate'] == 'ran'
-  after = _eval_json(work)
+  after = read_eval_json(work)
   assert after['baselines']['no_filter']['average'] == before['baselines']['full']['average']
   assert after['average'] == before['average']
   trained = lambda name: sorted(os.listdir(os.path.join(work, 'evaluate', 'baselines', name)))
   assert not any(n.startswith('seed_') for n in trained('no_filter'))
   c.evaluate.seeds = 3
   main.run(c, work)
-  third = _eval_json(work)
+  third = read_eval_json(work)
   assert third['average']['per_seed'][:2] == before['average']['per_seed']
   assert len(third['average']['per_seed']) == 3
   assert trained('full') == ['seed_2', 'subset.npy']

@@ -8,7 +8,6 @@ stage's metrics from a proxy retrained here with train.train and scored with eva
 """
 
 import dataclasses
-import json
 import os
 import shutil
 
@@ -18,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import tiny_world_config, validate
+from conftest import read_eval_json, tiny_world_config, validate
 from tads_jax import config as config_lib
 from tads_jax import eval as eval_lib
 from tads_jax import main
@@ -134,15 +133,10 @@ def run(tmp_path_factory):
   return workdir, status
 
 
-def _eval_json(workdir):
-  with open(os.path.join(workdir, evaluate.EVAL)) as f:
-    return json.load(f)
-
-
 def test_eval_json_records_the_pixel_proxy_with_finite_metrics(run):
   workdir, status = run
   assert status['evaluate'] == 'ran'
-  result = _eval_json(workdir)
+  result = read_eval_json(workdir)
   assert result['proxy'] == 'pixels'
   assert result['train']['kind'] == 'pixels' and result['train']['mask_repeats'] is True
   overrides = dict(result['train']['model_overrides'])
@@ -165,13 +159,13 @@ def test_eval_json_records_the_pixel_proxy_with_finite_metrics(run):
 
 def test_the_pool_is_decoded_once_for_every_subset_and_seed(run, tmp_path):
   workdir, _ = run
-  result = _eval_json(workdir)
+  result = read_eval_json(workdir)
   cache = result['pixel_cache']['dir']
   ingested = pipeline.read_done(os.path.join(workdir, 'ingest'))['summary']
   shards = len(ingested['per_source'])
-  # The selected subset (first) decoded every shard it touches; 'full' after it decoded
-  # none, though it reads every shard.
-  assert 1 <= result['pixel_cache']['shards_decoded'] <= shards
+  # The selected subset (first, half of each shard) decoded every shard; 'full' after it
+  # decoded none, though it reads every shard.
+  assert result['pixel_cache']['shards_decoded'] == shards
   assert result['baselines']['full']['pixel_cache']['shards_decoded'] == 0
   npys = sorted(f for f in os.listdir(cache) if f.endswith('.npy'))
   assert len(npys) == shards
@@ -189,7 +183,7 @@ def test_the_pool_is_decoded_once_for_every_subset_and_seed(run, tmp_path):
   c = config()
   c.evaluate.seeds = 3
   assert main.run(c, work)['evaluate'] == 'ran'
-  third = _eval_json(work)
+  third = read_eval_json(work)
   assert third['pixel_cache']['shards_decoded'] == 0
   assert third['baselines']['full']['pixel_cache']['shards_decoded'] == 0
   assert {f: os.stat(os.path.join(copied, f)).st_mtime_ns for f in os.listdir(copied)} == mtimes
@@ -219,7 +213,7 @@ def test_metrics_match_a_pixel_proxy_trained_and_scored_independently(run):
   specs, splits = evaluate.pixel_tasks(ctx, 32)
   expected = eval_lib.evaluate_tasks(*train.encoders(cfg, params, tokenizer=tokenizer),
                                      specs, splits)['tasks']
-  result = _eval_json(workdir)
+  result = read_eval_json(workdir)
   for name, task in expected.items():
     assert result['tasks'][name]['per_seed'][1]['main'] == pytest.approx(task['main']), name
 
@@ -227,7 +221,7 @@ def test_metrics_match_a_pixel_proxy_trained_and_scored_independently(run):
 def test_a_killed_seed_resumes_to_the_same_result(run, tmp_path):
   workdir = str(tmp_path / 'w')
   shutil.copytree(run[0], workdir)
-  before = _eval_json(workdir)
+  before = read_eval_json(workdir)
   os.remove(os.path.join(workdir, 'evaluate', pipeline.DONE))
   os.remove(os.path.join(workdir, evaluate.EVAL))
   shutil.rmtree(os.path.join(workdir, evaluate.CACHE))  # results and images both gone
@@ -241,7 +235,7 @@ def test_a_killed_seed_resumes_to_the_same_result(run, tmp_path):
   assert sorted(int(d) for d in os.listdir(checkpoints) if d.isdigit()) == [3]
   assert main.run(ctx.config, workdir)['evaluate'] == 'ran'
   assert 6 in [int(d) for d in os.listdir(checkpoints) if d.isdigit()]
-  after = _eval_json(workdir)
+  after = read_eval_json(workdir)
   for name, task in before['tasks'].items():
     for s in range(2):
       assert after['tasks'][name]['per_seed'][s] == pytest.approx(task['per_seed'][s]), name
@@ -252,14 +246,14 @@ def test_pixel_and_embedding_results_never_mix(run, tmp_path):
   checkpoints, its own numbers; the pixel entries stay."""
   workdir = str(tmp_path / 'w')
   shutil.copytree(run[0], workdir)
-  pixels = _eval_json(workdir)
+  pixels = read_eval_json(workdir)
   cache = os.path.join(workdir, evaluate.CACHE)
   before = {f for f in os.listdir(cache) if f.endswith('.json')}
   c = config()
   c.evaluate.update(dict(proxy='embedding', samples_seen=16 * 4, batch_size=16, lr=1e-3,
                          warmup=2, head='mlp'))
   assert main.run(c, workdir)['evaluate'] == 'ran'
-  emb = _eval_json(workdir)
+  emb = read_eval_json(workdir)
   assert emb['proxy'] == 'embedding' and emb['train']['kind'] == 'embedding'
   after = {f for f in os.listdir(cache) if f.endswith('.json')}
   assert before < after and len(after - before) == 4  # 2 subsets x 2 seeds, all new
