@@ -293,4 +293,17 @@ def get_config():
   c.export = ml_collections.ConfigDict()
   c.export.shards = False       # also write the subset as resharded webdataset tars
   c.export.shard_size = 10_000
+
+  # Several processes (hosts) on one pool (tads_jax/distributed.py): each reads the shards
+  # with index % process_count == process_index; pool-wide quantities come from
+  # collectives and process 0 writes the pool-wide outputs. Unset fields come from
+  # TADS_COORDINATOR_ADDRESS, TADS_NUM_PROCESSES and TADS_PROCESS_ID, else from JAX's own
+  # detection (Cloud TPU pod, Slurm, Open MPI, Kubernetes).
+  c.distributed = ml_collections.ConfigDict(dict(
+      # False | True | 'auto' (join when the environment shows a multi-process job); typed
+      # object so that --config.distributed.enabled=auto parses as well as True.
+      enabled=ml_collections.FieldReference(False, field_type=object),
+      coordinator_address='',     # 'host:port' of process 0, e.g. '10.0.0.1:8476'
+      num_processes=ml_collections.config_dict.placeholder(int),
+      process_id=ml_collections.config_dict.placeholder(int)))
   return c

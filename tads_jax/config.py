@@ -86,6 +86,7 @@ def _expect_type(config, dotted, types, what):
 def validate(config: ml_collections.ConfigDict, known_stages, known_selectors) -> None:
   """Raises ConfigError naming the first field that cannot work."""
   _expect_type(config, 'seed', (int,), 'an integer')
+  _check_distributed(config)
 
   stages = _get(config, 'stages')
   if isinstance(stages, (str, tuple, list)):
@@ -201,6 +202,15 @@ def validate(config: ml_collections.ConfigDict, known_stages, known_selectors) -
   shard_size = _expect_type(config, 'export.shard_size', (int,), 'an integer')
   if shard_size <= 0:
     raise ConfigError(f'config.export.shard_size: must be positive, got {shard_size}')
+
+
+def _check_distributed(config):
+  """config.distributed, with the TADS_* variables it would read (no block: one process)."""
+  from tads_jax import distributed  # pylint: disable=g-import-not-at-top
+  try:
+    distributed.settings(config)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
 
 
 def _check_evaluate(config, stages):

@@ -16,6 +16,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from tads_jax import config as config_lib
+from tads_jax import distributed
 from tads_jax import pipeline
 from tads_jax import selectors
 from tads_jax import stages as stages_lib
@@ -32,6 +33,10 @@ def run(config, workdir: str) -> dict:
 
   The Python entry point for notebooks; the CLI calls it too.
   """
+  try:  # first: joining a multi-process job must precede any use of a JAX device
+    distributed.initialize(config)
+  except ValueError as e:
+    raise config_lib.ConfigError(str(e)) from None
   config_lib.validate(config, stages_lib.STAGE_NAMES, selectors.SELECTORS)
   workdir = os.path.abspath(workdir)
   with workdir_lock.hold(workdir):

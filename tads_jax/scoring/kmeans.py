@@ -20,7 +20,10 @@ is Lloyd's algorithm exactly (up to float rounding, guarded by a margin), only c
 `prune=False` computes every row every time.
 
 fit_stream runs the same iterations over a source that yields the pool block by block (one
-pass per iteration), for pools that do not fit in memory.
+pass per iteration), for pools that do not fit in memory. Given the pool's shard sizes it
+sums each shard on its own and then all shards in shard order, through a gather hook, so
+that processes that each stream their own shards end every iteration with the centroids one
+process streaming them all would get, to the bit.
 
 Empty clusters keep their previous centroid: the rule needs no extra pass over the data and
 no collective, and stays deterministic across device counts. (faiss instead splits a large
@@ -328,7 +331,8 @@ def _init_centroids(take, n: int, d: int | None, k: int, key, init: str, init_ce
 
 def fit_stream(chunks, n: int, k: int, iters: int, key, chunk: int = 2048,
                init: str = 'kmeans++', matmul_dtype=jnp.float32, init_centroids=None,
-               init_sample: int = 65536, prune: bool = True, callback=None) -> KMeansResult:
+               init_sample: int = 65536, prune: bool = True, callback=None,
+               shard_rows=None, gather=None) -> KMeansResult:
   """fit for a pool larger than memory: each Lloyd iteration is one pass over a source that
   yields the rows block by block (e.g. one block per shard, read from disk).
 
@@ -345,11 +349,24 @@ def fit_stream(chunks, n: int, k: int, iters: int, key, chunk: int = 2048,
       normalized here), the same N rows in the same order on every call.
     n: the number of rows the source yields.
     init_sample: k-means++ runs on at most this many rows, held in memory.
+    shard_rows: for a pool split over processes (distributed.py): the row count of every
+      shard of the pool, in shard order (they add up to n). chunks() then yields
+      (shard index, [rows, D]) for this process's shards only, each shard whole.
+      Statistics are summed per shard, then over all shards in shard order, so that the
+      centroids do not depend on how the shards are split: two processes get the bytes one
+      process gets. (Those differ from a run without shard_rows by float rounding: the
+      sums are added in another order.)
+      The assignment then covers this process's rows, in the order its source yields them.
+    gather: with shard_rows, gather({shard index: value}) -> every process's shard values
+      in shard order (distributed.gather_by_shard); by default this process's alone.
   """
   if iters < 0 or chunk < 1:
     raise ValueError(f'k-means: iters must be >= 0 and chunk >= 1, got {iters}, {chunk}')
   if not 1 <= k <= n:
     raise ValueError(f'k-means: need 1 <= k <= N, got k={k}, N={n}')
+  if shard_rows is not None or gather is not None:
+    return _fit_shards(chunks, n, k, iters, key, chunk, init, matmul_dtype, init_centroids,
+                       init_sample, prune, callback, shard_rows, gather)
   centroids = _init_centroids(lambda idx: _take_rows(chunks, n, idx), n, None, k, key, init,
                               init_centroids, init_sample)
   chunk = min(chunk, -(-n // 8) * 8)  # a small pool does not pad to a big block
@@ -366,6 +383,89 @@ def fit_stream(chunks, n: int, k: int, iters: int, key, chunk: int = 2048,
       callback(i, history[-1], computed[-1])
     previous, centroids = centroids, update_centroids(sums, counts, centroids)
   return KMeansResult(centroids=np.asarray(previous), assignment=labels,
+                      objective=history.pop(), history=history, computed=computed)
+
+
+def _fit_shards(chunks, n, k, iters, key, chunk, init, matmul_dtype, init_centroids,
+                init_sample, prune, callback, shard_rows, gather) -> KMeansResult:
+  """fit_stream over shards that may be split between processes (its shard_rows, gather).
+
+  Each shard's pass starts from zero sums and resolves its own stale rows, so a shard's
+  statistics depend only on its rows and the centroids, wherever it is computed.
+  """
+  if shard_rows is None:
+    raise ValueError('k-means: gather needs shard_rows, the row count of every shard')
+  shard_rows = [int(r) for r in shard_rows]
+  if min(shard_rows, default=0) < 0 or sum(shard_rows) != n:
+    raise ValueError(f'k-means: shard_rows must be >= 0 and add up to N={n}, got '
+                     f'{len(shard_rows)} shards of {sum(shard_rows)} rows')
+  if gather is None:
+    gather = lambda per_shard: [per_shard[i] for i in sorted(per_shard)]  # noqa: E731
+  starts = np.cumsum([0] + shard_rows)
+
+  def shards():  # (index, [rows, D] float32) of this process's shards, checked
+    seen = set()
+    for index, part in chunks():
+      part = np.asarray(part, np.float32)
+      if not 0 <= index < len(shard_rows) or index in seen:
+        raise ValueError(f'k-means source: shard index {index} out of range [0, '
+                         f'{len(shard_rows)}) or yielded twice')
+      if part.ndim != 2 or part.shape[0] != shard_rows[index]:
+        raise ValueError(f'k-means source: shard {index} must be [{shard_rows[index]}, D], '
+                         f'got {part.shape}')
+      seen.add(index)
+      yield index, part
+
+  def take(idx):  # sorted global row indices (None: all) -> [m, D], gathered in row order
+    picked = {}
+    for index, part in shards():
+      if idx is None:
+        picked[index] = part
+      else:
+        lo, hi = np.searchsorted(idx, [starts[index], starts[index + 1]])
+        picked[index] = part[idx[lo:hi] - starts[index]]
+    rows = np.concatenate(gather(picked))
+    expected = n if idx is None else len(idx)
+    if rows.shape[0] != expected:
+      raise ValueError(f'k-means source: the processes yielded {rows.shape[0]} of the '
+                       f'{expected} rows asked for; a shard is missing')
+    return rows
+
+  centroids = _init_centroids(take, n, None, k, key, init, init_centroids, init_sample)
+  chunk = min(chunk, -(-n // 8) * 8)  # as fit_stream, from the pool's N on every process
+  labels, bound = {}, {}  # per shard of this process: [rows] labels and bounds
+  previous = centroids
+  history, computed = [], []
+  for i in range(iters + 1):  # the last pass only assigns, to the final centroids
+    stats, order = {}, []
+    for index, part in shards():
+      rows = part.shape[0]
+      labels.setdefault(index, np.zeros(rows, np.int32))
+      bound.setdefault(index, np.full(rows, np.inf, np.float32))
+      sums, counts, total, rows_computed = _stream_pass(
+          lambda part=part: iter([part]), rows, centroids, previous, labels[index],
+          bound[index], chunk, matmul_dtype, prune)
+      stats[index] = (np.asarray(sums), np.asarray(counts),  # [k, D], [k] float32
+                      np.array([total, rows_computed, rows], np.float64))
+      order.append(index)
+    parts = gather(stats)  # every shard's, in shard order: the same list on every process
+    pool_rows = sum(part[2][2] for part in parts)
+    if pool_rows != n:
+      raise ValueError(f'k-means source: the processes yielded {int(pool_rows)} rows, expected '
+                       f'N={n}; a shard is missing')
+    sums, counts = parts[0][0], parts[0][1]
+    total, rows_computed = parts[0][2][0], parts[0][2][1]
+    for part in parts[1:]:
+      sums, counts = sums + part[0], counts + part[1]
+      total, rows_computed = total + part[2][0], rows_computed + part[2][1]
+    history.append(float(total) / n)
+    computed.append(float(rows_computed) / n)
+    if callback is not None:
+      callback(i, history[-1], computed[-1])
+    previous, centroids = centroids, update_centroids(jnp.asarray(sums), jnp.asarray(counts),
+                                                      centroids)
+  assignment = np.concatenate([np.zeros(0, np.int32)] + [labels[i] for i in order])
+  return KMeansResult(centroids=np.asarray(previous), assignment=assignment,
                       objective=history.pop(), history=history, computed=computed)
 
 

@@ -1,0 +1,294 @@
+"""distributed.py: config checks, the one-process identities, and a 2-process job on localhost
+whose collectives and streaming k-means give the bytes one process gets.
+
+The 2-process job runs this file as a script (`python tests/test_distributed.py pair|single
+OUT`), one device per process, so that no child inherits conftest's 8 devices.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from tads_jax import config as config_lib
+from tads_jax import distributed
+from tads_jax import main
+from tads_jax.scoring import kmeans
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CHILD_TIMEOUT_S = 150  # a hung collective fails the test instead of hanging CI
+
+
+def _config(**fields):
+  block = dict(enabled=False, coordinator_address='', num_processes=None, process_id=None)
+  block.update(fields)
+  return ml_collections.ConfigDict({'distributed': block})
+
+
+@pytest.fixture
+def no_job(monkeypatch):
+  """An environment that shows no multi-process job, whatever machine runs the test."""
+  for variable in distributed.ENV.values():
+    monkeypatch.delenv(variable, raising=False)
+  monkeypatch.setattr(distributed, '_cluster_detected', lambda: False)
+
+
+# ---------------------------------------------------------------------------------------
+# Config checks.
+
+
+@pytest.mark.parametrize('field,value,message', [
+    ('enabled', 'yes', r"config.distributed.enabled: True, False or 'auto', got 'yes'"),
+    ('enabled', 1, r"config.distributed.enabled: True, False or 'auto', got 1"),
+    ('coordinator_address', 'localhost', r"config.distributed.coordinator_address: expected "
+                                         r"'host:port', got 'localhost'"),
+    ('coordinator_address', 'h:99999', r'config.distributed.coordinator_address: port out'),
+    ('num_processes', 0, r'config.distributed.num_processes: must be >= 1, got 0'),
+    ('num_processes', True, r'config.distributed.num_processes: expected an integer'),
+    ('process_id', -1, r'config.distributed.process_id: must be >= 0, got -1'),
+])
+def test_bad_values_name_the_field(field, value, message, tmp_path, no_job):
+  good = dict(enabled=True, coordinator_address='127.0.0.1:1234', num_processes=2,
+              process_id=0)
+  with pytest.raises(ValueError, match=message):
+    distributed.settings(_config(**dict(good, **{field: value})))
+  from configs import default  # pylint: disable=g-import-not-at-top
+  full = default.get_config()  # disabled: its values are checked all the same
+  with full.ignore_type():
+    full.distributed[field] = value
+  with pytest.raises(config_lib.ConfigError, match=message):
+    main.run(full, str(tmp_path / 'work'))
+  assert not (tmp_path / 'work').exists()  # failed before any work
+
+
+def test_process_id_must_be_below_the_count(no_job):
+  with pytest.raises(ValueError, match=r'config.distributed.process_id: must be < '
+                                       r'num_processes=2, got 2'):
+    distributed.settings(_config(enabled=True, num_processes=2, process_id=2))
+
+
+def test_unknown_field_is_named():
+  c = _config()
+  c.distributed.port = 3
+  with pytest.raises(ValueError, match=r'config.distributed.port: unknown field'):
+    distributed.settings(c)
+
+
+def test_unset_fields_come_from_the_environment(monkeypatch):
+  monkeypatch.setenv('TADS_COORDINATOR_ADDRESS', '10.0.0.1:8476')
+  monkeypatch.setenv('TADS_NUM_PROCESSES', '4')
+  monkeypatch.setenv('TADS_PROCESS_ID', '3')
+  assert distributed.settings(_config(enabled='auto')) == distributed.Settings(
+      'auto', '10.0.0.1:8476', 4, 3)
+  # The config wins over the environment; a disabled block reads nothing from it.
+  assert distributed.settings(_config(enabled=True, num_processes=8)).num_processes == 8
+  assert distributed.settings(_config()) == distributed.Settings(False, None, None, None)
+  monkeypatch.setenv('TADS_NUM_PROCESSES', 'two')
+  with pytest.raises(ValueError, match=r"config.distributed.num_processes: "
+                                       r"TADS_NUM_PROCESSES: expected an integer, got 'two'"):
+    distributed.settings(_config(enabled=True))
+  distributed.settings(_config())  # disabled: the bad variable is not read
+
+
+def test_no_block_is_one_process():
+  assert distributed.settings(ml_collections.ConfigDict({'seed': 0})).enabled is False
+
+
+def test_single_process_configs_do_not_join(no_job):
+  assert distributed.initialize(_config()) is False
+  assert distributed.initialize(_config(enabled='auto')) is False
+  assert not jax.distributed.is_initialized()
+
+
+def test_enabled_without_an_address_or_cluster_says_what_is_missing(no_job):
+  with pytest.raises(ValueError, match=r'config.distributed.coordinator_address: not set '
+                                       r'\(nor TADS_COORDINATOR_ADDRESS\), and no cluster'):
+    distributed.initialize(_config(enabled=True, num_processes=2, process_id=0))
+  with pytest.raises(ValueError, match=r'config.distributed.coordinator_address: not set'):
+    distributed.initialize(_config(enabled='auto', num_processes=2))
+  assert not jax.distributed.is_initialized()
+
+
+# ---------------------------------------------------------------------------------------
+# One process: every collective is the identity.
+
+
+def test_one_process_collectives_are_the_identity():
+  assert distributed.process_count() == 1 and distributed.is_writer()
+  assert all(distributed.owns(i) for i in range(5))
+  x = np.arange(6.0).reshape(3, 2)
+  assert distributed.all_sum(x) is x
+  assert distributed.all_gather_rows(x) is x
+  assert distributed.broadcast(x) is x
+  row = x[0]
+  first, second = distributed.gather_by_shard({2: x, 0: (x, row)})  # in shard order
+  assert first[0] is x and first[1] is row and second is x
+  with pytest.raises(ValueError, match='all_sum: needs numbers'):
+    distributed.all_sum(np.ones(2, bool))
+  with pytest.raises(ValueError, match='all_gather_rows: needs an array with a row axis'):
+    distributed.all_gather_rows(np.float32(1))
+  with pytest.raises(ValueError, match='gather_by_shard: shard indices must be integers'):
+    distributed.gather_by_shard({'a': x})
+
+
+def test_bucket_pads_little():
+  for size in (0, 1, 1024, 1025, 5000, 10 ** 6, 3 * 2 ** 20 + 1):
+    width = distributed._bucket(size)  # pylint: disable=protected-access
+    assert size <= width <= max(1024, size * 9 // 8 + 1)
+
+
+# ---------------------------------------------------------------------------------------
+# Two processes on localhost.
+
+SHARD_ROWS = [40, 0, 37, 64, 23, 50, 31]  # shard 1 empty; 2 processes own 4 and 3 shards
+K, ITERS = 6, 5
+
+
+def _process_data(p: int) -> dict:
+  """What process p contributes; every process can rebuild every other's, to check."""
+  rng = np.random.default_rng(100 + p)
+  return dict(f64=rng.normal(size=(3, 4)),                    # float64 survives (x64 off)
+              i64=rng.integers(2 ** 40, 2 ** 41, size=5),      # so does int64
+              rows=rng.normal(size=(3 * p, 2)).astype(np.float32),  # process 0: no rows
+              big=rng.integers(0, 2 ** 62, size=700))          # over the 1 KiB bucket
+
+
+def _shard_value(i: int):
+  """A per-shard value of varying shape and type (every third one a tuple)."""
+  rng = np.random.default_rng(200 + i)
+  if i % 3 == 0:
+    return (np.arange(i, dtype=np.float32), np.array(i * 1.5))
+  return rng.integers(0, 100, size=(i, 2)).astype(np.int16)
+
+
+def _kmeans_pool() -> np.ndarray:  # [N, 16] float32: K noisy directions
+  rng = np.random.default_rng(3)
+  centres = rng.normal(size=(K, 16))
+  labels = rng.integers(0, K, size=sum(SHARD_ROWS))
+  return (centres[labels] + 0.6 * rng.normal(size=(len(labels), 16))).astype(np.float32)
+
+
+def _same(a, b) -> bool:
+  if isinstance(a, tuple) or isinstance(b, tuple):
+    return (isinstance(a, tuple) and isinstance(b, tuple) and len(a) == len(b) and
+            all(_same(x, y) for x, y in zip(a, b)))
+  return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+def _check_collectives(p: int, count: int):
+  """Each collective against the answer computed here from every process's data."""
+  data = [_process_data(q) for q in range(count)]
+  for key in ('f64', 'i64'):
+    expected = data[0][key]
+    for q in range(1, count):
+      expected = expected + data[q][key]
+    got = distributed.all_sum(data[p][key])
+    assert _same(got, expected), f'all_sum {key}: {got} != {expected}'
+  got = distributed.all_gather_rows(data[p]['rows'])
+  assert _same(got, np.concatenate([d['rows'] for d in data])), f'all_gather_rows: {got}'
+  for key in ('f64', 'big'):
+    got = distributed.broadcast(data[0][key] if p == 0 else None)
+    assert _same(got, data[0][key]), f'broadcast {key}: {got}'
+  assert [i for i in range(7) if distributed.owns(i)] == list(range(p, 7, count))
+  assert distributed.is_writer() == (p == 0)
+  got = distributed.gather_by_shard({i: _shard_value(i) for i in range(7)
+                                     if distributed.owns(i)})
+  assert len(got) == 7 and all(_same(g, _shard_value(i)) for i, g in enumerate(got)), got
+
+
+def _child(mode: str, out: str):
+  """One process of the 2-process job ('pair': TADS_* set) or the one-process reference
+  ('single'): checks the collectives, fits the streaming k-means over the shards it owns
+  and saves what it got to out + '_<process>.npz'."""
+  joined = distributed.initialize(_config(enabled='auto'))
+  assert joined == (mode == 'pair'), joined
+  assert distributed.initialize(_config(enabled='auto')) == joined  # a repeat call is fine
+  p, count = distributed.process_index(), distributed.process_count()
+  assert count == (2 if mode == 'pair' else 1), count
+  _check_collectives(p, count)
+
+  pool = _kmeans_pool()
+  starts = np.cumsum([0] + SHARD_ROWS)
+  owned = [i for i in range(len(SHARD_ROWS)) if distributed.owns(i)]
+
+  def chunks():
+    for i in owned:
+      yield i, pool[starts[i]:starts[i + 1]]
+
+  fit = kmeans.fit_stream(chunks, len(pool), K, ITERS, jax.random.key(7), chunk=16,
+                          init_sample=100, shard_rows=SHARD_ROWS,
+                          gather=distributed.gather_by_shard)
+  local = np.split(fit.assignment, np.cumsum([SHARD_ROWS[i] for i in owned])[:-1])
+  assignment = np.concatenate(distributed.gather_by_shard(dict(zip(owned, local))))
+  saved = dict(centroids=fit.centroids, assignment=assignment, history=np.array(fit.history),
+               objective=np.array(fit.objective), computed=np.array(fit.computed))
+  if mode == 'single':  # the plain stream (no shard_rows): the same k-means, other rounding
+    plain = kmeans.fit_stream(
+        lambda: (pool[starts[i]:starts[i + 1]] for i in range(len(SHARD_ROWS))), len(pool),
+        K, ITERS, jax.random.key(7), chunk=16, init_sample=100)
+    saved.update(plain_centroids=plain.centroids, plain_assignment=plain.assignment)
+  np.savez(f'{out}_{p}.npz', **saved)
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_get_the_bytes_one_process_gets(tmp_path):
+  flags = [f for f in os.environ.get('XLA_FLAGS', '').split()
+           if not f.startswith('--xla_force_host_platform_device_count')]
+  env = {k: v for k, v in os.environ.items() if k not in distributed.ENV.values()}
+  env.update(XLA_FLAGS=' '.join(flags + ['--xla_force_host_platform_device_count=1']),
+             PYTHONPATH=os.pathsep.join([REPO, env.get('PYTHONPATH', '')]).rstrip(os.pathsep),
+             JAX_PLATFORMS='cpu')
+  address = f'127.0.0.1:{_free_port()}'
+  runs = [('pair', dict(TADS_COORDINATOR_ADDRESS=address, TADS_NUM_PROCESSES='2',
+                        TADS_PROCESS_ID=str(p))) for p in range(2)] + [('single', {})]
+  procs, logs = [], []
+  for i, (mode, extra) in enumerate(runs):
+    log = open(tmp_path / f'child{i}.log', 'w')  # pylint: disable=consider-using-with
+    logs.append(log)
+    procs.append(subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), mode, str(tmp_path / mode)],
+        env=dict(env, **extra), stdout=log, stderr=subprocess.STDOUT, cwd=REPO))
+  deadline = time.monotonic() + CHILD_TIMEOUT_S
+  try:
+    for proc in procs:
+      proc.wait(timeout=max(deadline - time.monotonic(), 1))
+  except subprocess.TimeoutExpired:
+    pass
+  finally:
+    for proc in procs:
+      if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    for log in logs:
+      log.close()
+  outputs = [(tmp_path / f'child{i}.log').read_text()[-3000:] for i in range(len(procs))]
+  for i, proc in enumerate(procs):
+    assert proc.returncode == 0, (f'child {i} ({runs[i][0]}) exited {proc.returncode} '
+                                  f'(-9: killed after {CHILD_TIMEOUT_S} s):\n{outputs[i]}')
+
+  single = np.load(tmp_path / 'single_0.npz')
+  for p in range(2):
+    pair = np.load(tmp_path / f'pair_{p}.npz')
+    for key in ('centroids', 'assignment', 'history', 'objective', 'computed'):
+      assert _same(pair[key], single[key]), (p, key, pair[key], single[key])
+  # And it is k-means: the plain stream's answer up to rounding, a real clustering.
+  np.testing.assert_allclose(single['centroids'], single['plain_centroids'], atol=1e-5)
+  np.testing.assert_array_equal(single['assignment'], single['plain_assignment'])
+  assert single['assignment'].shape == (sum(SHARD_ROWS),)
+  assert len(np.unique(single['assignment'])) == K
+  assert single['computed'][-1] < 1.0  # the bounds skipped rows, per shard too
+
+
+if __name__ == '__main__':
+  _child(sys.argv[1], sys.argv[2])
