@@ -210,6 +210,25 @@ def atomic_write(path: str, suffix: str = ''):
     raise
 
 
+# Rows per parquet row group and per streamed batch of the per-sample tables: a reader
+# holds one row group of the columns it reads, so this, not the pool, bounds its memory.
+ROW_GROUP = 65536
+
+
+def write_rows(table, path: str) -> None:
+  """A per-sample table as parquet, in row groups of ROW_GROUP rows."""
+  import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
+  pq.write_table(table, path, row_group_size=ROW_GROUP)
+
+
+def iter_rows(path: str, columns=None, batch_size: int = ROW_GROUP):
+  """The record batches of a parquet file, read one row group at a time: no pre-buffering
+  or threaded read-ahead, which hold more of the file than the batch."""
+  import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
+  reader = pq.ParquetFile(path, pre_buffer=False)
+  return reader.iter_batches(batch_size=batch_size, columns=columns, use_threads=False)
+
+
 def write_json_atomic(path: str, obj) -> None:
   with atomic_write(path) as tmp, open(tmp, 'w') as f:
     json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)

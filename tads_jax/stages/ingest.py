@@ -24,6 +24,7 @@ import os
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tads_jax import pipeline
@@ -274,7 +275,7 @@ def run(ctx) -> dict:
                      f'the pool has no usable sample (skipped by reason: '
                      f'{dict(sorted(skips.items())) or "none; the sources are empty"})')
   with pipeline.atomic_write(ctx.path('ingest', SAMPLES)) as tmp:
-    pq.write_table(table, tmp)
+    pipeline.write_rows(table, tmp)
 
   summary = {
       'format': config.pool.format,
@@ -316,9 +317,15 @@ def rows_by_shard(ctx, paths: list, columns):
     yield from ((p, {c: [] for c in columns}) for p in paths[next_path:order[current]])
     yield current, rows
 
-  for batch in pq.ParquetFile(where).iter_batches(columns=names, batch_size=65536):
-    cols = batch.to_pydict()
-    for i, shard in enumerate(cols['shard']):
+  for batch in pipeline.iter_rows(where, names):
+    # Runs of one shard, found on the column's dictionary codes: a str per row is made
+    # only for the columns asked for.
+    codes = pc.dictionary_encode(batch.column('shard'))
+    names_of = codes.dictionary.to_pylist()
+    index = codes.indices.to_numpy(zero_copy_only=False)
+    starts = np.flatnonzero(np.diff(index, prepend=-1))
+    for start, end in zip(starts, np.append(starts[1:], len(index))):
+      shard = names_of[index[start]]
       if shard != current:
         if current is not None:
           yield from finish()
@@ -331,7 +338,7 @@ def rows_by_shard(ctx, paths: list, columns):
                            'rerun ingest')
         current, rows = shard, {c: [] for c in columns}
       for c in columns:
-        rows[c].append(cols[c][i])
+        rows[c] += batch.column(c).slice(int(start), int(end - start)).to_pylist()
   if current is not None:
     yield from finish()
     next_path = order[current] + 1
