@@ -12,6 +12,8 @@ all usable with any selector's scores:
 """
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from tads_jax import selectors
 
@@ -28,17 +30,48 @@ def topk_counts(scores: np.ndarray, uids, fraction: float, eligible=None) -> np.
   Ties (and NaN scores, which rank last) are broken by uid, so the same scores always give
   the same subset whatever the order of the rows. Rows where `eligible` [N] is False are
   never selected (the subset is smaller when fewer than the budget are eligible).
+
+  The cut is the k-th largest score (a partition, not a sort); only the rows tied with it
+  have their uids read, so `uids` (a list, an array or a pyarrow column) is never
+  converted whole.
   """
   scores = np.asarray(scores, dtype=np.float64)
   n = len(scores)
   k = int(round(fraction * n))
-  order_key = np.where(np.isnan(scores), -np.inf, scores)
-  order = np.lexsort((np.asarray(uids), -order_key))  # last key is primary
-  if eligible is not None:
-    order = order[np.asarray(eligible, bool)[order]]
+  key = np.where(np.isnan(scores), -np.inf, scores)  # [N]
+  if eligible is not None:  # an ineligible row is below every eligible one, and never kept
+    eligible = np.asarray(eligible, bool)
+    key[~eligible] = np.nan
   counts = np.zeros(n, np.int64)
-  counts[order[:k]] = 1
+  m = n if eligible is None else int(eligible.sum())
+  if k >= m:
+    counts[slice(None) if eligible is None else eligible] = 1
+    return counts
+  if k == 0:
+    return counts
+  candidates = key if eligible is None else key[eligible]
+  cut = np.partition(candidates, m - k)[m - k]  # the k-th largest eligible key
+  del candidates
+  above = np.flatnonzero(key > cut)  # NaN (ineligible) compares False
+  tied = np.flatnonzero(key == cut)
+  tied_uids = np.asarray(take_uids(uids, tied))
+  counts[above] = 1
+  counts[tied[np.argsort(tied_uids, kind='stable')[:k - len(above)]]] = 1
   return counts
+
+
+def take_uids(uids, rows: np.ndarray) -> list:
+  """uids[rows] as a list of str, from a list, an array or a pyarrow column."""
+  if hasattr(uids, 'take') and not isinstance(uids, np.ndarray):  # pyarrow
+    return uids.take(pa.array(rows, pa.int64())).to_pylist()
+  return [uids[i] for i in rows]
+
+
+def uid_order(uids) -> np.ndarray:  # -> [N] int64
+  """Row indices in uid order (a pyarrow column is sorted without making N str objects)."""
+  if hasattr(uids, 'take') and not isinstance(uids, np.ndarray):
+    return pc.sort_indices(uids).to_numpy().astype(np.int64)
+  return np.argsort(np.asarray(uids), kind='stable')
 
 
 def soft_cap_counts(scores: np.ndarray, uids, fraction: float, *, batch_size: int,
@@ -59,7 +92,7 @@ def soft_cap_counts(scores: np.ndarray, uids, fraction: float, *, batch_size: in
   if penalty < 0 or temperature <= 0:
     raise ValueError(f'soft cap sampling: needs penalty >= 0 and temperature > 0, got '
                      f'penalty={penalty}, temperature={temperature}')
-  order = np.argsort(np.asarray(uids), kind='stable')  # canonical row order
+  order = uid_order(uids)  # canonical row order
   logits = scores[order] / temperature  # [N]
   drawable = ~np.isnan(logits)
   logits = np.where(drawable, logits, -np.inf)
@@ -101,7 +134,7 @@ def hard_cap_counts(scores: np.ndarray, uids, fraction: float, *, batch_size: in
                      f'batch_size={batch_size}, cap={cap}')
   if temperature <= 0:
     raise ValueError(f'hard cap sampling: needs temperature > 0, got {temperature}')
-  order = np.argsort(np.asarray(uids), kind='stable')  # canonical row order
+  order = uid_order(uids)  # canonical row order
   logits = scores[order] / temperature  # [N]
   drawable = ~np.isnan(logits)
   counts = np.zeros(n, np.int64)
@@ -179,10 +212,14 @@ def select(config, selector: selectors.Selector, state, inputs: selectors.Inputs
   either way duplicates excluded by selection.dedup are never selected."""
   values = selectors.run_selector(selector, config, state, inputs)
   eligible = eligible_rows(inputs.features, dedup_mode(config))
+  return values.astype(np.float64), counts_of(config, selector, values,
+                                              inputs.features.column('uid'), eligible)
+
+
+def counts_of(config, selector: selectors.Selector, values, uids, eligible) -> np.ndarray:
+  """The counts [N] of a selector's values (run_selector's) under config.selection."""
   if selector.output_for(config) == 'counts':
-    counts = values if eligible is None else np.where(eligible, values, 0)
-    return values.astype(np.float64), counts
+    return values if eligible is None else np.where(eligible, values, 0)
   s = config.selection
-  counts = counts_for(s.method, values, inputs.uids, s.fraction, s.get(s.method),
-                      seed=config.seed, eligible=eligible)
-  return values, counts
+  return counts_for(s.method, values, uids, s.fraction, s.get(s.method), seed=config.seed,
+                    eligible=eligible)

@@ -8,6 +8,8 @@ resharder counts them with searchsorted (left/right) and writes that many copies
 import re
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from tads_jax import pipeline
 
@@ -23,11 +25,42 @@ def check_uid(uid: str, where: str = "uid") -> str:
 
 
 def uids_to_array(uids) -> np.ndarray:
-  """Converts 32-hex-char uid strings to an (unsorted) array of dtype ("u8,u8")."""
+  """Converts 32-hex-char uid strings (a list, or a pyarrow string column, converted
+  without making a str per row) to an (unsorted) array of dtype ("u8,u8")."""
+  if isinstance(uids, (pa.Array, pa.ChunkedArray)):
+    return _arrow_uids_to_array(uids)
   out = np.empty(len(uids), dtype=UID_DTYPE)
   for i, uid in enumerate(uids):
     uid = check_uid(uid)
     out[i] = (int(uid[:16], 16), int(uid[16:], 16))
+  return out
+
+
+_NIBBLE = np.full(256, 255, np.uint8)  # hex digit byte -> its value; 255: not a hex digit
+_NIBBLE[np.frombuffer(b"0123456789abcdef", np.uint8)] = np.arange(16)
+_NIBBLE[np.frombuffer(b"ABCDEF", np.uint8)] = np.arange(10, 16)
+_SHIFTS = np.arange(60, -4, -4, dtype=np.uint64)  # digit j of a half -> bits 60 - 4j
+
+
+def _arrow_uids_to_array(uids, rows: int = 8192) -> np.ndarray:
+  """uids_to_array for a pyarrow column, from its bytes, `rows` uids at a time."""
+  column = uids.combine_chunks() if isinstance(uids, pa.ChunkedArray) else uids
+  column = column.cast(pa.string())
+  out = np.empty(len(column), dtype=UID_DTYPE)
+  for start in range(0, len(column), rows):
+    part = column.slice(start, rows)
+    lengths = pc.fill_null(pc.binary_length(part), 0).to_numpy()
+    if (lengths != 32).any():  # a null, or not 32 bytes: raises naming it
+      check_uid(part[int(np.flatnonzero(lengths != 32)[0])].as_py())
+    offsets = np.frombuffer(part.buffers()[1], np.int32)[part.offset:part.offset + len(part)]
+    data = np.frombuffer(part.buffers()[2], np.uint8)
+    digits = _NIBBLE[data[offsets[:, None] + np.arange(32)]]  # [m, 32]
+    bad = (digits == 255).any(axis=1)
+    if bad.any():  # not a hex digit: raises naming it
+      check_uid(part[int(np.flatnonzero(bad)[0])].as_py())
+    digits = digits.astype(np.uint64)
+    out["f0"][start:start + len(part)] = np.bitwise_or.reduce(digits[:, :16] << _SHIFTS, 1)
+    out["f1"][start:start + len(part)] = np.bitwise_or.reduce(digits[:, 16:] << _SHIFTS, 1)
   return out
 
 
@@ -41,16 +74,24 @@ def write_subset(path: str, uids, counts=None) -> np.ndarray:
 
   Written to a temporary name and renamed, so a reader never sees half a file.
   """
-  array = uids_to_array(list(uids))
-  if counts is not None:
+  if counts is None:
+    array = uids_to_array(uids if _is_arrow(uids) else list(uids))
+  else:
     counts = np.asarray(counts, dtype=np.int64)
-    if counts.shape != (len(array),) or (counts < 0).any():
-      raise ValueError(f"{path}: counts must be {len(array)} non-negative integers")
-    array = np.repeat(array, counts)
+    if counts.shape != (len(uids),) or (counts < 0).any():
+      raise ValueError(f"{path}: counts must be {len(uids)} non-negative integers")
+    kept = np.flatnonzero(counts)  # only the kept rows' uids are converted
+    picked = (uids.take(pa.array(kept, pa.int64())) if _is_arrow(uids)
+              else [uids[i] for i in kept])
+    array = np.repeat(uids_to_array(picked), counts[kept])
   array = np.sort(array)
   with pipeline.atomic_write(path, suffix='.npy') as tmp:
     np.save(tmp, array)
   return array
+
+
+def _is_arrow(uids) -> bool:
+  return isinstance(uids, (pa.Array, pa.ChunkedArray))
 
 
 def read_subset(path: str) -> np.ndarray:

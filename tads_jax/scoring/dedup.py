@@ -49,35 +49,40 @@ def semdedup_flags_stream(chunks, assignment, quality, eps: float, scratch: str,
   assignment's row order. One pass writes them to `scratch`, a float32 file, sorted by
   cluster and quality, so that each cluster is then read back as one contiguous slice;
   the file is removed at the end. Memory holds one source block and one cluster, never
-  [N, D]; the pool's embeddings pass through the file (and the OS page cache) once.
+  [N, D]; the pool's embeddings pass through the file (and the OS page cache) once. The
+  file is written and read with pwrite / pread, not mapped: a mapping's pages would count
+  in this process's resident memory, up to the whole file.
   """
   order, assignment = _cluster_order(assignment, quality, eps, block)
   n = order.shape[0]
   rank = np.empty(n, np.int64)  # [N] position of each row in the scratch file
   rank[order] = np.arange(n)
-  table, seen = None, 0
+  fd, width, seen = os.open(scratch, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644), None, 0
   try:
     for part in chunks():
-      part = np.asarray(part)
-      if part.ndim != 2 or (table is not None and part.shape[1] != table.shape[1]):
+      part = np.asarray(part, np.float32)
+      if part.ndim != 2 or (width is not None and part.shape[1] != width):
         raise ValueError(f'semdedup_flags_stream: blocks must be [b, D] of one width, got '
                          f'{part.shape}')
       if seen + part.shape[0] > n:
         raise ValueError(f'semdedup_flags_stream: the source yields more than the N={n} '
                          'rows of assignment')
-      if table is None:
-        table = np.memmap(scratch, np.float32, 'w+', shape=(max(n, 1), part.shape[1]))
-      where = rank[seen:seen + part.shape[0]]
-      table[np.sort(where)] = part[np.argsort(where)]  # in file order: fewer page faults
+      width = part.shape[1]
+      for row, position in zip(part, rank[seen:seen + part.shape[0]]):
+        os.pwrite(fd, row.tobytes(), int(position) * width * 4)
       seen += part.shape[0]
     if seen != n:
       raise ValueError(f'semdedup_flags_stream: the source yielded {seen} rows, assignment '
                        f'has N={n}')
-    if table is None:
+    if width is None:
       return np.zeros(0, bool)
-    return _flag_clusters(order, assignment, eps, block, lambda start, end: table[start:end])
+
+    def rows_of(start, end):  # one cluster's rows, contiguous in the file
+      data = os.pread(fd, (end - start) * width * 4, start * width * 4)
+      return np.frombuffer(data, np.float32).reshape(end - start, width)
+    return _flag_clusters(order, assignment, eps, block, rows_of)
   finally:
-    del table
+    os.close(fd)
     if os.path.exists(scratch):
       os.remove(scratch)
 

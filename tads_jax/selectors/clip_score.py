@@ -42,6 +42,6 @@ def score(config, state, inputs: selectors.Inputs) -> np.ndarray:  # -> [N]
 
 selectors.register(selectors.Selector(
     name='clip_score', score=score, needs=('features',), output=output,
-    check_config=check_config,
+    check_config=check_config, columns=(COLUMN,), rowwise=True,
     doc='top fraction of the pool by reference CLIP image-caption cosine, or every sample '
         'at or above `clip_score.threshold` (DataComp)'))

@@ -236,7 +236,7 @@ def normsim_check(config) -> None:
 
 def normsim_score(config, state, inputs: selectors.Inputs) -> np.ndarray:  # -> [N]
   del state
-  image_emb, _ = inputs.embeddings('normsim')
+  image_emb, _ = inputs.embedding_rows('normsim')  # read a chunk at a time
   return normsim(image_emb, target_images(inputs, 'normsim'), p_option(config, 'normsim'))
 
 
@@ -301,7 +301,7 @@ def combined_score(config, state, inputs: selectors.Inputs) -> np.ndarray:  # ->
 
 selectors.register(selectors.Selector(
     name='normsim', score=normsim_score, needs=('embeddings', 'tasks'),
-    check_config=normsim_check,
+    check_config=normsim_check, columns=(), rowwise=True,
     doc='top fraction by NormSim_p: the p-norm of the image\'s cosines to the tasks\' train '
         'images (Wang et al. 2024)'))
 

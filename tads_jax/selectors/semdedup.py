@@ -20,7 +20,9 @@ Where this differs from their code, and why:
   - Threshold: cosine >= 1 - eps drops (their `M > 1 - eps`); only exact ties differ.
   - k-means: our JAX spherical Lloyd iterations (scoring/kmeans.py) on every point, where
     faiss trains on at most 256 points per centroid by default and splits empty clusters;
-    k is capped at the pool size, as the features stage caps its k.
+    k is capped at the pool size, as the features stage caps its k. The iterations stream
+    the pool block by block (kmeans.fit_stream; k-means++ starts from at most 65,536
+    sampled points), so memory holds one block, never [N, E].
 """
 
 import jax
@@ -34,6 +36,7 @@ from tads_jax.scoring import kmeans
 NAME = 'semdedup'
 INITS = ('random', 'kmeans++')
 _CHUNK = 4096  # pool rows per jitted assignment call
+_BLOCK = 65536  # pool rows read at a time by each k-means pass
 
 
 def options(config) -> dict:
@@ -56,10 +59,12 @@ def check_config(config) -> None:
 def fit(config, inputs: selectors.Inputs) -> dict:
   """Spherical k-means on the pool's image embeddings: {'centroids' [k, E]}."""
   o = options(config)
-  image_emb, _ = inputs.embeddings(NAME)
-  k = min(o['k'], image_emb.shape[0])
-  result = kmeans.fit(image_emb, k, o['iters'], jax.random.PRNGKey(config.seed),
-                      init=o['init'])
+  n = inputs.num_rows
+  k = min(o['k'], n)
+  image_emb, _ = inputs.embedding_rows(NAME)
+  blocks = lambda: (image_emb[start:start + _BLOCK] for start in range(0, n, _BLOCK))
+  result = kmeans.fit_stream(blocks, n, k, o['iters'], jax.random.PRNGKey(config.seed),
+                             init=o['init'])
   return {'centroids': np.asarray(result.centroids, np.float32), 'k': k,
           'objective': float(result.objective)}
 
@@ -84,7 +89,7 @@ def assign(image_emb, centroids) -> tuple[np.ndarray, np.ndarray]:
 def score(config, state, inputs: selectors.Inputs) -> np.ndarray:  # -> [N] int64
   """1 for the samples SemDeDup keeps, 0 for the near-duplicates it drops."""
   eps = options(config)['eps']
-  image_emb, _ = inputs.embeddings(NAME)
+  image_emb, _ = inputs.embedding_rows(NAME)  # read a chunk, then a cluster, at a time
   cluster, cosine = assign(image_emb, state['centroids'])
   # keep_hard: visit the sample farthest from its centroid first (largest 1 - cos).
   duplicate = dedup.semdedup_flags(image_emb, cluster, 1.0 - cosine.astype(np.float64), eps)
@@ -96,7 +101,7 @@ def summary(state) -> dict:
 
 
 selectors.register(selectors.Selector(
-    name=NAME, score=score, fit=fit, needs=('embeddings',), output='counts',
+    name=NAME, score=score, fit=fit, needs=('embeddings',), output='counts', columns=(),
     check_config=check_config, summary=summary, config_fields=('seed',),
     doc='drops image near-duplicates (cosine >= 1 - eps) inside spherical k-means clusters, '
         'keeping the one farthest from the centroid (SemDeDup)'))

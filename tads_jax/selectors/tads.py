@@ -10,6 +10,8 @@ shape, the meta-learning history and the prior's and learned feature weights.
 score (in the select stage): V(z) of every sample with the learned params.
 """
 
+import functools
+
 from absl import logging
 import jax
 import numpy as np
@@ -64,6 +66,7 @@ def fit(config, inputs: selectors.Inputs) -> dict:
   x = value.feature_matrix(inputs.features, names, where='features')  # [N, F]
   standardizer = value.Standardizer.fit(x, names)
   z = standardizer.transform(x)  # [N, F]
+  del x  # memory: one [N, F] copy of the features
   module = value.make_value_function(names, dict(t.prior), tuple(t.hidden))
   params = value.init_params(module, config.seed)
   prior = value.feature_weights(module, params, z)
@@ -71,7 +74,7 @@ def fit(config, inputs: selectors.Inputs) -> dict:
   cfg, steps = meta_config(config)
   history = {}
   if steps:
-    image_emb, text_emb = inputs.embeddings('tads')
+    image_emb, text_emb = inputs.embedding_rows('tads')  # gathered a batch at a time
     tasks = [dict(task) for task in inputs.task_list('tads')]
     layout = sharding.from_config(config)
     cfg = meta.fit_batch_to_pool(cfg, len(z), layout.mesh, 'config.tads.meta')
@@ -106,14 +109,28 @@ def score(config, state, inputs: selectors.Inputs) -> np.ndarray:  # -> [N]
   params = state['params']
   x = value.feature_matrix(inputs.features, standardizer.names, where='features')
   z = standardizer.transform(x)  # [N, F]
-  apply = jax.jit(lambda p, z: module.apply({'params': p}, z))
-  chunk = 65536
-  out = [np.asarray(apply(params, z[i:i + chunk])) for i in range(0, len(z), chunk)]
+  # Fixed-size blocks (the tail padded): one program, and a row's score the same bits
+  # whether the pool is scored whole or a shard at a time.
+  out = []
+  for i in range(0, len(z), _SCORE_ROWS):
+    block = z[i:i + _SCORE_ROWS]
+    padded = np.pad(block, ((0, _SCORE_ROWS - len(block)), (0, 0)))
+    out.append(np.asarray(_apply(module, params, padded))[:len(block)])
   return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
+
+
+_SCORE_ROWS = 4096
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _apply(module, params, z):  # [B, F] -> [B]
+  return module.apply({'params': params}, z)
 
 
 selectors.register(selectors.Selector(
     name='tads', fit=fit, score=score, needs=needs, score_needs=('features',), learns=True,
+    columns=lambda config, names: value.input_columns(names, tuple(config.tads.groups)),
+    rowwise=True,
     check_config=check_config, summary=summary, config_fields=('seed',),
     doc='TADS: a value function over quality, task relevance and diversity, meta-learned '
         'through unrolled proxy updates against the tasks (this project)'))

@@ -363,14 +363,104 @@ def pool_embeddings(ctx, subset=None) -> tuple[list, np.ndarray, np.ndarray, int
             else subset_lib.times_selected(subset, shard_uids) > 0)  # [n]
     if not keep.any():
       continue
-    image, text = shard_embeddings(ctx, path, shard_uids)
+    image, text = stored_embeddings(ctx, path, shard_uids)
     uids += [u for u, k in zip(shard_uids, keep) if k]
-    image_emb.append(image[keep].astype(STORE_DTYPE).astype(np.float32))  # [n_kept, E]
-    text_emb.append(text[keep].astype(STORE_DTYPE).astype(np.float32))
+    image_emb.append(image[keep])  # [n_kept, E]
+    text_emb.append(text[keep])
   if not uids:
     raise ValueError(f'{ctx.stage_dir("embed")}: no embedded pool sample '
                      f'{"is in the subset" if subset is not None else "found"}')
   return uids, np.concatenate(image_emb), np.concatenate(text_emb), pool
+
+
+def stored_embeddings(ctx, path: str, uids: list) -> tuple[np.ndarray, np.ndarray]:
+  """shard_embeddings rounded to float16 (as float32): this stage stores float16, and a
+  DataComp pool's rows (normalized in float32 on load) get the same rounding, so every
+  reader of the pool's embeddings, whole or a shard at a time, sees the same values."""
+  image, text = shard_embeddings(ctx, path, uids)
+  return (image.astype(STORE_DTYPE).astype(np.float32),
+          text.astype(STORE_DTYPE).astype(np.float32))
+
+
+class RowFile:
+  """[N, E] float16 rows in a raw file, gathered by index as float32 (`rows[idx]`, idx an
+  int array in any order, or a slice): one pread per run of consecutive rows, no mmap, so
+  the pages read stay in the OS page cache and out of this process's memory."""
+
+  def __init__(self, path: str, rows: int, dim: int):
+    self.path, self.shape, self.dtype = path, (rows, dim), np.dtype(np.float32)
+    self.ndim = 2
+    self._row_bytes = dim * np.dtype(STORE_DTYPE).itemsize
+    self._fd = os.open(path, os.O_RDONLY)
+
+  def __getitem__(self, idx) -> np.ndarray:  # -> [len(idx), E] float32
+    if isinstance(idx, slice):
+      idx = np.arange(*idx.indices(self.shape[0]))
+    idx = np.asarray(idx, np.int64).reshape(-1)
+    if idx.size and (idx.min() < 0 or idx.max() >= self.shape[0]):
+      raise IndexError(f'{self.path}: row index out of range for {self.shape[0]} rows')
+    wanted, where = np.unique(idx, return_inverse=True)  # sorted distinct rows
+    out = np.empty((len(wanted), self.shape[1]), STORE_DTYPE)
+    starts = np.flatnonzero(np.diff(wanted, prepend=-2) != 1)  # first of each run
+    for begin, end in zip(starts, np.append(starts[1:], len(wanted))):
+      count = int(end - begin)
+      data = os.pread(self._fd, count * self._row_bytes, int(wanted[begin]) * self._row_bytes)
+      out[begin:end] = np.frombuffer(data, STORE_DTYPE).reshape(count, self.shape[1])
+    return out[where].astype(np.float32)
+
+  def close(self) -> None:
+    os.close(self._fd)
+
+
+class EmbeddingFiles:
+  """The pool's embeddings read from disk on every pass: what the stages give a selector
+  (selectors.Inputs.embedding_source) instead of [N, E] arrays.
+
+  blocks() yields one shard's (image_emb, text_emb) at a time, float32 with the stored
+  float16 values (as pool_embeddings returns them). rows() gives random access for batches
+  drawn across the pool: on first use one pass copies both sides into float16 files in
+  `spill_dir` (named as temporaries, so a killed run's copies are removed by the next),
+  read back row by row (RowFile); close() removes them.
+  """
+
+  def __init__(self, ctx, spill_dir: str):
+    self._ctx, self._spill_dir = ctx, spill_dir
+    self._paths = [r['path'] for r in ctx.summary('ingest')['per_source']]
+    self._rows = None
+
+  def blocks(self):
+    for path, rows in ingest.rows_by_shard(self._ctx, self._paths, ('uid',)):
+      if rows['uid']:
+        yield stored_embeddings(self._ctx, path, rows['uid'])
+
+  def rows(self) -> tuple[RowFile, RowFile]:
+    if self._rows is None:
+      os.makedirs(self._spill_dir, exist_ok=True)
+      paths = [os.path.join(self._spill_dir, f'pool_{side}.f16.tmp-{os.getpid()}')
+               for side in ('image', 'text')]
+      count, dim = 0, 0
+      try:
+        with open(paths[0], 'wb') as image_file, open(paths[1], 'wb') as text_file:
+          for image, text in self.blocks():
+            image_file.write(image.astype(STORE_DTYPE).tobytes())
+            text_file.write(text.astype(STORE_DTYPE).tobytes())
+            count, dim = count + len(image), image.shape[1]
+      except BaseException:
+        for path in paths:
+          if os.path.exists(path):
+            os.remove(path)
+        raise
+      if not count:
+        raise ValueError(f'{self._ctx.stage_dir("embed")}: no embedded pool sample found')
+      self._rows = tuple(RowFile(path, count, dim) for path in paths)
+    return self._rows
+
+  def close(self) -> None:
+    """Removes the spill files (the blocks need nothing closed)."""
+    for rows in self._rows or ():
+      rows.close()
+      os.remove(rows.path)
+    self._rows = None
 
 
 def task_fields(kind: str) -> tuple:

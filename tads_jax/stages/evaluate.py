@@ -551,14 +551,15 @@ def evaluate_baselines(ctx, mesh=None, names=None) -> dict:
   for name in names:
     if name != FULL:
       needs.update(selectors.get(name).needs_for(ctx.config))
-  inputs = learn_stage.selector_inputs(ctx, needs)
   out = {}
   for name in names:
     path = baseline_subset_path(ctx, name)
     directory = os.path.dirname(path)
     os.makedirs(directory, exist_ok=True)
     if not os.path.exists(path):
-      subset_lib.write_subset(path, inputs.uids, baseline_counts(ctx, name, inputs, directory))
+      with learn_stage.selector_inputs(ctx, needs, 'evaluate') as inputs:
+        subset_lib.write_subset(path, inputs.uids,
+                                baseline_counts(ctx, name, inputs, directory))
     logging.info('evaluate: baseline %s', name)
     out[name] = evaluate_subset(ctx, path, directory, mesh=mesh)
   return out

@@ -35,6 +35,7 @@ the reason in the summary).
 import collections
 import dataclasses
 import functools
+import itertools
 import logging
 import os
 import re
@@ -158,15 +159,6 @@ def left_out_operators(config) -> tuple[list, list, str | None]:
 
 def shard_item(ctx, path: str) -> str:
   return os.path.join(ctx.stage_dir('features'), 'shards', ingest.item_name(path))
-
-
-def _stored_embeddings(ctx, path: str, uids: list) -> tuple[np.ndarray, np.ndarray]:
-  """embed.shard_embeddings rounded to float16, for the global features: the embed stage stores
-  float16, and a DataComp pool's rows (normalized in float32 on load) get the same rounding,
-  so every pass over the pool sees the same values."""
-  image_emb, text_emb = embed.shard_embeddings(ctx, path, uids)
-  return (image_emb.astype(np.float16).astype(np.float32),  # [n, E]
-          text_emb.astype(np.float16).astype(np.float32))
 
 
 def _shard_images(path: str, uids: list, skips: collections.Counter):
@@ -370,7 +362,7 @@ class Pool:
     for path, start, count in self.shards:
       if count:
         uids = uid_column.slice(start, count).to_pylist()
-        yield _stored_embeddings(self.ctx, path, uids)
+        yield embed.stored_embeddings(self.ctx, path, uids)
 
   def joint(self) -> Callable:
     """A source for kmeans.fit_stream and dedup.semdedup_flags_stream: a callable
@@ -501,7 +493,7 @@ def run(ctx) -> dict:
   for name, values in pool.columns.items():
     features = features.append_column(name, pa.array(values))
   with pipeline.atomic_write(ctx.path('features', FEATURES)) as tmp:
-    pq.write_table(features, tmp)
+    pipeline.write_rows(features, tmp)
   logging.info('features: %d samples, %d columns', pool.rows, features.num_columns - 1)
   return {
       'samples': pool.rows,
@@ -524,32 +516,82 @@ def features_path(ctx) -> str | None:
   return ctx.path('features', FEATURES)
 
 
-def read_features(ctx) -> pa.Table:
-  """ingest/samples.parquet, with every features column joined on by uid when the features
-  stage is configured: the table every selector sees.
+def read_features(ctx, columns=None) -> pa.Table:
+  """ingest/samples.parquet, with every features column joined on when the features stage
+  is configured: the table every selector sees. `columns`: only these (uid always), None:
+  every column.
 
   The width and height operators repeat ingest's columns of the same name (they read
   them), so a features column whose name samples.parquet has is not joined twice.
   """
-  table = ingest.samples(ctx)
+  parts = list(iter_features(ctx, [ingest_rows(ctx)], columns))
+  return parts[0]
+
+
+def column_names(ctx) -> list:
+  """The columns of read_features, in its order, from the files' schemas."""
+  names = pq.ParquetFile(ctx.path('ingest', ingest.SAMPLES)).schema_arrow.names
   path = features_path(ctx)
-  if path is None:
-    return table
-  extra = pq.read_table(path)
-  extra = extra.select(['uid'] + [c for c in extra.column_names
-                                  if c not in table.column_names])
-  uids = table.column('uid').to_pylist()
-  index = {u: i for i, u in enumerate(extra.column('uid').to_pylist())}
-  missing = [u for u in uids if u not in index]
-  if missing or extra.num_rows != len(uids):
-    raise ValueError(f"{path}: field 'uid' does not match ingest/samples.parquet "
-                     f'({len(missing)} uids missing, {extra.num_rows} rows for {len(uids)} '
-                     'samples); rerun the features stage')
-  extra = extra.take(pa.array([index[u] for u in uids], pa.int64()))
-  for name in extra.column_names:
-    if name != 'uid':
+  extra = [] if path is None else pq.ParquetFile(path).schema_arrow.names
+  return names + [c for c in extra if c not in names]
+
+
+def ingest_rows(ctx) -> int:
+  """The pool's rows: samples.parquet's, read from its footer."""
+  return pq.ParquetFile(ctx.path('ingest', ingest.SAMPLES)).metadata.num_rows
+
+
+def iter_features(ctx, sizes, columns=None):
+  """read_features a slice at a time: one table of each row count in `sizes` (an iterable
+  read lazily, e.g. each shard's rows), in row order; memory holds one slice.
+
+  features.parquet is written in samples.parquet's row order; a file whose uids are not
+  raises naming it.
+  """
+  samples_path = ctx.path('ingest', ingest.SAMPLES)
+  sample_names = pq.ParquetFile(samples_path).schema_arrow.names
+  path = features_path(ctx)
+  feature_names = [] if path is None else [
+      c for c in pq.ParquetFile(path).schema_arrow.names if c not in sample_names]
+  if columns is not None:
+    wanted = set(columns)
+    unknown = wanted - set(sample_names) - set(feature_names)
+    if unknown:
+      raise ValueError(f'{path or samples_path}: no column(s) {sorted(unknown)}; have '
+                       f'{sample_names + feature_names}')
+    sample_names = [c for c in sample_names if c == 'uid' or c in wanted]
+    feature_names = [c for c in feature_names if c in wanted]
+  if path is None or not feature_names:
+    yield from _slices(samples_path, sample_names, sizes)
+    return
+  sizes, same_sizes = itertools.tee(sizes)
+  features_slices = _slices(path, ['uid'] + feature_names, same_sizes)
+  for table in _slices(samples_path, sample_names, sizes):
+    extra = next(features_slices)
+    if not table.column('uid').equals(extra.column('uid')):
+      raise ValueError(f"{path}: field 'uid' does not match ingest/samples.parquet row for "
+                       'row; rerun the features stage')
+    for name in feature_names:
       table = table.append_column(name, extra.column(name))
-  return table
+    yield table
+
+
+def _slices(path: str, columns, sizes):
+  """Tables of exactly each row count in `sizes`, the file's rows in order; the file must
+  hold at least their sum."""
+  reader = pq.ParquetFile(path)
+  schema = pa.schema([reader.schema_arrow.field(c) for c in columns])
+  batches = pipeline.iter_rows(path, columns)
+  buffer = pa.Table.from_batches([], schema=schema)
+  for size in sizes:
+    while buffer.num_rows < size:
+      batch = next(batches, None)
+      if batch is None:
+        raise ValueError(f'{path}: fewer rows than ingest/samples.parquet; rerun the stage '
+                         'that wrote it')
+      buffer = pa.concat_tables([buffer, pa.Table.from_batches([batch], schema=schema)])
+    yield buffer.slice(0, size)
+    buffer = buffer.slice(size)
 
 
 def config_keys(config) -> tuple:

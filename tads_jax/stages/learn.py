@@ -7,6 +7,7 @@ and saves the returned state to `learn/state.msgpack`; `read_state` restores it.
 keeps resumable checkpoints in learn/ (Inputs.checkpoints), so a killed run resumes.
 """
 
+import contextlib
 import os
 
 import flax.serialization
@@ -16,25 +17,53 @@ from tads_jax import pipeline
 from tads_jax import selectors
 from tads_jax.stages import embed
 from tads_jax.stages import features as features_stage
+from tads_jax.stages import ingest
 
 STATE = 'state.msgpack'
 
 
-def selector_inputs(ctx, needs, checkpoints: str | None = None) -> selectors.Inputs:
-  """The arrays a selector with these `needs` reads, from the workdir's stage outputs."""
-  table = features_stage.read_features(ctx)
-  image_emb = text_emb = None
-  if 'embeddings' in needs:
-    uids, image_emb, text_emb, _ = embed.pool_embeddings(ctx)
-    if uids != table.column('uid').to_pylist():
-      raise ValueError(f"{ctx.stage_dir('embed')}: the embedded pool's uids do not match "
-                       'ingest/samples.parquet; rerun the embed stage')
-  tasks = ()
-  if 'tasks' in needs:
-    tasks = tuple(_task_dict(spec, arrays)
-                  for spec, arrays in embed.task_embeddings(ctx, 'train'))
-  return selectors.Inputs(features=table, image_emb=image_emb, text_emb=text_emb,
-                          tasks=tasks, checkpoints=checkpoints)
+@contextlib.contextmanager
+def selector_inputs(ctx, needs, stage: str, checkpoints: str | None = None,
+                    columns=None):
+  """Yields the Inputs a selector with these `needs` reads, from the workdir's stage
+  outputs: the features `columns` (None: all). The pool's embeddings stay on disk
+  (embed.EmbeddingFiles, its spill files in the directory of `stage`, the stage running the
+  selector), removed when the block ends."""
+  table = features_stage.read_features(ctx, columns)
+  source = (embed.EmbeddingFiles(ctx, spill_dir=ctx.stage_dir(stage))
+            if 'embeddings' in needs else None)
+  try:
+    yield selectors.Inputs(features=table, tasks=_tasks(ctx, needs), checkpoints=checkpoints,
+                           embedding_source=source, scratch=ctx.stage_dir(stage))
+  finally:
+    if source is not None:
+      source.close()
+
+
+def shard_inputs(ctx, needs, columns=None):
+  """The Inputs of one pool shard at a time (the shards that kept a sample, in row order),
+  for a rowwise selector: memory holds one shard's features and embeddings."""
+  tasks = _tasks(ctx, needs)
+  paths = [r['path'] for r in ctx.summary('ingest')['per_source']]
+  shards = []  # (path, uids) of each shard, queued as its rows are read
+  def sizes():
+    for path, rows in ingest.rows_by_shard(ctx, paths, ('uid',)):
+      if rows['uid']:
+        shards.append((path, rows['uid']))
+        yield len(rows['uid'])
+  for table in features_stage.iter_features(ctx, sizes(), columns):
+    path, uids = shards.pop(0)
+    image_emb = text_emb = None
+    if 'embeddings' in needs:
+      image_emb, text_emb = embed.stored_embeddings(ctx, path, uids)
+    yield selectors.Inputs(features=table, image_emb=image_emb, text_emb=text_emb,
+                           tasks=tasks)
+
+
+def _tasks(ctx, needs) -> tuple:
+  if 'tasks' not in needs:
+    return ()
+  return tuple(_task_dict(spec, arrays) for spec, arrays in embed.task_embeddings(ctx, 'train'))
 
 
 def _task_dict(spec, arrays) -> dict:
@@ -71,8 +100,10 @@ def run(ctx) -> dict:
   if not selector.learns:
     raise ValueError(f'config.stages: selector {selector.name!r} has nothing to learn; '
                      'remove learn from config.stages')
-  inputs = selector_inputs(ctx, selector.needs_for(config), checkpoints=ctx.stage_dir('learn'))
-  state = selector.fit(config, inputs)
+  columns = selector.columns_for(config, features_stage.column_names(ctx))
+  with selector_inputs(ctx, selector.needs_for(config), 'learn',
+                       checkpoints=ctx.stage_dir('learn'), columns=columns) as inputs:
+    state = selector.fit(config, inputs)
   save_state(ctx.path('learn', STATE), state)
   return {'selector': selector.name, 'state': ctx.path('learn', STATE),
           **selector.summary(state)}

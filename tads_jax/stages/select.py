@@ -3,12 +3,16 @@
 Outputs `subset.npy` (DataComp format) and `scores.parquet` (one row per pool sample) in the
 workdir. A learning selector's state comes from the learn stage; any other selector is
 fitted here (its fit is cheap or empty). The selector sees ingest/samples.parquet joined
-with features/features.parquet when the features stage is configured, and the embeddings
-it declares it needs (stages/learn.selector_inputs).
+with features/features.parquet when the features stage is configured (the columns it
+declares), and the embeddings it declares it needs (stages/learn.selector_inputs). A
+rowwise selector (clip_score, normsim, tads) scores one shard at a time; then memory holds
+per-sample scalars (scores, counts, the cut) and one shard, never the pool's table or
+embeddings; scores.parquet is written a slice at a time.
 """
 
 import logging
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -16,6 +20,7 @@ from tads_jax import pipeline
 from tads_jax import selection
 from tads_jax import selectors
 from tads_jax.data import subset
+from tads_jax.stages import features as features_stage
 from tads_jax.stages import learn
 
 SUBSET = 'subset.npy'
@@ -25,36 +30,57 @@ SCORES = 'scores.parquet'
 def run(ctx) -> dict:
   config = ctx.config
   selector = selectors.get(config.selector.name)
-  if selector.learns:
-    state = learn.read_state(ctx)
-    inputs = learn.selector_inputs(ctx, selector.score_needs_for(config))
-  else:
-    inputs = learn.selector_inputs(ctx, selector.needs_for(config))
-    state = selector.fit(config, inputs)
-  if not inputs.num_rows:
+  if not features_stage.ingest_rows(ctx):
     raise ValueError(f"{ctx.path('ingest')}: the pool has no usable sample (every sample "
                      'was skipped; see the ingest summary)')
-  scores, counts = selection.select(config, selector, state, inputs)
-  uids = inputs.uids
-  written = subset.write_subset(ctx.path(SUBSET), uids, counts)
-
-  table = inputs.features.append_column('score', pa.array(scores)) \
-                         .append_column('times_selected', pa.array(counts))
-  with pipeline.atomic_write(ctx.path(SCORES)) as tmp:
-    pq.write_table(table, tmp)
+  needs = selector.score_needs_for(config) if selector.learns else selector.needs_for(config)
+  columns = selector.columns_for(config, features_stage.column_names(ctx))
+  if selector.rowwise:  # one shard at a time
+    state = learn.read_state(ctx) if selector.learns else selector.fit(config, None)
+    values, start = np.empty(features_stage.ingest_rows(ctx)), 0
+    for inputs in learn.shard_inputs(ctx, needs, columns):
+      values[start:start + inputs.num_rows] = selectors.run_selector(selector, config, state,
+                                                                     inputs)
+      start += inputs.num_rows
+  else:
+    with learn.selector_inputs(ctx, needs, 'select', columns=columns) as inputs:
+      state = learn.read_state(ctx) if selector.learns else selector.fit(config, inputs)
+      values = selectors.run_selector(selector, config, state, inputs)
+  mode = selection.dedup_mode(config)
+  table = features_stage.read_features(ctx, ('uid',) + selection.DEDUP[mode])
+  counts = selection.counts_of(config, selector, values, table.column('uid'),
+                               selection.eligible_rows(table, mode))
+  written = subset.write_subset(ctx.path(SUBSET), table.column('uid'), counts)
+  _write_scores(ctx, values.astype(np.float64), counts)
   logging.info('select: %s kept %d of %d samples (%d entries in %s)', selector.name,
-               int((counts > 0).sum()), len(uids), len(written), SUBSET)
+               int((counts > 0).sum()), len(counts), len(written), SUBSET)
   return {
       'selector': selector.name,
       'output': selector.output_for(config),
       'method': config.selection.method,
       'fraction': config.selection.fraction,
-      'dedup': selection.dedup_mode(config),
-      'pool': len(uids),
+      'dedup': mode,
+      'pool': len(counts),
       'selected_unique': int((counts > 0).sum()),
       'subset_entries': int(len(written)),
       'fit': {} if selector.learns else selector.summary(state),
   }
+
+
+def _write_scores(ctx, scores: np.ndarray, counts: np.ndarray, rows: int = 65536) -> None:
+  """scores.parquet: the features table with 'score' and 'times_selected', written a
+  slice of rows at a time."""
+  sizes = [min(rows, len(scores) - start) for start in range(0, len(scores), rows)]
+  with pipeline.atomic_write(ctx.path(SCORES)) as tmp:
+    writer, start = None, 0
+    for table in features_stage.iter_features(ctx, sizes):
+      end = start + table.num_rows
+      table = table.append_column('score', pa.array(scores[start:end])) \
+                   .append_column('times_selected', pa.array(counts[start:end]))
+      writer = writer or pq.ParquetWriter(tmp, table.schema)
+      writer.write_table(table)
+      start = end
+    writer.close()
 
 
 def read_scores(ctx, columns=None) -> pa.Table:
