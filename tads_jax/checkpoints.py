@@ -8,6 +8,7 @@ first, so a workdir reused for another run raises instead of resuming the wrong 
 
 import hashlib
 import json
+import os
 
 import jax
 import numpy as np
@@ -16,8 +17,15 @@ import orbax.checkpoint as ocp
 
 def make_manager(directory: str, keep: int) -> ocp.CheckpointManager:
   """A manager of `directory` keeping the last `keep` checkpoints. The loop decides when to
-  save (loop.run: every checkpoint_every steps and at the end)."""
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+  save (loop.run: every checkpoint_every steps and at the end).
+
+  The checkpoints are this process's own: in a multi-process job the training loops run on
+  one process (the writer) with local devices, so orbax must not wait for the others."""
+  os.makedirs(directory, exist_ok=True)  # orbax creates it only with every process taking part
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=keep, create=False,
+      multiprocessing_options=ocp.options.MultiprocessingOptions(
+          primary_host=jax.process_index(), active_processes={jax.process_index()}))
   return ocp.CheckpointManager(directory, options=options, item_names=('state', 'meta'))
 
 
@@ -57,10 +65,14 @@ def check_fingerprint(directory, step, saved, expected, config_name='TrainConfig
 
 def save(manager, step: int, state, fingerprint: dict, history: dict) -> None:
   """Saves the state with the run's fingerprint and history (a copy: the save finishes in
-  the background while history grows)."""
+  the background while history grows).
+
+  The state is saved as host numpy arrays: orbax refuses arrays on one process's devices
+  in a multi-process job, and restore puts them back on the template's devices."""
   meta = dict(fingerprint, history={k: list(v) for k, v in history.items()})
   manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+      state=ocp.args.StandardSave(jax.device_get(state)), meta=ocp.args.JsonSave(meta)),
+      force=True)
 
 
 def restore(manager, directory: str, state, fingerprint: dict,

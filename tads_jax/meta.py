@@ -654,7 +654,7 @@ def learn(cfg: MetaConfig, value_module_and_params, pool: Mapping, tasks: Sequen
   scorer = as_scorer(scorer)
   n, width = _check_pool(pool, scorer)
   tasks = check_tasks(tasks, width)
-  mesh = mesh if mesh is not None else sharding.make_mesh(1, 1, devices=jax.devices()[:1])
+  mesh = mesh if mesh is not None else sharding.make_mesh(1, 1, devices=jax.local_devices()[:1])
   if cfg.batch_size % mesh.shape['data']:
     raise ValueError(f'MetaConfig.batch_size: {cfg.batch_size} is not a multiple of the '
                      f"mesh's data axis ({mesh.shape['data']} devices)")

@@ -97,9 +97,11 @@ def make_mesh(data: int = -1, model: int = 1, devices=None, where: str = 'mesh')
   `where`.data / `where`.model.
 
   Axis types are Auto (jax.make_mesh now defaults to Explicit), so plain jit with
-  in/out shardings and with_sharding_constraint work.
+  in/out shardings and with_sharding_constraint work. The default devices are this
+  process's (jax.local_devices()): in a multi-process job each process runs its own
+  programs on the shards it owns, and what crosses processes goes through distributed.py.
   """
-  devices = list(jax.devices() if devices is None else devices)
+  devices = list(jax.local_devices() if devices is None else devices)
   n = len(devices)
   for field, value in ((f'{where}.data', data), (f'{where}.model', model)):
     if not isinstance(value, int) or isinstance(value, bool) or (value < 1 and value != -1):

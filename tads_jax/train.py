@@ -439,7 +439,7 @@ def train(cfg: TrainConfig, data, workdir: str | None = None, mesh=None, weights
   """
   n, width = _check_data(cfg, data)
   rows, weights = _check_rows_weights(rows, weights, n)
-  mesh = mesh if mesh is not None else sharding.make_mesh(1, 1, devices=jax.devices()[:1])
+  mesh = mesh if mesh is not None else sharding.make_mesh(1, 1, devices=jax.local_devices()[:1])
   shards = mesh.shape['data']
   if cfg.batch_size % shards:
     raise ValueError(f'TrainConfig.batch_size: {cfg.batch_size} is not a multiple of the '
