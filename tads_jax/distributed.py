@@ -21,6 +21,7 @@ collectives are gloo over TCP, jax 0.10.2's default for jax_cpu_collectives_impl
 
 import dataclasses
 import io
+import json
 import logging
 import os
 import re
@@ -157,6 +158,13 @@ def is_writer() -> bool:
   return process_index() == 0
 
 
+def barrier(name: str) -> None:
+  """Every process waits here until all have reached the barrier `name` (nothing with one
+  process): e.g. until the writer has written what the next stage reads."""
+  if process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
 def all_sum(array) -> np.ndarray:
   """The elementwise sum of every process's array (same shape and dtype everywhere), added
   in process order in that dtype: every process gets the same bytes."""
@@ -239,6 +247,26 @@ def gather_by_shard(per_shard: dict) -> list:
         merged[index] = (npz[name] if name[0] == 'a' else
                          tuple(npz[f't{index}_{j}'] for j in range(int(npz[name]))))
   return [merged[i] for i in sorted(merged)]
+
+
+def gather_records(per_shard: dict) -> list:
+  """gather_by_shard for JSON-able records (a stage's per-shard summaries)."""
+  parts = gather_by_shard({i: np.frombuffer(json.dumps(r).encode(), np.uint8)
+                           for i, r in per_shard.items()})
+  return [json.loads(part.tobytes().decode()) for part in parts]
+
+
+def gather_tables(per_shard: dict) -> list:
+  """gather_by_shard for pyarrow Tables (a stage's per-shard rows), through Arrow IPC."""
+  import pyarrow as pa  # pylint: disable=import-outside-toplevel
+
+  def encode(table):
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+      writer.write_table(table)
+    return np.frombuffer(sink.getvalue(), np.uint8)
+  parts = gather_by_shard({i: encode(t) for i, t in per_shard.items()})
+  return [pa.ipc.open_stream(pa.py_buffer(part.tobytes())).read_all() for part in parts]
 
 
 def _numpy_value(value):

@@ -5,6 +5,7 @@ rerun skips finished stages, reruns the ones whose config changed, and resumes a
 stage where it was.
 """
 
+import contextlib
 import logging as pylogging
 import os
 import sys
@@ -39,8 +40,11 @@ def run(config, workdir: str) -> dict:
     raise config_lib.ConfigError(str(e)) from None
   config_lib.validate(config, stages_lib.STAGE_NAMES, selectors.SELECTORS)
   workdir = os.path.abspath(workdir)
-  with workdir_lock.hold(workdir):
-    pipeline.remove_temporaries(workdir)  # a killed run's half-written files
+  writer = distributed.is_writer()  # of several processes, one holds the lock and cleans
+  with workdir_lock.hold(workdir) if writer else contextlib.nullcontext():
+    if writer:
+      pipeline.remove_temporaries(workdir)  # a killed run's half-written files
+    distributed.barrier('workdir ready')
     ctx = pipeline.Context(config=config, workdir=workdir)
     return pipeline.run_stages(stages_lib.STAGES, pipeline.stage_names(config), ctx)
 

@@ -26,6 +26,8 @@ from typing import Callable, Sequence
 import ml_collections
 import tqdm
 
+from tads_jax import distributed
+
 DONE = '_done.json'
 FINGERPRINT = '_fingerprint'
 
@@ -47,6 +49,10 @@ class Stage:
   # stage's inputs; when the stage reruns for another config, a folder whose own
   # fingerprint is unchanged is kept (embed: the pool's embeddings survive a task change).
   parts: dict | Callable[[ml_collections.ConfigDict], dict] | None = None
+  # Runs on every process of a multi-process job, each on the shards it owns, pool-wide
+  # quantities from collectives (distributed.py); False: the writer (process 0) runs it
+  # alone while the others wait.
+  multiprocess: bool = False
 
 
 @dataclasses.dataclass
@@ -287,12 +293,20 @@ def run_stages(stages: Sequence[Stage], names: Sequence[str], ctx: Context) -> d
       ctx.fingerprints[name] = fp
       status[name] = 'skipped'
       continue
-    _prepare_dir(stage_dir, fp, part_fingerprints(stage, ctx.config, ctx.fingerprints))
+    # Several processes: the writer prepares the directory and marks the stage done; the
+    # others wait for it, and run the stage only when it splits its work over them.
+    writer = distributed.is_writer()
+    if writer:
+      _prepare_dir(stage_dir, fp, part_fingerprints(stage, ctx.config, ctx.fingerprints))
+    distributed.barrier(f'{name}: prepared')
     logging.info('stage %s: running (fingerprint %s)', name, fp)
     start = time.time()
-    summary = stage.run(ctx)
-    write_json_atomic(os.path.join(stage_dir, DONE), {
-        'fingerprint': fp, 'seconds': round(time.time() - start, 3), 'summary': summary})
+    summary = stage.run(ctx) if writer or stage.multiprocess else None
+    distributed.barrier(f'{name}: ran')
+    if writer:
+      write_json_atomic(os.path.join(stage_dir, DONE), {
+          'fingerprint': fp, 'seconds': round(time.time() - start, 3), 'summary': summary})
+    distributed.barrier(f'{name}: done')
     ctx.fingerprints[name] = fp
     status[name] = 'ran'
     logging.info('stage %s: finished in %.1f s', name, time.time() - start)

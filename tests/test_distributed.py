@@ -242,7 +242,9 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def test_two_processes_get_the_bytes_one_process_gets(tmp_path):
+def _spawn(tmp_path, runs):
+  """Runs this file as a script once per (args, is one of the pair) in `runs`, the pair
+  joined on localhost, one device each; asserts that every child exited 0."""
   flags = [f for f in os.environ.get('XLA_FLAGS', '').split()
            if not f.startswith('--xla_force_host_platform_device_count')]
   env = {k: v for k, v in os.environ.items() if k not in distributed.ENV.values()}
@@ -250,14 +252,17 @@ def test_two_processes_get_the_bytes_one_process_gets(tmp_path):
              PYTHONPATH=os.pathsep.join([REPO, env.get('PYTHONPATH', '')]).rstrip(os.pathsep),
              JAX_PLATFORMS='cpu')
   address = f'127.0.0.1:{_free_port()}'
-  runs = [('pair', dict(TADS_COORDINATOR_ADDRESS=address, TADS_NUM_PROCESSES='2',
-                        TADS_PROCESS_ID=str(p))) for p in range(2)] + [('single', {})]
-  procs, logs = [], []
-  for i, (mode, extra) in enumerate(runs):
+  procs, logs, pair = [], [], 0
+  for i, (args, in_pair) in enumerate(runs):
+    extra = {}
+    if in_pair:
+      extra = dict(TADS_COORDINATOR_ADDRESS=address, TADS_NUM_PROCESSES='2',
+                   TADS_PROCESS_ID=str(pair))
+      pair += 1
     log = open(tmp_path / f'child{i}.log', 'w')  # pylint: disable=consider-using-with
     logs.append(log)
     procs.append(subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), mode, str(tmp_path / mode)],
+        [sys.executable, os.path.abspath(__file__), *args],
         env=dict(env, **extra), stdout=log, stderr=subprocess.STDOUT, cwd=REPO))
   deadline = time.monotonic() + CHILD_TIMEOUT_S
   try:
@@ -277,6 +282,12 @@ def test_two_processes_get_the_bytes_one_process_gets(tmp_path):
     assert proc.returncode == 0, (f'child {i} ({runs[i][0]}) exited {proc.returncode} '
                                   f'(-9: killed after {CHILD_TIMEOUT_S} s):\n{outputs[i]}')
 
+
+def test_two_processes_get_the_bytes_one_process_gets(tmp_path):
+  _spawn(tmp_path, [(('pair', str(tmp_path / 'pair')), True),
+                    (('pair', str(tmp_path / 'pair')), True),
+                    (('single', str(tmp_path / 'single')), False)])
+
   single = np.load(tmp_path / 'single_0.npz')
   for p in range(2):
     pair = np.load(tmp_path / f'pair_{p}.npz')
@@ -290,5 +301,63 @@ def test_two_processes_get_the_bytes_one_process_gets(tmp_path):
   assert single['computed'][-1] < 1.0  # the bounds skipped rows, per shard too
 
 
+# ---------------------------------------------------------------------------------------
+# The pipeline on 2 processes: each ingests, embeds, scores the shards it owns (rowwise
+# selectors too); the writer runs the rest and writes.
+
+SELECTORS = ('clip_score', 'normsim', 'tads', 'semdedup')
+
+
+def _select_config(name: str):
+  """The tiny world of the stage tests through select with `name`."""
+  import test_features_stage  # pylint: disable=g-import-not-at-top
+  c = test_features_stage.config()
+  c.stages = ('ingest', 'encoder', 'embed', 'features') + (
+      ('learn',) if name == 'tads' else ()) + ('select',)
+  c.selector.name = name
+  c.tads.meta.update(dict(steps=4, batch_size=16, unroll=2, task_batch_size=8,
+                          head_hidden=32))
+  c.distributed.enabled = 'auto'
+  return c
+
+
+def _pipeline_child(root: str):
+  """The whole pipeline in `root` for every selector (earlier stages done once); each
+  selector's subset and scores kept as root/<selector>.{npy,parquet}."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  for name in SELECTORS:
+    main.run(_select_config(name), os.path.join(root, 'work'))
+    if distributed.is_writer():
+      shutil.copyfile(os.path.join(root, 'work', 'subset.npy'), os.path.join(root, name + '.npy'))
+      shutil.copyfile(os.path.join(root, 'work', 'scores.parquet'),
+                      os.path.join(root, name + '.parquet'))
+
+
+def test_two_processes_run_the_pipeline_one_process_runs(tmp_path):
+  """ingest, embed and the features shards split over 2 processes (the encoder, the
+  pool-wide features signals and learn on the writer), then select: every stage's table
+  and each selector's subset and scores equal one process's (both on one device each)."""
+  import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+  pair, single = tmp_path / 'pair', tmp_path / 'single'
+  _spawn(tmp_path, [(('pipeline', str(pair)), True), (('pipeline', str(pair)), True),
+                    (('pipeline', str(single)), False)])
+  for name in ('ingest/samples.parquet', 'features/features.parquet'):
+    tables = [pq.read_table(root / 'work' / name) for root in (pair, single)]
+    if 'shard' in tables[0].column_names:  # the world's path: each run generated its own
+      tables = [t.drop_columns(['shard']) for t in tables]
+    assert tables[0].equals(tables[1]), name
+  npz = [sorted((root / 'work' / 'embed' / 'shards').glob('*.npz')) for root in (pair, single)]
+  assert len(npz[0]) == len(npz[1]) == 2  # names hold a hash of the world's path: by order
+  for a_path, b_path in zip(*npz):
+    with np.load(a_path) as a, np.load(b_path) as b:
+      for key in b.files:
+        np.testing.assert_array_equal(a[key], b[key])
+  for name in SELECTORS:
+    assert (pair / f'{name}.npy').read_bytes() == (single / f'{name}.npy').read_bytes(), name
+    assert pq.read_table(pair / f'{name}.parquet').drop_columns(['shard']).equals(
+        pq.read_table(single / f'{name}.parquet').drop_columns(['shard'])), name
+
+
 if __name__ == '__main__':
-  _child(sys.argv[1], sys.argv[2])
+  {'pipeline': _pipeline_child}.get(
+      sys.argv[1], lambda out: _child(sys.argv[1], out))(sys.argv[2])

@@ -33,6 +33,7 @@ import time
 
 import numpy as np
 
+from tads_jax import distributed
 from tads_jax import embedding
 from tads_jax import pipeline
 from tads_jax import sharding
@@ -253,8 +254,8 @@ def _run_datacomp(ctx) -> dict:
 
 def run(ctx) -> dict:
   config = ctx.config
-  if config.pool.format == 'datacomp':
-    return _run_datacomp(ctx)
+  if config.pool.format == 'datacomp':  # the tasks only: the writer embeds them
+    return _run_datacomp(ctx) if distributed.is_writer() else {}
   specs = _checked_specs(ctx)
   checkpoint = encoder_stage.checkpoint(ctx)
   encoder = load_encoder(config, checkpoint)
@@ -263,14 +264,20 @@ def run(ctx) -> dict:
   ingested = ctx.summary('ingest')
   paths = [r['path'] for r in ingested['per_source']]
   progress = pipeline.Progress('embed', ingested['samples'], unit='samples')
-  start, computed, records = time.time(), 0, []
-  for path, rows in ingest.rows_by_shard(ctx, paths, ('uid', 'caption')):
+  start, computed, records = time.time(), 0, {}
+  for index, (path, rows) in enumerate(ingest.rows_by_shard(ctx, paths, ('uid', 'caption'))):
+    if not distributed.owns(index):  # another process embeds it
+      continue
     uids, captions = rows['uid'], rows['caption']
     done = pipeline.item_done(shard_item(ctx, path))
-    records.append(_embed_shard(ctx, encoder, path, uids, captions))
+    records[index] = _embed_shard(ctx, encoder, path, uids, captions)
     computed += 0 if done else len(uids)
     progress.update(len(uids))
   seconds = time.time() - start
+  records = distributed.gather_records(records)
+  computed = int(distributed.all_sum(np.array([computed], np.int64))[0])
+  if not distributed.is_writer():
+    return {}
 
   task_records = _embed_tasks(ctx, encoder, specs)
   return {
@@ -493,4 +500,4 @@ def parts(config) -> dict:
 
 STAGE = pipeline.Stage(name='embed', run=run, inputs=('ingest', 'encoder'),
                        config_keys=config_keys, input_files=input_files, version=1,
-                       parts=parts)
+                       parts=parts, multiprocess=True)

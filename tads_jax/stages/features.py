@@ -46,6 +46,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tads_jax import distributed
 from tads_jax import pipeline
 from tads_jax import scoring  # noqa: F401  (registers the operators)
 from tads_jax.data import images as images_lib
@@ -280,17 +281,21 @@ def _shard_pass(ctx, names: list) -> tuple[list, int, list, list]:
       pipeline.item_done(shard_item(ctx, p)) for p in paths):
     encoder = embed.load_encoder(config, encoder_stage.checkpoint(ctx))
   progress = pipeline.Progress('features', ingested['samples'], unit='samples')
-  records, computed, tables, shards, n = [], 0, [], [], 0
-  for path, table in ingest.rows_by_shard(ctx, paths,
-                                         ('uid', 'caption', 'width', 'height')):
-    done = pipeline.item_done(shard_item(ctx, path))
-    records.append(_features_shard(ctx, path, table, names, settings, encoder))
-    computed += 0 if done else 1
-    progress.update(len(table['uid']))
-    tables.append(pq.read_table(shard_item(ctx, path) + '.parquet'))
+  records, computed, tables, shards, n = {}, 0, {}, [], 0
+  for index, (path, table) in enumerate(ingest.rows_by_shard(
+      ctx, paths, ('uid', 'caption', 'width', 'height'))):
     shards.append((path, n, len(table['uid'])))
     n += len(table['uid'])
-  return records, computed, tables, shards
+    if not distributed.owns(index):  # another process scores it
+      continue
+    done = pipeline.item_done(shard_item(ctx, path))
+    records[index] = _features_shard(ctx, path, table, names, settings, encoder)
+    computed += 0 if done else 1
+    progress.update(len(table['uid']))
+    tables[index] = pq.read_table(shard_item(ctx, path) + '.parquet')
+  computed = int(distributed.all_sum(np.array([computed], np.int64))[0])
+  return (distributed.gather_records(records), computed, distributed.gather_tables(tables),
+          shards)
 
 
 def _task_prototypes(ctx, key) -> list:
@@ -477,10 +482,12 @@ def run(ctx) -> dict:
   if left_out:
     logging.info('features: %s left out: %s', ', '.join(left_out), left_out_why)
   records, computed, tables, shards = _shard_pass(ctx, names)
+  if not distributed.is_writer():  # the pool-wide signals: the writer alone, for now
+    return {}
 
   features = pa.concat_tables(tables)
   samples = pq.read_table(ctx.path('ingest', ingest.SAMPLES), columns=['uid', 'sha256'])
-  if features.column('uid').to_pylist() != samples.column('uid').to_pylist():
+  if not features.column('uid').equals(samples.column('uid')):
     raise ValueError(f"{ctx.path('ingest', ingest.SAMPLES)}: field 'uid' does not match the "
                      'features shards; rerun ingest')
   keys = dict(zip(_SEEDED, jax.random.split(jax.random.PRNGKey(config.seed), len(_SEEDED))))
@@ -600,4 +607,4 @@ def config_keys(config) -> tuple:
 
 
 STAGE = pipeline.Stage(name='features', run=run, inputs=('ingest', 'embed'),
-                       config_keys=config_keys, version=2)
+                       config_keys=config_keys, version=2, multiprocess=True)

@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from tads_jax import distributed
 from tads_jax import pipeline
 from tads_jax.data import datacomp
 from tads_jax.data import images as images_lib
@@ -239,29 +240,37 @@ def run(ctx) -> dict:
   world = None
   if config.pool.format == 'synthetic':
     world = world_dir(ctx)
-    logging.info('ingest: generating the synthetic world in %s', world)
-    synthetic.generate_world(world, world_config(config))
+    if distributed.is_writer():
+      logging.info('ingest: generating the synthetic world in %s', world)
+      synthetic.generate_world(world, world_config(config))
+    distributed.barrier('ingest: world generated')
   sources = pool_sources(config, world)
   progress = pipeline.Progress('ingest', len(sources), unit='shards', every=2.0)
   if config.pool.format == 'datacomp':
     image_tars(config)  # every metadata file with its tar, or none
-  records = []
-  for path in sources:
-    records.append(_ingest_source(ctx, path))
-    dim, first = records[-1].get('embedding_dim'), records[0].get('embedding_dim')
+  # Each process ingests the sources it owns; every process then gets every source's
+  # record and rows, in source order.
+  items = os.path.join(ctx.stage_dir('ingest'), 'shards')
+  records, tables = {}, {}
+  for index, path in enumerate(sources):
+    if distributed.owns(index):
+      records[index] = _ingest_source(ctx, path)
+      tables[index] = _with_label(pq.read_table(os.path.join(items, item_name(path) +
+                                                             '.parquet')))
+      progress.update(1)
+  records = distributed.gather_records(records)
+  tables = distributed.gather_tables(tables)
+  for path, record in zip(sources, records):
+    dim, first = record.get('embedding_dim'), records[0].get('embedding_dim')
     if None not in (dim, first) and dim != first:
       raise ValueError(f'{datacomp.npz_path(path)}: {config.pool.embedding_model} embeddings '
                        f'of dimension {dim}, but {datacomp.npz_path(records[0]["path"])} '
                        f'has {first}; one pool has one embedding model')
-    progress.update(1)
 
   # Merge in shard order; a uid seen in an earlier shard is a duplicate.
-  items = os.path.join(ctx.stage_dir('ingest'), 'shards')
   skips = collections.Counter()
   for r in records:
     skips.update(r['skips'])
-  tables = [_with_label(pq.read_table(os.path.join(items, item_name(p) + '.parquet')))
-            for p in sources]
   table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
   uids = np.asarray(table.column('uid').to_pylist(), dtype=object)
   _, first = np.unique(uids, return_index=True)
@@ -274,6 +283,8 @@ def run(ctx) -> dict:
     raise ValueError(f'{sources[0] if len(sources) == 1 else f"{len(sources)} pool sources"}: '
                      f'the pool has no usable sample (skipped by reason: '
                      f'{dict(sorted(skips.items())) or "none; the sources are empty"})')
+  if not distributed.is_writer():
+    return {}
   with pipeline.atomic_write(ctx.path('ingest', SAMPLES)) as tmp:
     pipeline.write_rows(table, tmp)
 
@@ -354,4 +365,4 @@ def config_keys(config) -> tuple:
 
 
 STAGE = pipeline.Stage(name='ingest', run=run, config_keys=config_keys,
-                       input_files=input_files, version=1)
+                       input_files=input_files, version=1, multiprocess=True)

@@ -40,24 +40,27 @@ def selector_inputs(ctx, needs, stage: str, checkpoints: str | None = None,
       source.close()
 
 
-def shard_inputs(ctx, needs, columns=None):
-  """The Inputs of one pool shard at a time (the shards that kept a sample, in row order),
-  for a rowwise selector: memory holds one shard's features and embeddings."""
+def shard_inputs(ctx, needs, columns=None, owned=lambda index: True):
+  """(shard index, its Inputs) of one pool shard at a time, for a rowwise selector: the
+  shards that kept a sample and that `owned(index)` accepts, in row order. Memory holds one
+  shard's features and embeddings."""
   tasks = _tasks(ctx, needs)
   paths = [r['path'] for r in ctx.summary('ingest')['per_source']]
-  shards = []  # (path, uids) of each shard, queued as its rows are read
+  shards = []  # (index, path, uids) of each shard, queued as its rows are read
   def sizes():
-    for path, rows in ingest.rows_by_shard(ctx, paths, ('uid',)):
+    for index, (path, rows) in enumerate(ingest.rows_by_shard(ctx, paths, ('uid',))):
       if rows['uid']:
-        shards.append((path, rows['uid']))
+        shards.append((index, path, rows['uid']))
         yield len(rows['uid'])
   for table in features_stage.iter_features(ctx, sizes(), columns):
-    path, uids = shards.pop(0)
+    index, path, uids = shards.pop(0)
+    if not owned(index):
+      continue
     image_emb = text_emb = None
     if 'embeddings' in needs:
       image_emb, text_emb = embed.stored_embeddings(ctx, path, uids)
-    yield selectors.Inputs(features=table, image_emb=image_emb, text_emb=text_emb,
-                           tasks=tasks)
+    yield index, selectors.Inputs(features=table, image_emb=image_emb, text_emb=text_emb,
+                                  tasks=tasks)
 
 
 def _tasks(ctx, needs) -> tuple:

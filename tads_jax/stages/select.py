@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tads_jax import distributed
 from tads_jax import pipeline
 from tads_jax import selection
 from tads_jax import selectors
@@ -35,17 +36,18 @@ def run(ctx) -> dict:
                      'was skipped; see the ingest summary)')
   needs = selector.score_needs_for(config) if selector.learns else selector.needs_for(config)
   columns = selector.columns_for(config, features_stage.column_names(ctx))
-  if selector.rowwise:  # one shard at a time
+  if selector.rowwise:  # one shard at a time, each process its own
     state = learn.read_state(ctx) if selector.learns else selector.fit(config, None)
-    values, start = np.empty(features_stage.ingest_rows(ctx)), 0
-    for inputs in learn.shard_inputs(ctx, needs, columns):
-      values[start:start + inputs.num_rows] = selectors.run_selector(selector, config, state,
-                                                                     inputs)
-      start += inputs.num_rows
-  else:
+    per_shard = {index: selectors.run_selector(selector, config, state, inputs)
+                 for index, inputs in learn.shard_inputs(ctx, needs, columns,
+                                                         owned=distributed.owns)}
+    values = np.concatenate([np.zeros(0)] + distributed.gather_by_shard(per_shard))
+  elif distributed.is_writer():  # the whole pool at once: the writer alone
     with learn.selector_inputs(ctx, needs, 'select', columns=columns) as inputs:
       state = learn.read_state(ctx) if selector.learns else selector.fit(config, inputs)
       values = selectors.run_selector(selector, config, state, inputs)
+  if not distributed.is_writer():
+    return {}
   mode = selection.dedup_mode(config)
   table = features_stage.read_features(ctx, ('uid',) + selection.DEDUP[mode])
   counts = selection.counts_of(config, selector, values, table.column('uid'),
@@ -99,4 +101,4 @@ def config_keys(config) -> tuple:
 
 
 STAGE = pipeline.Stage(name='select', run=run, inputs=inputs, config_keys=config_keys,
-                       version=2)
+                       version=2, multiprocess=True)
