@@ -14,6 +14,7 @@ tads_jax, so the data writers use these helpers too.
 import contextlib
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -225,6 +226,29 @@ def write_rows(table, path: str) -> None:
   """A per-sample table as parquet, in row groups of ROW_GROUP rows."""
   import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
   pq.write_table(table, path, row_group_size=ROW_GROUP)
+
+
+def write_row_stream(tables, path: str, schema=None):
+  """Writes an iterable of tables as one parquet file in row groups of ROW_GROUP rows,
+  holding at most that many rows; yields each table once written (for tallies). The
+  schema is `schema`, or the first table's."""
+  import pyarrow as pa  # pylint: disable=import-outside-toplevel
+  import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
+  tables = iter(tables)
+  first = None
+  if schema is None:
+    first = next(tables)
+    schema = first.schema
+  with pq.ParquetWriter(path, schema) as writer:
+    pending = schema.empty_table()
+    for table in itertools.chain([first] if first is not None else [], tables):
+      pending = pa.concat_tables([pending, table])
+      while pending.num_rows >= ROW_GROUP:
+        writer.write_table(pending.slice(0, ROW_GROUP), row_group_size=ROW_GROUP)
+        pending = pending.slice(ROW_GROUP)
+      yield table
+    if pending.num_rows:
+      writer.write_table(pending, row_group_size=ROW_GROUP)
 
 
 def iter_rows(path: str, columns=None, batch_size: int = ROW_GROUP):

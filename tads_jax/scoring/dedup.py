@@ -162,14 +162,22 @@ def exact_duplicate_flags(hashes: Sequence[str | None], quality) -> np.ndarray:
   """bool [N], True for every copy of a content hash (sha256 of the file, or an image hash)
   but the one of best quality (ties: the first). A missing hash (None or '') never makes a
   duplicate: nothing is known about that sample's content."""
-  n = len(hashes)
+  known = np.array([bool(h) for h in hashes], bool)
+  keys = np.array([h if h else '' for h in hashes], dtype=object)
+  _, group = np.unique(keys.astype(str), return_inverse=True)
+  return duplicate_flags(group, known, quality)
+
+
+def duplicate_flags(group, known, quality) -> np.ndarray:
+  """exact_duplicate_flags from group ids [N] (equal ids: equal content, any numbering) and
+  known [N] (False: no hash), so that a caller can group a pool's hashes without a str per
+  sample."""
+  group = np.asarray(group)
+  n = len(group)
   quality = np.asarray(quality, np.float64)
   if quality.shape != (n,):
     raise ValueError(f'exact_duplicate_flags: quality must be [{n}], got {quality.shape}')
   quality = np.where(np.isnan(quality), -np.inf, quality)
-  known = np.array([bool(h) for h in hashes], bool)
-  keys = np.array([h if h else '' for h in hashes], dtype=object)
-  _, group = np.unique(keys.astype(str), return_inverse=True)
   order = np.lexsort((np.arange(n), -quality, group))
   first = np.r_[True, group[order][1:] != group[order][:-1]]
   flags = np.zeros(n, bool)

@@ -44,6 +44,7 @@ from typing import Callable, Mapping
 import jax
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tads_jax import distributed
@@ -268,9 +269,14 @@ def _features_shard(ctx, path: str, table: dict, names: list, settings: dict,
   return pipeline.resumable_item(item, compute)
 
 
-def _shard_pass(ctx, names: list) -> tuple[list, int, list, list]:
-  """The quality operators over every shard: (records, shards computed now, each shard's
-  table of columns, (path, first row, rows) of each shard)."""
+def _shard_columns(ctx, path: str, columns=None) -> pa.Table:
+  """The columns the per-shard pass wrote for a shard (uid and the operators')."""
+  return pq.read_table(shard_item(ctx, path) + '.parquet', columns=columns)
+
+
+def _shard_pass(ctx, names: list) -> tuple[list, int, list]:
+  """The quality operators over every shard, each process over the shards it owns:
+  (every shard's record, shards computed now, (path, first row, rows) of each shard)."""
   config = ctx.config
   settings = operator_settings(config, names)
   ingested = ctx.summary('ingest')
@@ -281,7 +287,7 @@ def _shard_pass(ctx, names: list) -> tuple[list, int, list, list]:
       pipeline.item_done(shard_item(ctx, p)) for p in paths):
     encoder = embed.load_encoder(config, encoder_stage.checkpoint(ctx))
   progress = pipeline.Progress('features', ingested['samples'], unit='samples')
-  records, computed, tables, shards, n = {}, 0, {}, [], 0
+  records, computed, shards, n = {}, 0, [], 0
   for index, (path, table) in enumerate(ingest.rows_by_shard(
       ctx, paths, ('uid', 'caption', 'width', 'height'))):
     shards.append((path, n, len(table['uid'])))
@@ -292,10 +298,8 @@ def _shard_pass(ctx, names: list) -> tuple[list, int, list, list]:
     records[index] = _features_shard(ctx, path, table, names, settings, encoder)
     computed += 0 if done else 1
     progress.update(len(table['uid']))
-    tables[index] = pq.read_table(shard_item(ctx, path) + '.parquet')
   computed = int(distributed.all_sum(np.array([computed], np.int64))[0])
-  return (distributed.gather_records(records), computed, distributed.gather_tables(tables),
-          shards)
+  return distributed.gather_records(records), computed, shards
 
 
 def _task_prototypes(ctx, key) -> list:
@@ -352,18 +356,18 @@ class Pool:
   """
   ctx: pipeline.Context
   shards: list             # (path, first row, rows) of each shard, in ingest order
-  features: pa.Table       # uid and the operators' columns, one row per sample
-  samples: pa.Table        # ingest's uid and sha256, the same rows
+  samples: pa.Table        # ingest's uid and sha256, one row per sample
+  clip_score: np.ndarray | None  # [N] the clip_score operator's column, when it ran
   keys: dict               # {signal name: PRNG key} for the signals that draw
   columns: dict = dataclasses.field(default_factory=dict)  # what earlier signals added
 
   @property
   def rows(self) -> int:
-    return self.features.num_rows
+    return self.samples.num_rows
 
   def embeddings(self):
     """(image_emb, text_emb) of each non-empty shard, float32 [n, E] each, as stored."""
-    uid_column = self.features.column('uid')
+    uid_column = self.samples.column('uid')
     for path, start, count in self.shards:
       if count:
         uids = uid_column.slice(start, count).to_pylist()
@@ -382,8 +386,8 @@ class Pool:
   def quality(self) -> np.ndarray:  # [N]
     """Which copy of a duplicate is kept: the one of highest clip_score (the operator's
     column when it ran, else the same cosine from the stored embeddings)."""
-    if 'clip_score' in self.features.column_names:
-      return self.features.column('clip_score').to_numpy()
+    if self.clip_score is not None:
+      return self.clip_score
     return np.concatenate([np.zeros(0, np.float32)] + [
         np.sum(image_emb * text_emb, axis=1) for image_emb, text_emb in self.embeddings()])
 
@@ -468,7 +472,11 @@ def semantic_duplicates(pool: Pool) -> tuple[dict, dict]:
 @signal('exact_duplicate', columns=('exact_duplicate',))
 def exact_duplicates(pool: Pool) -> tuple[dict, dict]:
   """Byte-identical images (ingest's sha256): all but the best copy."""
-  flags = dedup.exact_duplicate_flags(pool.samples.column('sha256').to_pylist(), pool.quality)
+  # Groups from the column's dictionary codes: no str per sample.
+  sha256 = pc.fill_null(pool.samples.column('sha256'), '')
+  group = pc.dictionary_encode(sha256).combine_chunks().indices.to_numpy(zero_copy_only=False)
+  known = pc.greater(pc.binary_length(sha256), 0).to_numpy(zero_copy_only=False)
+  flags = dedup.duplicate_flags(group, known, pool.quality)
   return {'exact_duplicate': flags}, {'exact_duplicates': int(np.sum(flags))}
 
 
@@ -481,27 +489,38 @@ def run(ctx) -> dict:
   names, left_out, left_out_why = left_out_operators(config)
   if left_out:
     logging.info('features: %s left out: %s', ', '.join(left_out), left_out_why)
-  records, computed, tables, shards = _shard_pass(ctx, names)
+  records, computed, shards = _shard_pass(ctx, names)
   if not distributed.is_writer():  # the pool-wide signals: the writer alone, for now
     return {}
 
-  features = pa.concat_tables(tables)
   samples = pq.read_table(ctx.path('ingest', ingest.SAMPLES), columns=['uid', 'sha256'])
-  if not features.column('uid').equals(samples.column('uid')):
-    raise ValueError(f"{ctx.path('ingest', ingest.SAMPLES)}: field 'uid' does not match the "
-                     'features shards; rerun ingest')
+  clip_score = None
+  if 'clip_score' in names:
+    clip_score = np.concatenate([np.zeros(0, np.float32)] + [
+        _shard_columns(ctx, path, ['clip_score']).column('clip_score').to_numpy()
+        for path, _, _ in shards])
   keys = dict(zip(_SEEDED, jax.random.split(jax.random.PRNGKey(config.seed), len(_SEEDED))))
-  pool = Pool(ctx, shards, features, samples, keys)
+  pool = Pool(ctx, shards, samples, clip_score, keys)
   signal_summary = {}
   for sig in SIGNALS.values():
     columns, summary = sig.fn(pool)
     pool.columns.update(columns)
     signal_summary.update(summary)
-  for name, values in pool.columns.items():
-    features = features.append_column(name, pa.array(values))
+
+  def tables():  # each shard's operator columns and its rows of the global ones
+    for path, start, count in shards:
+      table = _shard_columns(ctx, path)
+      if not table.column('uid').equals(samples.column('uid').slice(start, count)):
+        raise ValueError(f"{ctx.path('ingest', ingest.SAMPLES)}: field 'uid' does not match "
+                         f'the features shard of {path}; rerun ingest')
+      for name, values in pool.columns.items():
+        table = table.append_column(name, pa.array(values[start:start + count]))
+      yield table
+  columns = None
   with pipeline.atomic_write(ctx.path('features', FEATURES)) as tmp:
-    pipeline.write_rows(features, tmp)
-  logging.info('features: %d samples, %d columns', pool.rows, features.num_columns - 1)
+    for table in pipeline.write_row_stream(tables(), tmp):
+      columns = columns or table.column_names[1:]
+  logging.info('features: %d samples, %d columns', pool.rows, len(columns))
   return {
       'samples': pool.rows,
       'shards': len(records),
@@ -509,7 +528,7 @@ def run(ctx) -> dict:
       'operators': names,
       'operators_left_out': left_out,
       'operators_left_out_reason': left_out_why,
-      'columns': features.column_names[1:],
+      'columns': columns,
       **signal_summary,
       'skips': dict(sum((collections.Counter(r['skips']) for r in records),
                         collections.Counter())),

@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 from tads_jax import distributed
 from tads_jax import pipeline
 from tads_jax.data import datacomp
+from tads_jax.data import subset as subset_lib
 from tads_jax.data import images as images_lib
 from tads_jax.data import synthetic
 from tads_jax.data import webdataset
@@ -114,6 +115,11 @@ def sample_label(meta: dict) -> int:
   if isinstance(label, int) and not isinstance(label, bool) and 0 <= label < 2 ** 31:
     return label
   return NO_LABEL
+
+
+def _item_rows(ctx, path: str) -> str:
+  """A source's rows, as its item wrote them."""
+  return os.path.join(ctx.stage_dir('ingest'), 'shards', item_name(path) + '.parquet')
 
 
 def _with_label(table: pa.Table) -> pa.Table:
@@ -249,17 +255,16 @@ def run(ctx) -> dict:
   if config.pool.format == 'datacomp':
     image_tars(config)  # every metadata file with its tar, or none
   # Each process ingests the sources it owns; every process then gets every source's
-  # record and rows, in source order.
-  items = os.path.join(ctx.stage_dir('ingest'), 'shards')
-  records, tables = {}, {}
+  # record and uids (as 128-bit keys), in source order, and finds the duplicates.
+  records, keys = {}, {}
   for index, path in enumerate(sources):
     if distributed.owns(index):
       records[index] = _ingest_source(ctx, path)
-      tables[index] = _with_label(pq.read_table(os.path.join(items, item_name(path) +
-                                                             '.parquet')))
+      keys[index] = subset_lib.uids_to_array(
+          pq.read_table(_item_rows(ctx, path), columns=['uid']).column('uid'))
       progress.update(1)
   records = distributed.gather_records(records)
-  tables = distributed.gather_tables(tables)
+  keys = distributed.gather_by_shard(keys)
   for path, record in zip(sources, records):
     dim, first = record.get('embedding_dim'), records[0].get('embedding_dim')
     if None not in (dim, first) and dim != first:
@@ -271,34 +276,39 @@ def run(ctx) -> dict:
   skips = collections.Counter()
   for r in records:
     skips.update(r['skips'])
-  table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
-  uids = np.asarray(table.column('uid').to_pylist(), dtype=object)
-  _, first = np.unique(uids, return_index=True)
-  keep = np.zeros(len(uids), bool)
+  pool_keys = np.concatenate(keys) if keys else np.zeros(0, subset_lib.UID_DTYPE)
+  _, first = np.unique(pool_keys, return_index=True)  # each uid's first row
+  keep = np.zeros(len(pool_keys), bool)  # [N]
   keep[first] = True
-  if (~keep).any():
-    skips['duplicate_uid'] += int((~keep).sum())
-    table = table.filter(pa.array(keep))
-  if not table.num_rows:  # stop here, not in a later stage's arithmetic on nothing
+  skips['duplicate_uid'] += int((~keep).sum())
+  skips = +skips  # drops a zero count
+  if not keep.any():  # stop here, not in a later stage's arithmetic on nothing
     raise ValueError(f'{sources[0] if len(sources) == 1 else f"{len(sources)} pool sources"}: '
                      f'the pool has no usable sample (skipped by reason: '
                      f'{dict(sorted(skips.items())) or "none; the sources are empty"})')
   if not distributed.is_writer():
     return {}
+  ends = np.cumsum([len(k) for k in keys], dtype=np.int64)
+
+  def kept_rows():  # each source's kept rows, read from its item (memory: one source)
+    for path, end, count in zip(sources, ends, [len(k) for k in keys]):
+      table = _with_label(pq.read_table(_item_rows(ctx, path)))
+      yield table.filter(pa.array(keep[end - count:end])).cast(SCHEMA)
+  labelled = 0
   with pipeline.atomic_write(ctx.path('ingest', SAMPLES)) as tmp:
-    pipeline.write_rows(table, tmp)
+    for table in pipeline.write_row_stream(kept_rows(), tmp, SCHEMA):
+      labelled += int((table.column('label').to_numpy() >= 0).sum())
 
   summary = {
       'format': config.pool.format,
       'sources': len(sources),
-      'samples': table.num_rows,
+      'samples': int(keep.sum()),
       'skips': dict(sorted(skips.items())),
       'per_source': records,
   }
   if config.pool.format == 'datacomp':
     summary['embedding_dim'] = records[0].get('embedding_dim') if records else None
     summary['images'] = bool(records) and records[0].get('tar') is not None
-  labelled = int((table.column('label').to_numpy() >= 0).sum())
   if labelled:  # a labelled classification set (tools/labelled_to_pool.py)
     summary['labelled'] = labelled
   if world is not None:
