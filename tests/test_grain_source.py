@@ -7,24 +7,21 @@ import tarfile
 import grain
 import numpy as np
 import pytest
-from PIL import Image
 
 from tads_jax.data import grain_source
 from tads_jax.data import images
 from tads_jax.data import tar_writer
 from tads_jax.data import webdataset
+import test_webdataset
 
 SIZES = (16, 8)
 
 
 def _pixels(seed, h=24, w=32):
-  return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+  return test_webdataset._pixels(seed, h, w)  # pylint: disable=protected-access
 
 
-def _encode(array, fmt, **kw):
-  buf = io.BytesIO()
-  Image.fromarray(array).save(buf, format=fmt, **kw)
-  return buf.getvalue()
+_encode = test_webdataset._encode  # pylint: disable=protected-access
 
 
 def _sample(i, **override):
