@@ -132,12 +132,21 @@ def prior_weights(names: Sequence[str],
   return weights.astype(np.float32)
 
 
+_BLOCK = 65536  # rows per block of the Standardizer's float64 arithmetic
+
+
+def _row_blocks(x):
+  for start in range(0, len(x), _BLOCK):
+    yield np.asarray(x[start:start + _BLOCK], np.float64)
+
+
 def feature_matrix(table, names: Sequence[str], where: str = 'features') -> np.ndarray:
   """[N, F] float32 from a pyarrow Table or a {column: array} mapping; bools become 0/1,
-  nulls NaN (the Standardizer maps them to 0)."""
-  columns = []
+  nulls NaN (the Standardizer maps them to 0). Filled a column at a time: memory holds
+  the matrix and one column."""
+  out = None
   available = table.column_names if hasattr(table, 'column_names') else list(table)
-  for name in names:
+  for i, name in enumerate(names):
     if name not in available:
       raise ValueError(f'{where}: column {name!r} is missing (have {list(available)})')
     column = table[name]
@@ -152,11 +161,13 @@ def feature_matrix(table, names: Sequence[str], where: str = 'features') -> np.n
       array = np.array([np.nan if v is None else v for v in array], np.float64)
     if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
       raise ValueError(f'{where}.{name}: expected numbers or bools, got {array.dtype}')
-    columns.append(array.astype(np.float32))
-  lengths = {len(c) for c in columns}
-  if len(lengths) > 1:
-    raise ValueError(f'{where}: columns have different lengths {sorted(lengths)}')
-  return np.stack(columns, axis=1) if columns else np.zeros((0, 0), np.float32)  # [N, F]
+    if out is None:
+      out = np.empty((len(array), len(names)), np.float32)  # [N, F]
+    elif len(array) != len(out):
+      raise ValueError(f'{where}: columns have different lengths '
+                       f'{sorted({len(out), len(array)})}')
+    out[:, i] = array
+  return out if out is not None else np.zeros((0, 0), np.float32)  # [N, F]
 
 
 class Standardizer:
@@ -185,29 +196,41 @@ class Standardizer:
 
   @classmethod
   def fit(cls, x, names: Sequence[str], clip: float = Z_CLIP) -> 'Standardizer':
-    x = np.asarray(x, np.float64)  # [N, F]
+    x = np.asarray(x)  # [N, F]
     if x.ndim != 2 or x.shape[1] != len(names):
       raise ValueError(f'Standardizer.fit: expected [N, {len(names)}] features, got '
                        f'{x.shape}')
-    finite = np.isfinite(x)
-    count = finite.sum(axis=0)  # [F]
-    safe = np.where(finite, x, 0.0)
-    mean = safe.sum(axis=0) / np.maximum(count, 1)
-    var = (np.where(finite, x - mean, 0.0) ** 2).sum(axis=0) / np.maximum(count, 1)
+    # Column sums a block of rows at a time (memory: one block), in numpy's order for a
+    # sum over axis 0 (row after row), so the moments are those of the whole array.
+    count = np.zeros(x.shape[1], np.int64)
+    total = np.zeros(x.shape[1], np.float64)
+    for block in _row_blocks(x):
+      finite = np.isfinite(block)
+      count += finite.sum(axis=0)
+      total = np.add.reduce(np.vstack([total[None], np.where(finite, block, 0.0)]), axis=0)
+    mean = total / np.maximum(count, 1)
+    squares = np.zeros(x.shape[1], np.float64)
+    for block in _row_blocks(x):
+      deviation = np.where(np.isfinite(block), block - mean, 0.0)
+      squares = np.add.reduce(np.vstack([squares[None], deviation ** 2]), axis=0)
+    var = squares / np.maximum(count, 1)
     std = np.sqrt(var)
     # Relative test: a column like width=256 everywhere gets a variance of float noise.
     constant = (count == 0) | (std <= 1e-7 * np.maximum(np.abs(mean), 1.0))
     return cls(names, mean, np.where(constant, 1.0, std), clip)
 
   def transform(self, x) -> np.ndarray:
-    x = np.asarray(x, np.float64)  # [N, F]
+    x = np.asarray(x)  # [N, F]
     if x.ndim != 2 or x.shape[1] != len(self.names):
       raise ValueError(f'Standardizer.transform: expected [N, {len(self.names)}] features '
                        f'({", ".join(self.names)}), got {x.shape}')
-    with np.errstate(invalid='ignore'):
-      z = (x - self.mean) / self.std
-    z = np.where(np.isnan(z), 0.0, z)
-    return np.clip(z, -self.clip, self.clip).astype(np.float32)  # [N, F]
+    out = np.empty(x.shape, np.float32)
+    for start in range(0, len(x), _BLOCK):  # memory: one block of float64 rows
+      with np.errstate(invalid='ignore'):
+        z = (np.asarray(x[start:start + _BLOCK], np.float64) - self.mean) / self.std
+      z = np.where(np.isnan(z), 0.0, z)
+      out[start:start + _BLOCK] = np.clip(z, -self.clip, self.clip)
+    return out  # [N, F]
 
   def to_dict(self) -> dict:
     return {'names': list(self.names), 'mean': self.mean.tolist(),

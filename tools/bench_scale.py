@@ -162,7 +162,7 @@ def child(root: str, stages: str, selector: str) -> None:
   print(json.dumps({'peak_rss_mb': round(int(hwm.split()[1]) / 1024, 1)}))
 
 
-def bench(out: str, rows: int) -> list:
+def bench(out: str, rows: int, selectors=SELECTORS) -> list:
   root = os.path.join(out, str(rows))
   t = time.perf_counter()
   generate_pool(root, rows)
@@ -171,8 +171,9 @@ def bench(out: str, rows: int) -> list:
   base = 'ingest,encoder,embed,features'
   plan = [('ingest', 'clip_score'), ('ingest,encoder', 'clip_score'),
           ('ingest,encoder,embed', 'clip_score'), (base, 'clip_score')]
-  plan += [(f'{base},select', s) for s in SELECTORS if s != 'tads']
-  plan += [(f'{base},learn', 'tads'), (f'{base},learn,select', 'tads')]
+  plan += [(f'{base},select', s) for s in selectors if s != 'tads']
+  if 'tads' in selectors:
+    plan += [(f'{base},learn', 'tads'), (f'{base},learn,select', 'tads')]
   for stages, selector in plan:
     r = dict(run_stage(root, stages, selector), rows=rows, selector=selector)
     results.append(r)
@@ -187,13 +188,16 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--rows', default='500000,1000000,2000000')
   parser.add_argument('--out', default='/tmp/bench_scale')
+  parser.add_argument('--selectors', default=','.join(SELECTORS),
+                      help="after features; 'none': measure ingest to features only")
   args = parser.parse_args()
+  selectors = tuple(s for s in args.selectors.split(',') if s and s != 'none')
   import machine  # pylint: disable=import-outside-toplevel
   os.makedirs(args.out, exist_ok=True)
   generate_tasks_and_encoder(args.out)
   results = []
   for rows in [int(r) for r in args.rows.split(',')]:
-    results += bench(args.out, rows)
+    results += bench(args.out, rows, selectors)
   sizes = sorted({r['rows'] for r in results})
   print(f'\n{machine.cpu_model()}; load {os.getloadavg()[0]:.2f}')
   print('| stage | selector | ' + ' | '.join(f'{n:,} rows: s / peak RSS MB' for n in sizes)
@@ -207,7 +211,8 @@ def main():
     per_row = ((large['seconds'] / sizes[-1]) / max(small['seconds'] / sizes[0], 1e-12))
     print(f'| {stage} | {selector if stage in ("learn", "select") else "-"} | {cells} | '
           f'{large["peak_rss_mb"] / small["peak_rss_mb"]:.2f}x | {per_row:.2f}x |')
-  print(f'\ncommand: `python tools/bench_scale.py --rows {args.rows} --out {args.out}`')
+  print(f'\ncommand: `python tools/bench_scale.py --rows {args.rows} --out {args.out} '
+        f'--selectors {args.selectors}`')
 
 
 if __name__ == '__main__':
