@@ -36,12 +36,7 @@ def _write(path, samples):
   return str(path)
 
 
-def _cut(src, dst, at):
-  with open(src, 'rb') as f:
-    data = f.read()
-  with open(dst, 'wb') as f:
-    f.write(data[:at])
-  return str(dst)
+_cut = test_webdataset._cut  # pylint: disable=protected-access
 
 
 @pytest.fixture(scope='module')

@@ -22,7 +22,11 @@ embeddings: they stream the shards' embeddings from disk (Pool.embeddings), k-me
 Lloyd iteration (kmeans.fit_stream, k-means++ on at most _init_rows(...) sampled rows), and
 SemDeDup sorts them by cluster into a scratch file in one pass and reads one cluster at a
 time (dedup.semdedup_flags_stream). Memory holds one shard's embeddings, the largest cluster
-and per-sample scalars (labels, bounds, output columns).
+and per-sample scalars (labels, bounds, output columns); features.parquet is written a
+shard at a time from the per-shard files and those columns.
+
+With several processes (distributed.py) each runs the per-shard pass on the shards it owns;
+the global signals run on the writer alone, for now.
 
 Output: `features/features.parquet`, uid plus one column per feature, rows in
 ingest/samples.parquet order. A DataComp pool's embeddings come from its own npz files and

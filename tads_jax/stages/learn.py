@@ -5,6 +5,10 @@ and runs inside select. The stage reads the selector's `Inputs` through the earl
 own readers (`selector_inputs`, which select and evaluate use too), calls its pure `fit`,
 and saves the returned state to `learn/state.msgpack`; `read_state` restores it. A long fit
 keeps resumable checkpoints in learn/ (Inputs.checkpoints), so a killed run resumes.
+
+The pool's embeddings reach a selector on disk (embed.EmbeddingFiles), and only the
+features columns it declares are read, so memory follows those columns, not the pool's
+[N, E] embeddings. With several processes the writer runs this stage alone.
 """
 
 import contextlib
