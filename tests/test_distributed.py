@@ -321,6 +321,14 @@ def _select_config(name: str):
   return c
 
 
+def _resume_child(root: str):
+  """Reruns the pipeline up to embed in root/work, as one process of the pair."""
+  c = _select_config('clip_score')
+  c.stages = ('ingest', 'encoder', 'embed')
+  status = main.run(c, os.path.join(root, 'work'))
+  assert status == {'ingest': 'skipped', 'encoder': 'skipped', 'embed': 'ran'}, status
+
+
 def _pipeline_child(root: str):
   """The whole pipeline in `root` for every selector (earlier stages done once); each
   selector's subset and scores kept as root/<selector>.{npy,parquet}."""
@@ -336,7 +344,8 @@ def _pipeline_child(root: str):
 def test_two_processes_run_the_pipeline_one_process_runs(tmp_path):
   """ingest, embed and the features shards split over 2 processes (the encoder, the
   pool-wide features signals and learn on the writer), then select: every stage's table
-  and each selector's subset and scores equal one process's (both on one device each)."""
+  and each selector's subset and scores equal one process's (both on one device each).
+  Then a process killed mid-stage resumes: only its unfinished shard is embedded again."""
   import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
   pair, single = tmp_path / 'pair', tmp_path / 'single'
   _spawn(tmp_path, [(('pipeline', str(pair)), True), (('pipeline', str(pair)), True),
@@ -357,7 +366,21 @@ def test_two_processes_run_the_pipeline_one_process_runs(tmp_path):
     assert pq.read_table(pair / f'{name}.parquet').drop_columns(['shard']).equals(
         pq.read_table(single / f'{name}.parquet').drop_columns(['shard'])), name
 
+  # Process 1 killed while embedding its shard, as the workdir then is: its item unwritten
+  # (items are written whole or not at all), the stage not marked done. The pair's rerun
+  # embeds that shard alone, on its owner, to the same arrays.
+  killed = npz[0][1]
+  killed.unlink()
+  killed.with_suffix('.json').unlink()
+  (pair / 'work' / 'embed' / '_done.json').unlink()
+  _spawn(tmp_path, [(('resume', str(pair)), True), (('resume', str(pair)), True)])
+  summary = main.pipeline.read_done(str(pair / 'work' / 'embed'))['summary']
+  with np.load(killed) as a, np.load(npz[1][1]) as b:
+    assert summary['samples_computed'] == len(b['uid']) < summary['samples']
+    for key in b.files:
+      np.testing.assert_array_equal(a[key], b[key])
+
 
 if __name__ == '__main__':
-  {'pipeline': _pipeline_child}.get(
+  {'pipeline': _pipeline_child, 'resume': _resume_child}.get(
       sys.argv[1], lambda out: _child(sys.argv[1], out))(sys.argv[2])
