@@ -256,19 +256,6 @@ def gather_records(per_shard: dict) -> list:
   return [json.loads(part.tobytes().decode()) for part in parts]
 
 
-def gather_tables(per_shard: dict) -> list:
-  """gather_by_shard for pyarrow Tables (a stage's per-shard rows), through Arrow IPC."""
-  import pyarrow as pa  # pylint: disable=import-outside-toplevel
-
-  def encode(table):
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-      writer.write_table(table)
-    return np.frombuffer(sink.getvalue(), np.uint8)
-  parts = gather_by_shard({i: encode(t) for i, t in per_shard.items()})
-  return [pa.ipc.open_stream(pa.py_buffer(part.tobytes())).read_all() for part in parts]
-
-
 def _numpy_value(value):
   """An array or a tuple of arrays, as numpy (so that one process and many return the same
   types, and sums over them round the same way)."""

@@ -222,26 +222,17 @@ def atomic_write(path: str, suffix: str = ''):
 ROW_GROUP = 65536
 
 
-def write_rows(table, path: str) -> None:
-  """A per-sample table as parquet, in row groups of ROW_GROUP rows."""
-  import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
-  pq.write_table(table, path, row_group_size=ROW_GROUP)
-
-
-def write_row_stream(tables, path: str, schema=None):
-  """Writes an iterable of tables as one parquet file in row groups of ROW_GROUP rows,
-  holding at most that many rows; yields each table once written (for tallies). The
-  schema is `schema`, or the first table's."""
+def write_row_stream(tables, path: str):
+  """Writes an iterable of tables (one schema, at least one table) as one parquet file in
+  row groups of ROW_GROUP rows, holding at most that many rows; yields each table once
+  written (for tallies)."""
   import pyarrow as pa  # pylint: disable=import-outside-toplevel
   import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
   tables = iter(tables)
-  first = None
-  if schema is None:
-    first = next(tables)
-    schema = first.schema
-  with pq.ParquetWriter(path, schema) as writer:
-    pending = schema.empty_table()
-    for table in itertools.chain([first] if first is not None else [], tables):
+  first = next(tables)
+  with pq.ParquetWriter(path, first.schema) as writer:
+    pending = first.schema.empty_table()
+    for table in itertools.chain([first], tables):
       pending = pa.concat_tables([pending, table])
       while pending.num_rows >= ROW_GROUP:
         writer.write_table(pending.slice(0, ROW_GROUP), row_group_size=ROW_GROUP)

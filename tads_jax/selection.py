@@ -12,10 +12,10 @@ all usable with any selector's scores:
 """
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
 
 from tads_jax import selectors
+from tads_jax.data import subset
 
 METHODS = ('topk', 'soft_cap', 'hard_cap')
 # selection.dedup: which duplicate flags of the features stage exclude a sample. Of each
@@ -54,22 +54,16 @@ def topk_counts(scores: np.ndarray, uids, fraction: float, eligible=None) -> np.
   del candidates
   above = np.flatnonzero(key > cut)  # NaN (ineligible) compares False
   tied = np.flatnonzero(key == cut)
-  tied_uids = np.asarray(take_uids(uids, tied))
+  tied_uids = subset.take(uids, tied)
+  tied_uids = np.asarray(tied_uids.to_pylist() if subset.is_arrow(tied_uids) else tied_uids)
   counts[above] = 1
   counts[tied[np.argsort(tied_uids, kind='stable')[:k - len(above)]]] = 1
   return counts
 
 
-def take_uids(uids, rows: np.ndarray) -> list:
-  """uids[rows] as a list of str, from a list, an array or a pyarrow column."""
-  if hasattr(uids, 'take') and not isinstance(uids, np.ndarray):  # pyarrow
-    return uids.take(pa.array(rows, pa.int64())).to_pylist()
-  return [uids[i] for i in rows]
-
-
 def uid_order(uids) -> np.ndarray:  # -> [N] int64
   """Row indices in uid order (a pyarrow column is sorted without making N str objects)."""
-  if hasattr(uids, 'take') and not isinstance(uids, np.ndarray):
+  if subset.is_arrow(uids):
     return pc.sort_indices(uids).to_numpy().astype(np.int64)
   return np.argsort(np.asarray(uids), kind='stable')
 

@@ -75,23 +75,29 @@ def write_subset(path: str, uids, counts=None) -> np.ndarray:
   Written to a temporary name and renamed, so a reader never sees half a file.
   """
   if counts is None:
-    array = uids_to_array(uids if _is_arrow(uids) else list(uids))
+    array = uids_to_array(uids if is_arrow(uids) else list(uids))
   else:
     counts = np.asarray(counts, dtype=np.int64)
     if counts.shape != (len(uids),) or (counts < 0).any():
       raise ValueError(f"{path}: counts must be {len(uids)} non-negative integers")
     kept = np.flatnonzero(counts)  # only the kept rows' uids are converted
-    picked = (uids.take(pa.array(kept, pa.int64())) if _is_arrow(uids)
-              else [uids[i] for i in kept])
-    array = np.repeat(uids_to_array(picked), counts[kept])
+    array = np.repeat(uids_to_array(take(uids, kept)), counts[kept])
   array = np.sort(array)
   with pipeline.atomic_write(path, suffix='.npy') as tmp:
     np.save(tmp, array)
   return array
 
 
-def _is_arrow(uids) -> bool:
+def is_arrow(uids) -> bool:
+  """Whether uids are a pyarrow column (kept as one, never made into a str per row)."""
   return isinstance(uids, (pa.Array, pa.ChunkedArray))
+
+
+def take(uids, rows: np.ndarray):
+  """uids[rows]: a pyarrow column stays one, a list or an array gives a list."""
+  if is_arrow(uids):
+    return uids.take(pa.array(rows, pa.int64()))
+  return [uids[i] for i in rows]
 
 
 def read_subset(path: str) -> np.ndarray:

@@ -23,7 +23,7 @@ in `Selector.config_fields`, checked by `Selector.check_config` before any work)
 """
 
 import dataclasses
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -41,10 +41,10 @@ class Inputs:
   """The arrays a selector sees; rows follow ingest/samples.parquet.
 
   The pool's embeddings come either as arrays (image_emb, text_emb: the Python API, tests)
-  or as `embedding_source`, which the stages pass: it streams them from the embed stage's
-  files, so that a selector that reads them block by block (embedding_blocks) or a batch
-  of rows at a time (embedding_rows) never holds [N, E]. embeddings() concatenates them,
-  for the methods that need the whole pool at once.
+  or as `embedding_source`, which the stages pass (stages/embed.EmbeddingFiles): it reads
+  them from the embed stage's files, so that a selector that reads a batch or a chunk of
+  rows at a time (embedding_rows) never holds [N, E]. embeddings() concatenates them, for
+  the methods that need the whole pool at once.
   """
   features: pa.Table                       # uid, caption, width, height, ... + features
   image_emb: np.ndarray | None = None      # [N, E] float32 unit rows, the pool's images
@@ -55,11 +55,10 @@ class Inputs:
   tasks: tuple = ()
   # Where a long fit keeps resumable checkpoints (the learn stage's directory), or None.
   checkpoints: str | None = None
-  # The pool's embeddings on disk (an EmbeddingSource), instead of image_emb / text_emb.
+  # The pool's embeddings on disk, instead of image_emb / text_emb: blocks() yields
+  # (image_emb, text_emb) float32 [b, E] in row order, rows() gives two array-likes with
+  # .shape, .dtype and [idx] row gathers.
   embedding_source: Any = None
-  # A directory where a selector may spill pool-sized arrays while it runs (the stage's
-  # own); None: a temporary directory.
-  scratch: str | None = None
 
   @property
   def num_rows(self) -> int:
@@ -77,26 +76,19 @@ class Inputs:
                        'ingest stage for pool columns)')
     return self.features.column(name).to_numpy(zero_copy_only=False)
 
-  def _source(self, selector: str):
-    if self.embedding_source is not None:
-      return self.embedding_source
-    if self.image_emb is None or self.text_emb is None:
-      raise ValueError(f'selector {selector}: needs the pool embeddings (config.stages: embed)')
-    return ArrayEmbeddings(self.image_emb, self.text_emb)
-
-  def embedding_blocks(self, selector: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(image_emb, text_emb) float32 [b, E] blocks of consecutive rows, in row order."""
-    return self._source(selector).blocks()
-
   def embedding_rows(self, selector: str) -> tuple[Any, Any]:
     """(image rows, text rows): [N, E] float32 array-likes that gather rows by index
-    (`rows[idx]`), for batches drawn from anywhere in the pool."""
-    return self._source(selector).rows()
+    (`rows[idx]`, or a slice), for batches drawn from anywhere in the pool."""
+    if self.embedding_source is not None:
+      return self.embedding_source.rows()
+    return self.embeddings(selector)
 
   def embeddings(self, selector: str) -> tuple[np.ndarray, np.ndarray]:
     """The whole [N, E] arrays: for the methods that need every row at once."""
     if self.embedding_source is None:
-      self._source(selector)  # raises when there are none
+      if self.image_emb is None or self.text_emb is None:
+        raise ValueError(f'selector {selector}: needs the pool embeddings (config.stages: '
+                         'embed)')
       return self.image_emb, self.text_emb
     blocks = list(self.embedding_source.blocks())
     return (np.concatenate([b[0] for b in blocks]), np.concatenate([b[1] for b in blocks]))
@@ -107,26 +99,6 @@ class Inputs:
       raise ValueError(f'selector {selector}: needs at least one '
                        f'{kind + " " if kind else ""}task with a train split (config.tasks)')
     return tasks
-
-
-@dataclasses.dataclass(frozen=True)
-class ArrayEmbeddings:
-  """An embedding source over arrays in memory: what Inputs uses for image_emb / text_emb.
-
-  A source (the stages' is stages/embed.EmbeddingFiles) has blocks() -> iterator of
-  (image_emb, text_emb) float32 [b, E] in row order, and rows() -> two array-likes with
-  .shape, .dtype and [idx] row gathers.
-  """
-  image_emb: np.ndarray
-  text_emb: np.ndarray
-  block: int = 65536
-
-  def blocks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    for start in range(0, len(self.image_emb), self.block):
-      yield (self.image_emb[start:start + self.block], self.text_emb[start:start + self.block])
-
-  def rows(self) -> tuple[np.ndarray, np.ndarray]:
-    return self.image_emb, self.text_emb
 
 
 def _no_fit(config, inputs) -> dict:

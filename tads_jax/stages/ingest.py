@@ -296,7 +296,7 @@ def run(ctx) -> dict:
       yield table.filter(pa.array(keep[end - count:end])).cast(SCHEMA)
   labelled = 0
   with pipeline.atomic_write(ctx.path('ingest', SAMPLES)) as tmp:
-    for table in pipeline.write_row_stream(kept_rows(), tmp, SCHEMA):
+    for table in pipeline.write_row_stream(kept_rows(), tmp):
       labelled += int((table.column('label').to_numpy() >= 0).sum())
 
   summary = {

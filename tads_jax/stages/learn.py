@@ -11,6 +11,7 @@ features columns it declares are read, so memory follows those columns, not the 
 [N, E] embeddings. With several processes the writer runs this stage alone.
 """
 
+import collections
 import contextlib
 import os
 
@@ -38,7 +39,7 @@ def selector_inputs(ctx, needs, stage: str, checkpoints: str | None = None,
             if 'embeddings' in needs else None)
   try:
     yield selectors.Inputs(features=table, tasks=_tasks(ctx, needs), checkpoints=checkpoints,
-                           embedding_source=source, scratch=ctx.stage_dir(stage))
+                           embedding_source=source)
   finally:
     if source is not None:
       source.close()
@@ -50,14 +51,14 @@ def shard_inputs(ctx, needs, columns=None, owned=lambda index: True):
   shard's features and embeddings."""
   tasks = _tasks(ctx, needs)
   paths = [r['path'] for r in ctx.summary('ingest')['per_source']]
-  shards = []  # (index, path, uids) of each shard, queued as its rows are read
+  shards = collections.deque()  # (index, path, uids) of each shard, queued as it is read
   def sizes():
     for index, (path, rows) in enumerate(ingest.rows_by_shard(ctx, paths, ('uid',))):
       if rows['uid']:
         shards.append((index, path, rows['uid']))
         yield len(rows['uid'])
   for table in features_stage.iter_features(ctx, sizes(), columns):
-    index, path, uids = shards.pop(0)
+    index, path, uids = shards.popleft()
     if not owned(index):
       continue
     image_emb = text_emb = None

@@ -69,22 +69,19 @@ def run(ctx) -> dict:
   }
 
 
-def _write_scores(ctx, scores: np.ndarray, counts: np.ndarray, rows: int = 65536) -> None:
+def _write_scores(ctx, scores: np.ndarray, counts: np.ndarray) -> None:
   """scores.parquet: the features table with 'score' and 'times_selected', written a
   slice of rows at a time."""
-  sizes = [min(rows, len(scores) - start) for start in range(0, len(scores), rows)]
-  starts = np.cumsum([0] + sizes)
+  starts = range(0, len(scores), pipeline.ROW_GROUP)
+  sizes = [min(pipeline.ROW_GROUP, len(scores) - start) for start in starts]
 
   def tables():
     for start, table in zip(starts, features_stage.iter_features(ctx, sizes)):
       end = start + table.num_rows
       yield table.append_column('score', pa.array(scores[start:end])) \
                  .append_column('times_selected', pa.array(counts[start:end]))
-  first = next(features_stage.iter_features(ctx, [0]))  # the schema
-  schema = first.schema.append(pa.field('score', pa.float64())).append(
-      pa.field('times_selected', pa.int64()))
   with pipeline.atomic_write(ctx.path(SCORES)) as tmp:
-    for _ in pipeline.write_row_stream(tables(), tmp, schema):
+    for _ in pipeline.write_row_stream(tables(), tmp):
       pass
 
 
