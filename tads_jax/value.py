@@ -225,9 +225,9 @@ class Standardizer:
       raise ValueError(f'Standardizer.transform: expected [N, {len(self.names)}] features '
                        f'({", ".join(self.names)}), got {x.shape}')
     out = np.empty(x.shape, np.float32)
-    for start in range(0, len(x), _BLOCK):  # memory: one block of float64 rows
+    for start, block in zip(range(0, len(x), _BLOCK), _row_blocks(x)):  # one block at once
       with np.errstate(invalid='ignore'):
-        z = (np.asarray(x[start:start + _BLOCK], np.float64) - self.mean) / self.std
+        z = (block - self.mean) / self.std
       z = np.where(np.isnan(z), 0.0, z)
       out[start:start + _BLOCK] = np.clip(z, -self.clip, self.clip)
     return out  # [N, F]

@@ -318,10 +318,6 @@ def run(ctx) -> dict:
   return summary
 
 
-def samples(ctx) -> pa.Table:
-  return pq.read_table(ctx.path('ingest', SAMPLES))
-
-
 def rows_by_shard(ctx, paths: list, columns):
   """(shard path, {column: list}) for every path in order, from samples.parquet.
 
