@@ -96,6 +96,19 @@ def test_stream_gives_the_in_memory_flags(tmp_path):
   assert 0 < expected.sum() < len(emb)
   assert dedup.semdedup_flags_stream(lambda: iter(()), np.zeros(0, int), np.zeros(0), 0.1,
                                      scratch).shape == (0,)
+  # Clusters split between 3 processes (as features splits them): each scans its share,
+  # flags nothing outside it, and the shares add up to the whole scan.
+  parts = [dedup.semdedup_flags_stream(_blocks(emb, [7, 0, 100, 123]), assignment, quality,
+                                       0.01, scratch, block=8, rows=assignment % 3 == p)
+           for p in range(3)]
+  expected = dedup.semdedup_flags(emb, assignment, quality, 0.01, block=8)
+  for p, part in enumerate(parts):
+    assert not part[assignment % 3 != p].any()
+    assert part.any() or not expected[assignment % 3 == p].any()
+  np.testing.assert_array_equal(np.sum(parts, axis=0) > 0, expected)
+  with pytest.raises(ValueError, match=r'semdedup_flags_stream: rows must be bool \[230\]'):
+    dedup.semdedup_flags_stream(_blocks(emb, [230]), assignment, quality, 0.01, scratch,
+                                rows=np.ones(229, bool))
 
 
 def test_stream_checks_its_source_and_removes_the_scratch_file(tmp_path):

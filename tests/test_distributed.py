@@ -223,7 +223,7 @@ def _child(mode: str, out: str):
 
   fit = kmeans.fit_stream(chunks, len(pool), K, ITERS, jax.random.key(7), chunk=16,
                           init_sample=100, shard_rows=SHARD_ROWS,
-                          gather=distributed.gather_by_shard)
+                          gather=distributed.gather_by_shard, processes=count)
   local = np.split(fit.assignment, np.cumsum([SHARD_ROWS[i] for i in owned])[:-1])
   assignment = np.concatenate(distributed.gather_by_shard(dict(zip(owned, local))))
   saved = dict(centroids=fit.centroids, assignment=assignment, history=np.array(fit.history),

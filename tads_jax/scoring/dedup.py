@@ -38,11 +38,14 @@ def semdedup_flags(emb, assignment, quality, eps: float, block: int = 256) -> np
   if emb.ndim != 2 or emb.shape[0] != order.shape[0]:
     raise ValueError(f'semdedup_flags: expected emb [N, D] for assignment [N]; got '
                      f'{emb.shape}, {assignment.shape}')
-  return _flag_clusters(order, assignment, eps, block, lambda start, end: emb[order[start:end]])
+
+  def fill(start, end, out):
+    out[:] = emb[order[start:end]]
+  return _flag_clusters(order, assignment, eps, block, fill, emb.shape[1])
 
 
 def semdedup_flags_stream(chunks, assignment, quality, eps: float, scratch: str,
-                          block: int = 256) -> np.ndarray:
+                          block: int = 256, rows=None) -> np.ndarray:
   """semdedup_flags for a pool larger than memory, the same flags.
 
   chunks() returns an iterator over the pool's embeddings in [b, D] blocks (any b), in
@@ -52,11 +55,21 @@ def semdedup_flags_stream(chunks, assignment, quality, eps: float, scratch: str,
   [N, D]; the pool's embeddings pass through the file (and the OS page cache) once. The
   file is written and read with pwrite / pread, not mapped: a mapping's pages would count
   in this process's resident memory, up to the whole file.
+
+  rows: bool [N], the rows to scan, whole clusters (a process's share of the clusters);
+  only they go to the file, the others get False. Their flags are those of a scan of every
+  row: a cluster's flags depend on its rows alone.
   """
   order, assignment = _cluster_order(assignment, quality, eps, block)
   n = order.shape[0]
-  rank = np.empty(n, np.int64)  # [N] position of each row in the scratch file
-  rank[order] = np.arange(n)
+  if rows is not None:
+    rows = np.asarray(rows)
+    if rows.shape != (n,) or rows.dtype != bool:
+      raise ValueError(f'semdedup_flags_stream: rows must be bool [{n}], got {rows.dtype} '
+                       f'{rows.shape}')
+    order = order[rows[order]]
+  rank = np.full(n, -1, np.int64)  # [N] position of each row in the scratch file, -1: none
+  rank[order] = np.arange(order.shape[0])
   fd, width, seen = os.open(scratch, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644), None, 0
   try:
     for part in chunks():
@@ -68,8 +81,9 @@ def semdedup_flags_stream(chunks, assignment, quality, eps: float, scratch: str,
         raise ValueError(f'semdedup_flags_stream: the source yields more than the N={n} '
                          'rows of assignment')
       width = part.shape[1]
-      for row, position in zip(part, rank[seen:seen + part.shape[0]]):
-        os.pwrite(fd, row.tobytes(), int(position) * width * 4)
+      positions = rank[seen:seen + part.shape[0]]
+      for i in np.flatnonzero(positions >= 0):
+        os.pwrite(fd, part[i].tobytes(), int(positions[i]) * width * 4)
       seen += part.shape[0]
     if seen != n:
       raise ValueError(f'semdedup_flags_stream: the source yielded {seen} rows, assignment '
@@ -77,10 +91,10 @@ def semdedup_flags_stream(chunks, assignment, quality, eps: float, scratch: str,
     if width is None:
       return np.zeros(0, bool)
 
-    def rows_of(start, end):  # one cluster's rows, contiguous in the file
-      data = os.pread(fd, (end - start) * width * 4, start * width * 4)
-      return np.frombuffer(data, np.float32).reshape(end - start, width)
-    return _flag_clusters(order, assignment, eps, block, rows_of)
+    def fill(start, end, out):  # one cluster's rows, contiguous in the file, read into out
+      if os.preadv(fd, [out], start * width * 4) != out.nbytes:
+        raise ValueError(f'{scratch}: shorter than the rows written to it')
+    return _flag_clusters(order, assignment, eps, block, fill, width)
   finally:
     os.close(fd)
     if os.path.exists(scratch):
@@ -104,25 +118,30 @@ def _cluster_order(assignment, quality, eps: float, block: int):
   return np.lexsort((np.arange(n), -quality, assignment)), assignment
 
 
-def _flag_clusters(order, assignment, eps: float, block: int, rows_of) -> np.ndarray:
-  """The greedy scan cluster by cluster; rows_of(start, end) returns the embeddings of
-  order[start:end], one cluster, best first."""
-  n = order.shape[0]
-  starts = np.flatnonzero(np.r_[n > 0, np.diff(assignment[order]) != 0])  # cluster starts
-  ends = np.r_[starts[1:], n]
-  flags = np.zeros(n, bool)
+def _flag_clusters(order, assignment, eps: float, block: int, fill, width: int) -> np.ndarray:
+  """The greedy scan cluster by cluster; fill(start, end, out) writes the embeddings of
+  order[start:end], one cluster best first, into out [end - start, width] float32. The
+  flags cover assignment's N rows; rows not in order stay False.
+
+  The cluster is read straight into its padded block, which the jitted scan takes as a
+  numpy array (on CPU no device copy is made), so memory holds the block and its
+  normalized copy.
+  """
+  clusters = assignment[order]
+  starts = np.flatnonzero(np.r_[order.shape[0] > 0, np.diff(clusters) != 0])
+  ends = np.r_[starts[1:], order.shape[0]]
+  flags = np.zeros(assignment.shape[0], bool)
   threshold = np.float32(1.0 - eps)
   for start, end in zip(starts, ends):
     size = end - start
     if size < 2:
       continue
-    first = np.asarray(rows_of(start, end), np.float32)  # [size, D] rows best first
     padded = max(8, 1 << int(size - 1).bit_length())  # next power of two
-    cluster = np.zeros((padded, first.shape[1]), np.float32)
-    cluster[:size] = first
-    dup = _cluster_duplicates(jnp.asarray(cluster), jnp.int32(size), threshold,
-                              min(block, padded))
+    cluster = np.zeros((padded, width), np.float32)  # [padded, D], rows best first
+    fill(start, end, cluster[:size])
+    dup = _cluster_duplicates(cluster, np.int32(size), threshold, min(block, padded))
     flags[order[start:end]] = np.asarray(dup)[:size]
+    del cluster, dup  # before the next cluster's block is made
   return flags
 
 

@@ -332,7 +332,7 @@ def _init_centroids(take, n: int, d: int | None, k: int, key, init: str, init_ce
 def fit_stream(chunks, n: int, k: int, iters: int, key, chunk: int = 2048,
                init: str = 'kmeans++', matmul_dtype=jnp.float32, init_centroids=None,
                init_sample: int = 65536, prune: bool = True, callback=None,
-               shard_rows=None, gather=None) -> KMeansResult:
+               shard_rows=None, gather=None, processes: int = 1) -> KMeansResult:
   """fit for a pool larger than memory: each Lloyd iteration is one pass over a source that
   yields the rows block by block (e.g. one block per shard, read from disk).
 
@@ -359,6 +359,10 @@ def fit_stream(chunks, n: int, k: int, iters: int, key, chunk: int = 2048,
       The assignment then covers this process's rows, in the order its source yields them.
     gather: with shard_rows, gather({shard index: value}) -> every process's shard values
       in shard order (distributed.gather_by_shard); by default this process's alone.
+    processes: with shard_rows, how the shards are split: process p owns the shards whose
+      index % processes == p (distributed.owns). Each pass gathers one round of shards
+      (one per process) at a time and adds their statistics to the running sum in shard
+      order, so memory holds `processes` shards' [k, D] sums, not every shard's.
   """
   if iters < 0 or chunk < 1:
     raise ValueError(f'k-means: iters must be >= 0 and chunk >= 1, got {iters}, {chunk}')
@@ -366,7 +370,7 @@ def fit_stream(chunks, n: int, k: int, iters: int, key, chunk: int = 2048,
     raise ValueError(f'k-means: need 1 <= k <= N, got k={k}, N={n}')
   if shard_rows is not None or gather is not None:
     return _fit_shards(chunks, n, k, iters, key, chunk, init, matmul_dtype, init_centroids,
-                       init_sample, prune, callback, shard_rows, gather)
+                       init_sample, prune, callback, shard_rows, gather, processes)
   centroids = _init_centroids(lambda idx: _take_rows(chunks, n, idx), n, None, k, key, init,
                               init_centroids, init_sample)
   chunk = min(chunk, -(-n // 8) * 8)  # a small pool does not pad to a big block
@@ -387,7 +391,7 @@ def fit_stream(chunks, n: int, k: int, iters: int, key, chunk: int = 2048,
 
 
 def _fit_shards(chunks, n, k, iters, key, chunk, init, matmul_dtype, init_centroids,
-                init_sample, prune, callback, shard_rows, gather) -> KMeansResult:
+                init_sample, prune, callback, shard_rows, gather, processes) -> KMeansResult:
   """fit_stream over shards that may be split between processes (its shard_rows, gather).
 
   Each shard's pass starts from zero sums and resolves its own stale rows, so a shard's
@@ -404,16 +408,16 @@ def _fit_shards(chunks, n, k, iters, key, chunk, init, matmul_dtype, init_centro
   starts = np.cumsum([0] + shard_rows)
 
   def shards():  # (index, [rows, D] float32) of this process's shards, checked
-    seen = set()
+    last = -1
     for index, part in chunks():
       part = np.asarray(part, np.float32)
-      if not 0 <= index < len(shard_rows) or index in seen:
+      if not last < index < len(shard_rows):
         raise ValueError(f'k-means source: shard index {index} out of range [0, '
-                         f'{len(shard_rows)}) or yielded twice')
+                         f'{len(shard_rows)}), repeated or out of order')
       if part.ndim != 2 or part.shape[0] != shard_rows[index]:
         raise ValueError(f'k-means source: shard {index} must be [{shard_rows[index]}, D], '
                          f'got {part.shape}')
-      seen.add(index)
+      last = index
       yield index, part
 
   def take(idx):  # sorted global row indices (None: all) -> [m, D], gathered in row order
@@ -436,28 +440,39 @@ def _fit_shards(chunks, n, k, iters, key, chunk, init, matmul_dtype, init_centro
   labels, bound = {}, {}  # per shard of this process: [rows] labels and bounds
   previous = centroids
   history, computed = [], []
+  if not isinstance(processes, int) or processes < 1:
+    raise ValueError(f'k-means: processes must be a positive integer, got {processes!r}')
+  rounds = -(-len(shard_rows) // processes)
   for i in range(iters + 1):  # the last pass only assigns, to the final centroids
-    stats, order = {}, []
-    for index, part in shards():
-      rows = part.shape[0]
-      labels.setdefault(index, np.zeros(rows, np.int32))
-      bound.setdefault(index, np.full(rows, np.inf, np.float32))
-      sums, counts, total, rows_computed = _stream_pass(
-          lambda part=part: iter([part]), rows, centroids, previous, labels[index],
-          bound[index], chunk, matmul_dtype, prune)
-      stats[index] = (np.asarray(sums), np.asarray(counts),  # [k, D], [k] float32
-                      np.array([total, rows_computed, rows], np.float64))
-      order.append(index)
-    parts = gather(stats)  # every shard's, in shard order: the same list on every process
-    pool_rows = sum(part[2][2] for part in parts)
+    sums = counts = None
+    total = rows_computed = pool_rows = 0.0
+    order, source = [], shards()
+    pending = next(source, None)
+    for r in range(rounds):  # one collective per round, every process in every round
+      stats = {}
+      while pending is not None and pending[0] // processes == r:
+        index, part = pending
+        rows = part.shape[0]
+        labels.setdefault(index, np.zeros(rows, np.int32))
+        bound.setdefault(index, np.full(rows, np.inf, np.float32))
+        s, c, t, done = _stream_pass(lambda part=part: iter([part]), rows, centroids,
+                                     previous, labels[index], bound[index], chunk,
+                                     matmul_dtype, prune)
+        stats[index] = (np.asarray(s), np.asarray(c),  # [k, D], [k] float32
+                        np.array([t, done, rows], np.float64))
+        order.append(index)
+        pending = next(source, None)
+      for part in gather(stats):  # this round's shards, in shard order, on every process
+        sums = part[0] if sums is None else sums + part[0]
+        counts = part[1] if counts is None else counts + part[1]
+        total, rows_computed = total + part[2][0], rows_computed + part[2][1]
+        pool_rows += part[2][2]
+    if pending is not None:
+      raise ValueError(f'k-means source: shard {pending[0]} is past the {len(shard_rows)} '
+                       'shards of shard_rows, or out of order')
     if pool_rows != n:
       raise ValueError(f'k-means source: the processes yielded {int(pool_rows)} rows, expected '
                        f'N={n}; a shard is missing')
-    sums, counts = parts[0][0], parts[0][1]
-    total, rows_computed = parts[0][2][0], parts[0][2][1]
-    for part in parts[1:]:
-      sums, counts = sums + part[0], counts + part[1]
-      total, rows_computed = total + part[2][0], rows_computed + part[2][1]
     history.append(float(total) / n)
     computed.append(float(rows_computed) / n)
     if callback is not None:
