@@ -638,7 +638,9 @@ def learn(cfg: MetaConfig, value_module_and_params, pool: Mapping, tasks: Sequen
   workdir: orbax checkpoints in workdir/checkpoints every cfg.checkpoint_every steps and at
     the end; a run there resumes from the last one and ends where an uninterrupted run
     would.
-  mesh: the pool batch is split over its 'data' axis (default one device).
+  mesh: the pool batch is split over its 'data' axis (default one device); on a mesh over
+    several processes (jax.devices()) each process gathers only its devices' rows, and
+    every process gets the same params.
   rules: a sharding.RULES name or table placing the proxy's params and activations on the
     mesh; callers pass sharding.from_config(config).rules, so that config.mesh.rules means
     the same here as in the other stages. The scorer's params are replicated whatever the
@@ -676,6 +678,9 @@ def learn(cfg: MetaConfig, value_module_and_params, pool: Mapping, tasks: Sequen
   program = _program(_compute_key(cfg), scorer, width, kinds, mesh, rules)
   names = [task['name'] for task in tasks]
   batch_sh, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+  # This process's part of each pool batch: on a mesh over several processes each reads
+  # only the rows its devices hold.
+  local = sharding.local_batch_rows(batch_sh, cfg.batch_size)
 
   def make_step(start):
     pool_rows = train.batch_rows(np.arange(n), cfg.batch_size, cfg.seed, start)
@@ -688,7 +693,7 @@ def learn(cfg: MetaConfig, value_module_and_params, pool: Mapping, tasks: Sequen
                         else None for task in tasks]
 
     def run_step(state, step):
-      idx = next(pool_rows)  # [B]
+      idx = next(pool_rows)[local]  # [B / processes]
       pool_batch = {field: np.asarray(pool[field][idx], None if field in EMBEDDINGS
                                       else np.float32)
                     for field in scorer.fields + EMBEDDINGS}
@@ -699,7 +704,8 @@ def learn(cfg: MetaConfig, value_module_and_params, pool: Mapping, tasks: Sequen
                       for t, task in enumerate(tasks)]
       feedback = [task_batch(task, next(rows), ct)
                   for task, rows, ct in zip(tasks, task_rows, class_text)]
-      return program.step(state, jax.device_put(pool_batch, batch_sh), feedback)
+      return program.step(state, sharding.global_batch(batch_sh, pool_batch, cfg.batch_size),
+                          feedback)
     return run_step
 
   def record(history, steps, metrics):

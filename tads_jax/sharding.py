@@ -125,16 +125,17 @@ class Layout(NamedTuple):
   rules: str | tuple  # a RULES name, or an explicit table of (logical name, mesh axis)
 
 
-def from_config(config) -> Layout:
+def from_config(config, devices=None) -> Layout:
   """The mesh of config.mesh.data x config.mesh.model and the rules of config.mesh.rules.
 
   Every stage that places arrays on devices takes both from here, so that mesh.rules means
   the same thing in each. A missing block or field takes the default (-1, 1,
-  'data_parallel'); a bad value raises ValueError naming config.mesh.<field>.
+  'data_parallel'); a bad value raises ValueError naming config.mesh.<field>. devices:
+  make_mesh's (default this process's; jax.devices() for a mesh over every process).
   """
   block = config.get('mesh') if hasattr(config, 'get') else None
   block = {} if block is None else block
-  mesh = make_mesh(data=block.get('data', -1), model=block.get('model', 1),
+  mesh = make_mesh(data=block.get('data', -1), model=block.get('model', 1), devices=devices,
                    where='config.mesh')
   rules = block.get('rules', 'data_parallel')
   table = get_rules(rules, where='config.mesh.rules')
@@ -205,6 +206,23 @@ def shard_params(params, mesh: Mesh, rules, axes=None):
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """Leading (batch) axis split over 'data', the rest replicated."""
   return NamedSharding(mesh, P('data'))
+
+
+def local_batch_rows(sharding: NamedSharding, batch: int) -> np.ndarray:
+  """[b] the positions of a global batch of `batch` rows that this process's devices hold
+  under `sharding` (all of them in a one-process job), in the order
+  jax.make_array_from_process_local_data expects this process's rows."""
+  spans = sorted({(s[0].start or 0, batch if s[0].stop is None else s[0].stop)
+                  for s in sharding.addressable_devices_indices_map((batch,)).values()})
+  return np.concatenate([np.arange(lo, hi) for lo, hi in spans])
+
+
+def global_batch(sharding: NamedSharding, local: dict, batch: int) -> dict:
+  """{name: jax.Array [batch, ...]} from this process's rows of each (local_batch_rows):
+  the batch a jitted step takes, with each process reading only its part."""
+  return {name: jax.make_array_from_process_local_data(sharding, value,
+                                                       (batch,) + value.shape[1:])
+          for name, value in local.items()}
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

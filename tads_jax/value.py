@@ -22,6 +22,7 @@ The MLP's last layer starts at zero, so at init V is exactly the prior combinati
     values = module.apply({'params': params}, z)           # [N]
 """
 
+import functools
 import math
 from typing import Mapping, Sequence
 
@@ -200,20 +201,60 @@ class Standardizer:
     if x.ndim != 2 or x.shape[1] != len(names):
       raise ValueError(f'Standardizer.fit: expected [N, {len(names)}] features, got '
                        f'{x.shape}')
+    return cls.fit_parts(lambda: iter([(0, x)]), names, clip=clip)
+
+  @classmethod
+  def fit_parts(cls, parts, names: Sequence[str], gather=None,
+                clip: float = Z_CLIP) -> 'Standardizer':
+    """fit over a pool split into parts (its shards), which may live on several processes.
+
+    parts() returns an iterator over (part index, [n_i, F]) of this process's parts, in
+    index order; it is called twice (the mean, then the squared deviations from it).
+    gather({index: value}) -> every part's value in index order, on every process
+    (distributed.gather_by_shard; default: this process's parts alone). Each part's sums
+    start from zero and the parts' sums are added in index order, so the moments do not
+    depend on which process holds which part; with one part they are fit's.
+    """
+    gather = gather or (lambda per_part: [per_part[i] for i in sorted(per_part)])
+    f = len(names)
+
+    def checked():
+      for index, x in parts():
+        x = np.asarray(x)
+        if x.ndim != 2 or x.shape[1] != f:
+          raise ValueError(f'Standardizer.fit: expected [N, {f}] features, got {x.shape} '
+                           f'(part {index})')
+        yield index, x
+
+    def add(values):  # the parts' sums in index order, from the first one's
+      values = list(values)
+      return functools.reduce(np.add, values[1:], values[0]) if values else None
+
     # Column sums a block of rows at a time (memory: one block), in numpy's order for a
-    # sum over axis 0 (row after row), so the moments are those of the whole array.
-    count = np.zeros(x.shape[1], np.int64)
-    total = np.zeros(x.shape[1], np.float64)
-    for block in _row_blocks(x):
-      finite = np.isfinite(block)
-      count += finite.sum(axis=0)
-      total = np.add.reduce(np.vstack([total[None], np.where(finite, block, 0.0)]), axis=0)
+    # sum over axis 0 (row after row), so a part's moments are those of the whole part.
+    stats = {}
+    for index, x in checked():
+      count, total = np.zeros(f, np.int64), np.zeros(f, np.float64)
+      for block in _row_blocks(x):
+        finite = np.isfinite(block)
+        count += finite.sum(axis=0)
+        total = np.add.reduce(np.vstack([total[None], np.where(finite, block, 0.0)]), axis=0)
+      stats[index] = (count, total)
+    gathered = gather(stats)
+    count = add(part[0] for part in gathered)
+    total = add(part[1] for part in gathered)
+    if count is None:
+      count, total = np.zeros(f, np.int64), np.zeros(f, np.float64)
     mean = total / np.maximum(count, 1)
-    squares = np.zeros(x.shape[1], np.float64)
-    for block in _row_blocks(x):
-      deviation = np.where(np.isfinite(block), block - mean, 0.0)
-      squares = np.add.reduce(np.vstack([squares[None], deviation ** 2]), axis=0)
-    var = squares / np.maximum(count, 1)
+    squares = {}
+    for index, x in checked():
+      part = np.zeros(f, np.float64)
+      for block in _row_blocks(x):
+        deviation = np.where(np.isfinite(block), block - mean, 0.0)
+        part = np.add.reduce(np.vstack([part[None], deviation ** 2]), axis=0)
+      squares[index] = part
+    squares = add(gather(squares))
+    var = (np.zeros(f, np.float64) if squares is None else squares) / np.maximum(count, 1)
     std = np.sqrt(var)
     # Relative test: a column like width=256 everywhere gets a variance of float noise.
     constant = (count == 0) | (std <= 1e-7 * np.maximum(np.abs(mean), 1.0))

@@ -59,6 +59,10 @@ class Inputs:
   # (image_emb, text_emb) float32 [b, E] in row order, rows() gives two array-likes with
   # .shape, .dtype and [idx] row gathers.
   embedding_source: Any = None
+  # Rows of each pool shard, in row order (the stages pass them; None: the pool is one
+  # part). A fit on several processes (Selector.multiprocess) adds its pool-wide sums per
+  # shard, over the shards each process owns (distributed.owns), in shard order.
+  shard_rows: tuple | None = None
 
   @property
   def num_rows(self) -> int:
@@ -140,6 +144,10 @@ class Selector:
   # fitted state, and fit is empty or learned in the learn stage: the select stage then
   # scores the pool one shard at a time, so memory follows a shard.
   rowwise: bool = False
+  # fit runs on every process of a multi-process job, each reading the shards it owns
+  # (Inputs.shard_rows), with its pool-wide quantities from collectives (distributed.py);
+  # otherwise the writer fits alone while the others wait.
+  multiprocess: bool = False
 
   def __post_init__(self):
     if self.rowwise and not self.learns and self.fit is not _no_fit:

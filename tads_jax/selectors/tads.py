@@ -8,6 +8,10 @@ ablation "no meta-learning"). The state holds the params, the standardizer, the 
 shape, the meta-learning history and the prior's and learned feature weights.
 
 score (in the select stage): V(z) of every sample with the learned params.
+
+On several processes fit runs on each: the standardizer's moments are summed per shard over
+the processes (in shard order, so one process gets the same bytes), and the meta-learning
+mesh spans every process's devices, each process reading its part of every batch.
 """
 
 import functools
@@ -17,6 +21,7 @@ import jax
 import numpy as np
 
 from tads_jax import config as config_lib
+from tads_jax import distributed
 from tads_jax import meta
 from tads_jax import selectors
 from tads_jax import sharding
@@ -64,7 +69,16 @@ def fit(config, inputs: selectors.Inputs) -> dict:
   t = config.tads
   names = value.input_columns(inputs.features.column_names, tuple(t.groups))
   x = value.feature_matrix(inputs.features, names, where='features')  # [N, F]
-  standardizer = value.Standardizer.fit(x, names)
+  if inputs.shard_rows is None:
+    standardizer = value.Standardizer.fit(x, names)
+  else:  # moments per shard, this process's shards, added in shard order over processes
+    starts = np.cumsum((0,) + tuple(inputs.shard_rows))
+    if starts[-1] != len(x):
+      raise ValueError(f'Inputs.shard_rows: {starts[-1]} rows in all, the features have '
+                       f'{len(x)}')
+    owned = lambda: ((i, x[starts[i]:starts[i + 1]]) for i in range(len(starts) - 1)
+                     if distributed.owns(i))
+    standardizer = value.Standardizer.fit_parts(owned, names, distributed.gather_by_shard)
   z = standardizer.transform(x)  # [N, F]
   del x  # memory: one [N, F] copy of the features
   module = value.make_value_function(names, dict(t.prior), tuple(t.hidden))
@@ -76,7 +90,8 @@ def fit(config, inputs: selectors.Inputs) -> dict:
   if steps:
     image_emb, text_emb = inputs.embedding_rows('tads')  # gathered a batch at a time
     tasks = [dict(task) for task in inputs.task_list('tads')]
-    layout = sharding.from_config(config)
+    # Every process's devices: the meta batches are split over all of them.
+    layout = sharding.from_config(config, devices=jax.devices())
     cfg = meta.fit_batch_to_pool(cfg, len(z), layout.mesh, 'config.tads.meta')
     params, raw = meta.learn(
         cfg, (module, params), {'z': z, 'image_emb': image_emb, 'text_emb': text_emb},
@@ -130,7 +145,7 @@ def _apply(module, params, z):  # [B, F] -> [B]
 selectors.register(selectors.Selector(
     name='tads', fit=fit, score=score, needs=needs, score_needs=('features',), learns=True,
     columns=lambda config, names: value.input_columns(names, tuple(config.tads.groups)),
-    rowwise=True,
+    rowwise=True, multiprocess=True,
     check_config=check_config, summary=summary, config_fields=('seed',),
     doc='TADS: a value function over quality, task relevance and diversity, meta-learned '
         'through unrolled proxy updates against the tasks (this project)'))

@@ -318,6 +318,13 @@ def run(ctx) -> dict:
   return summary
 
 
+def shard_sizes(ctx) -> list:
+  """The rows samples.parquet holds of each pool source, in source order (0 for one that
+  kept nothing): memory holds one shard's uids."""
+  paths = [r['path'] for r in ctx.summary('ingest')['per_source']]
+  return [len(rows['uid']) for _, rows in rows_by_shard(ctx, paths, ('uid',))]
+
+
 def rows_by_shard(ctx, paths: list, columns):
   """(shard path, {column: list}) for every path in order, from samples.parquet.
 

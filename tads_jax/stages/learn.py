@@ -8,7 +8,9 @@ keeps resumable checkpoints in learn/ (Inputs.checkpoints), so a killed run resu
 
 The pool's embeddings reach a selector on disk (embed.EmbeddingFiles), and only the
 features columns it declares are read, so memory follows those columns, not the pool's
-[N, E] embeddings. With several processes the writer runs this stage alone.
+[N, E] embeddings. With several processes a selector that says it can
+(Selector.multiprocess: tads) fits on every process, its meta-learning batches split over
+all of them; any other selector fits on the writer alone. The writer saves the state.
 """
 
 import collections
@@ -18,6 +20,7 @@ import os
 import flax.serialization
 import numpy as np
 
+from tads_jax import distributed
 from tads_jax import pipeline
 from tads_jax import selectors
 from tads_jax.stages import embed
@@ -29,17 +32,17 @@ STATE = 'state.msgpack'
 
 @contextlib.contextmanager
 def selector_inputs(ctx, needs, stage: str, checkpoints: str | None = None,
-                    columns=None):
+                    columns=None, shard_rows=None):
   """Yields the Inputs a selector with these `needs` reads, from the workdir's stage
   outputs: the features `columns` (None: all). The pool's embeddings stay on disk
   (embed.EmbeddingFiles, its spill files in the directory of `stage`, the stage running the
-  selector), removed when the block ends."""
+  selector), removed when the block ends. shard_rows: Inputs.shard_rows."""
   table = features_stage.read_features(ctx, columns)
   source = (embed.EmbeddingFiles(ctx, spill_dir=ctx.stage_dir(stage))
             if 'embeddings' in needs else None)
   try:
     yield selectors.Inputs(features=table, tasks=_tasks(ctx, needs), checkpoints=checkpoints,
-                           embedding_source=source)
+                           embedding_source=source, shard_rows=shard_rows)
   finally:
     if source is not None:
       source.close()
@@ -108,10 +111,17 @@ def run(ctx) -> dict:
   if not selector.learns:
     raise ValueError(f'config.stages: selector {selector.name!r} has nothing to learn; '
                      'remove learn from config.stages')
+  if not (selector.multiprocess or distributed.is_writer()):
+    return {}  # the writer fits it alone
+  checkpoints = ctx.stage_dir('learn')
+  if distributed.process_count() > 1:  # each process resumes from its own
+    checkpoints = os.path.join(checkpoints, f'process_{distributed.process_index()}')
   columns = selector.columns_for(config, features_stage.column_names(ctx))
-  with selector_inputs(ctx, selector.needs_for(config), 'learn',
-                       checkpoints=ctx.stage_dir('learn'), columns=columns) as inputs:
+  with selector_inputs(ctx, selector.needs_for(config), 'learn', checkpoints=checkpoints,
+                       columns=columns, shard_rows=tuple(ingest.shard_sizes(ctx))) as inputs:
     state = selector.fit(config, inputs)
+  if not distributed.is_writer():
+    return {}
   save_state(ctx.path('learn', STATE), state)
   return {'selector': selector.name, 'state': ctx.path('learn', STATE),
           **selector.summary(state)}
@@ -129,4 +139,4 @@ def config_keys(config) -> tuple:
 
 
 STAGE = pipeline.Stage(name='learn', run=run, inputs=inputs, config_keys=config_keys,
-                       version=2)
+                       version=3, multiprocess=True)
