@@ -305,5 +305,8 @@ def get_config():
       enabled=ml_collections.FieldReference(False, field_type=object),
       coordinator_address='',     # 'host:port' of process 0, e.g. '10.0.0.1:8476'
       num_processes=ml_collections.config_dict.placeholder(int),
-      process_id=ml_collections.config_dict.placeholder(int)))
+      process_id=ml_collections.config_dict.placeholder(int),
+      # A process silent this long (killed, hung) makes the others abort, so that the job
+      # can be restarted and resume (JAX's default).
+      heartbeat_timeout_s=100))
   return c

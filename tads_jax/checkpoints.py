@@ -20,7 +20,9 @@ def make_manager(directory: str, keep: int) -> ocp.CheckpointManager:
   save (loop.run: every checkpoint_every steps and at the end).
 
   The checkpoints are this process's own: in a multi-process job the training loops run on
-  one process (the writer) with local devices, so orbax must not wait for the others."""
+  one process (the writer) with local devices, or, for a state replicated over every
+  process (meta-learning), the writer alone saves and every process reads its checkpoints
+  (loop.run); orbax must not wait for the others."""
   os.makedirs(directory, exist_ok=True)  # orbax creates it only with every process taking part
   options = ocp.CheckpointManagerOptions(
       max_to_keep=keep, create=False,
@@ -76,17 +78,32 @@ def save(manager, step: int, state, fingerprint: dict, history: dict) -> None:
 
 
 def restore(manager, directory: str, state, fingerprint: dict,
-            config_name='TrainConfig'):
-  """(step, state, history) of the latest checkpoint, checked against the fingerprint, or
-  None when there is none. `state` gives the structure and shardings to restore into."""
-  latest = manager.latest_step()
+            config_name='TrainConfig', step: int | None = None):
+  """(step, state, history) of checkpoint `step` (default the latest), checked against the
+  fingerprint, or None when there is none. `state` gives the structure and shardings to
+  restore into; a state on a mesh over several processes is read as host arrays and put
+  back on that mesh."""
+  latest = manager.latest_step() if step is None else step
   if latest is None:
     return None
   meta = manager.restore(latest, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
   check_fingerprint(directory, latest, meta, fingerprint, config_name)
-  state = manager.restore(latest, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(_abstract(state))))['state']
-  return latest, state, {k: list(v) for k, v in meta['history'].items()}
+  if spans_processes(state):
+    host = jax.tree_util.tree_map(lambda x: np.zeros(x.shape, x.dtype), state)
+    restored = manager.restore(latest, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(host)))['state']
+    restored = jax.tree_util.tree_map(lambda x, t: jax.device_put(x, t.sharding), restored,
+                                      state)
+  else:
+    restored = manager.restore(latest, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(_abstract(state))))['state']
+  return latest, restored, {k: list(v) for k, v in meta['history'].items()}
+
+
+def spans_processes(state) -> bool:
+  """Whether any array of `state` lives on a mesh over several processes' devices."""
+  return any(not x.sharding.is_fully_addressable
+             for x in jax.tree_util.tree_leaves(state) if hasattr(x, 'sharding'))
 
 
 def _abstract(tree):

@@ -34,7 +34,9 @@ import numpy as np
 ENV = {'coordinator_address': 'TADS_COORDINATOR_ADDRESS',
        'num_processes': 'TADS_NUM_PROCESSES',
        'process_id': 'TADS_PROCESS_ID'}
-_FIELDS = ('enabled',) + tuple(ENV)
+_FIELDS = ('enabled',) + tuple(ENV) + ('heartbeat_timeout_s',)
+# JAX's default: how long a process may go silent before the job's others abort.
+HEARTBEAT_TIMEOUT_S = 100
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +46,7 @@ class Settings:
   coordinator_address: str | None
   num_processes: int | None
   process_id: int | None
+  heartbeat_timeout_s: int = HEARTBEAT_TIMEOUT_S  # a killed process ends the others after it
 
 
 def settings(config, environ=None) -> Settings:
@@ -72,7 +75,11 @@ def settings(config, environ=None) -> Settings:
   if count is not None and index is not None and index >= count:
     raise ValueError(f'config.distributed.process_id: must be < num_processes={count}, '
                      f'got {index}')
-  return Settings(enabled, **fields)
+  timeout = values.get('heartbeat_timeout_s', HEARTBEAT_TIMEOUT_S)
+  if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 1:
+    raise ValueError(f'config.distributed.heartbeat_timeout_s: expected an integer >= 1, '
+                     f'got {timeout!r}')
+  return Settings(enabled, **fields, heartbeat_timeout_s=timeout)
 
 
 def _parse(name: str, value, source: str):
@@ -134,7 +141,8 @@ def initialize(config) -> bool:
   if jax.config.jax_cpu_collectives_implementation is None:  # CPU processes need one
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   jax.distributed.initialize(coordinator_address=s.coordinator_address,
-                             num_processes=s.num_processes, process_id=s.process_id)
+                             num_processes=s.num_processes, process_id=s.process_id,
+                             heartbeat_timeout_seconds=s.heartbeat_timeout_s)
   logging.info('distributed: process %d of %d, %d local of %d devices', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
   return True

@@ -20,8 +20,10 @@ from typing import Any, Callable, Sequence
 
 from absl import logging
 import jax
+import numpy as np
 
 from tads_jax import checkpoints
+from tads_jax import distributed
 from tads_jax import pipeline
 
 
@@ -56,8 +58,16 @@ def run(cfg, name: str, state, history: dict,
     directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
     manager = checkpoints.make_manager(directory, cfg.keep_checkpoints)
   try:
+    # A state on a mesh over several processes is the same on each: the writer alone
+    # saves it, and every process resumes from the writer's latest checkpoint.
+    shared = manager is not None and checkpoints.spans_processes(state)
+    step = None
+    if shared:
+      latest = manager.latest_step() if distributed.is_writer() else None
+      step = int(distributed.broadcast(np.array(-1 if latest is None else latest)))
+      step = None if step < 0 else step
     restored = None if manager is None else checkpoints.restore(
-        manager, directory, state, fingerprint, config_name=type(cfg).__name__)
+        manager, directory, state, fingerprint, config_name=type(cfg).__name__, step=step)
     if restored is not None:
       latest, state, history = restored
       log(f'{directory}: resumed at {name} step {latest} of {total}')
@@ -89,7 +99,7 @@ def run(cfg, name: str, state, history: dict,
         progress.postfix(**postfix)
         log(line)
         tick, tick_step = time.perf_counter(), step
-      if manager is not None and (step == total or (
+      if manager is not None and (not shared or distributed.is_writer()) and (step == total or (
           cfg.checkpoint_every and step % cfg.checkpoint_every == 0)):
         flush()
         checkpoints.save(manager, step, state, fingerprint, history)

@@ -113,11 +113,9 @@ def run(ctx) -> dict:
                      'remove learn from config.stages')
   if not (selector.multiprocess or distributed.is_writer()):
     return {}  # the writer fits it alone
-  checkpoints = ctx.stage_dir('learn')
-  if distributed.process_count() > 1:  # each process resumes from its own
-    checkpoints = os.path.join(checkpoints, f'process_{distributed.process_index()}')
   columns = selector.columns_for(config, features_stage.column_names(ctx))
-  with selector_inputs(ctx, selector.needs_for(config), 'learn', checkpoints=checkpoints,
+  with selector_inputs(ctx, selector.needs_for(config), 'learn',
+                       checkpoints=ctx.stage_dir('learn'),
                        columns=columns, shard_rows=tuple(ingest.shard_sizes(ctx))) as inputs:
     state = selector.fit(config, inputs)
   if not distributed.is_writer():
