@@ -106,7 +106,7 @@ def test_stream_gives_the_in_memory_flags(tmp_path):
     assert not part[assignment % 3 != p].any()
     assert part.any() or not expected[assignment % 3 == p].any()
   np.testing.assert_array_equal(np.sum(parts, axis=0) > 0, expected)
-  with pytest.raises(ValueError, match=r'semdedup_flags_stream: rows must be bool \[230\]'):
+  with pytest.raises(ValueError, match=r'semdedup_flags: rows must be bool \[230\]'):
     dedup.semdedup_flags_stream(_blocks(emb, [230]), assignment, quality, 0.01, scratch,
                                 rows=np.ones(229, bool))
 

@@ -2,6 +2,8 @@
 expectations come from the papers' formulas written out in numpy here, not from the
 selectors' code."""
 
+import dataclasses
+
 import ml_collections
 import numpy as np
 import pyarrow as pa
@@ -97,6 +99,13 @@ def test_semdedup_keeps_the_member_farthest_from_the_centroid():
   means = _unit(np.stack([image_emb[:4].mean(0), image_emb[4:].mean(0)]))
   sims = np.sort(np.max(state['centroids'] @ means.T, axis=0))
   np.testing.assert_allclose(sims, [1, 1], atol=1e-5)
+  # As the stages run it, over the pool's shards (sums per shard, assignment per shard):
+  # the same k-means up to rounding and the same counts, shards empty or not.
+  sharded = dataclasses.replace(inputs, shard_rows=(2, 0, 3, 2))
+  by_shard = selector.fit(config, sharded)
+  np.testing.assert_allclose(by_shard['centroids'], state['centroids'], atol=1e-6)
+  np.testing.assert_array_equal(selectors.run_selector(selector, config, by_shard, sharded),
+                                [1, 1, 0, 1, 1, 0, 1])
 
 
 def test_semdedup_k_is_capped_at_the_pool_size_and_compares_only_within_a_cluster():

@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def semdedup_flags(emb, assignment, quality, eps: float, block: int = 256) -> np.ndarray:
+def semdedup_flags(emb, assignment, quality, eps: float, block: int = 256,
+                   rows=None) -> np.ndarray:
   """bool [N], True for a near-duplicate to drop.
 
   Inside each cluster, items are visited by quality, best first (ties by index); an item is
@@ -32,10 +33,12 @@ def semdedup_flags(emb, assignment, quality, eps: float, block: int = 256) -> np
     assignment: [N] int cluster ids, e.g. kmeans.fit(...).assignment.
     quality: [N] higher is better (e.g. clip_score); NaN counts as worst.
     eps: similarity slack; SemDeDup uses values around 0.01 - 0.1.
+    rows: bool [N], the rows to scan, whole clusters (a process's share of them); the
+      others get False. A cluster's flags depend on its rows alone.
   """
   emb = np.asarray(emb) if not hasattr(emb, 'shape') else emb
-  order, assignment = _cluster_order(assignment, quality, eps, block)
-  if emb.ndim != 2 or emb.shape[0] != order.shape[0]:
+  order, assignment = _cluster_order(assignment, quality, eps, block, rows)
+  if emb.ndim != 2 or emb.shape[0] != assignment.shape[0]:
     raise ValueError(f'semdedup_flags: expected emb [N, D] for assignment [N]; got '
                      f'{emb.shape}, {assignment.shape}')
 
@@ -60,14 +63,8 @@ def semdedup_flags_stream(chunks, assignment, quality, eps: float, scratch: str,
   only they go to the file, the others get False. Their flags are those of a scan of every
   row: a cluster's flags depend on its rows alone.
   """
-  order, assignment = _cluster_order(assignment, quality, eps, block)
-  n = order.shape[0]
-  if rows is not None:
-    rows = np.asarray(rows)
-    if rows.shape != (n,) or rows.dtype != bool:
-      raise ValueError(f'semdedup_flags_stream: rows must be bool [{n}], got {rows.dtype} '
-                       f'{rows.shape}')
-    order = order[rows[order]]
+  order, assignment = _cluster_order(assignment, quality, eps, block, rows)
+  n = assignment.shape[0]
   rank = np.full(n, -1, np.int64)  # [N] position of each row in the scratch file, -1: none
   rank[order] = np.arange(order.shape[0])
   fd, width, seen = os.open(scratch, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644), None, 0
@@ -101,9 +98,9 @@ def semdedup_flags_stream(chunks, assignment, quality, eps: float, scratch: str,
       os.remove(scratch)
 
 
-def _cluster_order(assignment, quality, eps: float, block: int):
-  """Checked arguments -> (order [N]: rows by cluster, best quality first, ties by index;
-  assignment [N])."""
+def _cluster_order(assignment, quality, eps: float, block: int, rows=None):
+  """Checked arguments -> (order: the rows to scan (all, or those of the bool mask
+  `rows`) by cluster, best quality first, ties by index; assignment [N])."""
   assignment = np.asarray(assignment)
   quality = np.asarray(quality, np.float64)
   n = assignment.shape[0] if assignment.ndim == 1 else -1
@@ -115,7 +112,14 @@ def _cluster_order(assignment, quality, eps: float, block: int):
   if block < 1 or block & (block - 1):
     raise ValueError(f'semdedup_flags: block must be a power of two, got {block}')
   quality = np.where(np.isnan(quality), -np.inf, quality)
-  return np.lexsort((np.arange(n), -quality, assignment)), assignment
+  order = np.lexsort((np.arange(n), -quality, assignment))
+  if rows is not None:
+    rows = np.asarray(rows)
+    if rows.shape != (n,) or rows.dtype != bool:
+      raise ValueError(f'semdedup_flags: rows must be bool [{n}], got {rows.dtype} '
+                       f'{rows.shape}')
+    order = order[rows[order]]
+  return order, assignment
 
 
 def _flag_clusters(order, assignment, eps: float, block: int, fill, width: int) -> np.ndarray:

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tads_jax import distributed
 from tads_jax import selectors
 from tads_jax.scoring import dedup
 from tads_jax.scoring import kmeans
@@ -57,14 +58,24 @@ def check_config(config) -> None:
 
 
 def fit(config, inputs: selectors.Inputs) -> dict:
-  """Spherical k-means on the pool's image embeddings: {'centroids' [k, E]}."""
+  """Spherical k-means on the pool's image embeddings: {'centroids' [k, E]}. Given the
+  pool's shards (Inputs.shard_rows, the stages) each process streams the shards it owns
+  and the sums are added per shard in shard order, the same on one process or several."""
   o = options(config)
   n = inputs.num_rows
   k = min(o['k'], n)
+  key = jax.random.PRNGKey(config.seed)
+  if inputs.shard_rows is not None:
+    source = lambda: ((index, image) for index, image, _ in _owned_blocks(inputs))
+    result = kmeans.fit_stream(source, n, k, o['iters'], key, init=o['init'],
+                               shard_rows=inputs.shard_rows,
+                               gather=distributed.gather_by_shard,
+                               processes=distributed.process_count())
+    return {'centroids': np.asarray(result.centroids, np.float32), 'k': k,
+            'objective': float(result.objective)}
   image_emb, _ = inputs.embedding_rows(NAME)
   blocks = lambda: (image_emb[start:start + _BLOCK] for start in range(0, n, _BLOCK))
-  result = kmeans.fit_stream(blocks, n, k, o['iters'], jax.random.PRNGKey(config.seed),
-                             init=o['init'])
+  result = kmeans.fit_stream(blocks, n, k, o['iters'], key, init=o['init'])
   return {'centroids': np.asarray(result.centroids, np.float32), 'k': k,
           'objective': float(result.objective)}
 
@@ -87,13 +98,39 @@ def assign(image_emb, centroids) -> tuple[np.ndarray, np.ndarray]:
 
 
 def score(config, state, inputs: selectors.Inputs) -> np.ndarray:  # -> [N] int64
-  """1 for the samples SemDeDup keeps, 0 for the near-duplicates it drops."""
+  """1 for the samples SemDeDup keeps, 0 for the near-duplicates it drops. Given the
+  pool's shards, each process assigns the shards it owns and scans the clusters whose id %
+  process_count is its index; the assignments and flags are gathered."""
   eps = options(config)['eps']
   image_emb, _ = inputs.embedding_rows(NAME)  # read a chunk, then a cluster, at a time
-  cluster, cosine = assign(image_emb, state['centroids'])
+  mine = None
+  if inputs.shard_rows is None:
+    cluster, cosine = assign(image_emb, state['centroids'])
+  else:
+    parts = distributed.gather_by_shard({index: assign(image, state['centroids'])
+                                         for index, image, _ in _owned_blocks(inputs)})
+    cluster = np.concatenate([np.zeros(0, np.int32)] + [c for c, _ in parts])
+    cosine = np.concatenate([np.zeros(0, np.float32)] + [c for _, c in parts])
+    mine = cluster % distributed.process_count() == distributed.process_index()
   # keep_hard: visit the sample farthest from its centroid first (largest 1 - cos).
-  duplicate = dedup.semdedup_flags(image_emb, cluster, 1.0 - cosine.astype(np.float64), eps)
+  duplicate = dedup.semdedup_flags(image_emb, cluster, 1.0 - cosine.astype(np.float64), eps,
+                                   rows=mine)
+  if mine is not None:
+    duplicate = distributed.all_sum(duplicate.view(np.uint8)) > 0
   return (~duplicate).astype(np.int64)
+
+
+def _owned_blocks(inputs: selectors.Inputs):
+  """(shard index, image_emb, text_emb) of the shards this process owns."""
+  if inputs.embedding_source is not None:
+    yield from inputs.embedding_source.shard_blocks(distributed.owns)
+    return
+  image_emb, text_emb = inputs.embeddings(NAME)
+  starts = np.cumsum((0,) + tuple(inputs.shard_rows))
+  for index in range(len(starts) - 1):
+    if starts[index + 1] > starts[index] and distributed.owns(index):
+      rows = slice(starts[index], starts[index + 1])
+      yield index, image_emb[rows], text_emb[rows]
 
 
 def summary(state) -> dict:
@@ -102,6 +139,6 @@ def summary(state) -> dict:
 
 selectors.register(selectors.Selector(
     name=NAME, score=score, fit=fit, needs=('embeddings',), output='counts', columns=(),
-    check_config=check_config, summary=summary, config_fields=('seed',),
+    check_config=check_config, summary=summary, config_fields=('seed',), multiprocess=True,
     doc='drops image near-duplicates (cosine >= 1 - eps) inside spherical k-means clusters, '
         'keeping the one farthest from the centroid (SemDeDup)'))

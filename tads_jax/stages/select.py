@@ -22,6 +22,7 @@ from tads_jax import selection
 from tads_jax import selectors
 from tads_jax.data import subset
 from tads_jax.stages import features as features_stage
+from tads_jax.stages import ingest
 from tads_jax.stages import learn
 
 SUBSET = 'subset.npy'
@@ -42,8 +43,11 @@ def run(ctx) -> dict:
                  for index, inputs in learn.shard_inputs(ctx, needs, columns,
                                                          owned=distributed.owns)}
     values = np.concatenate([np.zeros(0)] + distributed.gather_by_shard(per_shard))
-  elif distributed.is_writer():  # the whole pool at once: the writer alone
-    with learn.selector_inputs(ctx, needs, 'select', columns=columns) as inputs:
+  elif selector.multiprocess or distributed.is_writer():
+    # The whole pool at once: on every process when the selector splits it by shard
+    # (semdedup), else on the writer alone.
+    with learn.selector_inputs(ctx, needs, 'select', columns=columns,
+                               shard_rows=tuple(ingest.shard_sizes(ctx))) as inputs:
       state = learn.read_state(ctx) if selector.learns else selector.fit(config, inputs)
       values = selectors.run_selector(selector, config, state, inputs)
   if not distributed.is_writer():
@@ -101,4 +105,4 @@ def config_keys(config) -> tuple:
 
 
 STAGE = pipeline.Stage(name='select', run=run, inputs=inputs, config_keys=config_keys,
-                       version=2, multiprocess=True)
+                       version=3, multiprocess=True)
