@@ -69,16 +69,7 @@ def fit(config, inputs: selectors.Inputs) -> dict:
   t = config.tads
   names = value.input_columns(inputs.features.column_names, tuple(t.groups))
   x = value.feature_matrix(inputs.features, names, where='features')  # [N, F]
-  if inputs.shard_rows is None:
-    standardizer = value.Standardizer.fit(x, names)
-  else:  # moments per shard, this process's shards, added in shard order over processes
-    starts = np.cumsum((0,) + tuple(inputs.shard_rows))
-    if starts[-1] != len(x):
-      raise ValueError(f'Inputs.shard_rows: {starts[-1]} rows in all, the features have '
-                       f'{len(x)}')
-    owned = lambda: ((i, x[starts[i]:starts[i + 1]]) for i in range(len(starts) - 1)
-                     if distributed.owns(i))
-    standardizer = value.Standardizer.fit_parts(owned, names, distributed.gather_by_shard)
+  standardizer = _standardizer(x, names, inputs.shard_rows)
   z = standardizer.transform(x)  # [N, F]
   del x  # memory: one [N, F] copy of the features
   module = value.make_value_function(names, dict(t.prior), tuple(t.hidden))
@@ -107,6 +98,21 @@ def fit(config, inputs: selectors.Inputs) -> dict:
           'prior': list(module.prior), 'hidden': list(module.hidden),
           'meta_steps': steps, 'groups': list(t.groups), 'history': history,
           'feature_weights': weights}
+
+
+def _standardizer(x, names, shard_rows) -> value.Standardizer:
+  """The Standardizer of the pool's features x [N, F]; given the pool's shards (the
+  stages), its moments are summed per shard over this process's shards and then over the
+  processes, in shard order."""
+  if shard_rows is None:
+    return value.Standardizer.fit(x, names)
+  starts = np.cumsum((0,) + tuple(shard_rows))
+  if starts[-1] != len(x):
+    raise ValueError(f'Inputs.shard_rows: {starts[-1]} rows in all, the features have '
+                     f'{len(x)}')
+  owned = lambda: ((i, x[starts[i]:starts[i + 1]]) for i in range(len(starts) - 1)
+                   if distributed.owns(i))
+  return value.Standardizer.fit_parts(owned, names, distributed.gather_by_shard)
 
 
 def summary(state) -> dict:
