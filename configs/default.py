@@ -69,6 +69,16 @@ def get_config():
       batch_size=64,    # rows per jitted step, rounded up to a multiple of mesh.data
       workers=2))       # image decode threads (not in the fingerprint)
 
+  # How the stages that decode the pool's images again read them (the features stage's
+  # image operators, the pixel proxy's image cache): a Grain pipeline over the shards' tars
+  # (data/grain_source.py). Not in any fingerprint: it does not change what they compute.
+  # grain_workers: decode processes (0: a decode thread in the stage's own process). 0,
+  # because on 2 cores the default world's per-shard features pass ran at 0.92-0.98x the
+  # speed of the reader before Grain with 0, and at ~0.7x with 1 or 2 (starting workers and
+  # sending 64 px images back costs more than decoding them); workers pay on larger JPEGs
+  # with cores to spare (tools/bench_decode.py).
+  c.data = ml_collections.ConfigDict(dict(grain_workers=0))
+
   # The features stage: quality operators, task relevance, k-means clusters and weights,
   # SemDeDup and exact-duplicate flags, one row per pool sample.
   c.features = ml_collections.ConfigDict(dict(

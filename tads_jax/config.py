@@ -133,6 +133,10 @@ def validate(config: ml_collections.ConfigDict, known_stages, known_selectors) -
     for field in ('embed.batch_size', 'embed.workers'):
       if _expect_type(config, field, (int,), 'an integer') < 1:
         raise ConfigError(f'config.{field}: must be positive')
+  if config.get('data') is not None:  # no block: the reader's defaults
+    if _expect_type(config, 'data.grain_workers', (int,), 'an integer') < 0:
+      raise ConfigError(f'config.data.grain_workers: must be >= 0, got '
+                        f'{config.data.grain_workers}')
 
   tasks = _get(config, 'tasks')
   if isinstance(tasks, str):

@@ -6,6 +6,7 @@ OUT`), one device per process, so that no child inherits conftest's 8 devices.
 """
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -52,6 +53,8 @@ def no_job(monkeypatch):
     ('num_processes', 0, r'config.distributed.num_processes: must be >= 1, got 0'),
     ('num_processes', True, r'config.distributed.num_processes: expected an integer'),
     ('process_id', -1, r'config.distributed.process_id: must be >= 0, got -1'),
+    ('heartbeat_timeout_s', 0, r'config.distributed.heartbeat_timeout_s: expected an '
+                               r'integer >= 1, got 0'),
 ])
 def test_bad_values_name_the_field(field, value, message, tmp_path, no_job):
   good = dict(enabled=True, coordinator_address='127.0.0.1:1234', num_processes=2,
@@ -242,21 +245,22 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _spawn(tmp_path, runs):
-  """Runs this file as a script once per (args, is one of the pair) in `runs`, the pair
-  joined on localhost, one device each; asserts that every child exited 0."""
+def _spawn(tmp_path, runs, check=True):
+  """Runs this file as a script once per (args, is one of the pair[, devices]) in `runs`,
+  the pair joined on localhost, one device each unless said; asserts that every child
+  exited 0 (check), and returns their exit codes and logs."""
   flags = [f for f in os.environ.get('XLA_FLAGS', '').split()
            if not f.startswith('--xla_force_host_platform_device_count')]
   env = {k: v for k, v in os.environ.items() if k not in distributed.ENV.values()}
-  env.update(XLA_FLAGS=' '.join(flags + ['--xla_force_host_platform_device_count=1']),
-             PYTHONPATH=os.pathsep.join([REPO, env.get('PYTHONPATH', '')]).rstrip(os.pathsep),
+  env.update(PYTHONPATH=os.pathsep.join([REPO, env.get('PYTHONPATH', '')]).rstrip(os.pathsep),
              JAX_PLATFORMS='cpu')
   address = f'127.0.0.1:{_free_port()}'
   procs, logs, pair = [], [], 0
-  for i, (args, in_pair) in enumerate(runs):
-    extra = {}
+  for i, (args, in_pair, *devices) in enumerate(runs):
+    devices = devices[0] if devices else 1
+    extra = {'XLA_FLAGS': ' '.join(flags + [f'--xla_force_host_platform_device_count={devices}'])}
     if in_pair:
-      extra = dict(TADS_COORDINATOR_ADDRESS=address, TADS_NUM_PROCESSES='2',
+      extra.update(TADS_COORDINATOR_ADDRESS=address, TADS_NUM_PROCESSES='2',
                    TADS_PROCESS_ID=str(pair))
       pair += 1
     log = open(tmp_path / f'child{i}.log', 'w')  # pylint: disable=consider-using-with
@@ -277,10 +281,12 @@ def _spawn(tmp_path, runs):
         proc.wait()
     for log in logs:
       log.close()
-  outputs = [(tmp_path / f'child{i}.log').read_text()[-3000:] for i in range(len(procs))]
+  outputs = [(tmp_path / f'child{i}.log').read_text() for i in range(len(procs))]
   for i, proc in enumerate(procs):
-    assert proc.returncode == 0, (f'child {i} ({runs[i][0]}) exited {proc.returncode} '
-                                  f'(-9: killed after {CHILD_TIMEOUT_S} s):\n{outputs[i]}')
+    assert proc.returncode == 0 or not check, (
+        f'child {i} ({runs[i][0]}) exited {proc.returncode} (-9: killed after '
+        f'{CHILD_TIMEOUT_S} s):\n{outputs[i][-3000:]}')
+  return [proc.returncode for proc in procs], outputs
 
 
 def test_two_processes_get_the_bytes_one_process_gets(tmp_path):
@@ -321,6 +327,25 @@ def _select_config(name: str):
   return c
 
 
+_LONG = dict(steps=40, checkpoint_every=4)  # meta-learning long enough to be killed in
+
+
+def _kill_child(root: str):
+  """_pipeline_child for tads (_LONG); process 1 SIGKILLs itself as soon as the writer's
+  meta-learning checkpoint at step 8 is on disk."""
+  import signal  # pylint: disable=g-import-not-at-top
+  import threading  # pylint: disable=g-import-not-at-top
+  done = os.path.join(root, 'work', 'learn', 'checkpoints', '8', 'commit_success.txt')
+
+  def watch():
+    while not os.path.exists(done):
+      time.sleep(0.005)
+    os.kill(os.getpid(), signal.SIGKILL)
+  if distributed.settings(_select_config('tads')).process_id == 1:
+    threading.Thread(target=watch, daemon=True).start()
+  _pipeline_child(root, ('tads',), **_LONG)
+
+
 def _resume_child(root: str):
   """Reruns the pipeline up to embed in root/work, as one process of the pair."""
   c = _select_config('clip_score')
@@ -329,12 +354,16 @@ def _resume_child(root: str):
   assert status == {'ingest': 'skipped', 'encoder': 'skipped', 'embed': 'ran'}, status
 
 
-def _pipeline_child(root: str):
+def _pipeline_child(root: str, names=SELECTORS, **meta):
   """The whole pipeline in `root` for every selector (earlier stages done once); each
-  selector's subset and scores kept as root/<selector>.{npy,parquet}."""
+  selector's subset and scores kept as root/<selector>.{npy,parquet}. meta: other
+  config.tads.meta values."""
   import shutil  # pylint: disable=g-import-not-at-top
-  for name in SELECTORS:
-    main.run(_select_config(name), os.path.join(root, 'work'))
+  for name in names:
+    c = _select_config(name)
+    c.tads.meta.update(meta)
+    c.distributed.heartbeat_timeout_s = 5  # a killed process ends its pair soon
+    main.run(c, os.path.join(root, 'work'))
     if distributed.is_writer():
       shutil.copyfile(os.path.join(root, 'work', 'subset.npy'), os.path.join(root, name + '.npy'))
       shutil.copyfile(os.path.join(root, 'work', 'scores.parquet'),
@@ -342,14 +371,42 @@ def _pipeline_child(root: str):
 
 
 def test_two_processes_run_the_pipeline_one_process_runs(tmp_path):
-  """ingest, embed and the features shards split over 2 processes (the encoder, the
-  pool-wide features signals and learn on the writer), then select: every stage's table
-  and each selector's subset and scores equal one process's (both on one device each).
-  Then a process killed mid-stage resumes: only its unfinished shard is embedded again."""
+  """ingest, embed, features (the shards, and the pool-wide signals from collectives),
+  learn (TADS's meta batches split over the 2 processes' devices) and select split over 2
+  processes of one device each: every stage's table and each selector's subset and scores
+  equal one process's on one device. TADS's learn and select, rerun by one process with 2
+  devices (the pair's mesh for meta-learning) on the pair's features, give the pair's
+  bytes. Then a process killed mid-stage resumes: only its unfinished shard is embedded
+  again."""
+  import shutil  # pylint: disable=g-import-not-at-top
   import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
-  pair, single = tmp_path / 'pair', tmp_path / 'single'
+  pair, single, two = tmp_path / 'pair', tmp_path / 'single', tmp_path / 'two_devices'
   _spawn(tmp_path, [(('pipeline', str(pair)), True), (('pipeline', str(pair)), True),
                     (('pipeline', str(single)), False)])
+  shutil.copytree(pair / 'work', two / 'work', ignore=shutil.ignore_patterns('learn', 'select'))
+  _spawn(tmp_path, [(('tads', str(two)), False, 2)])
+  # (The pair's meta steps are programs over both processes' devices: had process 1 not
+  # taken part, process 0 would have waited for it until the test's timeout.)
+  assert (pair / 'tads.npy').read_bytes() == (two / 'tads.npy').read_bytes()
+  assert pq.read_table(pair / 'tads.parquet').equals(pq.read_table(two / 'tads.parquet'))
+
+  # A real kill in meta-learning: process 1 SIGKILLs itself once the writer's checkpoint
+  # at step 8 is on disk; process 0, waiting in a collective, aborts when process 1's
+  # heartbeat stops. The pair's rerun resumes both processes from the writer's last
+  # checkpoint and ends with the bytes of an uninterrupted run (one process, 2 devices).
+  killed, whole = tmp_path / 'killed', tmp_path / 'whole'
+  for root in (killed, whole):
+    shutil.copytree(pair / 'work', root / 'work',
+                    ignore=shutil.ignore_patterns('learn', 'select'))
+  codes, _ = _spawn(tmp_path, [(('tads_kill', str(killed)), True)] * 2, check=False)
+  assert codes[1] == -9 and codes[0] != 0, codes
+  assert not (killed / 'tads.npy').exists()
+  _, logs = _spawn(tmp_path, [(('tads_long', str(killed)), True)] * 2 +
+                   [(('tads_long', str(whole)), False, 2)])
+  resumed = [re.findall(r'resumed at meta step (\d+) of 40', log) for log in logs[:2]]
+  assert resumed[0] == resumed[1] and 8 <= int(resumed[0][0]) < 40, resumed
+  assert (killed / 'tads.npy').read_bytes() == (whole / 'tads.npy').read_bytes()
+  assert pq.read_table(killed / 'tads.parquet').equals(pq.read_table(whole / 'tads.parquet'))
   for name in ('ingest/samples.parquet', 'features/features.parquet'):
     tables = [pq.read_table(root / 'work' / name) for root in (pair, single)]
     if 'shard' in tables[0].column_names:  # the world's path: each run generated its own
@@ -362,6 +419,8 @@ def test_two_processes_run_the_pipeline_one_process_runs(tmp_path):
       for key in b.files:
         np.testing.assert_array_equal(a[key], b[key])
   for name in SELECTORS:
+    if name == 'tads':  # 2 devices against 1: another mesh, so other float rounding
+      continue
     assert (pair / f'{name}.npy').read_bytes() == (single / f'{name}.npy').read_bytes(), name
     assert pq.read_table(pair / f'{name}.parquet').drop_columns(['shard']).equals(
         pq.read_table(single / f'{name}.parquet').drop_columns(['shard'])), name
@@ -382,5 +441,10 @@ def test_two_processes_run_the_pipeline_one_process_runs(tmp_path):
 
 
 if __name__ == '__main__':
-  {'pipeline': _pipeline_child, 'resume': _resume_child}.get(
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  logging.set_verbosity(logging.INFO)  # the resume lines the test reads
+  {'pipeline': _pipeline_child, 'resume': _resume_child,
+   'tads': lambda root: _pipeline_child(root, ('tads',)),
+   'tads_long': lambda root: _pipeline_child(root, ('tads',), **_LONG),
+   'tads_kill': _kill_child}.get(
       sys.argv[1], lambda out: _child(sys.argv[1], out))(sys.argv[2])

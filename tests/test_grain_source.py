@@ -261,3 +261,44 @@ def test_bad_arguments_raise():
     grain_source.decode_pipeline(source, 2, worker_count=-1)
   with pytest.raises(ValueError, match='image_sizes'):
     grain_source.DecodeAndResize((0,))
+
+
+@pytest.mark.parametrize('group,workers', [(2, 0), (16, 0), (3, 2)])
+def test_decoded_shards_hand_out_each_tar_as_iter_shard_reads_it(shards, group, workers):
+  """Tar by tar, across pipeline groups: the same rows, originals and skips per tar."""
+  with grain_source.DecodedShards(shards, image_sizes=(8,), keep_original=True,
+                                  worker_count=workers, batch_size=3,
+                                  group=group) as decoded:
+    for path in shards:
+      expected, expected_skips = _reference([path], decode=True)
+      skips = collections.Counter()
+      rows = list(decoded.rows(path, skips))
+      assert skips == expected_skips, path
+      assert [(r['key'], r['uid'], r['caption']) for r in rows] == [
+          (s.key, s.uid, s.caption) for s in expected]
+      for row, sample in zip(rows, expected):
+        np.testing.assert_array_equal(row['image'], sample.image)
+        np.testing.assert_array_equal(row['image_8'],
+                                      images.resize_center_crop(sample.image, 8))
+
+
+def test_decoded_shards_wanted_uids_and_order(shards):
+  broken, full, clean = shards[0], shards[1], shards[-1]
+  decoded = grain_source.DecodedShards([broken, full, clean], image_sizes=(8,))
+  with pytest.raises(ValueError, match='clean.tar: asked for out of order; the next tar '
+                     'is .*broken.tar'):
+    decoded.rows(shards[-1], collections.Counter())
+  wanted = {f'{i:032x}' for i in (0, 1, 10 ** 6)}  # sample 1 is a corrupt image
+  skips = collections.Counter()
+  with decoded:
+    rows = list(decoded.rows(broken, skips, wanted=wanted))
+    assert [r['uid'] for r in rows] == [f'{0:032x}']
+    # Sample 2's corrupt image is not wanted: not counted; the other reasons all are.
+    assert skips == {'corrupt_image': 1, 'missing_caption': 2, 'missing_image': 1,
+                     'bad_json': 3, 'caption_not_utf8': 1}
+    # A tar's rows left unread are passed over by the next tar's.
+    assert next(decoded.rows(full, collections.Counter()))['key'] == '000000020'
+    assert [r['key'] for r in decoded.rows(clean, collections.Counter())] == [
+        f'{i:09d}' for i in range(30, 41)]
+  with pytest.raises(ValueError, match='image_sizes'):
+    grain_source.DecodedShards(shards, image_sizes=())

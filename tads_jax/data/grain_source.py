@@ -11,6 +11,9 @@ sample is not dropped but returned as a skip record carrying iter_shard's reason
 truncated shard adds one 'truncated_tar' record after its last whole sample), so a reader
 that adds up the reasons gets iter_shard's skips Counter, and a record's index never
 depends on what later samples hold.
+
+The stages read it through DecodedShards: one pipeline over many tars, whose rows a stage
+takes tar by tar as it computes its resumable shards.
 """
 
 import dataclasses
@@ -264,12 +267,18 @@ class DecodeAndResize(grain.transforms.Map):
 
   A skip record, or an image that does not decode ('corrupt_image'), gets zero images and
   its reason, so that every batch keeps its rows: a batch's layout never depends on the
-  data, and reasons reach the main process to be counted.
+  data, and reasons reach the main process to be counted. A corrupt image's row keeps its
+  uid: the embed stage counts a corrupt image only when its uid is one it reads.
+
+  keep_original: the row also holds the decoded image as it is ('image', uint8 [H, W, 3],
+  [0, 0, 3] for a skip), for what needs every pixel (features' flipped_clip_score
+  preprocesses the flipped original for the reference encoder).
   """
 
-  def __init__(self, image_sizes: Sequence[int]):
+  def __init__(self, image_sizes: Sequence[int], keep_original: bool = False):
     self.image_sizes = tuple(int(size) for size in image_sizes)
-    if not self.image_sizes or min(self.image_sizes) <= 0:
+    self.keep_original = bool(keep_original)
+    if min(self.image_sizes, default=1) <= 0 or not (self.image_sizes or keep_original):
       raise ValueError(f'image_sizes: expected positive sizes, got {image_sizes!r}')
 
   def map(self, record: dict) -> dict:
@@ -283,12 +292,21 @@ class DecodeAndResize(grain.transforms.Map):
         skip = 'corrupt_image'
     out = {'index': np.int64(record['index']),
            'shard_number': np.int32(record['shard_number']),
-           'key': record['key'], 'uid': record['uid'] if not skip else '',
+           'key': record['key'], 'uid': record['uid'],
            'caption': record['caption'] if not skip else '', 'skip': skip}
     for size in self.image_sizes:
       out[f'image_{size}'] = (np.zeros((size, size, 3), np.uint8) if decoded is None
                               else images.resize_center_crop(decoded, size))  # [S, S, 3]
+    if self.keep_original:
+      out['image'] = np.zeros((0, 0, 3), np.uint8) if decoded is None else decoded
     return out
+
+
+def _stack_keeping_originals(rows: Sequence[dict]) -> dict:
+  """Grain's batch, but the originals (one shape each) stay a list of arrays."""
+  out = {name: np.stack([row[name] for row in rows]) for name in rows[0] if name != 'image'}
+  out['image'] = [row['image'] for row in rows]
+  return out
 
 
 def _process_range(num_records: int, options: grain.sharding.ShardOptions) -> tuple[int, int]:
@@ -314,15 +332,16 @@ def _allow_workers_without_absl_flags():
 
 
 def decode_pipeline(source: TarShardSource, batch_size: int, *,
-                    image_sizes: Sequence[int] = (224,), worker_count: int = 0,
-                    read_threads: int = 1,
+                    image_sizes: Sequence[int] = (224,), keep_original: bool = False,
+                    worker_count: int = 0, read_threads: int = 1,
                     shard_options: grain.sharding.ShardOptions | None = None,
                     drop_remainder: bool = False) -> grain.IterDataset:
   """source -> decode + resize -> batches of `batch_size` records, as a Grain IterDataset.
 
   A batch is a dict of arrays: index [B] int64, shard_number [B] int32 (in source.paths),
   key, uid, caption, skip [B] str ('' for a usable row; count_skips adds them up) and
-  image_<S> [B, S, S, 3] uint8 per size. Batch i holds records [i*B, (i+1)*B) of this
+  image_<S> [B, S, S, 3] uint8 per size (with keep_original also image: a list of B
+  uint8 [H, W, 3], the decoded originals). Batch i holds records [i*B, (i+1)*B) of this
   process's part, whatever `worker_count`: workers (processes) each build every
   worker_count-th batch and Grain interleaves them back in order, so the output does not
   depend on it. `read_threads` threads per process build batches in parallel.
@@ -341,8 +360,9 @@ def decode_pipeline(source: TarShardSource, batch_size: int, *,
     shard_options = grain.sharding.ShardByJaxProcess()
   start, end = _process_range(len(source), shard_options)
   dataset = (grain.MapDataset.source(source)[start:end]
-             .map(DecodeAndResize(image_sizes))
-             .batch(batch_size, drop_remainder=drop_remainder))
+             .map(DecodeAndResize(image_sizes, keep_original))
+             .batch(batch_size, drop_remainder=drop_remainder,
+                    batch_fn=_stack_keeping_originals if keep_original else None))
   # The read buffer holds whole batches: a few, not Grain's default of 500.
   dataset = dataset.to_iter_dataset(grain.ReadOptions(
       num_threads=read_threads, prefetch_buffer_size=max(2, 2 * read_threads)))
@@ -366,3 +386,105 @@ def iter_rows(batches: Iterable[dict], skips) -> Iterator[dict]:
     count_skips(batch, skips)
     for row in np.flatnonzero(batch['skip'] == ''):
       yield {name: values[row] for name, values in batch.items()}
+
+
+# ---------------------------------------------------------------------------------------
+# The stages' reader: decoded rows tar by tar.
+
+# Tars per pipeline: each worker holds a pickled copy of the index (~100 bytes a sample,
+# ~1 MB a DataComp tar), and the main process scans a group's headers before its first
+# batch; 16 tars keep both small while workers start once per 16 shards.
+GROUP_TARS = 16
+
+
+def config_worker_count(config) -> int:
+  """config.data.grain_workers: decode processes of the stages' Grain pipelines (0 when a
+  config predates the block; configs/default.py documents it, config.py checks it)."""
+  block = config.get('data')
+  return 0 if block is None else block.get('grain_workers', 0)
+
+
+class DecodedShards:
+  """Decoded rows of many tars through Grain, handed out tar by tar in the order given.
+
+  A stage computes its shards one at a time (each an item that resumes), but a pipeline
+  pays for its index and its workers when it starts; so one pipeline runs over a group of
+  up to GROUP_TARS of the tars, started when the first of them is asked for, and
+  rows(path) takes the rows of one tar from it. Use as a context manager (the workers
+  stop on exit). Records are not split over JAX processes (NoSharding): a stage gives each
+  process its own tars (distributed.owns).
+  """
+
+  def __init__(self, paths: Sequence[str], *, image_sizes: Sequence[int] = (),
+               keep_original: bool = False, worker_count: int = 0, batch_size: int = 32,
+               group: int = GROUP_TARS):
+    self.paths = list(paths)
+    self.options = dict(image_sizes=tuple(image_sizes), keep_original=keep_original,
+                        worker_count=worker_count)
+    DecodeAndResize(image_sizes, keep_original)  # bad sizes fail here, not at first use
+    if not isinstance(worker_count, int) or worker_count < 0:
+      raise ValueError(f'worker_count: expected an integer >= 0, got {worker_count!r}')
+    self.batch_size, self.group = batch_size, group
+    self._next = 0           # the tar that rows() hands out next
+    self._first = 0          # the running group's first tar
+    self._iterator = None
+    self._batch, self._row, self._exhausted = None, 0, False
+
+  def _start(self, first: int) -> None:
+    self.close()
+    source = TarShardSource(self.paths[first:first + self.group])
+    self._iterator = iter(decode_pipeline(source, self.batch_size,
+                                          shard_options=grain.sharding.NoSharding(),
+                                          **self.options))
+    self._first, self._batch, self._row, self._exhausted = first, None, 0, False
+
+  def _peek(self) -> int | None:
+    """The tar (index into paths) of the next record of the running group, None after
+    its last."""
+    if self._exhausted:
+      return None
+    if self._batch is None or self._row == len(self._batch['skip']):
+      self._batch, self._row = next(self._iterator, None), 0
+      if self._batch is None:
+        self._exhausted = True
+        return None
+    return self._first + int(self._batch['shard_number'][self._row])
+
+  def rows(self, path: str, skips, wanted: set | None = None) -> Iterator[dict]:
+    """The usable rows of tar `path` (the next of paths), one dict each as iter_rows gives
+    them, in tar order; its skip rows are counted in the Counter `skips` by reason, as
+    iter_shard(decode=True) counts them. With `wanted` (a set of uids) only their rows
+    come, and a corrupt image counts only when its uid is wanted, as the embed stage
+    counts (it decodes no other). Rows of earlier tars not read are passed over."""
+    if self._next >= len(self.paths) or path != self.paths[self._next]:
+      expected = self.paths[self._next] if self._next < len(self.paths) else 'none'
+      raise ValueError(f'{path}: asked for out of order; the next tar is {expected}')
+    self._next += 1
+    return self._rows(self._next - 1, skips, wanted)
+
+  def _rows(self, number: int, skips, wanted: set | None) -> Iterator[dict]:
+    if self._iterator is None or number >= self._first + self.group:
+      self._start(number)
+    while (shard := self._peek()) is not None and shard <= number:
+      batch, row = self._batch, self._row
+      self._row += 1
+      if shard < number:
+        continue
+      skip, uid = str(batch['skip'][row]), str(batch['uid'][row])
+      if wanted is not None and uid not in wanted and skip in ('', 'corrupt_image'):
+        continue
+      if skip:
+        skips[skip] += 1
+      else:
+        yield {name: values[row] for name, values in batch.items()}
+
+  def close(self) -> None:
+    if self._iterator is not None:
+      self._iterator.close()
+      self._iterator = None
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()

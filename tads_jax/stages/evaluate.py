@@ -16,11 +16,12 @@ size, once per seed in range(evaluate.seeds), then scored zero-shot. Two proxies
   reference encoder's tokenizer, for `evaluate.pixels.samples_seen` samples; a sample the
   subset repeats that lands twice in one batch is not its own negative. Every task's eval
   images and prompts or captions go through the trained towers (eval.evaluate_tasks). The
-  pool's images are decoded once, at evaluate.pixels.image_size, into a cache every subset,
-  baseline and seed reads: `evaluate_cache/pixels_<size>-<ingest fingerprint>-v<n>/`, one
-  `<shard>.npy` per pool shard, uint8 [n, S, S, 3] in ingest order (memory-mapped when
-  read; its `.json`, written after it, marks it complete and counts the samples skipped as
-  the embed stage counts them).
+  pool's images are decoded once, at evaluate.pixels.image_size (by a Grain pipeline over
+  the tars still to decode, config.data.grain_workers decode processes), into a cache every
+  subset, baseline and seed reads: `evaluate_cache/pixels_<size>-<ingest
+  fingerprint>-v<n>/`, one `<shard>.npy` per pool shard, uint8 [n, S, S, 3] in ingest
+  order (memory-mapped when read; its `.json`, written after it, marks it complete and
+  counts the samples skipped as the embed stage counts them).
 
 The spread over seeds is part of the result, so a difference between two subsets can be
 read against it; eval.json records which proxy made it.
@@ -59,14 +60,13 @@ import os
 import numpy as np
 
 from tads_jax import config as config_lib
-from tads_jax import embedding
 from tads_jax import eval as eval_lib
 from tads_jax import pipeline
 from tads_jax import selection
 from tads_jax import selectors
 from tads_jax import sharding
 from tads_jax import train
-from tads_jax.data import images as images_lib
+from tads_jax.data import grain_source
 from tads_jax.data import subset as subset_lib
 from tads_jax.data import tasks as tasks_lib
 from tads_jax.models import clip
@@ -267,7 +267,7 @@ def _read_cache(path: str | None) -> dict | None:
 # The pixel proxy's data: the pool's images decoded once, captions tokenized.
 
 PIXEL_CACHE_VERSION = 1  # bump when the decoded images change (resize, crop)
-_DECODE_BATCH = 256      # images per batch of the decode threads
+_DECODE_BATCH = 64       # images per batch of the Grain decode pipeline
 
 
 def pixel_cache_dir(ctx, image_size: int) -> str:
@@ -293,38 +293,27 @@ def pixel_tokenizer(ctx, context_length: int) -> tokenizer_lib.CLIPTextTokenizer
   return tokenizer_lib.CLIPTextTokenizer(folder, context_length)
 
 
-def _decode(payload, size: int) -> np.ndarray:  # (bytes, where) -> uint8 [S, S, 3]
-  data, where = payload
-  return images_lib.resize_center_crop(images_lib.decode_image(data, where=where), size)
-
-
-def _decode_shard(ctx, path: str, uids: list, size: int, item: str) -> dict:
+def _decode_shard(decoded: grain_source.DecodedShards, path: str, tar: str, uids: list,
+                  size: int, item: str) -> dict:
   """Decodes one ingested shard's rows into `item`.npy (uint8 [n, S, S, 3], ingest order);
   returns the record that pipeline.resumable_item writes after it as `item`.json.
 
-  The shard is read as the embed stage reads it (embed.shard_images, decode threads that
-  drop a corrupt image and count it), and a uid's first occurrence that decodes is kept,
-  as ingest kept it. The array is written into a temporary memory map and renamed.
+  `decoded` reads the shard's images from `tar` (its next one) and counts its skips as the
+  embed stage does (a corrupt image only when its uid is ingested); a uid's first
+  occurrence that decodes is kept, as ingest kept it. The array is written into a
+  temporary memory map and renamed.
   """
-  tar = ingest.image_shard(ctx.config, path)  # a pool shard, or a DataComp metadata's tar
-  if tar is None:
-    raise ValueError(f'{path}: no images beside this DataComp metadata file; the pixel proxy '
-                     "(config.evaluate.proxy='pixels') needs the pool's tars")
   skips = collections.Counter()
   index = {u: i for i, u in enumerate(uids)}
   filled = np.zeros(len(uids), bool)
   with pipeline.atomic_write(item + '.npy', suffix='.npy') as tmp:
     out = np.lib.format.open_memmap(tmp, mode='w+', dtype=np.uint8,
                                     shape=(len(uids), size, size, 3))  # [n, S, S, 3]
-    items = embed_stage.shard_images(tar, set(uids), skips)
-    for batch in embedding.iter_batches(items, lambda p: _decode(p, size), _DECODE_BATCH,
-                                        workers=embed_stage.option(ctx.config, 'workers'),
-                                        skips=skips):
-      for row, uid in zip(batch.inputs, batch.ids):
-        i = index[uid]
-        if not filled[i]:
-          out[i] = row
-          filled[i] = True
+    for row in decoded.rows(tar, skips, wanted=set(index)):
+      i = index[str(row['uid'])]
+      if not filled[i]:
+        out[i] = row[f'image_{size}']
+        filled[i] = True
     if not filled.all():
       missing = uids[int(np.argmin(filled))]
       raise ValueError(f'{tar}: {int(filled.sum())} of {len(uids)} ingested samples decoded '
@@ -333,6 +322,35 @@ def _decode_shard(ctx, path: str, uids: list, size: int, item: str) -> dict:
     out.flush()
     del out
   return {'path': path, 'images': tar, 'samples': len(uids), 'skips': dict(skips)}
+
+
+def _decode_shards(ctx, items: list, size: int) -> list:
+  """The cache records of `items` ([(path, item)], ingest order), decoding the shards
+  whose item is not done through one Grain pipeline over their tars
+  (config.data.grain_workers decode processes, started once per call, not per shard)."""
+  todo = {}  # path: (item, tar)
+  for path, item in items:
+    if not pipeline.item_done(item):
+      tar = ingest.image_shard(ctx.config, path)  # a pool shard, or a DataComp metadata's tar
+      if tar is None:
+        raise ValueError(f'{path}: no images beside this DataComp metadata file; the pixel '
+                         "proxy (config.evaluate.proxy='pixels') needs the pool's tars")
+      todo[path] = (item, tar)
+  if todo:  # the shards' uids again: only a call that decodes reads them twice
+    paths = [r['path'] for r in ctx.summary('ingest')['per_source']]
+    with grain_source.DecodedShards(
+        [tar for _, tar in todo.values()], image_sizes=(size,), batch_size=_DECODE_BATCH,
+        worker_count=grain_source.config_worker_count(ctx.config)) as decoded:
+      for path, rows in ingest.rows_by_shard(ctx, paths, ('uid',)):
+        if path in todo:
+          item, tar = todo[path]
+          pipeline.resumable_item(item, lambda: _decode_shard(  # pylint: disable=cell-var-from-loop
+              decoded, path, tar, rows['uid'], size, item))
+  records = []
+  for _, item in items:
+    with open(item + '.json') as f:  # resumable_item's record, written after the array
+      records.append(json.load(f))
+  return records
 
 
 class _Rows:
@@ -365,29 +383,30 @@ def pixel_data(ctx, subset, tokenizer, image_size: int) -> tuple:
   folder = pixel_cache_dir(ctx, image_size)
   os.makedirs(folder, exist_ok=True)
   paths = [r['path'] for r in ctx.summary('ingest')['per_source']]
-  uids, captions, parts, pool = [], [], [], 0
-  skips, decoded = collections.Counter(), 0
+  uids, captions, shards, pool = [], [], [], 0  # shards: (path, item, rows, rows kept)
   for path, rows in ingest.rows_by_shard(ctx, paths, ('uid', 'caption')):
     shard_uids = rows['uid']
     pool += len(shard_uids)
     keep = subset_lib.times_selected(subset, shard_uids) > 0  # [n]
     if not keep.any():
       continue
-    item = os.path.join(folder, ingest.item_name(path))
-    decoded += not pipeline.item_done(item)
-    record = pipeline.resumable_item(
-        item, lambda: _decode_shard(ctx, path, shard_uids, image_size, item))  # pylint: disable=cell-var-from-loop
-    skips.update(record['skips'])
-    array = np.load(item + '.npy', mmap_mode='r')  # [n, S, S, 3]
-    if array.shape != (len(shard_uids), image_size, image_size, 3):
-      raise ValueError(f'{item}.npy: shape {array.shape}, but ingest kept '
-                       f'{len(shard_uids)} samples of {path}; remove {folder}')
     rows_kept = np.flatnonzero(keep)
-    parts.append((array, rows_kept))
+    shards.append((path, os.path.join(folder, ingest.item_name(path)), len(shard_uids),
+                   rows_kept))
     uids += [shard_uids[i] for i in rows_kept]
     captions += [rows['caption'][i] for i in rows_kept]
   if not uids:
     raise ValueError(f'{ctx.path("ingest", ingest.SAMPLES)}: no pool sample is in the subset')
+  decoded = sum(not pipeline.item_done(item) for _, item, _, _ in shards)
+  records = _decode_shards(ctx, [(path, item) for path, item, _, _ in shards], image_size)
+  skips, parts = collections.Counter(), []
+  for (path, item, count, rows_kept), record in zip(shards, records):
+    skips.update(record['skips'])
+    array = np.load(item + '.npy', mmap_mode='r')  # [n, S, S, 3]
+    if array.shape != (count, image_size, image_size, 3):
+      raise ValueError(f'{item}.npy: shape {array.shape}, but ingest kept '
+                       f'{count} samples of {path}; remove {folder}')
+    parts.append((array, rows_kept))
   cache = {'dir': folder, 'shards_decoded': decoded, 'skips': dict(skips)}
   return uids, _Rows(parts), tokenizer(captions), pool, cache
 

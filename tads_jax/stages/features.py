@@ -4,13 +4,15 @@ Two passes, one concern each.
 
 Per shard (resumable like ingest and embed): the quality operators of
 config.features.operators (scoring/registry.py), with the settings of
-config.features.operator_settings. The shard's images are decoded again, resized to
-pool.image_size and scored by the image operators in fixed-shape chunks of `features.chunk`
-rows (the tail padded and masked, so XLA compiles one program); captions go through the
-text operators and the embed stage's npz rows through the cross-modal ones.
-flipped_clip_score embeds the horizontally flipped images with the reference encoder here.
-Each shard's columns go to `features/shards/<item>.parquet`; the `.json` sidecar is written
-last and marks the shard complete. Memory holds one chunk of images.
+config.features.operator_settings. The shard's images are decoded again (by a Grain
+pipeline over the process's tars, grain_source.DecodedShards, with config.data.grain_workers
+decode processes), resized to pool.image_size and scored by the image operators in
+fixed-shape chunks of `features.chunk` rows (the tail padded and masked, so XLA compiles
+one program); captions go through the text operators and the embed stage's npz rows
+through the cross-modal ones. flipped_clip_score embeds the horizontally flipped images
+with the reference encoder here. Each shard's columns go to
+`features/shards/<item>.parquet`; the `.json` sidecar is written last and marks the shard
+complete. Memory holds one chunk of images and the reader's few batches in flight.
 
 Global signals, over the whole pool: the functions registered in SIGNALS, run in
 registration order, each adding its columns: task relevance (top-m cosines to each task's
@@ -25,8 +27,12 @@ time (dedup.semdedup_flags_stream). Memory holds one shard's embeddings, the lar
 and per-sample scalars (labels, bounds, output columns); features.parquet is written a
 shard at a time from the per-shard files and those columns.
 
-With several processes (distributed.py) each runs the per-shard pass on the shards it owns;
-the global signals run on the writer alone, for now.
+With several processes (distributed.py) each runs the per-shard pass, the relevance and
+the k-means passes on the shards it owns; the per-sample values (relevance, labels,
+clip_score, hash keys) are gathered in shard order and the k-means sums added per shard in
+shard order, so every process holds what one process computes. SemDeDup splits the
+clusters: process p scans those whose id % process_count == p, reading their rows from every
+shard, and the flags are summed. The writer writes features.parquet.
 
 Output: `features/features.parquet`, uid plus one column per feature, rows in
 ingest/samples.parquet order. A DataComp pool's embeddings come from its own npz files and
@@ -39,6 +45,7 @@ the reason in the summary).
 import collections
 import dataclasses
 import functools
+import hashlib
 import itertools
 import logging
 import os
@@ -48,14 +55,12 @@ from typing import Callable, Mapping
 import jax
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tads_jax import distributed
 from tads_jax import pipeline
 from tads_jax import scoring  # noqa: F401  (registers the operators)
-from tads_jax.data import images as images_lib
-from tads_jax.data import webdataset
+from tads_jax.data import grain_source
 from tads_jax.scoring import dedup
 from tads_jax.scoring import kmeans
 from tads_jax.scoring import registry
@@ -67,7 +72,7 @@ from tads_jax.stages import ingest
 FEATURES = 'features.parquet'
 # The pool's joint embeddings sorted by cluster while SemDeDup runs ([N, E] float32 on disk,
 # removed after; a fixed name, so that a killed run's copy is overwritten by the next).
-SEMDEDUP_SCRATCH = 'semdedup_scratch.f32'
+SEMDEDUP_SCRATCH = 'semdedup_scratch.{process}.f32'
 # Operators with a setting that has no usable default: {operator: setting}.
 _NEEDS_SETTING = {'vocab_share': 'vocab'}
 
@@ -167,22 +172,25 @@ def shard_item(ctx, path: str) -> str:
   return os.path.join(ctx.stage_dir('features'), 'shards', ingest.item_name(path))
 
 
-def _shard_images(path: str, uids: list, skips: collections.Counter):
-  """Decoded uint8 images [H, W, 3] of a shard's rows, in row order.
+def _shard_images(decoded: grain_source.DecodedShards, path: str, uids: list,
+                  skips: collections.Counter):
+  """The decoded rows (grain_source.DecodedShards.rows) of a shard's ingested samples, in
+  row order; tar `path`'s skips counted in `skips` as iter_shard(decode=True) counts them.
 
   Ingest kept the first decodable occurrence of each uid, in tar order, so the tar is read
   again in that order and checked against the rows as it goes.
   """
   wanted, seen, position = set(uids), set(), 0
-  for sample in webdataset.iter_shard(path, skips, decode=True):
-    if sample.uid not in wanted or sample.uid in seen:
+  for row in decoded.rows(path, skips):
+    uid = str(row['uid'])
+    if uid not in wanted or uid in seen:
       continue
-    if position >= len(uids) or sample.uid != uids[position]:
-      raise ValueError(f'{path}: sample {sample.key} (uid {sample.uid}) is out of the order '
+    if position >= len(uids) or uid != uids[position]:
+      raise ValueError(f"{path}: sample {row['key']} (uid {uid}) is out of the order "
                        'of ingest/samples.parquet; the shard changed, rerun ingest')
-    seen.add(sample.uid)
+    seen.add(uid)
     position += 1
-    yield sample.image
+    yield row
   if position != len(uids):
     raise ValueError(f'{path}: {position} of {len(uids)} ingested samples read back '
                      f'(first missing uid {uids[position]!r}, skips {dict(skips)}); rerun '
@@ -226,8 +234,9 @@ def _score_chunk(names, settings, start, count, chunk, table, image_emb, text_em
 
 
 def _features_shard(ctx, path: str, table: dict, names: list, settings: dict,
-                    encoder) -> dict:
-  """The operators on one shard's rows, written to its item unless a finished run did."""
+                    encoder, decoded: grain_source.DecodedShards | None) -> dict:
+  """The operators on one shard's rows, written to its item unless a finished run did.
+  `decoded` reads the images when an operator needs them (its next tar is this shard's)."""
   item = shard_item(ctx, path)
 
   def compute():
@@ -243,18 +252,22 @@ def _features_shard(ctx, path: str, table: dict, names: list, settings: dict,
     if image_ops or flipped:
       # A pool shard, or the tar beside a DataComp metadata file.
       tar = ingest.image_shard(config, path)
-      decoded = _chunks(_shard_images(tar, uids, skips), chunk)
+      chunks = _chunks(_shard_images(decoded, tar, uids, skips), chunk)
     else:
-      decoded = ([None] * len(range(s, min(s + chunk, n))) for s in range(0, n, chunk))
+      chunks = ([None] * min(chunk, n - s) for s in range(0, n, chunk))
     size = config.pool.image_size
-    for start, originals in zip(range(0, n, chunk), decoded):
-      count = len(originals)
+    start = 0
+    for rows in chunks:  # to the end: the tar's last skips are counted, its rows checked
+      count = len(rows)
       images = flipped_emb = None
       if image_ops:
-        images = np.stack([images_lib.resize_center_crop(im, size) for im in originals])
+        # images.resize_center_crop to pool.image_size, done by the reader.
+        images = np.stack([row[f'image_{size}'] for row in rows])  # [B, S, S, 3] uint8
         images = images.astype(np.float32) / 255.0  # [B, S, S, 3] in [0, 1]
       if flipped:
-        items = [(i, np.ascontiguousarray(im[:, ::-1])) for i, im in enumerate(originals)]
+        # The original, whatever its size: the encoder's own preprocessing sizes it.
+        items = [(i, np.ascontiguousarray(row['image'][:, ::-1]))
+                 for i, row in enumerate(rows)]
         got, flipped_emb = encoder.embed_images(items, skips=skips)  # [B, E]
         if len(got) != count:
           raise ValueError(f'{path}: {count - len(got)} flipped images failed to load')
@@ -262,6 +275,7 @@ def _features_shard(ctx, path: str, table: dict, names: list, settings: dict,
                          images, flipped_emb)
       for name in names:
         columns[name].append(out[name])
+      start += count
     arrays = {'uid': pa.array(uids, pa.string())}
     for name in names:
       values = np.concatenate(columns[name]) if columns[name] else np.zeros(0, np.float32)
@@ -290,18 +304,36 @@ def _shard_pass(ctx, names: list) -> tuple[list, int, list]:
   if 'flipped_clip_score' in names and not all(
       pipeline.item_done(shard_item(ctx, p)) for p in paths):
     encoder = embed.load_encoder(config, encoder_stage.checkpoint(ctx))
+  decoded = None
+  image_ops = any(_needs_images(registry.OPERATORS[m]) for m in names)
+  if image_ops or 'flipped_clip_score' in names:
+    # One Grain pipeline over this process's tars still to score, in shard order (workers
+    # start once, not per shard). The image operators get pool.image_size, resized by the
+    # reader; flipped_clip_score needs the originals, one size each (the encoder
+    # preprocesses the flipped original, and flipping after a center crop is not the same
+    # pixels), so they come as a list beside the batch.
+    todo = [ingest.image_shard(config, p) for i, p in enumerate(paths)
+            if distributed.owns(i) and not pipeline.item_done(shard_item(ctx, p))]
+    decoded = grain_source.DecodedShards(
+        todo, image_sizes=(config.pool.image_size,) if image_ops else (),
+        keep_original='flipped_clip_score' in names,
+        worker_count=grain_source.config_worker_count(config))
   progress = pipeline.Progress('features', ingested['samples'], unit='samples')
   records, computed, shards, n = {}, 0, [], 0
-  for index, (path, table) in enumerate(ingest.rows_by_shard(
-      ctx, paths, ('uid', 'caption', 'width', 'height'))):
-    shards.append((path, n, len(table['uid'])))
-    n += len(table['uid'])
-    if not distributed.owns(index):  # another process scores it
-      continue
-    done = pipeline.item_done(shard_item(ctx, path))
-    records[index] = _features_shard(ctx, path, table, names, settings, encoder)
-    computed += 0 if done else 1
-    progress.update(len(table['uid']))
+  try:
+    for index, (path, table) in enumerate(ingest.rows_by_shard(
+        ctx, paths, ('uid', 'caption', 'width', 'height'))):
+      shards.append((path, n, len(table['uid'])))
+      n += len(table['uid'])
+      if not distributed.owns(index):  # another process scores it
+        continue
+      done = pipeline.item_done(shard_item(ctx, path))
+      records[index] = _features_shard(ctx, path, table, names, settings, encoder, decoded)
+      computed += 0 if done else 1
+      progress.update(len(table['uid']))
+  finally:
+    if decoded is not None:
+      decoded.close()  # its worker processes
   computed = int(distributed.all_sum(np.array([computed], np.int64))[0])
   return distributed.gather_records(records), computed, shards
 
@@ -355,45 +387,62 @@ def _init_rows(config, k: int) -> int:
 class Pool:
   """What a global signal reads: the pool after the per-shard pass.
 
-  Embeddings are never held whole; embeddings() and joint() read them from disk again on
-  every call, one shard at a time.
+  Embeddings are never held whole: they are read from disk again on every pass, one shard
+  at a time, and so are the uids (from samples.parquet). With several processes each reads
+  the shards it owns (distributed.owns), and per-sample values come back to every process
+  through gather_rows, in shard order.
   """
   ctx: pipeline.Context
   shards: list             # (path, first row, rows) of each shard, in ingest order
-  samples: pa.Table        # ingest's uid and sha256, one row per sample
-  clip_score: np.ndarray | None  # [N] the clip_score operator's column, when it ran
   keys: dict               # {signal name: PRNG key} for the signals that draw
   columns: dict = dataclasses.field(default_factory=dict)  # what earlier signals added
 
   @property
   def rows(self) -> int:
-    return self.samples.num_rows
+    return sum(count for _, _, count in self.shards)
 
-  def embeddings(self):
-    """(image_emb, text_emb) of each non-empty shard, float32 [n, E] each, as stored."""
-    uid_column = self.samples.column('uid')
-    for path, start, count in self.shards:
-      if count:
-        uids = uid_column.slice(start, count).to_pylist()
-        yield embed.stored_embeddings(self.ctx, path, uids)
+  def uids(self, owned_only: bool = True):
+    """(shard index, its uids) of each non-empty shard (this process's, or every one)."""
+    paths = [path for path, _, _ in self.shards]
+    for index, (_, table) in enumerate(ingest.rows_by_shard(self.ctx, paths, ('uid',))):
+      if table['uid'] and (distributed.owns(index) or not owned_only):
+        yield index, table['uid']
 
-  def joint(self) -> Callable:
-    """A source for kmeans.fit_stream and dedup.semdedup_flags_stream: a callable
-    returning an iterator over the joint embeddings normalize(image + text), [n, E] per
-    shard."""
+  def embeddings(self, owned_only: bool = True):
+    """(shard index, image_emb, text_emb) of each non-empty shard, float32 [n, E] each,
+    as stored: this process's shards, or every shard of the pool."""
+    for index, uids in self.uids(owned_only):
+      yield (index,) + embed.stored_embeddings(self.ctx, self.shards[index][0], uids)
+
+  def joint(self, owned_only: bool = True) -> Callable:
+    """A source for kmeans.fit_stream (owned_only: (shard index, rows) pairs) and
+    dedup.semdedup_flags_stream (every shard: rows): a callable returning an iterator over
+    the joint embeddings normalize(image + text), [n, E] per shard."""
     def chunks():
-      for image_emb, text_emb in self.embeddings():
-        yield np.asarray(kmeans.normalize(image_emb + text_emb))  # [n, E]
+      for index, image_emb, text_emb in self.embeddings(owned_only):
+        joint = np.asarray(kmeans.normalize(image_emb + text_emb))  # [n, E]
+        yield (index, joint) if owned_only else joint
     return chunks
+
+  def gather_rows(self, per_shard: dict) -> np.ndarray:
+    """[N, ...]: every process's {shard index: [rows, ...]} in shard order."""
+    parts = distributed.gather_by_shard(per_shard)
+    out = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+    if out.shape[0] != self.rows:
+      raise ValueError(f'features: the processes gathered {out.shape[0]} rows of the '
+                       f'pool\'s {self.rows}; a shard is missing')
+    return out
 
   @functools.cached_property
   def quality(self) -> np.ndarray:  # [N]
     """Which copy of a duplicate is kept: the one of highest clip_score (the operator's
     column when it ran, else the same cosine from the stored embeddings)."""
-    if self.clip_score is not None:
-      return self.clip_score
-    return np.concatenate([np.zeros(0, np.float32)] + [
-        np.sum(image_emb * text_emb, axis=1) for image_emb, text_emb in self.embeddings()])
+    if 'clip_score' in left_out_operators(self.ctx.config)[0]:
+      return self.gather_rows({
+          index: _shard_columns(self.ctx, self.shards[index][0], ['clip_score'])
+          .column('clip_score').to_numpy() for index, _ in self.uids()})
+    return self.gather_rows({index: np.sum(image_emb * text_emb, axis=1)
+                             for index, image_emb, text_emb in self.embeddings()})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -430,10 +479,9 @@ def task_relevance(pool: Pool) -> tuple[dict, dict]:
   columns = {}
   if not tasks:
     return columns, {}
-  parts = [np.zeros((0, 2 * len(tasks)), np.float32)]
-  for image_emb, text_emb in pool.embeddings():
-    parts.append(_relevance_block(pool.ctx, tasks, image_emb, text_emb))
-  values = np.concatenate(parts)  # [N, 2T]
+  values = pool.gather_rows({
+      index: _relevance_block(pool.ctx, tasks, image_emb, text_emb)
+      for index, image_emb, text_emb in pool.embeddings()}).reshape(-1, 2 * len(tasks))
   for t, (prefix, _) in enumerate(tasks):
     columns[f'{prefix}_image'] = values[:, 2 * t]
     columns[f'{prefix}_text'] = values[:, 2 * t + 1]
@@ -451,37 +499,66 @@ def clusters(pool: Pool) -> tuple[dict, dict]:
   k = min(option(config, 'kmeans_k'), pool.rows)
   fit = kmeans.fit_stream(
       pool.joint(), pool.rows, k, option(config, 'kmeans_iters'), pool.keys['clusters'],
-      init_sample=_init_rows(config, k),
+      init_sample=_init_rows(config, k), shard_rows=[count for _, _, count in pool.shards],
+      gather=distributed.gather_by_shard, processes=distributed.process_count(),
       callback=lambda i, cos, share: logging.info(
           'features: k-means pass %d, mean cosine %.4f, %.0f%% of rows computed', i, cos,
           100 * share))
-  columns = {'cluster': fit.assignment.astype(np.int32),
-             'cluster_weight': kmeans.cluster_weights(fit.assignment, k,
-                                                      option(config, 'alpha'))}
+  owned = [i for i, (_, _, count) in enumerate(pool.shards) if count and distributed.owns(i)]
+  labels = np.split(fit.assignment, np.cumsum([pool.shards[i][2] for i in owned])[:-1])
+  assignment = pool.gather_rows(dict(zip(owned, labels)) if owned else {})
+  columns = {'cluster': assignment.astype(np.int32),
+             'cluster_weight': kmeans.cluster_weights(assignment, k, option(config, 'alpha'))}
   return columns, {'kmeans': {'k': k, 'objective': float(fit.objective)}}
 
 
 @signal('semantic_duplicate', columns=('semantic_duplicate',), settings=('semdedup_eps',))
 def semantic_duplicates(pool: Pool) -> tuple[dict, dict]:
-  """SemDeDup inside each cluster (reads 'cluster'): all but the best of near-copies."""
+  """SemDeDup inside each cluster (reads 'cluster'): all but the best of near-copies.
+
+  With several processes the clusters are split: process p scans the clusters whose id %
+  process_count == p, reading their rows from every shard, and the flags are summed."""
   flags = np.zeros(0, bool)
   if pool.rows:
+    assignment = pool.columns['cluster']
+    mine = assignment % distributed.process_count() == distributed.process_index()  # [N]
     flags = dedup.semdedup_flags_stream(
-        pool.joint(), pool.columns['cluster'], pool.quality,
-        option(pool.ctx.config, 'semdedup_eps'),
-        scratch=pool.ctx.path('features', SEMDEDUP_SCRATCH))
+        pool.joint(owned_only=False), assignment, pool.quality,
+        option(pool.ctx.config, 'semdedup_eps'), rows=mine,
+        scratch=pool.ctx.path('features', SEMDEDUP_SCRATCH.format(
+            process=distributed.process_index())))
+    flags = distributed.all_sum(flags.view(np.uint8)) > 0
   return {'semantic_duplicate': flags}, {'semantic_duplicates': int(np.sum(flags))}
 
 
 @signal('exact_duplicate', columns=('exact_duplicate',))
 def exact_duplicates(pool: Pool) -> tuple[dict, dict]:
-  """Byte-identical images (ingest's sha256): all but the best copy."""
-  # Groups from the column's dictionary codes: no str per sample.
-  sha256 = pc.fill_null(pool.samples.column('sha256'), '')
-  group = pc.dictionary_encode(sha256).combine_chunks().indices.to_numpy(zero_copy_only=False)
-  known = pc.greater(pc.binary_length(sha256), 0).to_numpy(zero_copy_only=False)
-  flags = dedup.duplicate_flags(group, known, pool.quality)
+  """Byte-identical images (ingest's sha256): all but the best copy. Each process keys
+  its shards' hashes (128 bits of blake2b; a missing hash makes no duplicate) and every
+  process gets every key, in shard order."""
+  paths = [path for path, _, _ in pool.shards]
+  keys = {}
+  for index, (_, table) in enumerate(ingest.rows_by_shard(pool.ctx, paths, ('sha256',))):
+    if table['sha256'] and distributed.owns(index):
+      keys[index] = _hash_keys(table['sha256'])
+  keys = pool.gather_rows(keys) if keys or distributed.process_count() > 1 else np.zeros(
+      (0, 3), np.uint64)
+  known = keys[:, 2] > 0
+  _, group = np.unique(keys[:, :2], axis=0, return_inverse=True)
+  flags = dedup.duplicate_flags(group.reshape(-1), known, pool.quality)
   return {'exact_duplicate': flags}, {'exact_duplicates': int(np.sum(flags))}
+
+
+def _hash_keys(hashes) -> np.ndarray:
+  """[n, 3] uint64 per content hash string: 128 bits of its blake2b, and 1 when it is
+  known (0 for None or '')."""
+  out = np.zeros((len(hashes), 3), np.uint64)
+  for i, value in enumerate(hashes):
+    if value:
+      out[i, :2] = np.frombuffer(hashlib.blake2b(value.encode(), digest_size=16).digest(),
+                                 np.uint64)
+      out[i, 2] = 1
+  return out
 
 
 # The columns every pool gets from the global signals, after the relevance pairs.
@@ -494,27 +571,21 @@ def run(ctx) -> dict:
   if left_out:
     logging.info('features: %s left out: %s', ', '.join(left_out), left_out_why)
   records, computed, shards = _shard_pass(ctx, names)
-  if not distributed.is_writer():  # the pool-wide signals: the writer alone, for now
-    return {}
-
-  samples = pq.read_table(ctx.path('ingest', ingest.SAMPLES), columns=['uid', 'sha256'])
-  clip_score = None
-  if 'clip_score' in names:
-    clip_score = np.concatenate([np.zeros(0, np.float32)] + [
-        _shard_columns(ctx, path, ['clip_score']).column('clip_score').to_numpy()
-        for path, _, _ in shards])
   keys = dict(zip(_SEEDED, jax.random.split(jax.random.PRNGKey(config.seed), len(_SEEDED))))
-  pool = Pool(ctx, shards, samples, clip_score, keys)
+  pool = Pool(ctx, shards, keys)
   signal_summary = {}
-  for sig in SIGNALS.values():
+  for sig in SIGNALS.values():  # every process: each its part, the values gathered
     columns, summary = sig.fn(pool)
     pool.columns.update(columns)
     signal_summary.update(summary)
+  if not distributed.is_writer():
+    return {}
 
   def tables():  # each shard's operator columns and its rows of the global ones
-    for path, start, count in shards:
+    for (path, start, count), (_, rows) in zip(
+        shards, ingest.rows_by_shard(ctx, [p for p, _, _ in shards], ('uid',))):
       table = _shard_columns(ctx, path)
-      if not table.column('uid').equals(samples.column('uid').slice(start, count)):
+      if table.column('uid').to_pylist() != rows['uid']:
         raise ValueError(f"{ctx.path('ingest', ingest.SAMPLES)}: field 'uid' does not match "
                          f'the features shard of {path}; rerun ingest')
       for name, values in pool.columns.items():
@@ -630,4 +701,4 @@ def config_keys(config) -> tuple:
 
 
 STAGE = pipeline.Stage(name='features', run=run, inputs=('ingest', 'embed'),
-                       config_keys=config_keys, version=2, multiprocess=True)
+                       config_keys=config_keys, version=3, multiprocess=True)
