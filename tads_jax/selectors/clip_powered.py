@@ -56,6 +56,11 @@ Differences from the paper, and why:
   - The min-max normalizations divide by max(range, 1e-12), and mean(SAS), mean(SDS) are
     clipped at 1e-12, so a constant score contributes nothing instead of a NaN.
   - max_steps bounds the mask optimization (the paper runs until the count term is small).
+
+Memory: the selector reads the pool's embeddings through Inputs.embedding_rows (from disk
+in the stages): SAS one chunk of rows at a time, SDS one pack of whole groups at a time
+(their rows, adapted, and the kNN buffer: max(16,384, the largest group) rows); the mask
+optimization holds per-sample scalars. Never [N, E].
 """
 
 import dataclasses
@@ -254,14 +259,16 @@ def _train_adapters(adapters, arrays, batches, kinds, lr, scale):
 
 
 def _in_chunks(fn, arrays, chunk: int) -> np.ndarray:
-  """fn over fixed-size row blocks of the arrays (the tail padded), so one program is
-  compiled and memory holds one block; results concatenated as numpy."""
+  """fn over fixed-size float32 row blocks of the arrays (the tail padded), so one program
+  is compiled and memory holds one block (the arrays may be row gathers,
+  Inputs.embedding_rows); results concatenated as numpy."""
   n = arrays[0].shape[0]
   out = []
   for start in range(0, n, chunk):
     stop = min(start + chunk, n)
-    block = [np.pad(a[start:stop], ((0, chunk - (stop - start)),) + ((0, 0),) * (a.ndim - 1))
-             for a in arrays]
+    block = [np.asarray(a[start:stop], np.float32) for a in arrays]
+    block = [np.pad(b, ((0, chunk - (stop - start)),) + ((0, 0),) * (b.ndim - 1))
+             for b in block]
     out.append(np.asarray(fn(*block))[:stop - start])
   return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
@@ -278,14 +285,13 @@ def _adapt_images(adapters, image_emb):  # [B, E] -> [B, E]
 
 def alignment(adapters, image_emb, text_emb, chunk: int = 8192) -> np.ndarray:  # -> [N]
   """cos(A_I(image_i), A_T(text_i)): the raw (unnormalized) SAS."""
-  return _in_chunks(functools.partial(_alignment, adapters),
-                    (np.asarray(image_emb, np.float32), np.asarray(text_emb, np.float32)),
+  return _in_chunks(functools.partial(_alignment, adapters), (image_emb, text_emb),
                     chunk).astype(np.float32)
 
 
 def adapted_images(adapters, image_emb, chunk: int = 8192) -> np.ndarray:  # -> [N, E]
-  return _in_chunks(functools.partial(_adapt_images, adapters),
-                    (np.asarray(image_emb, np.float32),), chunk).astype(np.float32)
+  return _in_chunks(functools.partial(_adapt_images, adapters), (image_emb,),
+                    chunk).astype(np.float32)
 
 
 def min_max(x: np.ndarray) -> np.ndarray:
@@ -299,11 +305,12 @@ def min_max(x: np.ndarray) -> np.ndarray:
 def _grouped_knn(x, starts, sizes, neighbours, block):
   """Mean Euclidean distance of each row to its K nearest other rows of its group.
 
-  x [N + block, E]: unit rows sorted by group, then `block` rows of padding (so that no
-  slice is clipped); the group g is rows starts[g] .. starts[g] + sizes[g]. Each group goes
-  in row blocks and, for each, column blocks with a running top-K of cosines: memory holds
-  [block, block + K], never [n, n], and the work is sum over groups of n_g^2 E. Returns
-  [N + block]; rows with no neighbour get 0.
+  x [M + block, E]: unit rows sorted by group, then `block` rows of padding (so that no
+  slice is clipped); the group g is rows starts[g] .. starts[g] + sizes[g] (empty groups
+  cost nothing: knn_diversity pads starts and sizes with them to a static shape). Each
+  group goes in row blocks and, for each, column blocks with a running top-K of cosines:
+  memory holds [block, block + K], never [n, n], and the work is sum over groups of
+  n_g^2 E. Returns [M + block]; rows with no neighbour get 0.
   """
   total = x.shape[0]
 
@@ -337,12 +344,17 @@ def _grouped_knn(x, starts, sizes, neighbours, block):
   return jax.lax.fori_loop(0, starts.shape[0], group, jnp.zeros((total,), jnp.float32))
 
 
-def knn_diversity(emb: np.ndarray, groups: np.ndarray, neighbours: int,
-                  chunk: int = 1024) -> np.ndarray:  # [N, E], [N] -> [N]
+def knn_diversity(emb, groups: np.ndarray, neighbours: int, chunk: int = 1024,
+                  transform=None, pack: int = 16384) -> np.ndarray:  # [N, E], [N] -> [N]
   """The raw (unnormalized) SDS: mean distance of each unit row of emb to its K nearest
   neighbours with the same group id (fewer when its group is smaller). A sample alone in
-  its group gets the largest value of the pool."""
-  emb = np.asarray(emb, np.float32)
+  its group gets the largest value of the pool.
+
+  emb may be a row gather (Inputs.embedding_rows), and `transform` ([b, E] -> [b, E], e.g.
+  the image adapter) maps the rows read before the neighbours are found. Groups go in
+  packs of whole consecutive groups (in group order) of at most max(pack, the largest
+  group) rows, so memory holds one pack, not [N, E].
+  """
   groups = np.asarray(groups)
   n = emb.shape[0]
   if groups.shape != (n,):
@@ -355,10 +367,25 @@ def knn_diversity(emb: np.ndarray, groups: np.ndarray, neighbours: int,
   # Row blocks of min(chunk, the largest group rounded up to a power of two): one compiled
   # program for the whole pool, and small groups are not padded to a big block.
   block = min(chunk, max(8, 1 << (int(sizes.max()) - 1).bit_length()))
-  x = np.zeros((n + block, emb.shape[1]), np.float32)
-  x[:n] = emb[order]
-  sorted_out = np.array(_grouped_knn(x, starts.astype(np.int32), sizes.astype(np.int32),
-                                       neighbours=int(neighbours), block=block))[:n]
+  capacity = max(int(sizes.max()), min(pack, n))  # rows of a pack, and at most its groups
+  x = np.zeros((capacity + block, emb.shape[1]), np.float32)  # [capacity + block, E]
+  sorted_out = np.zeros(n, np.float32)
+  first = 0
+  while first < len(starts):
+    last = first + 1  # the pack is groups first .. last - 1
+    while last < len(starts) and starts[last] + sizes[last] - starts[first] <= capacity:
+      last += 1
+    lo, hi = starts[first], starts[last - 1] + sizes[last - 1]
+    rows = np.asarray(emb[order[lo:hi]], np.float32)  # [hi - lo, E]
+    x[:hi - lo] = rows if transform is None else transform(rows)
+    x[hi - lo:] = 0.0
+    pack_starts = np.zeros(capacity, np.int32)
+    pack_sizes = np.zeros(capacity, np.int32)  # empty groups: no work
+    pack_starts[:last - first] = starts[first:last] - lo
+    pack_sizes[:last - first] = sizes[first:last]
+    sorted_out[lo:hi] = np.asarray(_grouped_knn(
+        x, pack_starts, pack_sizes, neighbours=int(neighbours), block=block))[:hi - lo]
+    first = last
   lonely = np.repeat(sizes < 2, sizes)
   if lonely.any():
     sorted_out[lonely] = sorted_out[~lonely].max() if (~lonely).any() else 0.0
@@ -440,8 +467,8 @@ def optimize_mask(sas: np.ndarray, sds: np.ndarray, k: int, params: Params) -> d
 def select(adapters, image_emb, text_emb, groups, k: int, params: Params) -> dict:
   """(b) and (c) with fitted adapters: SAS and SDS (normalized), the mask and the counts."""
   sas = min_max(alignment(adapters, image_emb, text_emb))
-  sds = min_max(knn_diversity(adapted_images(adapters, image_emb), groups, params.neighbours,
-                              params.chunk))
+  sds = min_max(knn_diversity(image_emb, groups, params.neighbours, params.chunk,
+                              transform=functools.partial(adapted_images, adapters)))
   return dict(optimize_mask(sas, sds, k, params), sas=sas, sds=sds)
 
 
@@ -487,7 +514,7 @@ def pool_groups(inputs: selectors.Inputs, groups: str) -> np.ndarray:  # -> [N]
 
 def fit(config, inputs: selectors.Inputs) -> dict:
   params = params_from_config(config)
-  image_emb, text_emb = inputs.embeddings(NAME)
+  image_emb, text_emb = inputs.embedding_rows(NAME)  # read a chunk, then a pack of groups
   groups = pool_groups(inputs, params.groups)
   kinds, arrays = task_arrays(inputs.task_list(NAME))
   adapters, losses = train_adapters(kinds, arrays, params, config.seed)

@@ -49,6 +49,11 @@ notebook shows), and why:
     size), as is the easiness being the unclipped cosine.
   - Its classes are ImageNet-1k zero-shot classes of OpenAI CLIP ("proxy partition"),
     with no far partition (min_cosine = None keeps that: every image joins its best class).
+
+Memory: the pool's embeddings are read through Inputs.embedding_rows (from disk in the
+stages): the zero-shot partition one chunk of rows at a time, then the greedy one partition
+at a time (its rows gathered into one buffer of the largest partition's padded size); the
+rest is per-sample scalars. Never [N, E], but the largest partition's rows.
 """
 
 import functools
@@ -105,14 +110,15 @@ def _zero_shot(image_emb, prototypes):  # [B, E], [C, E] -> [B] int32, [B]
 def partition(image_emb: np.ndarray, prototypes: np.ndarray, threshold=None,
               chunk: int = 8192) -> np.ndarray:  # [N, E], [C, E] -> [N] int32 in [-1, C)
   """Each image's zero-shot class (highest cosine to a class prototype); FAR (-1) where
-  that cosine is below `threshold` (None: never)."""
-  image_emb = np.asarray(image_emb, np.float32)
+  that cosine is below `threshold` (None: never). image_emb may be a row gather
+  (Inputs.embedding_rows): memory holds one chunk."""
   prototypes = np.asarray(prototypes, np.float32)
   n = image_emb.shape[0]
   out = np.empty(n, np.int32)
   for start in range(0, n, chunk):
     stop = min(start + chunk, n)
-    block = np.pad(image_emb[start:stop], ((0, chunk - (stop - start)), (0, 0)))
+    block = np.pad(np.asarray(image_emb[start:stop], np.float32),
+                   ((0, chunk - (stop - start)), (0, 0)))  # [chunk, E]
     best, cos = _zero_shot(block, prototypes)
     best, cos = np.asarray(best)[:stop - start], np.asarray(cos)[:stop - start]
     out[start:stop] = best if threshold is None else np.where(cos < threshold, FAR, best)
@@ -296,26 +302,32 @@ def class_prototypes(tasks) -> np.ndarray:  # -> [sum of classes, E]
 def fit(config, inputs: selectors.Inputs) -> dict:
   check_config(config)
   own = config[NAME]
-  image_emb, text_emb = inputs.embeddings(NAME)
+  image_emb, text_emb = inputs.embedding_rows(NAME)  # read a chunk, then a partition
   prototypes = class_prototypes(inputs.task_list(NAME, 'classification'))
   parts = partition(image_emb, prototypes, min_cosine(config))
   n = inputs.num_rows
   k = int(min(max(round(config.selection.fraction * n), 0), n))
   ids, sizes = np.unique(parts, return_counts=True)
   budgets = split_budget(sizes, k)
-  # Rows sorted by partition, padded at the end: one compiled greedy serves every partition.
-  order = np.argsort(parts, kind='stable')
+  order = np.argsort(parts, kind='stable')  # rows by partition, pool order within one
   starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+  # Each partition in one zero-padded buffer of the largest partition's padded size: one
+  # compiled greedy serves every partition, and memory holds one partition.
   n_pad, rows = _pad_size(int(sizes.max()) if n else 1, int(own.chunk))
-  pad = ((0, n_pad + rows), (0, 0))
-  image_sorted = jax.device_put(np.pad(np.asarray(image_emb, np.float32)[order], pad))
-  text_sorted = jax.device_put(np.pad(np.asarray(text_emb, np.float32)[order], pad))
+  image_part = np.zeros((n_pad + rows, image_emb.shape[1]), np.float32)  # [n_pad+rows, E]
+  text_part = np.zeros_like(image_part)
   counts = np.zeros(n, np.int64)
   for start, size, part_budget in zip(starts, sizes, budgets):
-    keep = _greedy_sorted(image_sorted, text_sorted, int(start), int(size), int(part_budget),
+    if part_budget <= 0:
+      continue
+    members = order[start:start + size]  # [size], pool rows of this partition
+    image_part[:size] = np.asarray(image_emb[members], np.float32)
+    text_part[:size] = np.asarray(text_emb[members], np.float32)
+    image_part[size:] = text_part[size:] = 0.0
+    keep = _greedy_sorted(image_part, text_part, 0, int(size), int(part_budget),
                           float(own.easiness), bool(own.normalize), int(own.block), n_pad,
                           rows)
-    counts[order[start + keep]] = 1
+    counts[members[keep]] = 1
   return {'partition': parts, 'counts': counts, 'k': k,
           'partition_ids': ids.astype(np.int64), 'partition_sizes': sizes.astype(np.int64),
           'partition_budgets': budgets.astype(np.int64)}

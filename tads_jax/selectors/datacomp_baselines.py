@@ -13,6 +13,10 @@ pool metadata from its parquet files, the selectors read the same columns from t
 features table: caption (DataComp's `text`), width and height (`original_width`,
 `original_height`), clip_score (`clip_b32_similarity_score` / `clip_l14_...`, here the
 reference CLIP's image-caption cosine), and the pool embeddings (`l14_img`).
+
+Memory: the image-based filters read the pool's embeddings through Inputs.embedding_rows
+(from disk in the stages), one block of caption-filtered rows at a time: their fit streams
+them through every Lloyd pass (kmeans.fit_stream), their score assigns them.
 """
 
 import string
@@ -199,21 +203,26 @@ def caption_filter(captions) -> np.ndarray:  # list of B str -> [B] bool
           & (quality.characters(captions) > 5))
 
 
-def nearest_centroid(x, centroids, chunk: int = 4096) -> np.ndarray:  # [N, E] -> [N] int32
-  """Index of each row's most similar centroid, in fixed-size blocks (one compiled
-  program, the last block padded)."""
-  x = np.asarray(x, np.float32)
-  out = np.zeros(x.shape[0], np.int32)
-  if not x.shape[0]:
+def nearest_centroid(x, centroids, chunk: int = 4096, rows=None) -> np.ndarray:
+  """Index of the most similar centroid of each row of x ([N, E] -> [N] int32), or with
+  `rows` [M] of the rows x[rows] ([M] int32), in fixed-size blocks (one compiled program,
+  the last block padded). x may be a row gather (Inputs.embedding_rows): memory holds one
+  block."""
+  rows = np.arange(x.shape[0]) if rows is None else np.asarray(rows, np.int64)
+  out = np.zeros(rows.shape[0], np.int32)
+  if not rows.shape[0]:
     return out
-  chunk = min(chunk, -(-x.shape[0] // 8) * 8)
+  chunk = min(chunk, -(-rows.shape[0] // 8) * 8)
   centroids = np.asarray(centroids, np.float32)
-  for start in range(0, x.shape[0], chunk):
-    block = x[start:start + chunk]
+  for start in range(0, rows.shape[0], chunk):
+    block = np.asarray(x[rows[start:start + chunk]], np.float32)  # [b, E]
     padded = np.pad(block, ((0, chunk - block.shape[0]), (0, 0)))
     best, _ = kmeans.assign(padded, centroids)
     out[start:start + block.shape[0]] = np.asarray(best)[:block.shape[0]]
   return out
+
+
+_FIT_BLOCK = 65536  # caption-filtered rows read at a time by each k-means pass
 
 
 def image_based_fit(config, inputs: selectors.Inputs, name: str = 'image_based') -> dict:
@@ -230,16 +239,19 @@ def image_based_fit(config, inputs: selectors.Inputs, name: str = 'image_based')
   ImageNet-1k's.
   """
   k, iters = image_based_options(config)
-  image_emb, _ = inputs.embeddings(name)  # [N, E]
+  image_emb, _ = inputs.embedding_rows(name)
   tasks = inputs.task_list(name)
   mask = caption_filter(_captions(inputs, name))  # [N]
-  candidates = image_emb[mask]  # [M, E]
-  if not candidates.shape[0]:
+  if not mask.any():
     return {'k': 0, 'centroids': np.zeros((0, image_emb.shape[1]), np.float32),
             'target_clusters': np.zeros(0, np.int32)}
+  # The caption-filtered rows, streamed a block at a time through every Lloyd pass.
+  candidates = np.flatnonzero(mask)  # [M] pool rows
   k = min(k, candidates.shape[0])
   key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0x1DA6E)
-  fit = kmeans.fit(candidates, k, iters, key)
+  blocks = lambda: (np.asarray(image_emb[candidates[start:start + _FIT_BLOCK]], np.float32)
+                    for start in range(0, candidates.shape[0], _FIT_BLOCK))
+  fit = kmeans.fit_stream(blocks, candidates.shape[0], k, iters, key)
   task_images = np.concatenate([np.asarray(t['image_emb'], np.float32) for t in tasks])
   targets = np.unique(nearest_centroid(task_images, fit.centroids))
   return {'k': k, 'centroids': np.asarray(fit.centroids, np.float32),
@@ -248,12 +260,12 @@ def image_based_fit(config, inputs: selectors.Inputs, name: str = 'image_based')
 
 def image_based_mask(state, inputs: selectors.Inputs, name: str) -> np.ndarray:  # -> [N]
   """Caption-filtered samples whose nearest pool centroid is a target cluster."""
-  image_emb, _ = inputs.embeddings(name)
+  image_emb, _ = inputs.embedding_rows(name)  # the caption-filtered rows, a block at a time
   mask = caption_filter(_captions(inputs, name))
   if not int(state['k']):
     return np.zeros(inputs.num_rows, bool)
   keep = np.zeros(inputs.num_rows, bool)
-  nearest = nearest_centroid(image_emb[mask], state['centroids'])
+  nearest = nearest_centroid(image_emb, state['centroids'], rows=np.flatnonzero(mask))
   keep[np.flatnonzero(mask)] = np.isin(nearest, np.asarray(state['target_clusters']))
   return keep
 

@@ -35,6 +35,11 @@ Where this differs from formll/FLYT, and why:
   - No mixed precision and no grad scaler (float32 throughout), one process's batch (the
     mesh splits it) instead of all-gathered per-GPU batches.
   - The logit scale of the proxy is clipped to [0, log 100] (theirs [2, log 100]).
+
+Memory: the pool's embeddings are read through Inputs.embedding_rows (from disk in the
+stages): meta-learning gathers one batch of rows at a time, scoring reads one chunk of
+_CHUNK rows; M-FLYT holds its [N, S] input scores. Never [N, E] (mflyt's input selectors
+hold what their own modules say).
 """
 
 import dataclasses
@@ -146,8 +151,9 @@ def _init(module, seed: int, *shapes):
 
 def apply_chunked(fn, params, arrays, chunk: int = _CHUNK) -> np.ndarray:
   """fn(params, *rows) over every row of `arrays` ([N, ...] each) in jitted chunks of one
-  static size (the last one padded), as float64 [N]."""
-  n = len(arrays[0])
+  static size (the last one padded), as float64 [N]. The arrays may be row gathers
+  (Inputs.embedding_rows): memory holds one chunk."""
+  n = arrays[0].shape[0]
   if n == 0:
     return np.zeros(0)
   size = min(chunk, n)
@@ -213,7 +219,7 @@ def flyt_scorer(module: FlytScorer) -> meta.Scorer:
 
 
 def flyt_fit(config, inputs: selectors.Inputs) -> dict:
-  image_emb, text_emb = inputs.embeddings('flyt')
+  image_emb, text_emb = inputs.embedding_rows('flyt')  # gathered a batch at a time
   width = image_emb.shape[1]
   module = flyt_module(config)
   params = _init(module, config.seed, (width,), (width,))
@@ -230,7 +236,7 @@ def flyt_fit(config, inputs: selectors.Inputs) -> dict:
 
 def flyt_score(config, state, inputs: selectors.Inputs) -> np.ndarray:  # -> [N]
   del config
-  image_emb, text_emb = inputs.embeddings('flyt')
+  image_emb, text_emb = inputs.embedding_rows('flyt')  # read a chunk at a time
   if image_emb.shape[1] != int(state['width']):
     raise ValueError(f'learn state: the flyt head was learned on {int(state["width"])}-dim '
                      f'embeddings, the pool has {image_emb.shape[1]}; rerun learn')
@@ -358,7 +364,7 @@ def mflyt_fit(config, inputs: selectors.Inputs) -> dict:
   x = _fill_missing(x, fill)
   standardizer = value.Standardizer.fit(x, names)
   z = standardizer.transform(x)  # [N, S]
-  image_emb, text_emb = inputs.embeddings('mflyt')
+  image_emb, text_emb = inputs.embedding_rows('mflyt')  # gathered a batch at a time
   params = _init(MixingScorer(), config.seed, (len(names),))
   params, history = _learn(config, 'mflyt', mflyt_scorer(len(names)), params,
                            {'z': z, 'image_emb': image_emb, 'text_emb': text_emb}, inputs)

@@ -40,6 +40,10 @@ Where this differs from their code, and why:
     cosines above 88.7 * tau; CLIP cosines never get there). Same values otherwise.
   - Random batches come from numpy's generator seeded by config.seed, not torch.randperm.
   - Ties at the cut of the combined filter are broken by pool order (theirs: argpartition).
+
+Memory: the pool's embeddings are read through Inputs.embedding_rows (from disk in the
+stages), one negCLIPLoss batch (gathered by index), one NormSim chunk or one CLIP-score
+block at a time; besides, per-sample scalars and the targets. Never [N, E].
 """
 
 import functools
@@ -55,6 +59,7 @@ _CHUNK = 1024          # pool rows per jitted NormSim call
 _TARGET_BLOCK = 4096   # target rows per step of the NormSim_inf loop
 _ROW_BLOCK = 1024      # batch rows per step of the negCLIPLoss normaliser
 _MASKED = -1e30        # a logit that exp() turns into 0 without inf - inf = NaN
+_CLIP_BLOCK = 8192     # pool rows per step of the CLIP score (see clip_scores)
 
 
 # ---------------------------------------------------------------- options
@@ -188,10 +193,10 @@ def negclip_loss(image_emb, text_emb, partitions: Iterable[np.ndarray], batch_si
   tau/2 (log sum_j exp(s_ij/tau) + log sum_j exp(s_ji/tau)), j over i's batch.
 
   Each partition is a permutation of range(N) cut into consecutive batches of batch_size
-  (the last shorter, padded to the same shape so one program serves every batch)."""
+  (the last shorter, padded to the same shape so one program serves every batch).
+  image_emb, text_emb: arrays or row gathers (selectors.Inputs.embedding_rows); memory holds
+  one batch of rows and per-sample scalars."""
   n = image_emb.shape[0]
-  image_emb = np.asarray(image_emb, np.float32)
-  text_emb = np.asarray(text_emb, np.float32)
   batch = min(batch_size, n)
   block = min(_ROW_BLOCK, -(-batch // 8) * 8)
   padded = -(-batch // block) * block  # rows per batch, a multiple of block
@@ -207,20 +212,49 @@ def negclip_loss(image_emb, text_emb, partitions: Iterable[np.ndarray], batch_si
       m = idx.shape[0]
       pad = ((0, padded - m), (0, 0))
       rows, cols = _batch_normalisers(
-          jnp.asarray(np.pad(image_emb[idx], pad)), jnp.asarray(np.pad(text_emb[idx], pad)),
+          jnp.asarray(np.pad(_rows_at(image_emb, idx), pad)),
+          jnp.asarray(np.pad(_rows_at(text_emb, idx), pad)),
           jnp.asarray(np.arange(padded) < m), jnp.float32(temperature), block=block)
       normaliser[idx] += 0.5 * temperature * (np.asarray(rows, np.float64)[:m] +
                                               np.asarray(cols, np.float64)[:m])
     count += 1
   if count == 0:
     raise ValueError('negclip_loss: needs at least one partition')
-  clip_score = np.einsum('ne,ne->n', image_emb, text_emb, dtype=np.float64)  # [N]
-  return clip_score - normaliser / count
+  return clip_scores(image_emb, text_emb) - normaliser / count
+
+
+def _rows_at(rows, idx) -> np.ndarray:  # -> [len(idx), E] float32
+  return np.asarray(rows[idx], np.float32)
+
+
+def clip_scores(image_emb, text_emb) -> np.ndarray:  # [N, E], [N, E] -> [N] float64
+  """<img_i, txt_i> in blocks of _CLIP_BLOCK rows: a multiple of numpy's 8192-element
+  buffer, so each row's float64 sum is added as it is over the whole array (the same bits)
+  and memory holds one block."""
+  n = image_emb.shape[0]
+  out = np.zeros(n, np.float64)
+  for start in range(0, n, _CLIP_BLOCK):
+    image = np.asarray(image_emb[start:start + _CLIP_BLOCK], np.float32)  # [b, E]
+    text = np.asarray(text_emb[start:start + _CLIP_BLOCK], np.float32)
+    out[start:start + len(image)] = np.einsum('ne,ne->n', image, text, dtype=np.float64)
+  return out
+
+
+class _Gathered:
+  """Rows `idx` of `rows` (an array or a row gather) as an array-like that reads a slice
+  of them at a time: NormSim of a subset without holding the subset."""
+
+  def __init__(self, rows, idx):
+    self._rows, self._idx = rows, np.asarray(idx, np.int64)
+    self.shape = (len(self._idx),) + tuple(rows.shape[1:])
+
+  def __getitem__(self, part: slice) -> np.ndarray:
+    return _rows_at(self._rows, self._idx[part])
 
 
 def negclip_for(config, name: str, inputs: selectors.Inputs) -> np.ndarray:  # -> [N]
   o = ncl_options(config, name)
-  image_emb, text_emb = inputs.embeddings(name)
+  image_emb, text_emb = inputs.embedding_rows(name)  # gathered a batch at a time
   n = image_emb.shape[0]
   # A batch as large as the pool is the pool whatever the permutation: one pass does.
   batches = o['batches'] if o['batch_size'] < n else 1
@@ -287,8 +321,8 @@ def combined_score(config, state, inputs: selectors.Inputs) -> np.ndarray:  # ->
   ncl_fraction, final = fractions(config)
   n = inputs.num_rows
   passed = np.sort(_top(negclip_for(config, COMBINED, inputs), int(n * ncl_fraction)))
-  image_emb, _ = inputs.embeddings(COMBINED)
-  sims = normsim(image_emb[passed], target_images(inputs, COMBINED),
+  image_emb, _ = inputs.embedding_rows(COMBINED)  # the passed rows, a chunk at a time
+  sims = normsim(_Gathered(image_emb, passed), target_images(inputs, COMBINED),
                  p_option(config, COMBINED))  # [len(passed)]
   if final is None:
     out = np.full(n, np.nan)
