@@ -100,9 +100,6 @@ class _RowsOnly:
   def blocks(self):
     raise AssertionError('the selector read the whole pool (Inputs.embeddings)')
 
-  def shard_blocks(self, owned=None):
-    raise AssertionError('the selector read the pool shard by shard')
-
 
 def _config(overrides):
   c = default.get_config()

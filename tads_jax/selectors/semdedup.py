@@ -66,9 +66,8 @@ def fit(config, inputs: selectors.Inputs) -> dict:
   k = min(o['k'], n)
   key = jax.random.PRNGKey(config.seed)
   if inputs.shard_rows is not None:
-    source = lambda: ((index, image) for index, image, _ in _owned_blocks(inputs))
-    result = kmeans.fit_stream(source, n, k, o['iters'], key, init=o['init'],
-                               shard_rows=inputs.shard_rows,
+    result = kmeans.fit_stream(lambda: _owned_blocks(inputs), n, k, o['iters'], key,
+                               init=o['init'], shard_rows=inputs.shard_rows,
                                gather=distributed.gather_by_shard,
                                processes=distributed.process_count())
     return {'centroids': np.asarray(result.centroids, np.float32), 'k': k,
@@ -108,7 +107,7 @@ def score(config, state, inputs: selectors.Inputs) -> np.ndarray:  # -> [N] int6
     cluster, cosine = assign(image_emb, state['centroids'])
   else:
     parts = distributed.gather_by_shard({index: assign(image, state['centroids'])
-                                         for index, image, _ in _owned_blocks(inputs)})
+                                         for index, image in _owned_blocks(inputs)})
     cluster = np.concatenate([np.zeros(0, np.int32)] + [c for c, _ in parts])
     cosine = np.concatenate([np.zeros(0, np.float32)] + [c for _, c in parts])
     mine = cluster % distributed.process_count() == distributed.process_index()
@@ -121,16 +120,17 @@ def score(config, state, inputs: selectors.Inputs) -> np.ndarray:  # -> [N] int6
 
 
 def _owned_blocks(inputs: selectors.Inputs):
-  """(shard index, image_emb, text_emb) of the shards this process owns."""
-  if inputs.embedding_source is not None:
-    yield from inputs.embedding_source.shard_blocks(distributed.owns)
-    return
-  image_emb, text_emb = inputs.embeddings(NAME)
+  """(shard index, image_emb [rows, E] float32) of each non-empty shard this process owns,
+  sliced from the row source (in the stages a float16 copy read by pread: every k-means
+  pass reads it again, without parsing a shard file)."""
+  image_emb, _ = inputs.embedding_rows(NAME)
   starts = np.cumsum((0,) + tuple(inputs.shard_rows))
+  if starts[-1] != image_emb.shape[0]:
+    raise ValueError(f'Inputs.shard_rows: {starts[-1]} rows in all, the pool has '
+                     f'{image_emb.shape[0]}')
   for index in range(len(starts) - 1):
     if starts[index + 1] > starts[index] and distributed.owns(index):
-      rows = slice(starts[index], starts[index + 1])
-      yield index, image_emb[rows], text_emb[rows]
+      yield index, np.asarray(image_emb[starts[index]:starts[index + 1]], np.float32)
 
 
 def summary(state) -> dict:

@@ -436,16 +436,9 @@ class EmbeddingFiles:
     self._rows = None
 
   def blocks(self):
-    for _, image, text in self.shard_blocks():
-      yield image, text
-
-  def shard_blocks(self, owned=lambda index: True):
-    """(shard index, image_emb, text_emb) of each non-empty shard that `owned` accepts
-    (e.g. distributed.owns), in shard order; the others are not read."""
-    for index, (path, rows) in enumerate(ingest.rows_by_shard(self._ctx, self._paths,
-                                                               ('uid',))):
-      if rows['uid'] and owned(index):
-        yield (index,) + stored_embeddings(self._ctx, path, rows['uid'])
+    for path, rows in ingest.rows_by_shard(self._ctx, self._paths, ('uid',)):
+      if rows['uid']:
+        yield stored_embeddings(self._ctx, path, rows['uid'])
 
   def rows(self) -> tuple[RowFile, RowFile]:
     if self._rows is None:
