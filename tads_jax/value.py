@@ -260,12 +260,18 @@ class Standardizer:
     constant = (count == 0) | (std <= 1e-7 * np.maximum(np.abs(mean), 1.0))
     return cls(names, mean, np.where(constant, 1.0, std), clip)
 
-  def transform(self, x) -> np.ndarray:
+  def transform(self, x, out=None) -> np.ndarray:
+    """z [N, F] float32 of x; out: where to write it, e.g. x itself (float32 [N, F]) when
+    x is not needed after, so that the pool's features are held once."""
     x = np.asarray(x)  # [N, F]
     if x.ndim != 2 or x.shape[1] != len(self.names):
       raise ValueError(f'Standardizer.transform: expected [N, {len(self.names)}] features '
                        f'({", ".join(self.names)}), got {x.shape}')
-    out = np.empty(x.shape, np.float32)
+    if out is None:
+      out = np.empty(x.shape, np.float32)
+    elif out.shape != x.shape or out.dtype != np.float32:
+      raise ValueError(f'Standardizer.transform: out must be float32 {x.shape}, got '
+                       f'{out.dtype} {out.shape}')
     for start, block in zip(range(0, len(x), _BLOCK), _row_blocks(x)):  # one block at once
       with np.errstate(invalid='ignore'):
         z = (block - self.mean) / self.std

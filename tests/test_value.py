@@ -139,6 +139,23 @@ def test_standardizer_round_trip_and_errors():
     value.Standardizer.from_dict({'names': ['a', 'b'], 'mean': [0.0], 'std': [1.0, 1.0]})
   with pytest.raises(ValueError, match=r'expected \[N, 2\] features'):
     s.transform(np.zeros((3, 3)))
+  # In place (the learn stage's one copy of the features), rows past a block boundary too.
+  big = rng.normal(3.0, 2.0, size=(value._BLOCK + 7, 2)).astype(np.float32)  # pylint: disable=protected-access
+  expected = s.transform(big)
+  assert s.transform(big, out=big) is big
+  np.testing.assert_array_equal(big, expected)
+  with pytest.raises(ValueError, match=r'out must be float32 \(3, 2\)'):
+    s.transform(np.zeros((3, 2)), out=np.zeros((3, 2)))
+
+  # Moments per part, added in part order: with one part fit's bytes; with several the
+  # moments of the whole pool up to float rounding, whatever holds which part.
+  parts = [(0, x[:20]), (1, x[20:21]), (2, x[21:])]
+  one = value.Standardizer.fit_parts(lambda: iter([(0, x)]), s.names)
+  np.testing.assert_array_equal(one.mean, s.mean)
+  np.testing.assert_array_equal(one.std, s.std)
+  split = value.Standardizer.fit_parts(lambda: iter(parts), s.names)
+  np.testing.assert_allclose(split.mean, x.mean(axis=0), rtol=1e-12)
+  np.testing.assert_allclose(split.std, x.std(axis=0), rtol=1e-12)
 
 
 def test_feature_weights_linear_at_init_then_gradient():

@@ -70,8 +70,7 @@ def fit(config, inputs: selectors.Inputs) -> dict:
   names = value.input_columns(inputs.features.column_names, tuple(t.groups))
   x = value.feature_matrix(inputs.features, names, where='features')  # [N, F]
   standardizer = _standardizer(x, names, inputs.shard_rows)
-  z = standardizer.transform(x)  # [N, F]
-  del x  # memory: one [N, F] copy of the features
+  z = standardizer.transform(x, out=x)  # [N, F], in place: one copy of the features
   module = value.make_value_function(names, dict(t.prior), tuple(t.hidden))
   params = value.init_params(module, config.seed)
   prior = value.feature_weights(module, params, z)
