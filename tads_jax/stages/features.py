@@ -647,8 +647,14 @@ def iter_features(ctx, sizes, columns=None):
   read lazily, e.g. each shard's rows), in row order; memory holds one slice.
 
   features.parquet is written in samples.parquet's row order; a file whose uids are not
-  raises naming it.
+  raises naming it. The uids are read to check that, and left out of the tables when
+  `columns` does not ask for 'uid'.
   """
+  for table in _joined_slices(ctx, sizes, columns):
+    yield table if columns is None or 'uid' in columns else table.drop_columns(['uid'])
+
+
+def _joined_slices(ctx, sizes, columns):
   samples_path = ctx.path('ingest', ingest.SAMPLES)
   sample_names = pq.ParquetFile(samples_path).schema_arrow.names
   path = features_path(ctx)

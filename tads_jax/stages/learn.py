@@ -114,6 +114,8 @@ def run(ctx) -> dict:
   if not (selector.multiprocess or distributed.is_writer()):
     return {}  # the writer fits it alone
   columns = selector.columns_for(config, features_stage.column_names(ctx))
+  if columns is not None:  # a fit reads no uids: the pool's uid strings stay on disk
+    columns = tuple(c for c in columns if c != 'uid')
   with selector_inputs(ctx, selector.needs_for(config), 'learn',
                        checkpoints=ctx.stage_dir('learn'),
                        columns=columns, shard_rows=tuple(ingest.shard_sizes(ctx))) as inputs:
