@@ -12,10 +12,12 @@ import os
 
 import ml_collections
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from tads_jax import main
+from tads_jax import pipeline
 from tads_jax.data import images as images_lib
 from tads_jax.data import webdataset
 from tads_jax.scoring import quality
@@ -48,6 +50,24 @@ def run(tmp_path_factory):
 
 def _features(workdir):
   return pq.read_table(os.path.join(workdir, 'features', 'features.parquet'))
+
+
+def test_read_features_joins_the_files_and_leaves_out_uids_not_asked_for(run):
+  workdir, _ = run
+  ctx = pipeline.Context(config=config(), workdir=workdir)
+  samples = pq.read_table(os.path.join(workdir, 'ingest', ingest.SAMPLES))
+  features = _features(workdir)
+  table = features_stage.read_features(ctx, ('uid', 'width', 'clip_score'))
+  assert table.column_names == ['uid', 'width', 'clip_score']
+  assert table.column('uid').equals(samples.column('uid'))
+  assert table.column('clip_score').equals(features.column('clip_score'))
+  # The learn stage asks for no uids (no fit reads them): the column is not held.
+  table = features_stage.read_features(ctx, ('width', 'clip_score'))
+  assert table.column_names == ['width', 'clip_score']
+  assert table.column('width').equals(samples.column('width'))
+  parts = list(features_stage.iter_features(ctx, [3, samples.num_rows - 3], ('clip_score',)))
+  assert [p.column_names for p in parts] == [['clip_score'], ['clip_score']]
+  assert pa.concat_tables(parts).column('clip_score').equals(features.column('clip_score'))
 
 
 def test_one_row_per_sample_and_the_columns(run):
