@@ -5,6 +5,7 @@ The 2-process job runs this file as a script (`python tests/test_distributed.py 
 OUT`), one device per process, so that no child inherits conftest's 8 devices.
 """
 
+import json
 import os
 import re
 import socket
@@ -354,14 +355,18 @@ def _resume_child(root: str):
   assert status == {'ingest': 'skipped', 'encoder': 'skipped', 'embed': 'ran'}, status
 
 
-def _pipeline_child(root: str, names=SELECTORS, **meta):
+def _pipeline_child(root: str, names=SELECTORS, evaluate=False, **meta):
   """The whole pipeline in `root` for every selector (earlier stages done once); each
-  selector's subset and scores kept as root/<selector>.{npy,parquet}. meta: other
-  config.tads.meta values."""
+  selector's subset and scores kept as root/<selector>.{npy,parquet}. evaluate: tads's run
+  ends with the evaluate stage, tads also its baseline (fitted by the writer alone). meta:
+  other config.tads.meta values."""
   import shutil  # pylint: disable=g-import-not-at-top
   for name in names:
     c = _select_config(name)
     c.tads.meta.update(meta)
+    if evaluate and name == 'tads':
+      c.stages += ('evaluate',)
+      c.evaluate.update(dict(seeds=1, samples_seen=2048, baselines=('tads',)))
     c.distributed.heartbeat_timeout_s = 5  # a killed process ends its pair soon
     main.run(c, os.path.join(root, 'work'))
     if distributed.is_writer():
@@ -386,7 +391,11 @@ def test_two_processes_run_the_pipeline_one_process_runs(tmp_path):
   shutil.copytree(pair / 'work', two / 'work', ignore=shutil.ignore_patterns('learn', 'select'))
   _spawn(tmp_path, [(('tads', str(two)), False, 2)])
   # (The pair's meta steps are programs over both processes' devices: had process 1 not
-  # taken part, process 0 would have waited for it until the test's timeout.)
+  # taken part, process 0 would have waited for it until the test's timeout.) evaluate
+  # runs on the writer alone, and so does its tads baseline's fit, on its own devices.
+  from conftest import read_eval_json  # pylint: disable=g-import-not-at-top
+  evaluated = read_eval_json(str(pair / 'work'))
+  assert 'tads' in json.dumps(evaluated['baselines'])
   assert (pair / 'tads.npy').read_bytes() == (two / 'tads.npy').read_bytes()
   assert pq.read_table(pair / 'tads.parquet').equals(pq.read_table(two / 'tads.parquet'))
 
@@ -443,7 +452,7 @@ def test_two_processes_run_the_pipeline_one_process_runs(tmp_path):
 if __name__ == '__main__':
   from absl import logging  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.INFO)  # the resume lines the test reads
-  {'pipeline': _pipeline_child, 'resume': _resume_child,
+  {'pipeline': lambda root: _pipeline_child(root, evaluate=True), 'resume': _resume_child,
    'tads': lambda root: _pipeline_child(root, ('tads',)),
    'tads_long': lambda root: _pipeline_child(root, ('tads',), **_LONG),
    'tads_kill': _kill_child}.get(

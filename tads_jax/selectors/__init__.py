@@ -59,9 +59,11 @@ class Inputs:
   # (image_emb, text_emb) float32 [b, E] in row order, rows() gives two array-likes with
   # .shape, .dtype and [idx] row gathers.
   embedding_source: Any = None
-  # Rows of each pool shard, in row order (the stages pass them; None: the pool is one
-  # part). A fit on several processes (Selector.multiprocess) adds its pool-wide sums per
-  # shard, over the shards each process owns (distributed.owns), in shard order.
+  # Rows of each pool shard, in row order, given only where every process runs the
+  # selector (the stages, for a Selector.multiprocess); None: the pool is one part and this
+  # process runs it alone (the Python API, evaluate's baselines). With them a selector adds
+  # its pool-wide sums per shard, over the shards each process owns (distributed.owns), in
+  # shard order, through collectives.
   shard_rows: tuple | None = None
 
   @property

@@ -80,8 +80,10 @@ def fit(config, inputs: selectors.Inputs) -> dict:
   if steps:
     image_emb, text_emb = inputs.embedding_rows('tads')  # gathered a batch at a time
     tasks = [dict(task) for task in inputs.task_list('tads')]
-    # Every process's devices: the meta batches are split over all of them.
-    layout = sharding.from_config(config, devices=jax.devices())
+    # Fitted on every process (shard_rows given): a mesh over every process's devices,
+    # the meta batches split over all of them; else this process's devices alone.
+    layout = sharding.from_config(
+        config, devices=None if inputs.shard_rows is None else jax.devices())
     cfg = meta.fit_batch_to_pool(cfg, len(z), layout.mesh, 'config.tads.meta')
     params, raw = meta.learn(
         cfg, (module, params), {'z': z, 'image_emb': image_emb, 'text_emb': text_emb},

@@ -116,9 +116,10 @@ def run(ctx) -> dict:
   columns = selector.columns_for(config, features_stage.column_names(ctx))
   if columns is not None:  # a fit reads no uids: the pool's uid strings stay on disk
     columns = tuple(c for c in columns if c != 'uid')
+  shard_rows = tuple(ingest.shard_sizes(ctx)) if selector.multiprocess else None
   with selector_inputs(ctx, selector.needs_for(config), 'learn',
                        checkpoints=ctx.stage_dir('learn'),
-                       columns=columns, shard_rows=tuple(ingest.shard_sizes(ctx))) as inputs:
+                       columns=columns, shard_rows=shard_rows) as inputs:
     state = selector.fit(config, inputs)
   if not distributed.is_writer():
     return {}

@@ -46,8 +46,9 @@ def run(ctx) -> dict:
   elif selector.multiprocess or distributed.is_writer():
     # The whole pool at once: on every process when the selector splits it by shard
     # (semdedup), else on the writer alone.
+    shard_rows = tuple(ingest.shard_sizes(ctx)) if selector.multiprocess else None
     with learn.selector_inputs(ctx, needs, 'select', columns=columns,
-                               shard_rows=tuple(ingest.shard_sizes(ctx))) as inputs:
+                               shard_rows=shard_rows) as inputs:
       state = learn.read_state(ctx) if selector.learns else selector.fit(config, inputs)
       values = selectors.run_selector(selector, config, state, inputs)
   if not distributed.is_writer():
