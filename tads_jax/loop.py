@@ -61,6 +61,7 @@ def run(cfg, name: str, state, history: dict,
     # A state on a mesh over several processes is the same on each: the writer alone
     # saves it, and every process resumes from the writer's latest checkpoint.
     shared = manager is not None and checkpoints.spans_processes(state)
+    saves = manager is not None and (not shared or distributed.is_writer())
     step = None
     if shared:
       latest = manager.latest_step() if distributed.is_writer() else None
@@ -99,7 +100,7 @@ def run(cfg, name: str, state, history: dict,
         progress.postfix(**postfix)
         log(line)
         tick, tick_step = time.perf_counter(), step
-      if manager is not None and (not shared or distributed.is_writer()) and (step == total or (
+      if saves and (step == total or (
           cfg.checkpoint_every and step % cfg.checkpoint_every == 0)):
         flush()
         checkpoints.save(manager, step, state, fingerprint, history)

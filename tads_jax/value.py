@@ -226,9 +226,8 @@ class Standardizer:
                            f'(part {index})')
         yield index, x
 
-    def add(values):  # the parts' sums in index order, from the first one's
-      values = list(values)
-      return functools.reduce(np.add, values[1:], values[0]) if values else None
+    def add(values, dtype):  # the parts' sums in index order (0 + a is a: fit's bytes)
+      return functools.reduce(np.add, values, np.zeros(f, dtype))
 
     # Column sums a block of rows at a time (memory: one block), in numpy's order for a
     # sum over axis 0 (row after row), so a part's moments are those of the whole part.
@@ -241,10 +240,8 @@ class Standardizer:
         total = np.add.reduce(np.vstack([total[None], np.where(finite, block, 0.0)]), axis=0)
       stats[index] = (count, total)
     gathered = gather(stats)
-    count = add(part[0] for part in gathered)
-    total = add(part[1] for part in gathered)
-    if count is None:
-      count, total = np.zeros(f, np.int64), np.zeros(f, np.float64)
+    count = add((part[0] for part in gathered), np.int64)
+    total = add((part[1] for part in gathered), np.float64)
     mean = total / np.maximum(count, 1)
     squares = {}
     for index, x in checked():
@@ -253,8 +250,7 @@ class Standardizer:
         deviation = np.where(np.isfinite(block), block - mean, 0.0)
         part = np.add.reduce(np.vstack([part[None], deviation ** 2]), axis=0)
       squares[index] = part
-    squares = add(gather(squares))
-    var = (np.zeros(f, np.float64) if squares is None else squares) / np.maximum(count, 1)
+    var = add(gather(squares), np.float64) / np.maximum(count, 1)
     std = np.sqrt(var)
     # Relative test: a column like width=256 everywhere gets a variance of float noise.
     constant = (count == 0) | (std <= 1e-7 * np.maximum(np.abs(mean), 1.0))

@@ -28,6 +28,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import pyarrow as pa
 
+from tads_jax import distributed
 # What a selector may need from the run, so that config validation can say what is missing
 # before any work: 'features' (the features stage's columns), 'embeddings' (pool image and
 # text embeddings from the embed stage or the pool's npz), 'tasks' (task train-split
@@ -43,8 +44,7 @@ class Inputs:
   The pool's embeddings come either as arrays (image_emb, text_emb: the Python API, tests)
   or as `embedding_source`, which the stages pass (stages/embed.EmbeddingFiles): it reads
   them from the embed stage's files, so that a selector that reads a batch or a chunk of
-  rows at a time (embedding_rows) never holds [N, E]. embeddings() concatenates them, for
-  the methods that need the whole pool at once.
+  rows at a time (embedding_rows) never holds [N, E].
   """
   features: pa.Table                       # uid, caption, width, height, ... + features
   image_emb: np.ndarray | None = None      # [N, E] float32 unit rows, the pool's images
@@ -55,9 +55,8 @@ class Inputs:
   tasks: tuple = ()
   # Where a long fit keeps resumable checkpoints (the learn stage's directory), or None.
   checkpoints: str | None = None
-  # The pool's embeddings on disk, instead of image_emb / text_emb: blocks() yields
-  # (image_emb, text_emb) float32 [b, E] in row order, rows() gives two array-likes with
-  # .shape, .dtype and [idx] row gathers.
+  # The pool's embeddings on disk, instead of image_emb / text_emb: rows() gives two
+  # array-likes with .shape, .dtype and [idx] row gathers.
   embedding_source: Any = None
   # Rows of each pool shard, in row order, given only where every process runs the
   # selector (the stages, for a Selector.multiprocess); None: the pool is one part and this
@@ -87,17 +86,21 @@ class Inputs:
     (`rows[idx]`, or a slice), for batches drawn from anywhere in the pool."""
     if self.embedding_source is not None:
       return self.embedding_source.rows()
-    return self.embeddings(selector)
+    if self.image_emb is None or self.text_emb is None:
+      raise ValueError(f'selector {selector}: needs the pool embeddings (config.stages: '
+                       'embed)')
+    return self.image_emb, self.text_emb
 
-  def embeddings(self, selector: str) -> tuple[np.ndarray, np.ndarray]:
-    """The whole [N, E] arrays: for the methods that need every row at once."""
-    if self.embedding_source is None:
-      if self.image_emb is None or self.text_emb is None:
-        raise ValueError(f'selector {selector}: needs the pool embeddings (config.stages: '
-                         'embed)')
-      return self.image_emb, self.text_emb
-    blocks = list(self.embedding_source.blocks())
-    return (np.concatenate([b[0] for b in blocks]), np.concatenate([b[1] for b in blocks]))
+  def owned_shards(self):
+    """(shard index, its row slice) of each non-empty shard of shard_rows this process
+    owns (distributed.owns), in shard order."""
+    starts = np.cumsum((0,) + tuple(self.shard_rows))
+    if starts[-1] != self.num_rows:
+      raise ValueError(f'Inputs.shard_rows: {starts[-1]} rows in all, the features have '
+                       f'{self.num_rows}')
+    for index in range(len(starts) - 1):
+      if starts[index + 1] > starts[index] and distributed.owns(index):
+        yield index, slice(starts[index], starts[index + 1])
 
   def task_list(self, selector: str, kind: str | None = None) -> list:
     tasks = [t for t in self.tasks if kind is None or t['kind'] == kind]

@@ -124,13 +124,8 @@ def _owned_blocks(inputs: selectors.Inputs):
   sliced from the row source (in the stages a float16 copy read by pread: every k-means
   pass reads it again, without parsing a shard file)."""
   image_emb, _ = inputs.embedding_rows(NAME)
-  starts = np.cumsum((0,) + tuple(inputs.shard_rows))
-  if starts[-1] != image_emb.shape[0]:
-    raise ValueError(f'Inputs.shard_rows: {starts[-1]} rows in all, the pool has '
-                     f'{image_emb.shape[0]}')
-  for index in range(len(starts) - 1):
-    if starts[index + 1] > starts[index] and distributed.owns(index):
-      yield index, np.asarray(image_emb[starts[index]:starts[index + 1]], np.float32)
+  for index, rows in inputs.owned_shards():
+    yield index, np.asarray(image_emb[rows], np.float32)
 
 
 def summary(state) -> dict:

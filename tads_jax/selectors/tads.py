@@ -69,7 +69,7 @@ def fit(config, inputs: selectors.Inputs) -> dict:
   t = config.tads
   names = value.input_columns(inputs.features.column_names, tuple(t.groups))
   x = value.feature_matrix(inputs.features, names, where='features')  # [N, F]
-  standardizer = _standardizer(x, names, inputs.shard_rows)
+  standardizer = _standardizer(x, names, inputs)
   z = standardizer.transform(x, out=x)  # [N, F], in place: one copy of the features
   module = value.make_value_function(names, dict(t.prior), tuple(t.hidden))
   params = value.init_params(module, config.seed)
@@ -101,18 +101,13 @@ def fit(config, inputs: selectors.Inputs) -> dict:
           'feature_weights': weights}
 
 
-def _standardizer(x, names, shard_rows) -> value.Standardizer:
+def _standardizer(x, names, inputs: selectors.Inputs) -> value.Standardizer:
   """The Standardizer of the pool's features x [N, F]; given the pool's shards (the
   stages), its moments are summed per shard over this process's shards and then over the
   processes, in shard order."""
-  if shard_rows is None:
+  if inputs.shard_rows is None:
     return value.Standardizer.fit(x, names)
-  starts = np.cumsum((0,) + tuple(shard_rows))
-  if starts[-1] != len(x):
-    raise ValueError(f'Inputs.shard_rows: {starts[-1]} rows in all, the features have '
-                     f'{len(x)}')
-  owned = lambda: ((i, x[starts[i]:starts[i + 1]]) for i in range(len(starts) - 1)
-                   if distributed.owns(i))
+  owned = lambda: ((index, x[rows]) for index, rows in inputs.owned_shards())
   return value.Standardizer.fit_parts(owned, names, distributed.gather_by_shard)
 
 

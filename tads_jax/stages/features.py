@@ -401,6 +401,10 @@ class Pool:
   def rows(self) -> int:
     return sum(count for _, _, count in self.shards)
 
+  def owned(self) -> list:
+    """The indices of the non-empty shards this process owns."""
+    return [i for i, (_, _, count) in enumerate(self.shards) if count and distributed.owns(i)]
+
   def uids(self, owned_only: bool = True):
     """(shard index, its uids) of each non-empty shard (this process's, or every one)."""
     paths = [path for path, _, _ in self.shards]
@@ -440,7 +444,7 @@ class Pool:
     if 'clip_score' in left_out_operators(self.ctx.config)[0]:
       return self.gather_rows({
           index: _shard_columns(self.ctx, self.shards[index][0], ['clip_score'])
-          .column('clip_score').to_numpy() for index, _ in self.uids()})
+          .column('clip_score').to_numpy() for index in self.owned()})
     return self.gather_rows({index: np.sum(image_emb * text_emb, axis=1)
                              for index, image_emb, text_emb in self.embeddings()})
 
@@ -504,7 +508,7 @@ def clusters(pool: Pool) -> tuple[dict, dict]:
       callback=lambda i, cos, share: logging.info(
           'features: k-means pass %d, mean cosine %.4f, %.0f%% of rows computed', i, cos,
           100 * share))
-  owned = [i for i, (_, _, count) in enumerate(pool.shards) if count and distributed.owns(i)]
+  owned = pool.owned()
   labels = np.split(fit.assignment, np.cumsum([pool.shards[i][2] for i in owned])[:-1])
   assignment = pool.gather_rows(dict(zip(owned, labels)) if owned else {})
   columns = {'cluster': assignment.astype(np.int32),
@@ -536,13 +540,14 @@ def exact_duplicates(pool: Pool) -> tuple[dict, dict]:
   """Byte-identical images (ingest's sha256): all but the best copy. Each process keys
   its shards' hashes (128 bits of blake2b; a missing hash makes no duplicate) and every
   process gets every key, in shard order."""
+  if not pool.rows:
+    return {'exact_duplicate': np.zeros(0, bool)}, {'exact_duplicates': 0}
   paths = [path for path, _, _ in pool.shards]
   keys = {}
   for index, (_, table) in enumerate(ingest.rows_by_shard(pool.ctx, paths, ('sha256',))):
     if table['sha256'] and distributed.owns(index):
       keys[index] = _hash_keys(table['sha256'])
-  keys = pool.gather_rows(keys) if keys or distributed.process_count() > 1 else np.zeros(
-      (0, 3), np.uint64)
+  keys = pool.gather_rows(keys)  # [N, 3]
   known = keys[:, 2] > 0
   _, group = np.unique(keys[:, :2], axis=0, return_inverse=True)
   flags = dedup.duplicate_flags(group.reshape(-1), known, pool.quality)
