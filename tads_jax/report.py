@@ -62,8 +62,10 @@ def proxy_description(evaluation: dict) -> str:
   train = evaluation['train']
   if evaluation.get('proxy', 'embedding') == 'pixels':
     overrides = dict(train.get('model_overrides') or [])
-    return (f"a {train.get('model', '')} CLIP ({overrides.get('vision_stem', 'patch')} "
-            f"stem, {overrides.get('image_size', '?')} px) trained from scratch on the "
+    tower = ('CNN image tower' if overrides.get('vision_tower') == 'cnn'
+             else f"{overrides.get('vision_stem', 'patch')} stem")
+    return (f"a {train.get('model', '')} CLIP ({tower}, "
+            f"{overrides.get('image_size', '?')} px) trained from scratch on the "
             'images and captions')
   return f"{train.get('head', '')} heads on the reference embeddings".lstrip()
 

@@ -33,6 +33,7 @@ Dtype = Any
 
 ACTIVATIONS = ('quick_gelu', 'gelu', 'gelu_new', 'gelu_pytorch_tanh')
 STEMS = ('patch', 'conv')
+TOWERS = ('vit', 'cnn')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +53,12 @@ class CLIPConfig:
   # convolutions of vision_stem_width, 2x, 4x, ... channels, then a 1x1 projection).
   vision_stem: str = 'patch'
   vision_stem_width: int = 32
+  # 'vit' (the transformer above) | 'cnn' (CNNTower: the 3x3 convolutions of vision_cnn,
+  # (channels, stride) each, with GroupNorm of vision_cnn_groups and a ReLU, then the mean
+  # over positions; vision_width/layers/heads/mlp_dim and the stem are then unused).
+  vision_tower: str = 'vit'
+  vision_cnn: tuple = ((32, 2), (32, 2), (64, 1), (64, 2), (128, 1), (128, 2))
+  vision_cnn_groups: int = 8
   # Text tower.
   vocab_size: int = 49408
   context_length: int = 77        # HF max_position_embeddings
@@ -67,6 +74,20 @@ class CLIPConfig:
   logit_scale_init: float = math.log(1 / 0.07)
 
   def __post_init__(self):
+    layers = self.vision_cnn
+    try:  # lists (JSON, the command line) become the hashable form
+      layers = tuple((int(ch), int(st)) for ch, st in layers)
+      ok = all(ch >= 1 and st >= 1 and (ch, st) == pair
+               for (ch, st), pair in zip(layers, map(tuple, self.vision_cnn)))
+    except (TypeError, ValueError):
+      ok = False
+    if not ok or not layers:
+      raise ValueError(f'CLIPConfig.vision_cnn: expected a non-empty list of (channels, '
+                       f'stride) pairs of integers >= 1, got {self.vision_cnn!r}')
+    object.__setattr__(self, 'vision_cnn', layers)
+    if self.vision_tower not in TOWERS:
+      raise ValueError(f'CLIPConfig.vision_tower: {self.vision_tower!r} is not one of '
+                       f'{", ".join(TOWERS)}')
     for field in dataclasses.fields(self):
       value = getattr(self, field.name)
       if field.type is int:
@@ -83,6 +104,10 @@ class CLIPConfig:
       if act not in ACTIVATIONS:
         raise ValueError(f'CLIPConfig.{tower}_act: {act!r} is not one of '
                          f'{", ".join(ACTIVATIONS)}')
+    bad = [ch for ch, _ in self.vision_cnn if ch % self.vision_cnn_groups]
+    if self.vision_tower == 'cnn' and bad:
+      raise ValueError(f'CLIPConfig.vision_cnn_groups: {self.vision_cnn_groups} does not '
+                       f'divide the channels {bad[0]} of vision_cnn')
     if self.image_size % self.patch_size:
       raise ValueError(f'CLIPConfig.patch_size: {self.patch_size} does not divide '
                        f'image_size={self.image_size}')
@@ -341,6 +366,64 @@ class ConvStem(nn.Module):
                  dtype=self.dtype, param_dtype=self.param_dtype)(x)  # [B, H/p, W/p, D]
 
 
+class GroupNorm(nn.Module):
+  """GroupNorm (Wu & He 2018) over NHWC in float32: per sample, each group of channels
+  normalized over its positions and channels; scale and bias per channel."""
+  groups: int
+  epsilon: float
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):  # [B, H, W, C] -> float32 [B, H, W, C]
+    b, h, w, ch = x.shape
+    g = x.astype(jnp.float32).reshape(b, h, w, self.groups, ch // self.groups)
+    mean = jnp.mean(g, axis=(1, 2, 4), keepdims=True)
+    var = jnp.mean(jnp.square(g - mean), axis=(1, 2, 4), keepdims=True)
+    y = ((g - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(b, h, w, ch)
+    scale = self.param('scale', nn.with_logical_partitioning(
+        nn.initializers.ones_init(), ('conv_out',)), (ch,), self.param_dtype)
+    bias = self.param('bias', _zeros_init(('conv_out',)), (ch,), self.param_dtype)
+    return y * scale.astype(jnp.float32) + bias.astype(jnp.float32)
+
+
+class CNNTower(nn.Module):
+  """A plain convolutional image tower: [B, H, W, 3] -> [B, E].
+
+  Each layer of config.vision_cnn is a 3x3 convolution (padding 1 on every side, no bias,
+  He-normal weights), GroupNorm and a ReLU; the last map is averaged over positions and
+  projected. Why it exists: trained from scratch on a few thousand pairs, the ViT towers
+  here matched captions by colour and size and never learned shape (BENCHMARKS.md, issue
+  13), while this tower's locality and translation equivariance let shape be learned
+  within the default run's budget.
+  """
+  config: CLIPConfig
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, pixels):  # [B, H, W, 3] normalized float
+    c = self.config
+    if pixels.shape[1:] != (c.image_size, c.image_size, 3):
+      raise ValueError(f'CNNTower: pixels of shape {pixels.shape}; this config expects '
+                       f'[B, {c.image_size}, {c.image_size}, 3]')
+    x = pixels.astype(jnp.float32)
+    for i, (out, stride) in enumerate(c.vision_cnn):
+      kernel = self.param(f'conv_{i}', nn.with_logical_partitioning(
+          nn.initializers.variance_scaling(2.0, 'fan_in', 'normal'),
+          (None, None, 'conv_in', 'conv_out')), (3, 3, x.shape[-1], out),
+                          self.param_dtype)  # [3, 3, C_in, C_out] (HWIO)
+      x = jax.lax.conv_general_dilated(
+          x.astype(self.dtype), kernel.astype(self.dtype), window_strides=(stride, stride),
+          padding=((1, 1), (1, 1)), dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+          preferred_element_type=jnp.float32)  # [B, H', W', C_out]
+      x = nn.with_logical_constraint(x, ('activation_batch', None, None, None))
+      x = jax.nn.relu(GroupNorm(c.vision_cnn_groups, c.vision_ln_eps, self.param_dtype,
+                                name=f'norm_{i}')(x))
+    pooled = jnp.mean(x, axis=(1, 2))  # [B, C]
+    return Dense(c.embed_dim, ('conv_in', 'proj'), use_bias=False, name='proj', project=True,
+                 dtype=self.dtype, param_dtype=self.param_dtype)(pooled)  # [B, E]
+
+
 class VisionTower(nn.Module):
   """ViT: patchify (or a conv stem), class token, learned positions, blocks, class-token
   pooling."""
@@ -430,7 +513,8 @@ class CLIP(nn.Module):
 
   def setup(self):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    self.vision = VisionTower(self.config, **kw)
+    tower = CNNTower if self.config.vision_tower == 'cnn' else VisionTower
+    self.vision = tower(self.config, **kw)
     self.text = TextTower(self.config, **kw)
     self.logit_scale = self.param(
         'logit_scale',

@@ -11,6 +11,8 @@ import json
 import os
 from typing import Any
 
+import flax.linen as nn
+import jax
 import numpy as np
 
 from tads_jax.models import clip
@@ -25,6 +27,9 @@ _VISION_DEFAULTS = dict(hidden_size=768, intermediate_size=3072, num_hidden_laye
                         patch_size=32, hidden_act='quick_gelu', layer_norm_eps=1e-5)
 
 SAFETENSORS = 'model.safetensors'
+# config.json's model_type of a CLIP folder whose architecture Hugging Face has no class
+# for (hf_export.save_checkpoint): CLIPConfig fields, and weights under Flax param paths.
+TADS_JAX_MODEL_TYPE = 'tads_jax_clip'
 SAFETENSORS_INDEX = 'model.safetensors.index.json'
 TORCH_BIN = 'pytorch_model.bin'
 
@@ -299,6 +304,41 @@ def load_hf_checkpoint(folder: str, dtype=np.float32) -> tuple[clip.CLIPConfig, 
     raise ValueError(f'{folder}: not a directory (expected a Hugging Face CLIP checkpoint '
                      'folder with config.json and weights)')
   config_path = os.path.join(folder, 'config.json')
-  config = config_from_hf(config_path)
+  raw = read_json(config_path)
+  if raw.get('model_type') == TADS_JAX_MODEL_TYPE:
+    return _load_tads_jax(folder, raw, config_path, dtype)
+  config = config_from_hf_dict(raw, config_path)
   state, source = read_state_dict(folder)
   return config, convert_state_dict(state, config, source, config_path, dtype)
+
+
+def _load_tads_jax(folder: str, raw: dict, config_path: str, dtype) -> tuple:
+  """A 'tads_jax_clip' folder: CLIPConfig(**clip_config), params by their Flax paths."""
+  fields = raw.get('clip_config')
+  if not isinstance(fields, dict):
+    raise ValueError(f'{config_path}: clip_config must be an object of CLIPConfig fields')
+  try:
+    config = clip.CLIPConfig(**fields)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f'{config_path}: clip_config: {e}') from None
+  state, source = read_state_dict(folder)
+  expected = jax.tree_util.tree_flatten_with_path(
+      nn.meta.unbox(clip.abstract_params(clip.CLIP(config))))[0]
+  params = {}
+  for path, spec in expected:
+    name = '/'.join(str(k.key) for k in path)
+    if name not in state:
+      raise ValueError(f'{source}: tensor {name!r} is missing ({config_path} implies it; '
+                       f'{len(state)} tensors in the file)')
+    if tuple(state[name].shape) != tuple(spec.shape):
+      raise ValueError(f'{source}: tensor {name!r} has shape {tuple(state[name].shape)}, '
+                       f'but {config_path} implies {tuple(spec.shape)}')
+    node = params
+    for k in path[:-1]:
+      node = node.setdefault(str(k.key), {})
+    node[str(path[-1].key)] = np.asarray(state[name], dtype=dtype)
+  extra = sorted(set(state) - {'/'.join(str(k.key) for k in p) for p, _ in expected})
+  if extra:
+    raise ValueError(f'{source}: {len(extra)} tensors that {config_path} does not describe, '
+                     f'e.g. {extra[0]!r}; config and weights are from different models')
+  return config, params

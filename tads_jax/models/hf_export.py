@@ -9,9 +9,16 @@ in PyTorch with `transformers.CLIPModel.from_pretrained`:
     preprocessor_config.json   CLIPImageProcessor settings
     tokenizer files            copied from `tokenizer_dir` (e.g. written by bpe.train_bpe)
 
+An architecture Hugging Face has no class for (the CNN image tower, a conv stem) is saved by
+`save_checkpoint` in the same layout with config.json's model_type 'tads_jax_clip': the
+CLIPConfig fields and the Flax params under their own paths ('vision/conv_0', ...).
+`load_clip` reads both; transformers refuses the second by its model_type.
+
 The folder is built in a temporary folder beside it and renamed into place, so a killed
 export leaves no half-written checkpoint.
 """
+
+import dataclasses
 
 import json
 import os
@@ -87,7 +94,12 @@ def _block_state(block: dict, prefix: str) -> dict[str, np.ndarray]:
 
 def check_exportable(config: clip.CLIPConfig) -> None:
   """Hugging Face's CLIPVisionModel has only the patch embedding: a conv stem has no place
-  there, so a model with one is refused rather than exported wrong."""
+  there, so a model with one (or with the CNN tower) is refused rather than exported
+  wrong."""
+  if config.vision_tower != 'vit':
+    raise ValueError(f"CLIPConfig.vision_tower: {config.vision_tower!r} cannot be exported "
+                     "to a Hugging Face CLIP (its vision model is a ViT); keep such a model "
+                     'as a tads-jax orbax checkpoint')
   if config.vision_stem != 'patch':
     raise ValueError(f"CLIPConfig.vision_stem: {config.vision_stem!r} cannot be exported to "
                      "a Hugging Face CLIP (its vision model has only the 'patch' stem); keep "
@@ -198,6 +210,25 @@ def _check_tokenizer(tokenizer_dir: str, config: clip.CLIPConfig):
   return tok.bos_token_id, tok.pad_token_id
 
 
+def save_checkpoint(folder: str, config: clip.CLIPConfig, params,
+                    preprocess: preprocess_lib.PreprocessConfig | None = None, *,
+                    tokenizer_dir: str | None = None) -> str:
+  """Writes a trained CLIP as the folder `load_clip` reads: a Hugging Face CLIP folder
+  (save_hf_checkpoint) when the architecture has one, else a 'tads_jax_clip' folder."""
+  _check_type(config)
+  try:
+    check_exportable(config)
+  except ValueError:
+    return _save_folder(folder, config, params, preprocess, tokenizer_dir, hf=False)
+  return save_hf_checkpoint(folder, config, params, preprocess, tokenizer_dir=tokenizer_dir)
+
+
+def tads_jax_config_dict(config: clip.CLIPConfig) -> dict:
+  """config.json of a 'tads_jax_clip' folder: every CLIPConfig field."""
+  return dict(model_type=hf_convert.TADS_JAX_MODEL_TYPE, dtype='float32',
+              clip_config=json.loads(json.dumps(dataclasses.asdict(config))))
+
+
 def save_hf_checkpoint(folder: str, config: clip.CLIPConfig, params,
                        preprocess: preprocess_lib.PreprocessConfig | None = None, *,
                        tokenizer_dir: str | None = None) -> str:
@@ -209,15 +240,27 @@ def save_hf_checkpoint(folder: str, config: clip.CLIPConfig, params,
   config.eos_token_id and it must fit in config.vocab_size, as load_clip requires. An
   existing `folder` is replaced.
   """
+  _check_type(config)
+  check_exportable(config)
+  return _save_folder(folder, config, params, preprocess, tokenizer_dir, hf=True)
+
+
+def _check_type(config):
   if not isinstance(config, clip.CLIPConfig):
     raise TypeError(f'config: expected a clip.CLIPConfig, got {type(config).__name__}')
-  check_exportable(config)
+
+
+def _save_folder(folder, config, params, preprocess, tokenizer_dir, hf: bool) -> str:
   pp = preprocess_lib.default_config(config.image_size) if preprocess is None else preprocess
   out_hw = pp.crop_hw or pp.resize_hw
   if out_hw != (config.image_size, config.image_size):
     raise ValueError(f'preprocess: produces {out_hw} images, but config.image_size is '
                      f'{config.image_size}')
-  state = to_state_dict(config, params)
+  if hf:
+    state = to_state_dict(config, params)
+  else:  # Flax paths, without the leading 'params/'
+    state = {name.split('/', 1)[1]: np.array(v, dtype=np.float32, order='C')
+             for name, v in _flatten(_numpy_params(config, params)).items()}
   bos = pad = None
   copy = []
   if tokenizer_dir is not None:
@@ -227,10 +270,11 @@ def save_hf_checkpoint(folder: str, config: clip.CLIPConfig, params,
   from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
   with bpe.atomic_folder(folder) as tmp:
     with open(os.path.join(tmp, 'config.json'), 'w', encoding='utf-8') as f:
-      json.dump(hf_config_dict(config, bos, pad), f, indent=2)
+      json.dump(hf_config_dict(config, bos, pad) if hf else tads_jax_config_dict(config), f,
+                indent=2)
     # transformers reads safetensors only with format metadata 'pt' (its torch layout).
     weights = os.path.join(tmp, hf_convert.SAFETENSORS)
-    save_file(state, weights, metadata={'format': 'pt'})
+    save_file(state, weights, metadata={'format': 'pt' if hf else 'flax'})
     os.chmod(weights, 0o644)  # safetensors creates it private; the folder is shared
     with open(os.path.join(tmp, 'preprocessor_config.json'), 'w', encoding='utf-8') as f:
       json.dump(preprocessor_dict(pp), f, indent=2)
