@@ -59,7 +59,7 @@ def check_fingerprint(directory, step, saved, expected, config_name='TrainConfig
                        'workdir')
   for key, value in expected['config'].items():
     old = saved.get('config', {}).get(key)
-    if old != value:
+    if old != json.loads(json.dumps(value)):  # tuples are stored as lists
       raise ValueError(f'{directory}: the checkpoint at step {step} was written with '
                        f'{config_name}.{key}={old!r}, this run has {value!r}; use another '
                        'workdir')

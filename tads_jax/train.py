@@ -25,6 +25,7 @@ shared with meta-learning.
 import dataclasses
 import functools
 import hashlib
+import itertools
 import math
 import os
 from typing import Any, Callable, Iterator, Sequence
@@ -49,7 +50,7 @@ DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 # of these may be resumed.
 _RESUMABLE_FIELDS = ('checkpoint_every', 'log_every', 'keep_checkpoints')
 # TrainConfig fields added later, with the default that leaves them out of to_dict.
-_LATER_FIELDS = {'mask_repeats': False}
+_LATER_FIELDS = {'mask_repeats': False, 'augment_flip': False, 'augment_shift': 0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +78,11 @@ class TrainConfig:
   # A data row drawn twice into one batch (a subset that repeats samples) is not its own
   # negative: the loss masks the pairs of a batch that come from the same row.
   mask_repeats: bool = False
+  # 'pixels': augmentation of each training batch (preprocess.augment), drawn from (seed,
+  # step): a left-right mirror with probability 1/2, and a move of up to augment_shift px.
+  # A contrastive model trained for many epochs on a small set overfits without it.
+  augment_flip: bool = False
+  augment_shift: int = 0
   rules: str = 'data_parallel'   # sharding.RULES name
   seed: int = 0                  # params init and data order
   checkpoint_every: int = 1000   # steps; 0 = only at the end
@@ -87,7 +93,8 @@ class TrainConfig:
     overrides = self.model_overrides
     if isinstance(overrides, dict):
       overrides = tuple(sorted(overrides.items()))
-    object.__setattr__(self, 'model_overrides', tuple(tuple(p) for p in overrides))
+    object.__setattr__(self, 'model_overrides',
+                       tuple((name, _hashable(value)) for name, value in overrides))
     _choice('kind', self.kind, KINDS)
     _choice('head', self.head, proxy.HEADS)
     _choice('dtype', self.dtype, tuple(DTYPES))
@@ -95,14 +102,15 @@ class TrainConfig:
     for name in ('batch_size', 'samples_seen', 'head_hidden', 'keep_checkpoints',
                  'log_every'):
       _int(name, getattr(self, name), 1)
-    for name in ('head_dim', 'warmup', 'checkpoint_every', 'seed'):
+    for name in ('head_dim', 'warmup', 'checkpoint_every', 'seed', 'augment_shift'):
       _int(name, getattr(self, name), 0)
     if self.samples_seen < self.batch_size:
       raise ValueError(f'TrainConfig.samples_seen: {self.samples_seen} is less than one '
                        f'batch of {self.batch_size}')
-    if not isinstance(self.mask_repeats, bool):
-      raise ValueError(f'TrainConfig.mask_repeats: expected true or false, got '
-                       f'{self.mask_repeats!r}')
+    for name in ('mask_repeats', 'augment_flip'):
+      if not isinstance(getattr(self, name), bool):
+        raise ValueError(f'TrainConfig.{name}: expected true or false, got '
+                         f'{getattr(self, name)!r}')
     for name in ('lr', 'weight_decay', 'eps'):
       value = getattr(self, name)
       if not isinstance(value, (int, float)) or not value >= 0 or not math.isfinite(value):
@@ -137,6 +145,13 @@ class TrainConfig:
       if d[name] == default:
         del d[name]
     return d
+
+
+def _hashable(value):
+  """Lists (from JSON or the command line) as tuples, at any depth: configs are cache keys."""
+  if isinstance(value, (list, tuple)):
+    return tuple(_hashable(v) for v in value)
+  return value
 
 
 def _choice(name, value, allowed):
@@ -450,13 +465,21 @@ def train(cfg: TrainConfig, data, workdir: str | None = None, mesh=None, weights
   batch_sh = sharding.batch_sharding(mesh)
   images, texts = data
 
+  augmenting = cfg.kind == 'pixels' and (cfg.augment_flip or cfg.augment_shift > 0)
+
   def make_step(start):
     batches = batch_rows(rows, cfg.batch_size, cfg.seed, start)
+    steps = itertools.count(start)
 
     def run_step(state, _):
       idx = next(batches)  # [B]
       batch_w = np.ones(len(idx), np.float32) if weights is None else weights[idx]
-      return program.step(state, jax.device_put(np.asarray(images[idx]), batch_sh),
+      batch_images = np.asarray(images[idx])
+      if augmenting:  # a resumed run draws what an uninterrupted one would
+        batch_images = preprocess.augment(
+            batch_images, np.random.default_rng([cfg.seed, next(steps), 1]),
+            cfg.augment_flip, cfg.augment_shift)
+      return program.step(state, jax.device_put(batch_images, batch_sh),
                           jax.device_put(np.asarray(texts[idx]), batch_sh),
                           jax.device_put(batch_w, batch_sh),
                           jax.device_put(idx.astype(np.int32), batch_sh))

@@ -11,7 +11,10 @@ embeddings (does the image tower carry the attribute at all, whatever the text s
 --workdir: a run whose ingest generated the synthetic world (ingest/world). --settings: JSON
 with any of image_size, overrides (CLIPConfig fields), batch_size, samples_seen, lr, warmup,
 context_length, vocab_size, and 'train' (other TrainConfig fields). Defaults: the encoder
-block of configs/default.py.
+block of configs/default.py. --trained scores the reference the run's encoder stage
+trained (workdir/encoder/clip) instead of training one:
+
+  python tools/probe_reference_encoder.py --workdir workdir/default --trained
 
 Recipes tried for issue 13 item 1 (a reference that sees shape), kept here so their
 numbers in BENCHMARKS.md can be reproduced; none is in the encoder stage because none made
@@ -47,6 +50,7 @@ from tads_jax import losses  # noqa: E402  pylint: disable=wrong-import-position
 from tads_jax import train  # noqa: E402  pylint: disable=wrong-import-position
 from tads_jax.data import synthetic  # noqa: E402  pylint: disable=wrong-import-position
 from tads_jax.data import tasks as tasks_lib  # noqa: E402  pylint: disable=wrong-import-position
+from tads_jax.models import api  # noqa: E402  pylint: disable=wrong-import-position
 from tads_jax.models import bpe  # noqa: E402  pylint: disable=wrong-import-position
 from tads_jax.models import tokenizer as tokenizer_lib  # noqa: E402  pylint: disable=wrong-import-position
 from tads_jax.stages import encoder as encoder_stage  # noqa: E402  pylint: disable=wrong-import-position
@@ -162,15 +166,46 @@ def _use_cnn_tower():
   clip.VisionTower = CNNTower
 
 
+def score(row: dict, world: str, size: int, encode_images, encode_texts) -> None:
+  """Adds each task's zero-shot top-1 (and ridge probe) or retrieval R@1 to `row`."""
+  for spec in tasks_lib.parse_tasks(os.path.join(world, 'tasks.json')):
+    split = tasks_lib.load_split(spec, 'eval', size)
+    images = encode_images(split.images)  # [n, E]
+    if spec.kind == 'classification':
+      prompts = [t.replace('{}', c) for c in spec.classnames for t in spec.templates]
+      classes = encode_texts(prompts).reshape(len(spec.classnames), len(spec.templates), -1)
+      top1 = eval_lib.classification_metrics(images, eval_lib.zero_shot_classifier(classes),
+                                             split.labels)['top1']
+      row[spec.name] = f'{top1:.3f} (probe {probe(images, np.asarray(split.labels)):.3f})'
+    else:
+      texts = [c for caps in split.captions for c in caps]
+      owner = np.repeat(np.arange(len(split.captions)), [len(c) for c in split.captions])
+      m = eval_lib.retrieval_metrics(images, encode_texts(texts), owner)
+      row[spec.name] = (f"R@1 t2i {m['text_to_image_R@1']:.3f} / "
+                        f"i2t {m['image_to_text_R@1']:.3f}")
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--workdir', required=True)
   parser.add_argument('--settings', default='{}')
+  parser.add_argument('--trained', action='store_true',
+                      help="score the run's own reference (workdir/encoder/clip)")
   args = parser.parse_args()
+  world = os.path.join(args.workdir, 'ingest', 'world')
+  if args.trained:
+    loaded = api.load_clip(os.path.join(args.workdir, 'encoder', encoder_stage.CLIP_DIR))
+    size = loaded.config.image_size
+    row = {'reference': os.path.join(args.workdir, 'encoder', encoder_stage.CLIP_DIR)}
+    score(row, world, size, loaded.encode_images, loaded.encode_texts)
+    print('| ' + ' | '.join(row) + ' |')
+    print('| ' + ' | '.join(str(v) for v in row.values()) + ' |')
+    print(f'\ncommand: python tools/probe_reference_encoder.py --workdir {args.workdir} '
+          '--trained')
+    return
   s = json.loads(args.settings)
   e = default.get_config().encoder
-  world = os.path.join(args.workdir, 'ingest', 'world')
   size = s.get('image_size', e.image_size)
   start = time.perf_counter()
   pixels, captions, _ = encoder_stage.load_pairs(os.path.join(world, 'trusted', '*.tar'),
@@ -188,7 +223,8 @@ def main():
                           batch_size=s.get('batch_size', e.batch_size),
                           samples_seen=s.get('samples_seen', e.samples_seen),
                           lr=s.get('lr', e.lr), warmup=s.get('warmup', e.warmup), seed=0,
-                          **s.get('train', {}))
+                          **{'augment_flip': e.augment_flip, 'augment_shift': e.augment_shift,
+                             **s.get('train', {})})
   token_ids = tokenizer(captions)
   if s.get('tower') == 'cnn':
     _use_cnn_tower()
@@ -202,21 +238,7 @@ def main():
                                                batch_size=256)
   row = {'settings': json.dumps(s), 'steps': cfg.steps, 'seconds': round(seconds),
          'final_loss': round(float(np.mean(history['loss'][-20:])), 3)}
-  for spec in tasks_lib.parse_tasks(os.path.join(world, 'tasks.json')):
-    split = tasks_lib.load_split(spec, 'eval', size)
-    images = encode_images(split.images)  # [n, E]
-    if spec.kind == 'classification':
-      prompts = [t.replace('{}', c) for c in spec.classnames for t in spec.templates]
-      classes = encode_texts(prompts).reshape(len(spec.classnames), len(spec.templates), -1)
-      top1 = eval_lib.classification_metrics(images, eval_lib.zero_shot_classifier(classes),
-                                             split.labels)['top1']
-      row[spec.name] = f'{top1:.3f} (probe {probe(images, np.asarray(split.labels)):.3f})'
-    else:
-      texts = [c for caps in split.captions for c in caps]
-      owner = np.repeat(np.arange(len(split.captions)), [len(c) for c in split.captions])
-      m = eval_lib.retrieval_metrics(images, encode_texts(texts), owner)
-      row[spec.name] = (f"R@1 t2i {m['text_to_image_R@1']:.3f} / "
-                        f"i2t {m['image_to_text_R@1']:.3f}")
+  score(row, world, size, encode_images, encode_texts)
   print('| ' + ' | '.join(row) + ' |')
   print('| ' + ' | '.join(str(v) for v in row.values()) + ' |')
   print(f"\ncommand: python tools/probe_reference_encoder.py --workdir {args.workdir} "

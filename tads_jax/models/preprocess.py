@@ -166,3 +166,19 @@ def preprocess_images(images: Sequence[Any], cfg: PreprocessConfig) -> np.ndarra
   if not len(images):
     raise ValueError('images: empty')
   return np.stack([preprocess_image(im, cfg, f'images[{i}]') for i, im in enumerate(images)])
+
+
+def augment(images: np.ndarray, rng: np.random.Generator, flip: bool,
+            shift: int) -> np.ndarray:
+  """Training-time augmentation of a uint8 batch [B, S, S, C]: each image mirrored left-right
+  with probability 1/2 (flip) and moved by up to `shift` pixels each way, the edge pixels
+  filling what it uncovers (a translation crop, as pad-and-random-crop; open_clip's
+  RandomResizedCrop at scale ~1). One gather for the whole batch."""
+  b, h, w = images.shape[:3]
+  dy = rng.integers(0, 2 * shift + 1, b)  # [B] crop offsets into the padded batch
+  dx = rng.integers(0, 2 * shift + 1, b)
+  mirror = rng.random(b) < 0.5 if flip else np.zeros(b, bool)
+  padded = np.pad(images, ((0, 0), (shift, shift), (shift, shift), (0, 0)), mode='edge')
+  rows = dy[:, None] + np.arange(h)  # [B, S]
+  cols = dx[:, None] + np.where(mirror[:, None], np.arange(w)[::-1], np.arange(w))  # [B, S]
+  return padded[np.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]

@@ -59,6 +59,7 @@ def train_config(config, vocab_size: int) -> train.TrainConfig:
       kind='pixels', model=e.model, model_overrides=overrides, batch_size=e.batch_size,
       samples_seen=e.samples_seen, lr=e.lr, warmup=e.warmup, seed=config.seed,
       dtype=e.dtype, checkpoint_every=e.checkpoint_every,
+      augment_flip=e.get('augment_flip', False), augment_shift=e.get('augment_shift', 0),
       rules=sharding.from_config(config).rules)
 
 
@@ -84,9 +85,9 @@ def run(ctx) -> dict:
                                 workdir=os.path.join(out, 'train'),
                                 mesh=_mesh(config))
   folder = os.path.join(out, CLIP_DIR)
-  hf_export.save_hf_checkpoint(folder, cfg.clip_config(), params,
-                               preprocess.default_config(config.encoder.image_size),
-                               tokenizer_dir=tok_dir)
+  hf_export.save_checkpoint(folder, cfg.clip_config(), params,
+                            preprocess.default_config(config.encoder.image_size),
+                            tokenizer_dir=tok_dir)
   losses = history['loss']
   return {'checkpoint': folder, 'trained': True, 'pairs': len(captions),
           'skips': dict(skips), 'vocab_size': vocab_size, 'steps': cfg.steps,
