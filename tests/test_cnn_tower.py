@@ -186,3 +186,19 @@ def test_a_cnn_clip_round_trips_through_its_folder(tmp_path):
       tokenizer_dir=tok_dir)
   with open(f'{vit_folder}/config.json', encoding='utf-8') as f:
     assert json.load(f)['model_type'] == 'clip'
+
+
+@pytest.mark.parametrize('stride', [1, 2, 3])
+def test_conv3x3_equals_xla_convolution_in_value_and_gradient(stride):
+  """The im2col convolution against lax.conv_general_dilated, on a non-square odd input."""
+  rng = np.random.default_rng(stride)
+  x = jnp.asarray(rng.normal(size=(2, 7, 10, 5)), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(3, 3, 5, 4)), jnp.float32)
+  reference = lambda x, k: jax.lax.conv_general_dilated(  # noqa: E731
+      x, k, (stride, stride), ((1, 1), (1, 1)), dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  ours = lambda x, k: clip.conv3x3(x, k, stride, jnp.float32)  # noqa: E731
+  np.testing.assert_allclose(ours(x, kernel), reference(x, kernel), rtol=1e-5, atol=1e-5)
+  loss = lambda f: lambda x, k: jnp.sum(jnp.sin(f(x, k)))  # noqa: E731
+  for a, b in zip(jax.grad(loss(ours), (0, 1))(x, kernel),
+                  jax.grad(loss(reference), (0, 1))(x, kernel)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)

@@ -54,11 +54,14 @@ def _cpu_flags() -> str:
   return ' '.join(f for f in flags if f.startswith(('avx', 'amx', 'fma', 'sse4', 'f16c')))
 
 
-def train_config(vocab_size: int):
+def train_config(vocab_size: int, tower: str = 'vit'):
   """The pixel proxy's TrainConfig as the evaluate stage builds it from configs/default.py."""
   from configs import default  # pylint: disable=import-outside-toplevel
   from tads_jax.stages import evaluate  # pylint: disable=import-outside-toplevel
   c = default.get_config()
+  if tower == 'cnn':  # the reference encoder's image tower, at the pool's 64 px
+    c.evaluate.pixels.image_size = c.encoder.image_size
+    c.evaluate.pixels.model_overrides = c.encoder.model_overrides
   c.evaluate.proxy = 'pixels'
   return evaluate.train_config(c, 0, (vocab_size, vocab_size - 1))
 
@@ -152,6 +155,21 @@ def torch_model(cfg):
       x = x + self.out(y.transpose(1, 2).reshape(b, n, d))
       return x + self.fc2(self.act(self.fc1(self.ln2(x))))
 
+  class CNNVision(tnn.Module):
+    """clip.CNNTower: Conv2d (padding 1, no bias), GroupNorm, ReLU; mean; projection."""
+    def __init__(self):
+      super().__init__()
+      layers, prev = [], 3
+      for out, stride in c.vision_cnn:
+        layers += [tnn.Conv2d(prev, out, 3, stride=stride, padding=1, bias=False),
+                   tnn.GroupNorm(c.vision_cnn_groups, out, eps=c.vision_ln_eps), tnn.ReLU()]
+        prev = out
+      self.body = tnn.Sequential(*layers)
+      self.proj = tnn.Linear(prev, c.embed_dim, bias=False)
+
+    def forward(self, x):  # [B, 3, S, S] normalized
+      return self.proj(self.body(x).mean(dim=(2, 3)))
+
   class Vision(tnn.Module):
     def __init__(self):
       super().__init__()
@@ -204,7 +222,8 @@ def torch_model(cfg):
   class CLIP(tnn.Module):
     def __init__(self):
       super().__init__()
-      self.vision, self.text = Vision(), Text()
+      self.vision = CNNVision() if c.vision_tower == 'cnn' else Vision()
+      self.text = Text()
       self.logit_scale = tnn.Parameter(torch.tensor(c.logit_scale_init))
 
   return CLIP()
@@ -274,13 +293,16 @@ def main():
   parser.add_argument('--pool', type=int, default=2048, help='host rows to draw from')
   parser.add_argument('--vocab', type=int, default=None,
                       help='tokenizer size (default configs/default.py encoder.vocab_size)')
+  parser.add_argument('--tower', choices=('vit', 'cnn'), default='vit',
+                      help="cnn: the reference encoder's CNN image tower at 64 px instead of "
+                      "the pixel proxy's conv-stem ViT")
   args = parser.parse_args()
 
   import jax  # pylint: disable=import-outside-toplevel
   import torch  # pylint: disable=import-outside-toplevel
   from configs import default  # pylint: disable=import-outside-toplevel
   vocab = args.vocab or default.get_config().encoder.vocab_size
-  cfg = train_config(vocab)
+  cfg = train_config(vocab, args.tower)
   c = cfg.clip_config()
   threads = len(os.sched_getaffinity(0))  # XLA's CPU client runs one thread per core
   images, ids, rows = data(cfg, args.pool)
@@ -304,7 +326,8 @@ def main():
   print('| model | batch | steps timed | ours samples/s | torch samples/s | ours/torch | '
         'load 1/5/15 after |')
   print('|---|---|---|---|---|---|---|')
-  print(f'| pixel proxy ({cfg.model}, {c.vision_stem} stem, {c.image_size} px) | '
+  tower = 'CNN tower' if c.vision_tower == 'cnn' else f'{c.vision_stem} stem'
+  print(f'| pixel proxy ({cfg.model}, {tower}, {c.image_size} px) | '
         f'{cfg.batch_size} | {args.steps} x {args.rounds} | {ours_rate:.1f} | '
         f'{torch_rate:.1f} | {ours_rate / torch_rate:.2f} | {_load()} |')
   print(f'\n`{_command()}`')

@@ -368,22 +368,40 @@ class ConvStem(nn.Module):
 
 class GroupNorm(nn.Module):
   """GroupNorm (Wu & He 2018) over NHWC in float32: per sample, each group of channels
-  normalized over its positions and channels; scale and bias per channel."""
+  normalized over its positions and channels (two-pass variance); scale and bias per
+  channel. The moments are taken per channel first and then per group, which XLA:CPU runs
+  faster than reducing a [B, H, W, G, C/G] view (BENCHMARKS.md, issue 13)."""
   groups: int
   epsilon: float
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):  # [B, H, W, C] -> float32 [B, H, W, C]
-    b, h, w, ch = x.shape
-    g = x.astype(jnp.float32).reshape(b, h, w, self.groups, ch // self.groups)
-    mean = jnp.mean(g, axis=(1, 2, 4), keepdims=True)
-    var = jnp.mean(jnp.square(g - mean), axis=(1, 2, 4), keepdims=True)
-    y = ((g - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(b, h, w, ch)
+    b, _, _, ch = x.shape
+    x = x.astype(jnp.float32)
+    per_group = lambda t: t.reshape(b, self.groups, ch // self.groups).mean(-1)  # noqa: E731
+    to_channels = lambda t: jnp.repeat(t, ch // self.groups, axis=1)[:, None, None]  # noqa: E731
+    centred = x - to_channels(per_group(jnp.mean(x, axis=(1, 2))))
+    var = per_group(jnp.mean(jnp.square(centred), axis=(1, 2)))  # [B, G]
+    y = centred * to_channels(jax.lax.rsqrt(var + self.epsilon))
     scale = self.param('scale', nn.with_logical_partitioning(
         nn.initializers.ones_init(), ('conv_out',)), (ch,), self.param_dtype)
     bias = self.param('bias', _zeros_init(('conv_out',)), (ch,), self.param_dtype)
     return y * scale.astype(jnp.float32) + bias.astype(jnp.float32)
+
+
+def conv3x3(x, kernel, stride: int, dtype):
+  """A 3x3 convolution with padding 1 on every side (torch's Conv2d(k=3, p=1)), NHWC x
+  [B, H, W, C] and HWIO kernel [3, 3, C, F] -> float32 [B, H', W', F], as one matmul over
+  the nine shifted views of x (im2col): on CPU that runs the forward and backward in
+  XLA's fast matmul kernels, where conv_general_dilated's backward is slow."""
+  b, h, w, ch = x.shape
+  padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
+  views = [padded[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride]
+           for i in range(3) for j in range(3)]  # 9 x [B, H', W', C], (row, column) order
+  cols = jnp.concatenate(views, axis=-1)  # [B, H', W', 9C], as HWIO flattens its first 3
+  return project(cols, kernel.reshape(9 * ch, -1), dtype)
 
 
 class CNNTower(nn.Module):
@@ -412,10 +430,7 @@ class CNNTower(nn.Module):
           nn.initializers.variance_scaling(2.0, 'fan_in', 'normal'),
           (None, None, 'conv_in', 'conv_out')), (3, 3, x.shape[-1], out),
                           self.param_dtype)  # [3, 3, C_in, C_out] (HWIO)
-      x = jax.lax.conv_general_dilated(
-          x.astype(self.dtype), kernel.astype(self.dtype), window_strides=(stride, stride),
-          padding=((1, 1), (1, 1)), dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-          preferred_element_type=jnp.float32)  # [B, H', W', C_out]
+      x = conv3x3(x, kernel, stride, self.dtype)  # [B, H', W', C_out]
       x = nn.with_logical_constraint(x, ('activation_batch', None, None, None))
       x = jax.nn.relu(GroupNorm(c.vision_cnn_groups, c.vision_ln_eps, self.param_dtype,
                                 name=f'norm_{i}')(x))
