@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import pixels_cnn
+from conftest import validate
 from tads_jax import train
 from tads_jax.models import api
 from tads_jax.models import bpe
@@ -23,6 +25,7 @@ from tads_jax.models import clip
 from tads_jax.models import hf_export
 from tads_jax.models import preprocess
 from tads_jax.models import tokenizer as tokenizer_lib
+from tads_jax.stages import evaluate
 
 pytestmark = pytest.mark.usefixtures('fast_compiles')
 
@@ -202,3 +205,10 @@ def test_conv3x3_equals_xla_convolution_in_value_and_gradient(stride):
   for a, b in zip(jax.grad(loss(ours), (0, 1))(x, kernel),
                   jax.grad(loss(reference), (0, 1))(x, kernel)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_the_cnn_pixel_proxy_config_validates_and_trains_the_cnn():
+  c = pixels_cnn.get_config()
+  validate(c)
+  model = evaluate.train_config(c, 0).clip_config()
+  assert (model.vision_tower, model.image_size) == ('cnn', c.encoder.image_size)
