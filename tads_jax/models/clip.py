@@ -366,6 +366,19 @@ class ConvStem(nn.Module):
                  dtype=self.dtype, param_dtype=self.param_dtype)(x)  # [B, H/p, W/p, D]
 
 
+class _ImageTower(nn.Module):
+  """What both image towers are given: [B, S, S, 3] normalized pixels -> [B, E]."""
+  config: CLIPConfig
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  def check_pixels(self, pixels):
+    c = self.config
+    if pixels.shape[1:] != (c.image_size, c.image_size, 3):
+      raise ValueError(f'{type(self).__name__}: pixels of shape {pixels.shape}; this '
+                       f'config expects [B, {c.image_size}, {c.image_size}, 3]')
+
+
 class GroupNorm(nn.Module):
   """GroupNorm (Wu & He 2018) over NHWC in float32: per sample, each group of channels
   normalized over its positions and channels (two-pass variance); scale and bias per
@@ -404,7 +417,7 @@ def conv3x3(x, kernel, stride: int, dtype):
   return project(cols, kernel.reshape(9 * ch, -1), dtype)
 
 
-class CNNTower(nn.Module):
+class CNNTower(_ImageTower):
   """A plain convolutional image tower: [B, H, W, 3] -> [B, E].
 
   Each layer of config.vision_cnn is a 3x3 convolution (padding 1 on every side, no bias,
@@ -414,16 +427,11 @@ class CNNTower(nn.Module):
   13), while this tower's locality and translation equivariance let shape be learned
   within the default run's budget.
   """
-  config: CLIPConfig
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, pixels):  # [B, H, W, 3] normalized float
+    self.check_pixels(pixels)
     c = self.config
-    if pixels.shape[1:] != (c.image_size, c.image_size, 3):
-      raise ValueError(f'CNNTower: pixels of shape {pixels.shape}; this config expects '
-                       f'[B, {c.image_size}, {c.image_size}, 3]')
     x = pixels.astype(jnp.float32)
     for i, (out, stride) in enumerate(c.vision_cnn):
       kernel = self.param(f'conv_{i}', nn.with_logical_partitioning(
@@ -439,20 +447,15 @@ class CNNTower(nn.Module):
                  dtype=self.dtype, param_dtype=self.param_dtype)(pooled)  # [B, E]
 
 
-class VisionTower(nn.Module):
+class VisionTower(_ImageTower):
   """ViT: patchify (or a conv stem), class token, learned positions, blocks, class-token
   pooling."""
-  config: CLIPConfig
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, pixels):  # [B, H, W, 3] normalized float
+    self.check_pixels(pixels)
     c = self.config
-    b, h, w, ch = pixels.shape
-    if (h, w, ch) != (c.image_size, c.image_size, 3):
-      raise ValueError(f'VisionTower: pixels of shape {pixels.shape}; this config expects '
-                       f'[B, {c.image_size}, {c.image_size}, 3]')
+    b, h, w, _ = pixels.shape
     p, kw = c.patch_size, dict(dtype=self.dtype, param_dtype=self.param_dtype)
     if c.vision_stem == 'conv':
       x = ConvStem(c.stem_channels, c.vision_width, c.vision_ln_eps, name='stem',
