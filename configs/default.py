@@ -60,7 +60,7 @@ def get_config():
   c.encoder.vocab_size = 2000       # BPE tokens learned on the trusted captions
   c.encoder.batch_size = 128
   c.encoder.samples_seen = 307_200  # 2,400 steps: 61 epochs of the 5,000 trusted pairs
-  c.encoder.lr = 5e-4               # 1e-3 learned shape no faster (0.62 vs 0.67 top-1 at 1,200 steps)
+  c.encoder.lr = 5e-4               # 1e-3 learned shape no faster (0.62 vs 0.67 at 1,200 steps)
   c.encoder.warmup = 100
   c.encoder.augment_flip = True
   c.encoder.augment_shift = 4       # pixels

@@ -19,7 +19,6 @@ export leaves no half-written checkpoint.
 """
 
 import dataclasses
-
 import json
 import os
 import shutil
@@ -98,12 +97,13 @@ def check_exportable(config: clip.CLIPConfig) -> None:
   wrong."""
   if config.vision_tower != 'vit':
     raise ValueError(f"CLIPConfig.vision_tower: {config.vision_tower!r} cannot be exported "
-                     "to a Hugging Face CLIP (its vision model is a ViT); keep such a model "
-                     'as a tads-jax orbax checkpoint')
+                     "to a Hugging Face CLIP (its vision model is a ViT); save_checkpoint "
+                     "writes it as a 'tads_jax_clip' folder, which load_clip reads")
   if config.vision_stem != 'patch':
     raise ValueError(f"CLIPConfig.vision_stem: {config.vision_stem!r} cannot be exported to "
-                     "a Hugging Face CLIP (its vision model has only the 'patch' stem); keep "
-                     'such a model as a tads-jax orbax checkpoint')
+                     "a Hugging Face CLIP (its vision model has only the 'patch' stem); "
+                     "save_checkpoint writes it as a 'tads_jax_clip' folder, which load_clip "
+                     'reads')
 
 
 def to_state_dict(config: clip.CLIPConfig, params) -> dict[str, np.ndarray]:
