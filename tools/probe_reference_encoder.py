@@ -16,9 +16,16 @@ trained (workdir/encoder/clip) instead of training one:
 
   python tools/probe_reference_encoder.py --workdir workdir/default --trained
 
-Recipes tried for issue 13 item 1 (a reference that sees shape), kept here so their
-numbers in BENCHMARKS.md can be reproduced; none is in the encoder stage because none made
-shape visible (a conv stem is: overrides {"vision_stem": "conv"}):
+Recipes tried in session 4 for issue 13 item 1 (a reference that sees shape), kept here
+so that their numbers in BENCHMARKS.md can be reproduced. None of them made shape visible,
+so none is in the encoder stage. Since session 7 the default encoder is clip.CNNTower at
+64 px. Those rows ran on the ViT encoder block of that time, and `{}` now means the CNN.
+Add OLD_VIT to their settings to rerun them:
+  "image_size": 32, "samples_seen": 50000, "lr": 1e-3, "warmup": 50,
+  "overrides": {"vision_tower": "vit", "vision_width": 128, "vision_layers": 4,
+                "vision_heads": 4, "vision_mlp_dim": 512},
+  "train": {"augment_flip": false, "augment_shift": 0}
+A conv stem is overrides {"vision_stem": "conv"}. The recipes:
   "hard_batches": f   a share f of the batches drawn from one colour (colour read from
                       the caption with the world's word tables): same-colour negatives;
                       "hard_after": k starts them after step k (a curriculum)
@@ -26,7 +33,9 @@ shape visible (a conv stem is: overrides {"vision_stem": "conv"}):
                       negative caption with a word of these attributes ('shape', 'texture',
                       'color') swapped for another value's, scored in image->text only
   "tower": "cnn"      the image tower replaced by a plain CNN (per stage a 3x3 conv and a
-                      3x3 stride-2 conv, GroupNorm, ReLU; channels 32, 64, 128; mean pool)
+                      3x3 stride-2 conv, GroupNorm, ReLU; channels 32, 64, 128; mean pool).
+                      It is not clip.CNNTower, and at lr 1e-3 without augmentation it did
+                      not learn shape.
 """
 
 import argparse
