@@ -74,14 +74,12 @@ class CLIPConfig:
   logit_scale_init: float = math.log(1 / 0.07)
 
   def __post_init__(self):
-    layers = self.vision_cnn
     try:  # lists (JSON, the command line) become the hashable form
-      layers = tuple((int(ch), int(st)) for ch, st in layers)
-      ok = all(ch >= 1 and st >= 1 and (ch, st) == pair
-               for (ch, st), pair in zip(layers, map(tuple, self.vision_cnn)))
-    except (TypeError, ValueError):
-      ok = False
-    if not ok or not layers:
+      layers = tuple(tuple(pair) for pair in self.vision_cnn)
+    except TypeError:
+      layers = ()
+    positive = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1  # noqa: E731
+    if not layers or not all(len(p) == 2 and all(map(positive, p)) for p in layers):
       raise ValueError(f'CLIPConfig.vision_cnn: expected a non-empty list of (channels, '
                        f'stride) pairs of integers >= 1, got {self.vision_cnn!r}')
     object.__setattr__(self, 'vision_cnn', layers)

@@ -11,8 +11,8 @@ import json
 import os
 from typing import Any
 
+from flax import traverse_util
 import flax.linen as nn
-import jax
 import numpy as np
 
 from tads_jax.models import clip
@@ -322,23 +322,19 @@ def _load_tads_jax(folder: str, raw: dict, config_path: str, dtype) -> tuple:
   except (TypeError, ValueError) as e:
     raise ValueError(f'{config_path}: clip_config: {e}') from None
   state, source = read_state_dict(folder)
-  expected = jax.tree_util.tree_flatten_with_path(
-      nn.meta.unbox(clip.abstract_params(clip.CLIP(config))))[0]
-  params = {}
-  for path, spec in expected:
-    name = '/'.join(str(k.key) for k in path)
+  expected = traverse_util.flatten_dict(
+      nn.meta.unbox(clip.abstract_params(clip.CLIP(config))), sep='/')  # path -> shape
+  for name, spec in expected.items():
     if name not in state:
       raise ValueError(f'{source}: tensor {name!r} is missing ({config_path} implies it; '
                        f'{len(state)} tensors in the file)')
     if tuple(state[name].shape) != tuple(spec.shape):
       raise ValueError(f'{source}: tensor {name!r} has shape {tuple(state[name].shape)}, '
                        f'but {config_path} implies {tuple(spec.shape)}')
-    node = params
-    for k in path[:-1]:
-      node = node.setdefault(str(k.key), {})
-    node[str(path[-1].key)] = np.asarray(state[name], dtype=dtype)
-  extra = sorted(set(state) - {'/'.join(str(k.key) for k in p) for p, _ in expected})
+  extra = sorted(set(state) - set(expected))
   if extra:
     raise ValueError(f'{source}: {len(extra)} tensors that {config_path} does not describe, '
                      f'e.g. {extra[0]!r}; config and weights are from different models')
+  params = traverse_util.unflatten_dict(
+      {name: np.asarray(state[name], dtype=dtype) for name in expected}, sep='/')
   return config, params

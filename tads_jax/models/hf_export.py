@@ -24,6 +24,7 @@ import os
 import shutil
 from typing import Any, Mapping
 
+from flax import traverse_util
 import flax.linen as nn
 import jax
 import numpy as np
@@ -258,9 +259,9 @@ def _save_folder(folder, config, params, preprocess, tokenizer_dir, hf: bool) ->
                      f'{config.image_size}')
   if hf:
     state = to_state_dict(config, params)
-  else:  # Flax paths, without the leading 'params/'
-    state = {name.split('/', 1)[1]: np.array(v, dtype=np.float32, order='C')
-             for name, v in _flatten(_numpy_params(config, params)).items()}
+  else:  # Flax paths ('vision/conv_0'), as hf_convert reads them back
+    state = {name: np.array(v, dtype=np.float32, order='C') for name, v in
+             traverse_util.flatten_dict(_numpy_params(config, params), sep='/').items()}
   bos = pad = None
   copy = []
   if tokenizer_dir is not None:
