@@ -27,6 +27,11 @@ def get_config():
   c.pool.synthetic.shard_size = 1_000
   c.pool.synthetic.trusted_size = 5_000    # clean pairs to train the reference encoder on
   c.pool.synthetic.offtask_fraction = 0.3  # concepts no task asks for
+  # An off-task sample takes a value no task asks for in each of these: shape, colour and
+  # texture. With shape alone (the world before issue 13; pass ('shape',) to get it back,
+  # byte for byte) an off-task red hexagon was as relevant to the colors task as an
+  # on-task red circle, so its ground-truth label contradicted the tasks.
+  c.pool.synthetic.offtask_attributes = ('shape', 'color', 'texture')
   c.pool.synthetic.noise = ml_collections.ConfigDict(dict(
       misaligned=0.15, partial=0.08, corrupt_noise=0.03, corrupt_blur=0.03, blank=0.02,
       extreme_aspect=0.02, exact_dup=0.05, near_dup=0.05, text_in_image=0.04, spam=0.04))

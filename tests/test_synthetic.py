@@ -223,6 +223,53 @@ def test_clean_captions_name_the_true_attributes(world):
       assert parsed[attr] in (set(), {row[attr]}), row
 
 
+def test_off_task_samples_are_off_every_task(world):
+  # The default world: an off-task sample's shape, colour and texture are values no task
+  # asks for, an on-task sample's all values some task asks for, and captions name them.
+  groups = {'shape': (synthetic.ON_TASK_SHAPES, synthetic.OFF_TASK_SHAPES),
+            'color': (synthetic.ON_TASK_COLORS, synthetic.OFF_TASK_COLORS),
+            'texture': (synthetic.ON_TASK_TEXTURES, synthetic.OFF_TASK_TEXTURES)}
+  assert world['cfg'].offtask_attributes == ('shape', 'color', 'texture')
+  off = [r for r in world['gt'] if not r['on_task']]
+  assert 0.2 < len(off) / len(world['gt']) < 0.4  # offtask_fraction 0.3
+  for row in world['gt']:
+    for attr, (on_values, off_values) in groups.items():
+      assert row[attr] in (on_values if row['on_task'] else off_values), (attr, row)
+  assert {r['color'] for r in off} == set(synthetic.OFF_TASK_COLORS)
+  assert {r['texture'] for r in off} == set(synthetic.OFF_TASK_TEXTURES)
+
+
+def test_shape_only_off_task_keeps_every_colour_and_texture_on_task():
+  # offtask_attributes=('shape',): the world before issue 13 (off-task by shape alone).
+  cfg = _cfg(offtask_attributes=('shape',))
+  plan = synthetic.plan_pool(cfg, np.arange(400))
+  assert any(not p['on_task'] for p in plan)
+  assert all(p['color'] in synthetic.ON_TASK_COLORS for p in plan)
+  assert all(p['texture'] in synthetic.ON_TASK_TEXTURES for p in plan)
+  # The same samples are off-task either way; only their colour and texture differ.
+  default = synthetic.plan_pool(_cfg(), np.arange(400))
+  assert [p['on_task'] for p in plan] == [p['on_task'] for p in default]
+  assert [p['shape'] for p in plan] == [p['shape'] for p in default]
+
+
+def test_off_task_textures_render_a_pattern():
+  # wavy and concentric fill the object with two colours, as striped or checkered do.
+  base = synthetic.Scene(shape='circle', color='navy', texture='solid', size='large',
+                         rgb=(15, 20, 120), rgb2=(7, 10, 60), cx=0.5, cy=0.5, radius=0.35,
+                         rotation=0.0, tex_angle=0.0, tex_period=0.5, bg_kind='grey',
+                         bg0=(128, 128, 128), bg1=(128, 128, 128), bg_angle=0.0)
+  solid = synthetic.render_scene(base, 64)
+  inside = np.hypot(*np.meshgrid(np.arange(64) + 0.5 - 32, np.arange(64) + 0.5 - 32)) < 20
+  for texture in synthetic.OFF_TASK_TEXTURES:
+    img = synthetic.render_scene(base._replace(texture=texture), 64)
+    dark = (img[inside] == (7, 10, 60)).all(-1).mean()
+    assert 0.2 < dark < 0.8, (texture, dark)
+    assert (img[~inside & (solid == 128).all(-1)] == 128).all()  # the background is kept
+  wavy, concentric = (synthetic.render_scene(base._replace(texture=t), 64)
+                      for t in synthetic.OFF_TASK_TEXTURES)
+  assert not np.array_equal(wavy, concentric)
+
+
 def test_misaligned_captions_describe_another_sample(world):
   true_captions = {r['true_caption'] for r in world['gt']}
   for row in _rows(world, 'misaligned'):
@@ -236,6 +283,11 @@ def test_partial_captions_get_exactly_one_attribute_wrong(world):
     parsed = _parse(row['caption'])
     wrong = [a for a in synthetic.ATTRIBUTES if parsed[a] and parsed[a] != {row[a]}]
     assert len(wrong) == 1 and wrong[0] != 'shape', (row['caption'], row)
+    named = next(iter(parsed[wrong[0]]))  # an off-task sample's wrong value is off-task too
+    if wrong[0] == 'color':
+      assert (named in synthetic.ON_TASK_COLORS) == row['on_task'], row
+    elif wrong[0] == 'texture':
+      assert (named in synthetic.ON_TASK_TEXTURES) == row['on_task'], row
     assert all(len(v) <= 1 for v in parsed.values())
 
 
@@ -530,6 +582,10 @@ def test_a_directory_with_another_world_is_refused(tmp_path):
     ({'noise': 0.1}, 'WorldConfig.noise'),
     ({'shard_size': 10_001}, 'WorldConfig.shard_size'),
     ({'tasks': ['shapes', 'animals']}, 'WorldConfig.tasks'),
+    ({'offtask_attributes': ['color']}, 'WorldConfig.offtask_attributes'),
+    ({'offtask_attributes': 'shape,size'}, 'WorldConfig.offtask_attributes'),
+    ({'offtask_attributes': ['shape', 'shape']}, 'WorldConfig.offtask_attributes'),
+    ({'offtask_attributes': 3}, 'WorldConfig.offtask_attributes'),
 ])
 def test_config_errors_name_the_field(fields, field):
   with pytest.raises(ValueError, match=re.escape(field)):

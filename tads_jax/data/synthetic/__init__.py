@@ -27,7 +27,9 @@ from tads_jax.data.synthetic.render import render_scene
 from tads_jax.data.synthetic.scenes import Scene
 from tads_jax.data.synthetic.vocabulary import (ATTRIBUTES, BACKGROUND_WORDS, COLOR_NAMES,
                                                 COLOR_WORDS, COLORS, DEFAULT_NOISE, FILLERS,
-                                                NOISE_TYPES, OFF_TASK_SHAPES, ON_TASK_SHAPES,
+                                                NOISE_TYPES, OFF_TASK_COLORS, OFF_TASK_SHAPES,
+                                                OFF_TASK_TEXTURES, ON_TASK_COLORS, ON_TASK_SHAPES,
+                                                ON_TASK_TEXTURES,
                                                 SHAPE_WORDS, SHAPES, SIZE_WORDS, SIZES,
                                                 SPAM_PHRASES, SPAM_WORDS, TASK_NAMES,
                                                 TEMPLATES, TEXTURE_ADJ, TEXTURE_WITH, TEXTURES)
@@ -35,7 +37,8 @@ from tads_jax.data.synthetic.world_config import WorldConfig, WorldError
 
 __all__ = [
     'ATTRIBUTES', 'BACKGROUND_WORDS', 'COLOR_NAMES', 'COLOR_WORDS', 'COLORS', 'DEFAULT_NOISE',
-    'FILLERS', 'NOISE_TYPES', 'OFF_TASK_SHAPES', 'ON_TASK_SHAPES', 'SHAPE_WORDS', 'SHAPES',
+    'FILLERS', 'NOISE_TYPES', 'OFF_TASK_COLORS', 'OFF_TASK_SHAPES', 'OFF_TASK_TEXTURES',
+    'ON_TASK_COLORS', 'ON_TASK_SHAPES', 'ON_TASK_TEXTURES', 'SHAPE_WORDS', 'SHAPES',
     'SIZE_WORDS', 'SIZES', 'SPAM_PHRASES', 'SPAM_WORDS', 'TASK_NAMES', 'TASK_TEMPLATES',
     'TEMPLATES', 'TEXTURE_ADJ', 'TEXTURE_WITH', 'TEXTURES', 'VERSION', 'Scene', 'WorldConfig',
     'WorldError', 'clean_render', 'generate_world', 'main', 'make_caption', 'plan_pool',

@@ -40,7 +40,10 @@ def main(argv=None) -> int:
   parser.add_argument('--trusted-size', type=int, default=WorldConfig.trusted_size,
                       help='clean trusted pairs (DFN-style)')
   parser.add_argument('--offtask-fraction', type=float, default=WorldConfig.offtask_fraction,
-                      help='fraction of samples whose shape no task asks for')
+                      help='fraction of samples no task asks for')
+  parser.add_argument('--offtask-attributes', default=','.join(WorldConfig.offtask_attributes),
+                      help='attributes in which an off-task sample takes a value no task '
+                           'asks for (comma-separated; shape among them)')
   parser.add_argument('--noise', default='',
                       help='override noise fractions, e.g. misaligned=0.2,spam=0.05; types: '
                            + ', '.join(n for n, _ in DEFAULT_NOISE))
@@ -54,7 +57,8 @@ def main(argv=None) -> int:
     cfg = WorldConfig.from_dict({
         'seed': args.seed, 'num_samples': args.num_samples, 'image_size': args.image_size,
         'shard_size': args.shard_size, 'trusted_size': args.trusted_size,
-        'offtask_fraction': args.offtask_fraction, 'noise': _parse_noise(args.noise),
+        'offtask_fraction': args.offtask_fraction,
+        'offtask_attributes': args.offtask_attributes, 'noise': _parse_noise(args.noise),
         'tasks': args.tasks})
   except ValueError as e:
     parser.error(str(e))

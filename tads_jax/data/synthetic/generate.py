@@ -24,8 +24,8 @@ from tads_jax.data.synthetic.pool import _make_image, plan_pool, uid_of
 from tads_jax.data.synthetic.randomness import _S, _TASK_DOMAIN, _TRUSTED, _choice, _uniform
 from tads_jax.data.synthetic.render import _background, _draw_object, _encode_canvas
 from tads_jax.data.synthetic.scenes import _draw_scenes, _lists, _scene
-from tads_jax.data.synthetic.vocabulary import (COLOR_NAMES, NOISE_TYPES, ON_TASK_SHAPES,
-                                                TEXTURES)
+from tads_jax.data.synthetic.vocabulary import (NOISE_TYPES, ON_TASK_COLORS, ON_TASK_SHAPES,
+                                                ON_TASK_TEXTURES)
 from tads_jax.data.synthetic.world_config import WorldConfig, WorldError
 
 VERSION = 1  # in world.json: a directory holding another version is refused, not mixed
@@ -108,7 +108,8 @@ def _trusted_shard(out_dir: str, cfg: WorldConfig, shard: int) -> dict:
     return {'path': path, 'written': False}
   start = shard * cfg.shard_size
   idx = np.arange(start, min(start + cfg.shard_size, cfg.trusted_size))
-  rows = _lists(_draw_scenes(cfg.seed, _TRUSTED, idx, cfg.offtask_fraction))
+  rows = _lists(_draw_scenes(cfg.seed, _TRUSTED, idx, cfg.offtask_fraction,
+                             offtask_attributes=cfg.offtask_attributes))
   samples = []
   for i, index in enumerate(idx.tolist()):
     scene = _scene(rows, i)
@@ -120,8 +121,8 @@ def _trusted_shard(out_dir: str, cfg: WorldConfig, shard: int) -> dict:
   return {'path': path, 'written': True}
 
 
-_CLASS_ATTR = {'shapes': ('shape', ON_TASK_SHAPES), 'colors': ('color', COLOR_NAMES),
-               'textures': ('texture', TEXTURES)}
+_CLASS_ATTR = {'shapes': ('shape', ON_TASK_SHAPES), 'colors': ('color', ON_TASK_COLORS),
+               'textures': ('texture', ON_TASK_TEXTURES)}
 TASK_TEMPLATES = {
     'shapes': ('a photo of a {}.', 'a picture of a {}.', 'a drawing of a {} shape.',
                'an icon of a {}.', 'a {} on a grey background.', 'clipart of a {}.'),

@@ -16,10 +16,17 @@ from tads_jax.data.synthetic.render import (_background, _draw_object, _encode,
                                             _encode_canvas, _extreme_aspect, _text_image,
                                             render_scene)
 from tads_jax.data.synthetic.scenes import Scene, _draw_scenes, _lists, _scene, _shape_draw
-from tads_jax.data.synthetic.vocabulary import (_CANDIDATES, _NOISE_CODE, COLOR_NAMES,
-                                                DEFAULT_NOISE, NOISE_TYPES, ON_TASK_SHAPES,
-                                                SIZES, TEMPLATES, TEXTURES)
+from tads_jax.data.synthetic.vocabulary import (_CANDIDATES, _NOISE_CODE, DEFAULT_NOISE,
+                                                NOISE_TYPES, OFF_TASK_COLORS,
+                                                OFF_TASK_TEXTURES, ON_TASK_COLORS,
+                                                ON_TASK_SHAPES, ON_TASK_TEXTURES, SIZES,
+                                                TEMPLATES)
 from tads_jax.data.synthetic.world_config import WorldConfig
+
+# The values a partial caption may name instead of the true one, per attribute: groups that
+# keep an on-task value on-task and an off-task one off-task.
+_VALUE_GROUPS = {'color': (ON_TASK_COLORS, OFF_TASK_COLORS),
+                 'texture': (ON_TASK_TEXTURES, OFF_TASK_TEXTURES), 'size': (SIZES,)}
 
 
 class _Recipe(NamedTuple):
@@ -97,7 +104,8 @@ def plan_pool(cfg: WorldConfig, idx: np.ndarray) -> list[dict]:
   seed, fractions = cfg.seed, cfg.noise_fractions
   idx = np.asarray(idx, dtype=np.int64)
   u = lambda stream: _uniform(seed, _POOL, idx, stream)  # noqa: E731
-  rows = _draw_scenes(seed, _POOL, idx, cfg.offtask_fraction)
+  rows = _draw_scenes(seed, _POOL, idx, cfg.offtask_fraction,
+                      offtask_attributes=cfg.offtask_attributes)
   noise = _noise_codes(u(_S.NOISE), fractions)
   fmt = _format_of(u(_S.FORMAT), cfg)
 
@@ -119,7 +127,8 @@ def plan_pool(cfg: WorldConfig, idx: np.ndarray) -> list[dict]:
   noise = np.where(is_mis & (partner < 0), 0, noise)
 
   others = np.unique(np.concatenate([dup_of[dup_of >= 0], partner[partner >= 0]]))
-  other_rows = _draw_scenes(seed, _POOL, others, cfg.offtask_fraction)
+  other_rows = _draw_scenes(seed, _POOL, others, cfg.offtask_fraction,
+                            offtask_attributes=cfg.offtask_attributes)
   other_pos = {int(j): k for k, j in enumerate(others.tolist())}
   other_fmt = _format_of(_uniform(seed, _POOL, others, _S.FORMAT), cfg)
 
@@ -166,8 +175,10 @@ def plan_pool(cfg: WorldConfig, idx: np.ndarray) -> list[dict]:
       template = min(int(rows['draws'][i][0] * len(TEMPLATES)), len(TEMPLATES) - 1)
       attrs = [a for a in template_attributes(template) if a != 'shape']
       attr = attrs[min(int(partial_attr[i] * len(attrs)), len(attrs) - 1)]
-      values = {'color': COLOR_NAMES, 'texture': TEXTURES, 'size': SIZES}[attr]
       current = getattr(scene, attr)
+      # A wrong value of the same kind: on-task for an on-task value, off-task for an
+      # off-task one, so that the error does not also move the sample on or off the tasks.
+      values = next(group for group in _VALUE_GROUPS[attr] if current in group)
       wrong = [v for v in values if v != current]
       value = wrong[min(int(partial_value[i] * len(wrong)), len(wrong) - 1)]
       caption = _caption_of(rows, i, **{attr: value})
@@ -197,5 +208,6 @@ def plan_pool(cfg: WorldConfig, idx: np.ndarray) -> list[dict]:
 
 def clean_render(cfg: WorldConfig, index: int) -> np.ndarray:
   """The clean render of pool sample `index`'s own scene, before any noise: [S, S, 3]."""
-  rows = _draw_scenes(cfg.seed, _POOL, np.asarray([index]), cfg.offtask_fraction)
+  rows = _draw_scenes(cfg.seed, _POOL, np.asarray([index]), cfg.offtask_fraction,
+                      offtask_attributes=cfg.offtask_attributes)
   return render_scene(_scene(_lists(rows), 0), cfg.image_size)

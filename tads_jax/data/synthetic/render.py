@@ -134,6 +134,14 @@ def _draw_object(canvas: np.ndarray, scene: Scene, shift=(0.0, 0.0), scale: floa
     fx = fx - fx.astype(np.int32) - 0.5
     fy = fy - fy.astype(np.int32) - 0.5
     pattern = fx * fx + fy * fy <= 0.09
+  elif scene.texture == 'wavy':  # stripes bent by a sine across them
+    along, across = math.cos(scene.tex_angle), math.sin(scene.tex_angle)
+    t = (x * along + y * across
+         + 0.3 * period * np.sin((y * along - x * across) * (math.pi / period))) * (1.0 / period)
+    pattern = ((t + 4 * size).astype(np.int32) & 1).astype(bool)
+  elif scene.texture == 'concentric':  # rings around the object's centre
+    d = np.sqrt((x - cx) ** 2 + (y - cy) ** 2) * (1.0 / period)
+    pattern = (d.astype(np.int32) & 1).astype(bool)
   else:
     pattern = None
   patch = canvas[y0:y1, x0:x1]

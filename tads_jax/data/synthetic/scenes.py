@@ -5,8 +5,10 @@ from typing import Mapping, NamedTuple
 import numpy as np
 
 from tads_jax.data.synthetic.randomness import _S, _choice, _uniform
-from tads_jax.data.synthetic.vocabulary import (COLOR_NAMES, COLORS, OFF_TASK_SHAPES,
-                                                ON_TASK_SHAPES, SHAPES, SIZES, TEXTURES)
+from tads_jax.data.synthetic.vocabulary import (COLOR_NAMES, COLORS, OFF_TASK_COLORS,
+                                                OFF_TASK_SHAPES, OFF_TASK_TEXTURES,
+                                                ON_TASK_COLORS, ON_TASK_SHAPES,
+                                                ON_TASK_TEXTURES, SHAPES, SIZES, TEXTURES)
 
 
 class Scene(NamedTuple):
@@ -38,27 +40,46 @@ def _second_color(rgb):
   return (int(r * 0.5), int(g * 0.5), int(b * 0.5))
 
 
+# Attribute -> (stream, values some task asks for, values none does); each values tuple
+# lists the on-task ones first, so a value index is the same whichever list it came from.
+_TASK_VALUES = {'shape': (_S.SHAPE, ON_TASK_SHAPES, OFF_TASK_SHAPES),
+                'color': (_S.COLOR, ON_TASK_COLORS, OFF_TASK_COLORS),
+                'texture': (_S.TEXTURE, ON_TASK_TEXTURES, OFF_TASK_TEXTURES)}
+
+
+def _off_task(seed: int, domain: int, idx: np.ndarray, offtask_fraction: float):
+  """Which samples idx are off-task: [N] bool, each with probability offtask_fraction."""
+  return _uniform(seed, domain, idx, _S.OFFTASK) < offtask_fraction
+
+
+def _value_draw(seed: int, domain: int, idx: np.ndarray, attribute: str, off: np.ndarray):
+  """Value index of `attribute` for samples idx: an off-task value where `off`."""
+  stream, on_values, off_values = _TASK_VALUES[attribute]
+  u = _uniform(seed, domain, idx, stream)
+  return np.where(off, len(on_values) + _choice(u, len(off_values)),
+                  _choice(u, len(on_values)))
+
+
 def _shape_draw(seed: int, domain: int, idx: np.ndarray, offtask_fraction: float):
   """Shape index (into SHAPES) of samples idx: off-task with probability offtask_fraction."""
-  off = _uniform(seed, domain, idx, _S.OFFTASK) < offtask_fraction
-  u = _uniform(seed, domain, idx, _S.SHAPE)
-  return np.where(off, len(ON_TASK_SHAPES) + _choice(u, len(OFF_TASK_SHAPES)),
-                  _choice(u, len(ON_TASK_SHAPES)))
+  return _value_draw(seed, domain, idx, 'shape',
+                     _off_task(seed, domain, idx, offtask_fraction))
 
 
 def _draw_scenes(seed: int, domain: int, idx: np.ndarray, offtask_fraction: float,
-                 force: Mapping[str, np.ndarray] | None = None) -> dict:
+                 force: Mapping[str, np.ndarray] | None = None,
+                 offtask_attributes=('shape',)) -> dict:
   """Scene attributes and caption draws for sample indices `idx` [N] (dict of [N] arrays).
 
-  `force` pins attributes (value indices), e.g. a classification task's class.
+  An off-task sample takes a value no task asks for in each of `offtask_attributes`
+  (WorldConfig.offtask_attributes); `force` pins attributes (value indices), e.g. a
+  classification task's class.
   """
   u = lambda stream: _uniform(seed, domain, idx, stream)  # noqa: E731
-  out = {
-      'shape': _shape_draw(seed, domain, idx, offtask_fraction),
-      'color': _choice(u(_S.COLOR), len(COLOR_NAMES)),
-      'texture': _choice(u(_S.TEXTURE), len(TEXTURES)),
-      'size': _choice(u(_S.SIZE), len(SIZES)),
-  }
+  off = _off_task(seed, domain, idx, offtask_fraction)
+  out = {attr: _value_draw(seed, domain, idx, attr, off & (attr in offtask_attributes))
+         for attr in _TASK_VALUES}
+  out['size'] = _choice(u(_S.SIZE), len(SIZES))
   for name, values in (force or {}).items():
     out[name] = np.broadcast_to(np.asarray(values, dtype=np.int64), idx.shape).copy()
   large = out['size'] == 1

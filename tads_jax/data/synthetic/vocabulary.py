@@ -12,9 +12,17 @@ COLORS = {  # saturated or extreme, so none equals a (grey or muted) background
     'yellow': (250, 220, 30), 'purple': (140, 50, 190), 'orange': (250, 140, 20),
     'white': (250, 250, 250), 'black': (15, 15, 15), 'cyan': (30, 220, 230),
     'pink': (250, 130, 190),
+    # No task asks for these (WorldConfig.offtask_attributes): dark or muddy, each at least
+    # ~90 levels from every task colour on some channel.
+    'brown': (140, 80, 30), 'olive': (120, 125, 10), 'navy': (15, 20, 120),
+    'maroon': (125, 10, 50),
 }
 COLOR_NAMES = tuple(COLORS)
-TEXTURES = ('solid', 'striped', 'dotted', 'checkered')
+ON_TASK_COLORS = COLOR_NAMES[:10]
+OFF_TASK_COLORS = COLOR_NAMES[10:]
+ON_TASK_TEXTURES = ('solid', 'striped', 'dotted', 'checkered')
+OFF_TASK_TEXTURES = ('wavy', 'concentric')  # no task asks for these
+TEXTURES = ON_TASK_TEXTURES + OFF_TASK_TEXTURES
 SIZES = ('small', 'large')
 ATTRIBUTES = ('shape', 'color', 'texture', 'size')
 
@@ -35,16 +43,21 @@ COLOR_WORDS = {
     'purple': ('purple', 'violet'), 'orange': ('orange', 'tangerine'),
     'white': ('white', 'snow-white'), 'black': ('black', 'jet-black', 'ebony'),
     'cyan': ('cyan', 'aqua', 'turquoise'), 'pink': ('pink', 'hot pink'),
+    'brown': ('brown', 'chocolate'), 'olive': ('olive', 'khaki'),
+    'navy': ('navy', 'midnight'), 'maroon': ('maroon', 'burgundy'),
 }
 TEXTURE_ADJ = {
     'solid': ('solid', 'solid-colored'), 'striped': ('striped', 'stripy'),
     'dotted': ('dotted', 'polka-dot', 'spotted'),
     'checkered': ('checkered', 'checked', 'checkerboard'),
+    'wavy': ('wavy', 'rippled'), 'concentric': ('concentric', 'bullseye'),
 }
 TEXTURE_WITH = {
     'solid': ('in a solid color', 'with a solid fill'), 'striped': ('with stripes',),
     'dotted': ('with dots', 'with polka dots'),
     'checkered': ('with a checkerboard pattern', 'with checks'),
+    'wavy': ('with waves', 'with wavy lines'),
+    'concentric': ('with concentric bands', 'with a target pattern'),
 }
 SIZE_WORDS = {'small': ('small', 'little', 'tiny'), 'large': ('large', 'big', 'huge')}
 BACKGROUND_WORDS = {'grey': ('grey', 'gray', 'neutral grey'),

@@ -8,6 +8,8 @@ import numpy as np
 
 from tads_jax.data.synthetic.vocabulary import DEFAULT_NOISE, TASK_NAMES
 
+OFFTASK_ATTRIBUTES = ('shape', 'color', 'texture')  # those with values no task asks for
+
 
 class WorldError(ValueError):
   """An output directory that cannot take this world (names the file)."""
@@ -21,7 +23,11 @@ class WorldConfig:
   image_size: int = 64             # side of the square renders
   shard_size: int = 1_000          # samples per tar (<= 10000: keys hold 4 digits for it)
   trusted_size: int = 5_000        # clean DFN-style trusted pairs
-  offtask_fraction: float = 0.3    # pool and trusted samples whose shape no task asks for
+  offtask_fraction: float = 0.3    # pool and trusted samples no task asks for
+  # What makes a sample off-task: a value no task asks for in each of these attributes.
+  # Shape alone (the world before issue 13) leaves an off-task red hexagon as relevant to
+  # the colors task as an on-task red circle, so its on_task label was wrong for that task.
+  offtask_attributes: tuple = ('shape', 'color', 'texture')
   # Fraction of the pool per noise type; the rest is clean. A mapping in from_dict / CLI.
   noise: tuple = DEFAULT_NOISE
   png_fraction: float = 0.05       # the rest of the pool is JPEG; exercises the readers
@@ -45,6 +51,7 @@ class WorldConfig:
     d = dataclasses.asdict(self)
     d['noise'] = dict(self.noise)
     d['tasks'] = list(self.tasks)
+    d['offtask_attributes'] = list(self.offtask_attributes)
     return d
 
   @classmethod
@@ -77,13 +84,14 @@ class WorldConfig:
       merged = dict(DEFAULT_NOISE)
       merged.update(noise)
       fields['noise'] = tuple((n, merged[n]) for n, _ in DEFAULT_NOISE)
-    if 'tasks' in fields:
-      tasks = fields['tasks']
-      if isinstance(tasks, str):
-        tasks = tuple(t for t in tasks.split(',') if t)
-      if not isinstance(tasks, (list, tuple)):
-        raise ValueError(f'WorldConfig.tasks: expected a list of task names, got {tasks!r}')
-      fields['tasks'] = tuple(tasks)
+    for name, what in (('tasks', 'task names'), ('offtask_attributes', 'attributes')):
+      if name in fields:
+        values = fields[name]
+        if isinstance(values, str):
+          values = tuple(v for v in values.split(',') if v)
+        if not isinstance(values, (list, tuple)):
+          raise ValueError(f'WorldConfig.{name}: expected a list of {what}, got {values!r}')
+        fields[name] = tuple(values)
     return cls(**fields)
 
 
@@ -143,3 +151,9 @@ def _validate(cfg: WorldConfig) -> None:
                        f'{", ".join(TASK_NAMES)}')
   if len(set(cfg.tasks)) != len(cfg.tasks):
     raise ValueError(f'WorldConfig.tasks: duplicate task names in {cfg.tasks!r}')
+  attrs = cfg.offtask_attributes
+  if not isinstance(attrs, tuple) or 'shape' not in attrs or not set(attrs) <= set(
+      OFFTASK_ATTRIBUTES) or len(set(attrs)) != len(attrs):
+    raise ValueError(f'WorldConfig.offtask_attributes: expected distinct names from '
+                     f'{", ".join(OFFTASK_ATTRIBUTES)}, shape among them (the ground truth\'s '
+                     f'on_task reads the shape), got {attrs!r}')
