@@ -202,6 +202,14 @@ def get_config():
   c.tads.groups = ('quality', 'relevance', 'diversity')  # ablate by leaving groups out
   c.tads.prior = ml_collections.ConfigDict(dict(quality=1.0, relevance=1.0, diversity=1.0))
   c.tads.hidden = (32,)           # the value MLP's hidden widths (its output starts at 0)
+  # Share of each task's train split held out as a validation split (per class for
+  # classification, by image for retrieval; seeded by `seed` and the task's name): settings
+  # are chosen on it (evaluate.split='validation', tools/tads_sweep.py), the eval splits
+  # only report. Named for TADS, but the cut applies to every selector's view of the tasks
+  # (features' relevance prototypes, NormSim targets, meta-learning feedback, any
+  # selector's tasks), so that comparisons stay fair. 0 = no cut: every stage reads the
+  # whole train split, as before the field existed.
+  c.tads.validation_fraction = 0.0
   c.tads.meta = ml_collections.ConfigDict(dict(
       steps=300,                  # meta steps; 0 = the prior alone (no meta-learning)
       batch_size=256,             # pool samples per meta step
@@ -280,6 +288,9 @@ def get_config():
   c.evaluate.lr = 5e-4
   c.evaluate.warmup = 100       # steps of linear warmup before the cosine decay
   c.evaluate.head = 'mlp'       # 'mlp' (residual: starts at the reference space) | 'linear'
+  # The tasks' split scored: 'eval' (to report) | 'validation' (the part of the train
+  # splits that tads.validation_fraction > 0 holds out; to choose settings on).
+  c.evaluate.split = 'eval'
   # Subsets evaluated beside the selected one, at the same budget (top-k at
   # selection.fraction): 'full' (every pool sample once) or any non-learning selector.
   c.evaluate.baselines = ('full', 'random', 'clip_score')
@@ -310,6 +321,13 @@ def get_config():
       eps=1e-6,
       dtype='float32',        # 'bfloat16' on accelerators
       checkpoint_every=100))  # steps; a killed seed resumes from here
+  # The pixel check: with the embedding proxy, also train the pixel proxy (evaluate.pixels,
+  # as evaluate.proxy='pixels' does) on the selected subset and the baselines named here
+  # (each one of evaluate.baselines), for `seeds` seeds; eval.json 'pixel_check'. The pixel
+  # proxy over every baseline and seed does not fit the 15-minute demo, so the demo checks
+  # a few at fewer seeds; configs/pixels_cnn.py runs the full pixel comparison. seeds=0:
+  # off (and the stage's fingerprint is what it is without the check).
+  c.evaluate.pixel_check = ml_collections.ConfigDict(dict(seeds=0, baselines=()))
 
   c.export = ml_collections.ConfigDict()
   c.export.shards = False       # also write the subset as resharded webdataset tars

@@ -153,6 +153,7 @@ def validate(config: ml_collections.ConfigDict, known_stages, known_selectors) -
                       f'got {type(tasks).__name__}')
   elif tasks:  # an empty list is allowed: selectors that need tasks say so themselves
     _check_tasks(tasks)
+  _check_validation_split(config)
 
   if fmt == 'datacomp':
     _check_datacomp(config, stages)
@@ -227,7 +228,12 @@ def _check_evaluate(config, stages):
   except ValueError as e:
     raise ConfigError(str(e)) from None
   if proxy == 'pixels':
-    _check_pixel_proxy(config)
+    _check_pixel_proxy(config, "config.evaluate.proxy: 'pixels' trains",
+                       "use evaluate.proxy='embedding'")
+  try:
+    evaluate.eval_split(config)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   try:
     evaluate.train_config(config, config.seed)
   except ValueError as e:
@@ -241,10 +247,29 @@ def _check_evaluate(config, stages):
   for name in names:
     if name != evaluate.FULL:
       check_selector(config, selectors.get(name), stages, 'config.evaluate.baselines')
+  _check_pixel_check(config)
 
 
-def _check_pixel_proxy(config):
-  """The pixel proxy trains on the pool's images: a DataComp pool needs its tars."""
+def _check_pixel_check(config):
+  """evaluate.pixel_check: its fields, and, when it is on, the pixel proxy it trains."""
+  from tads_jax.stages import evaluate  # pylint: disable=g-import-not-at-top
+  try:
+    seeds, _ = evaluate.pixel_check(config)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  if not seeds:
+    return
+  _check_pixel_proxy(config, f'config.evaluate.pixel_check.seeds: {seeds} trains the pixel '
+                     'proxy', 'set evaluate.pixel_check.seeds=0')
+  try:
+    evaluate.train_config(config, config.seed, proxy='pixels')
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+
+
+def _check_pixel_proxy(config, trains: str, instead: str):
+  """The pixel proxy trains on the pool's images: a DataComp pool needs its tars. trains:
+  the message's start (the field that asks for the pixel proxy); instead: the way out."""
   from tads_jax.stages import ingest  # pylint: disable=g-import-not-at-top
   for field in ('image_size', 'context_length', 'batch_size', 'samples_seen', 'warmup',
                 'checkpoint_every'):
@@ -252,9 +277,9 @@ def _check_pixel_proxy(config):
   for field in ('lr', 'weight_decay', 'b2', 'eps'):
     _expect_type(config, f'evaluate.pixels.{field}', (float, int), 'a number')
   if config.pool.format == 'datacomp' and not ingest.has_images(config):
-    raise ConfigError("config.evaluate.proxy: 'pixels' trains on the pool's images, and this "
-                      'DataComp pool has no tars beside its metadata (config.pool.metadata); '
-                      "add the tars or use evaluate.proxy='embedding'")
+    raise ConfigError(f"{trains} on the pool's images, and this DataComp pool has no tars "
+                      'beside its metadata (config.pool.metadata); add the tars or '
+                      f'{instead}')
 
 
 def check_selector(config, selector, stages, field: str) -> None:
@@ -379,6 +404,26 @@ def _check_world(config):
     synthetic.WorldConfig.from_dict(fields)
   except (ValueError, TypeError) as e:
     raise field_error(e, 'config.pool.synthetic', synthetic.WorldConfig) from None
+
+
+def _check_validation_split(config):
+  """config.tads.validation_fraction in [0, 1); above 0 with the synthetic world's own
+  tasks, every class and the retrieval task need two train examples (one to fit on, one
+  to validate on), known here before any work (other task lists are checked when read)."""
+  from tads_jax.data import task_split  # pylint: disable=g-import-not-at-top
+  try:
+    fraction = task_split.validation_fraction(config)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  if not fraction or config.tasks != 'synthetic' or config.pool.format != 'synthetic':
+    return
+  for field in ('train_per_class', 'retrieval_train'):
+    value = _get(config, f'pool.synthetic.{field}')
+    if isinstance(value, int) and value < 2:
+      raise ConfigError(f'{task_split.FIELD}: {fraction} holds out part of every class and '
+                        f'of the retrieval images of the train splits, and '
+                        f'config.pool.synthetic.{field}={value} leaves none to fit on; set '
+                        'it >= 2 or the fraction to 0')
 
 
 def _check_tasks(value):

@@ -485,6 +485,15 @@ def _learn_html(learn: dict) -> str:
   return '\n'.join(out)
 
 
+def _comparison_table(ev: dict) -> str:
+  """One row per subset of an evaluation (report.comparison_rows): average ± std over
+  seeds, each task's mean, the proxy."""
+  rows = report_lib.comparison_rows(ev)
+  for r in rows:
+    r['average ± std'] = f'{r["average"]:.4f} ± {r["std"]:.4f}'
+  return table(rows, ['subset', 'entries', 'unique', 'average ± std', *ev['tasks'], 'proxy'])
+
+
 def _evaluation_html(report: dict, plots: Mapping[str, bytes]) -> str:
   ev = report['evaluation']
   if ev.get('stale'):
@@ -494,13 +503,20 @@ def _evaluation_html(report: dict, plots: Mapping[str, bytes]) -> str:
          f'{html.escape(report_lib.proxy_description(ev))}; '
          f'{len(ev["seeds"])} seeds; {ev["train"]["samples_seen"]} samples seen per run. '
          'average = mean over tasks of the main metric (mean ± std over seeds).</p>']
-  rows = report_lib.comparison_rows(ev)
-  for r in rows:
-    r['average ± std'] = f'{r["average"]:.4f} ± {r["std"]:.4f}'
-  out.append(table(rows, ['subset', 'entries', 'unique', 'average ± std', *ev['tasks'],
-                          'proxy']))
+  out.append(_comparison_table(ev))
   if 'evaluation' in plots:
     out.append(f'<img class="plot" alt="evaluation" src="{_png(plots["evaluation"])}">')
+  check = report_lib.pixel_check_evaluation(ev)
+  if check is not None:
+    seeds = ev['pixel_check']['seeds']
+    out.append('<h3>Pixel check: the pixel proxy on a few of these subsets</h3>')
+    out.append(f'<p class="note">{html.escape(report_lib.proxy_label(check))}: '
+               f'{html.escape(report_lib.proxy_description(check))}; {seeds} seeds; '
+               f'{check["train"]["samples_seen"]} samples seen per run.</p>')
+    out.append(_comparison_table(check))
+    sentence = report_lib.order_sentence(ev)
+    if sentence:
+      out.append(f'<p>{html.escape(sentence)}</p>')
   kept_rows = report_lib.comparison_kept_rows(report)
   if kept_rows:
     out.append('<h3>Kept share of each noise type, per evaluated subset</h3>')

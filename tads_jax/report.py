@@ -57,6 +57,15 @@ def proxy_label(evaluation: dict) -> str:
   return PROXY_LABELS.get(kind, f'{kind} proxy')
 
 
+def split_note(evaluation: dict) -> str:
+  """'' when an eval.json scored the tasks' eval splits (or predates the field), else the
+  words that say its figures are on the validation split, to stand beside them."""
+  if evaluation.get('split', 'eval') == 'eval':
+    return ''
+  return ("; scored on the validation split (held out of the tasks' train data by "
+          'tads.validation_fraction), not the eval split')
+
+
 def proxy_description(evaluation: dict) -> str:
   """What the proxy was, in a few words."""
   train = evaluation['train']
@@ -89,7 +98,7 @@ def _evaluation_lines(evaluation: dict) -> list[str]:
   lines = ([f"{proxy}: {len(evaluation['seeds'])} seeds; {train['samples_seen']} samples "
             f"seen; {evaluation['subset']['entries']} subset entries "
             f"({evaluation['subset']['unique']} unique samples); "
-            f"{proxy_description(evaluation)}", '']
+            f"{proxy_description(evaluation)}{split_note(evaluation)}", '']
            + _table(rows, ['task', 'kind', 'metric', 'mean', 'std', 'proxy']))
   if evaluation.get('baselines'):
     lines += ['', '### Comparison at the same samples-seen budget', '',
@@ -97,12 +106,34 @@ def _evaluation_lines(evaluation: dict) -> list[str]:
               f"{len(evaluation['seeds'])} seeds of the mean main metric over tasks, then "
               'each task\'s mean. Every subset follows the same selection rules (fraction, '
               'method, dedup); filters keep what they keep.', '']
-    rows = comparison_rows(evaluation)
-    for row in rows:
-      row['average +- std'] = f"{row['average']:.4f} +- {row['std']:.4f}"
-    lines += _table(rows, ['subset', 'entries', 'unique', 'average +- std']
-                    + list(evaluation['tasks']) + ['proxy'])
+    lines += _comparison_table(evaluation)
+  if evaluation.get('pixel_check'):
+    lines += ['', '### Pixel check: the pixel proxy on a few of these subsets', '']
+    lines += _pixel_check_lines(evaluation)
   return lines
+
+
+def _pixel_check_lines(evaluation: dict) -> list[str]:
+  """The pixel check's comparison table, and whether it orders the subsets as the main
+  proxy does."""
+  check = pixel_check_evaluation(evaluation)
+  seeds = evaluation['pixel_check']['seeds']
+  lines = [f"{proxy_label(check)}: {seeds} seeds; {check['train']['samples_seen']} samples "
+           f'seen; {proxy_description(check)}. Mean +- std over {seeds} seeds of the mean '
+           "main metric over tasks, then each task's mean; each subset is the one of the "
+           'table above.', '']
+  lines += _comparison_table(check)
+  sentence = order_sentence(evaluation)
+  return lines + (['', sentence] if sentence else [])
+
+
+def _comparison_table(evaluation: dict) -> list[str]:
+  """comparison_rows as a table: average +- std over seeds, each task's mean, the proxy."""
+  rows = comparison_rows(evaluation)
+  for row in rows:
+    row['average +- std'] = f"{row['average']:.4f} +- {row['std']:.4f}"
+  return _table(rows, ['subset', 'entries', 'unique', 'average +- std']
+                + list(evaluation['tasks']) + ['proxy'])
 
 
 def comparison_kept_rows(report: dict) -> list[dict]:
@@ -136,6 +167,57 @@ def comparison_rows(evaluation: dict) -> list[dict]:
     row.update({task: t['mean']['main'] for task, t in r['tasks'].items()})
     rows.append(row)
   return rows
+
+
+def pixel_check_evaluation(evaluation: dict) -> dict | None:
+  """eval.json's pixel check as an evaluation of its own (its selected subset's eval dict
+  with its baselines), so that comparison_rows builds its rows as for the main proxy; None
+  when the run had no pixel check."""
+  check = evaluation.get('pixel_check')
+  if not check:
+    return None
+  return dict(check['selected'], selector=evaluation.get('selector', 'selected'),
+              baselines=check['baselines'])
+
+
+def proxy_disagreements(evaluation: dict) -> list[dict]:
+  """Pairs of subsets that the main proxy and the pixel check order differently by their
+  average main metric (mean over seeds): [{'above', 'below': subset names as
+  comparison_rows gives them, above under the main proxy; 'main', 'check': (above's,
+  below's) averages under each}]. A tie under either proxy orders nothing."""
+  check = pixel_check_evaluation(evaluation)
+  if check is None:
+    return []
+  main = {r['subset']: r['average'] for r in comparison_rows(evaluation)}
+  pixel = {r['subset']: r['average'] for r in comparison_rows(check)}
+  names = [name for name in pixel if name in main]
+  out = []
+  for i, a in enumerate(names):
+    for b in names[i + 1:]:
+      if (main[a] - main[b]) * (pixel[a] - pixel[b]) < 0:
+        above, below = (a, b) if main[a] > main[b] else (b, a)
+        out.append({'above': above, 'below': below, 'main': (main[above], main[below]),
+                    'check': (pixel[above], pixel[below])})
+  return out
+
+
+def order_sentence(evaluation: dict) -> str | None:
+  """One sentence on whether the pixel check orders its subsets as the main proxy does
+  (each pair the two order differently, with the numbers); None with fewer than two
+  subsets to order."""
+  check = pixel_check_evaluation(evaluation)
+  if check is None or not check['baselines']:
+    return None
+  pairs = proxy_disagreements(evaluation)
+  main, pixel = proxy_label(evaluation), proxy_label(check)
+  if not pairs:
+    return (f'The {main} and the {pixel} order these subsets the same way (average main '
+            'metric, mean over seeds).')
+  return (f'The {main} and the {pixel} order these subsets differently (average main '
+          'metric, mean over seeds): ' + '; '.join(
+              f"{p['above']} is above {p['below']} under the {main} ({p['main'][0]:.4f} vs "
+              f"{p['main'][1]:.4f}) but below it under the {pixel} ({p['check'][0]:.4f} vs "
+              f"{p['check'][1]:.4f})" for p in pairs) + '.')
 
 
 def _learn_lines(learn: dict) -> list[str]:
@@ -213,7 +295,8 @@ def render_markdown(report: dict) -> str:
   evaluation = report.get('evaluation')
   if evaluation:
     label = '' if evaluation.get('stale') else f'{proxy_label(evaluation)} '
-    out += ['', f'## Evaluation (zero-shot, {label}trained on the subset)', '']
+    out += ['', f'## Evaluation (zero-shot, {label}trained on the subset'
+            f'{split_note(evaluation)})', '']
     out += _evaluation_lines(evaluation)
   kept_rows = comparison_kept_rows(report)
   if kept_rows:

@@ -168,3 +168,102 @@ def test_bad_world_field_is_named_in_the_config():
   c.pool.synthetic.num_samples = 0
   with pytest.raises(config_lib.ConfigError, match=r'^config\.pool\.synthetic\.num_samples: '):
     validate(c)
+
+
+def _pixel_check_config(**check):
+  c = default.get_config()
+  c.evaluate.pixel_check.update(check)
+  return c
+
+
+@pytest.mark.parametrize('change,message', [
+    (dict(seeds=-1), r'^config\.evaluate\.pixel_check\.seeds: expected an integer >= 0, '
+                     r'got -1$'),
+    (dict(baselines=('tads',)), r"^config\.evaluate\.pixel_check\.baselines: 'tads' is not "
+                                r'one of config\.evaluate\.baselines \(full, random, '
+                                r'clip_score\)$'),
+    (dict(seeds=1, baselines=('random', 'random')),
+     r"^config\.evaluate\.pixel_check\.baselines: names repeat in \('random', 'random'\)$"),
+])
+def test_bad_pixel_check_values_name_the_field(change, message):
+  c = _pixel_check_config(**change)
+  with pytest.raises(config_lib.ConfigError, match=message):
+    validate(c)
+
+
+def test_pixel_check_field_types_and_when_it_conflicts_or_reads_the_pixel_settings():
+  c = default.get_config()
+  del c.evaluate.pixel_check['seeds']
+  c.evaluate.pixel_check.seeds = 'two'
+  with pytest.raises(config_lib.ConfigError, match=r"^config\.evaluate\.pixel_check\.seeds: "
+                     r"expected an integer >= 0, got 'two'$"):
+    validate(c)
+  c = default.get_config()
+  del c.evaluate.pixel_check['baselines']
+  c.evaluate.pixel_check.baselines = 3
+  with pytest.raises(config_lib.ConfigError, match=r'^config\.evaluate\.pixel_check\.'
+                     r'baselines: expected a list of names, got int 3$'):
+    validate(c)
+  # The main proxy already is the pixel proxy.
+  c = _pixel_check_config(seeds=1)
+  c.evaluate.proxy = 'pixels'
+  with pytest.raises(config_lib.ConfigError, match=r"^config\.evaluate\.pixel_check\.seeds: "
+                     r"1, but evaluate\.proxy is already 'pixels'"):
+    validate(c)
+  c.evaluate.pixel_check.seeds = 0
+  validate(c)
+  # The pixel settings are checked when the check is on, and only then.
+  c = _pixel_check_config(seeds=0, baselines=('clip_score,full',))  # as the CLI gives it
+  c.evaluate.pixels.batch_size = 0
+  validate(c)
+  c.evaluate.pixel_check.seeds = 2
+  with pytest.raises(config_lib.ConfigError,
+                     match=r'^config\.evaluate\.pixels\.batch_size: expected an integer >= 1'):
+    validate(c)
+  c.evaluate.pixels.batch_size = 64
+  validate(c)
+  # A config written before the field existed: no check.
+  del c.evaluate['pixel_check']
+  validate(c)
+
+
+def test_validation_fraction_and_evaluate_split_are_checked():
+  """tads.validation_fraction in [0, 1); evaluate.split 'eval' | 'validation', the latter
+  only with a validation split; the synthetic world's tasks need two train examples per
+  class and retrieval images to cut one; one-line errors naming the field."""
+  c = default.get_config()
+  assert c.tads.validation_fraction == 0.0 and c.evaluate.split == 'eval'
+  validate(c)
+  for value, message in ((1.0, r'must be in \[0, 1\)'), (-0.1, r'must be in \[0, 1\)'),
+                         ('0.2', 'expected a number'), (True, 'expected a number')):
+    c = default.get_config()
+    del c.tads['validation_fraction']  # a ConfigDict field keeps its type
+    c.tads.validation_fraction = value
+    with pytest.raises(config_lib.ConfigError,
+                       match=rf'^config\.tads\.validation_fraction: {message}'):
+      validate(c)
+  c = default.get_config()
+  c.evaluate.split = 'validation'
+  with pytest.raises(config_lib.ConfigError, match=r"^config\.evaluate\.split: 'validation' "
+                     r'.*config\.tads\.validation_fraction is 0'):
+    validate(c)
+  c.tads.validation_fraction = 0.2
+  validate(c)
+  c.evaluate.split = 'test'
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"^config\.evaluate\.split: 'test' is not one of eval, validation$"):
+    validate(c)
+  for field in ('train_per_class', 'retrieval_train'):
+    c = default.get_config()
+    c.tads.validation_fraction = 0.2
+    c.pool.synthetic[field] = 1
+    with pytest.raises(config_lib.ConfigError, match=r'^config\.tads\.validation_fraction: '
+                       rf'0\.2 .*config\.pool\.synthetic\.{field}=1 leaves none to fit on'):
+      validate(c)
+    c.tads.validation_fraction = 0.0  # no cut: one example is enough
+    validate(c)
+  # Configs written before the fields existed.
+  c = default.get_config()
+  del c.tads['validation_fraction']
+  del c.evaluate['split']
+  validate(c)

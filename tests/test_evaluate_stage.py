@@ -246,6 +246,41 @@ def test_bad_evaluate_fields_name_the_field():
     evaluate.train_config(c, 0)
 
 
+def test_pixel_check_counts_for_the_fingerprint_only_when_on():
+  """An embedding-only config keeps the fingerprint it had before pixel_check existed, so
+  adding the (off) block reruns and clears nothing; turning the check on, or changing the
+  pixel settings it then reads, reruns the stage."""
+  from configs import default  # pylint: disable=g-import-not-at-top
+  upstream = {name: name for name in ('ingest', 'embed', 'features', 'select')}
+  fingerprint = lambda c: pipeline.fingerprint(evaluate.STAGE, c, upstream)
+  c = default.get_config()
+  before = fingerprint(c)
+  del c.evaluate['pixel_check']  # a config written before the field
+  assert fingerprint(c) == before
+  c = default.get_config()
+  c.evaluate.pixel_check.baselines = ('clip_score',)
+  c.evaluate.pixels.lr = 1e-4
+  assert fingerprint(c) == before  # off: neither block is read
+  assert 'evaluate.pixels' not in evaluate.config_keys(c)
+  c.evaluate.pixel_check.seeds = 1
+  on = fingerprint(c)
+  assert on != before
+  assert {'evaluate.pixels', 'evaluate.pixel_check'} <= set(evaluate.config_keys(c))
+  c.evaluate.pixels.lr = 2e-4
+  assert fingerprint(c) != on
+  c.evaluate.pixels.lr = 1e-4
+  c.evaluate.pixel_check.seeds = 2
+  assert fingerprint(c) != on
+
+
+def test_evaluate_subset_names_an_unknown_proxy(run):
+  workdir, _ = run
+  ctx = pipeline.Context(config=config(), workdir=workdir)
+  with pytest.raises(ValueError, match=r"^proxy: 'tokens' is not one of embedding, pixels$"):
+    evaluate.evaluate_subset(ctx, os.path.join(workdir, 'subset.npy'), str(workdir),
+                             proxy='tokens')
+
+
 def evidence_config():
   """A reference that sees colour: the tiny CLIP cut to one layer per tower, trained 400
   steps on 1,000 trusted pairs (~40 s here); the 30-step encoder above is at chance."""

@@ -25,6 +25,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import test_main  # noqa: E402  pylint: disable=wrong-import-position
+import test_report  # noqa: E402  pylint: disable=wrong-import-position
 
 from tads_jax import html_report  # noqa: E402
 from tads_jax import main  # noqa: E402
@@ -269,6 +270,37 @@ def test_gallery_fragment_keeps_its_style_to_itself():
   assert fragment.count('class="tg-noimg"') == sum(
       len(g['show_kept']) + len(g['show_dropped']) for g in plan['groups']
       if g['section'] == 'noise')
+
+
+def _checked_page(pixel_selected):
+  """The page of _report() whose evaluation has a pixel check (test_report.checked_eval)."""
+  columns, noise, shard_codes = _pool(500)
+  plan = html_report.plan(columns, noise=noise, shard_codes=shard_codes)
+  report = dict(_report(), evaluation=test_report.checked_eval(pixel_selected))
+  return html_report.render(report, plan, {})
+
+
+def test_page_shows_the_pixel_check_and_where_the_proxies_disagree():
+  page = _checked_page(0.20)
+  check = page[page.index('<h3>Pixel check'):]
+  assert 'pixel proxy: a tiny CLIP (conv stem, 32 px) trained from scratch' in check
+  assert '2 seeds; 96 samples seen per run' in check
+  for cells in (('tads (selected)', '10', '8', '0.2000 ± 0.0100', '0.300', 'pixel proxy'),
+                ('clip_score', '10', '8', '0.2500 ± 0.0100', '0.350', 'pixel proxy'),
+                ('full', '30', '28', '0.1000 ± 0.0100', '0.200', 'pixel proxy')):
+    assert '<tr>' + ''.join(f'<td>{c}</td>' for c in cells) + '</tr>' in check, cells
+  # The embedding proxy's table above it is unchanged.
+  main = page[page.index('id="comparison"'):page.index('<h3>Pixel check')]
+  assert '<td>tads (selected)</td><td>10</td><td>8</td><td>0.4000 ± 0.0100</td>' in main
+  assert ('<p>The embedding proxy and the pixel proxy order these subsets differently '
+          '(average main metric, mean over seeds): tads (selected) is above clip_score under '
+          'the embedding proxy (0.4000 vs 0.3500) but below it under the pixel proxy (0.2000 '
+          'vs 0.2500).</p>') in check
+  agree = _checked_page(0.30)
+  assert 'order these subsets differently' not in agree
+  assert 'order these subsets the same way' in agree
+  assert 'Pixel check' not in html_report.render(_report(), html_report.plan(_pool(500)[0]),
+                                                 {})
 
 
 # ---------------------------------------------------------------------------------------

@@ -257,7 +257,9 @@ def test_pixel_and_embedding_results_never_mix(run, tmp_path):
   assert emb['proxy'] == 'embedding' and emb['train']['kind'] == 'embedding'
   after = {f for f in os.listdir(cache) if f.endswith('.json')}
   assert before < after and len(after - before) == 4  # 2 subsets x 2 seeds, all new
-  assert emb['average']['per_seed'] != pixels['average']['per_seed']
+  # Its own numbers: the training losses (continuous; the tiny world's metrics can tie at
+  # chance between two proxies).
+  assert not np.allclose(emb['final_loss'], pixels['final_loss'])
   # Every figure of report.md's evaluation tables names the proxy that produced it.
   for result, label in ((pixels, 'pixel proxy'), (emb, 'embedding proxy')):
     lines = report_lib._evaluation_lines(result)  # pylint: disable=protected-access
@@ -266,6 +268,94 @@ def test_pixel_and_embedding_results_never_mix(run, tmp_path):
     assert len(figures) > len(result['tasks']), label
     assert all(l.endswith(f'| {label} |') for l in figures), label
     assert lines[0].startswith(f'{label}: 2 seeds;'), label
+
+
+# ---------------------------------------------------------------------------------------
+# The pixel check: the pixel proxy on a few subsets beside the embedding proxy.
+
+
+def check_config(seeds=1):
+  """The embedding proxy (as test_pixel_and_embedding_results_never_mix) on the selected
+  subset and 'full', 2 seeds; the pixel check on both at `seeds` seeds (0: off)."""
+  c = config()
+  c.evaluate.update(dict(proxy='embedding', samples_seen=16 * 4, batch_size=16, lr=1e-3,
+                         warmup=2, head='mlp'))
+  c.evaluate.pixel_check.update(dict(seeds=seeds, baselines=('full',)))
+  return c
+
+
+def _forget_results(workdir):
+  """Removes every per-seed result and the decoded images: what a stage run then reports
+  it trained (or restored from its checkpoints) itself."""
+  shutil.rmtree(os.path.join(workdir, evaluate.CACHE), ignore_errors=True)
+
+
+def _per_seed(result, seed):
+  """{(task, metric): value} of one seed, and its final training loss (continuous, unlike
+  the tiny world's near-chance metrics)."""
+  out = {(name, metric): value for name, task in result['tasks'].items()
+         for metric, value in task['per_seed'][seed].items()}
+  return dict(out, final_loss=result['final_loss'][seed])
+
+
+def test_pixel_check_equals_the_pixel_proxy_and_leaves_the_embedding_proxy_alone(run,
+                                                                                 tmp_path):
+  """The pixel check retrained from scratch gives the numbers the evaluate.proxy='pixels'
+  run gave for seed 0 of the same subsets; the embedding results equal a run without the
+  check; a rerun is skipped, and one that lost the results restores them from the
+  checkpoints, kept apart from the embedding proxy's."""
+  workdir = str(tmp_path / 'w')
+  shutil.copytree(run[0], workdir)
+  pixels = read_eval_json(workdir)
+  _forget_results(workdir)
+  assert main.run(check_config(seeds=0), workdir)['evaluate'] == 'ran'
+  plain = read_eval_json(workdir)
+  assert 'pixel_check' not in plain
+  assert 'pixel_check' not in pipeline.read_done(os.path.join(workdir, 'evaluate'))['summary']
+  _forget_results(workdir)
+  c = check_config(seeds=1)
+  assert main.run(c, workdir)['evaluate'] == 'ran'
+  checked = read_eval_json(workdir)
+  # The embedding proxy's results, retrained, are those of the run without the check.
+  for run_plain, run_checked in ((plain, checked),
+                                 (plain['baselines']['full'], checked['baselines']['full'])):
+    assert run_checked['proxy'] == 'embedding'
+    for s in range(2):
+      assert _per_seed(run_checked, s) == pytest.approx(_per_seed(run_plain, s))
+    assert run_checked['average']['per_seed'] == pytest.approx(run_plain['average']['per_seed'])
+  # The pixel check: seed 0 of what evaluate.proxy='pixels' produced on the same subsets.
+  check = checked['pixel_check']
+  assert check['seeds'] == 1 and sorted(check['baselines']) == ['full']
+  for mine, theirs in ((check['selected'], pixels),
+                       (check['baselines']['full'], pixels['baselines']['full'])):
+    assert mine['proxy'] == 'pixels' and mine['seeds'] == [0]
+    assert mine['train'] == theirs['train']
+    assert mine['subset']['sha256'] == theirs['subset']['sha256']
+    assert _per_seed(mine, 0) == pytest.approx(_per_seed(theirs, 0))
+  summary = pipeline.read_done(os.path.join(workdir, 'evaluate'))['summary']
+  assert summary['pixel_check'] == {
+      'seeds': 1, 'average_mean': check['selected']['average']['mean'],
+      'average_std': 0.0, 'baselines': {'full': {
+          'mean': check['baselines']['full']['average']['mean'], 'std': 0.0}}}
+  # Both proxies' checkpoints, apart: seed_0/checkpoints and seed_0/pixels/checkpoints.
+  for folder in ('selected', os.path.join('baselines', 'full')):
+    seed_dir = os.path.join(workdir, 'evaluate', folder, 'seed_0')
+    assert sorted(os.listdir(seed_dir)) == ['checkpoints', 'pixels'], folder
+  assert os.listdir(os.path.join(workdir, 'evaluate', 'selected', 'seed_1')) == ['checkpoints']
+  # The same config again: nothing to do.
+  assert set(main.run(c, workdir).values()) == {'skipped'}
+  # A run that lost eval.json and every cached result (a kill before the stage was done):
+  # the finished seeds are restored from their checkpoints, not retrained.
+  pixel_step = os.path.join(workdir, 'evaluate', 'selected', 'seed_0', 'pixels',
+                            'checkpoints', '6')
+  mtime = os.stat(pixel_step).st_mtime_ns
+  os.remove(os.path.join(workdir, 'evaluate', pipeline.DONE))
+  os.remove(os.path.join(workdir, evaluate.EVAL))
+  _forget_results(workdir)
+  assert main.run(c, workdir)['evaluate'] == 'ran'
+  assert os.stat(pixel_step).st_mtime_ns == mtime
+  again = read_eval_json(workdir)['pixel_check']
+  assert _per_seed(again['selected'], 0) == pytest.approx(_per_seed(check['selected'], 0))
 
 
 def test_pixel_settings_rerun_the_stage_only_when_they_are_the_proxy():
@@ -346,6 +436,13 @@ def test_default_and_datacomp_pixel_settings_validate_and_datacomp_needs_tars(tm
   assert '\n' not in str(error.value)
   c.evaluate.proxy = 'embedding'
   validate(c)
+  c.evaluate.pixel_check.seeds = 1  # the pixel check trains on the images too
+  with pytest.raises(config_lib.ConfigError,
+                     match=r'^config\.evaluate\.pixel_check\.seeds: 1 trains the pixel proxy '
+                           r"on the pool's images, and this DataComp pool has no tars .*"
+                           r'set evaluate\.pixel_check\.seeds=0$') as error:
+    validate(c)
+  assert '\n' not in str(error.value)
 
 
 # ---------------------------------------------------------------------------------------

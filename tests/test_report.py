@@ -65,3 +65,72 @@ def test_markdown_shows_feature_weights_and_meta_curve_summary(tmp_path):
   assert '3 meta steps; outer loss 2.0000 -> 1.2000' in lines
   assert 'Task weights at the end: t1 0.400, t2 0.600' in lines
   assert '| clip_score | quality | 1.000 | 1.300 |' in lines
+
+
+# ---------------------------------------------------------------------------------------
+# The pixel check beside the embedding proxy's comparison.
+
+
+def _eval_run(average, proxy, entries=10):
+  """A hand-made eval dict of one subset: one classification task at average + 0.1."""
+  train = ({'kind': 'pixels', 'model': 'tiny', 'samples_seen': 96,
+            'model_overrides': [['image_size', 32], ['vision_stem', 'conv']]}
+           if proxy == 'pixels' else {'kind': 'embedding', 'head': 'mlp', 'samples_seen': 64})
+  return {'proxy': proxy, 'seeds': [0, 1], 'train': train,
+          'subset': {'entries': entries, 'unique': entries - 2},
+          'main_metric': {'classification': 'top1'},
+          'tasks': {'shapes': {'kind': 'classification', 'mean': {'main': average + 0.1},
+                               'std': {'main': 0.02}}},
+          'average': {'mean': average, 'std': 0.01}}
+
+
+def checked_eval(pixel_selected):
+  """An eval.json with a pixel check (test_html_report reads it too). Embedding proxy:
+  tads 0.40 > clip_score 0.35 > full 0.30; pixel check (2 seeds): tads at
+  `pixel_selected`, clip_score 0.25, full 0.10."""
+  evaluation = dict(_eval_run(0.40, 'embedding'), selector='tads',
+                    baselines={'clip_score': _eval_run(0.35, 'embedding'),
+                               'full': _eval_run(0.30, 'embedding', entries=30)})
+  evaluation['pixel_check'] = {
+      'seeds': 2, 'selected': _eval_run(pixel_selected, 'pixels'),
+      'baselines': {'clip_score': _eval_run(0.25, 'pixels'),
+                    'full': _eval_run(0.10, 'pixels', entries=30)}}
+  return evaluation
+
+
+def _evaluation_lines(evaluation):
+  return report_lib._evaluation_lines(evaluation)  # pylint: disable=protected-access
+
+
+def test_pixel_check_table_and_the_pairs_the_proxies_order_differently():
+  lines = _evaluation_lines(checked_eval(0.20))
+  text = '\n'.join(lines)
+  assert '### Pixel check: the pixel proxy on a few of these subsets' in text
+  assert 'pixel proxy: 2 seeds; 96 samples seen; a tiny CLIP (conv stem, 32 px)' in text
+  check = text[text.index('### Pixel check'):]
+  assert '| subset | entries | unique | average +- std | shapes | proxy |' in check
+  for row in ('| tads (selected) | 10 | 8 | 0.2000 +- 0.0100 | 0.300 | pixel proxy |',
+              '| clip_score | 10 | 8 | 0.2500 +- 0.0100 | 0.350 | pixel proxy |',
+              '| full | 30 | 28 | 0.1000 +- 0.0100 | 0.200 | pixel proxy |'):
+    assert row in check, row
+  # tads over clip_score flips (0.40 > 0.35, 0.20 < 0.25); full stays last under both.
+  expected = ('The embedding proxy and the pixel proxy order these subsets differently '
+              '(average main metric, mean over seeds): tads (selected) is above clip_score '
+              'under the embedding proxy (0.4000 vs 0.3500) but below it under the pixel '
+              'proxy (0.2000 vs 0.2500).')
+  assert lines[-1] == expected
+  pairs = report_lib.proxy_disagreements(checked_eval(0.20))
+  assert [(p['above'], p['below']) for p in pairs] == [('tads (selected)', 'clip_score')]
+
+
+def test_no_disagreement_sentence_when_the_orders_agree_or_there_is_no_check():
+  text = '\n'.join(_evaluation_lines(checked_eval(0.30)))
+  assert 'order these subsets differently' not in text
+  assert ('The embedding proxy and the pixel proxy order these subsets the same way '
+          '(average main metric, mean over seeds).') in text
+  assert report_lib.proxy_disagreements(checked_eval(0.30)) == []
+  plain = checked_eval(0.20)
+  del plain['pixel_check']
+  text = '\n'.join(_evaluation_lines(plain))
+  assert 'Pixel check' not in text and 'pixel proxy' not in text
+  assert report_lib.order_sentence(plain) is None

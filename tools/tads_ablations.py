@@ -13,6 +13,10 @@ come from its eval.json. Variants (config overrides of configs/default.py):
   no_diversity       tads.groups without 'diversity'
   tau_0.3, tau_0.3_600_steps, linear_proxy, value_lr_*, steps_600, prior_quality_heavy: other
                      meta-learning and prior settings (--variants)
+
+These figures are on the eval splits: they report ablations, they do not choose settings.
+tools/tads_sweep.py chooses settings on a validation split (tads.validation_fraction) with
+the helpers here, and scores only its choice on the eval splits.
 """
 
 import argparse
@@ -46,9 +50,13 @@ VARIANTS = {
 }
 
 
-def variant_config(overrides: dict, seeds: int):
-  c = default.get_config()
-  c.evaluate.baselines = ()  # evaluated once, in the base run
+def variant_config(overrides: dict, seeds: int, base=None):
+  """A copy of `base` (configs/default.py when None) with the overrides ({dotted field:
+  value}) set, no baselines (evaluated once, in the base run) and `seeds` proxy seeds."""
+  c = default.get_config() if base is None else base.copy_and_resolve_references()
+  c.evaluate.baselines = ()
+  if 'pixel_check' in c.evaluate:  # its baselines must be among evaluate.baselines
+    c.evaluate.pixel_check.baselines = ()
   c.evaluate.seeds = seeds
   for dotted, value in overrides.items():
     node = c
@@ -57,6 +65,25 @@ def variant_config(overrides: dict, seeds: int):
       node = node[part]
     node[leaf] = value
   return c
+
+
+def copy_workdir(base: str, workdir: str) -> None:
+  """A copy of the finished run `base` without what a variant recomputes (learn and
+  evaluate; select, export and report rerun as their inputs change), unless `workdir`
+  exists already (a rerun of the tool continues where it stopped)."""
+  if not os.path.exists(workdir):
+    shutil.copytree(base, workdir,
+                    ignore=shutil.ignore_patterns('learn', 'evaluate', 'eval.json'))
+
+
+def markdown_table(rows: list) -> list:
+  """Lines of a Markdown table of dicts (the columns of the last row), floats at 4
+  places."""
+  columns = list(rows[-1])
+  lines = ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
+  lines += ['| ' + ' | '.join(f'{v:.4f}' if isinstance(v, float) else str(v)
+                              for v in (r[c] for c in columns)) + ' |' for r in rows]
+  return lines
 
 
 def row(name, result, overrides=None):
@@ -84,19 +111,12 @@ def main_(argv=None):
   for name in args.variants.split(','):
     overrides = VARIANTS[name]
     workdir = os.path.join(args.out, name)
-    if not os.path.exists(workdir):
-      shutil.copytree(args.workdir, workdir,
-                      ignore=shutil.ignore_patterns('learn', 'evaluate', 'eval.json'))
+    copy_workdir(args.workdir, workdir)
     main.run(variant_config(overrides, args.seeds), workdir)
     with open(os.path.join(workdir, 'eval.json')) as f:
       rows.append(row(name, json.load(f), json.dumps(overrides) if overrides else ''))
     print(f'{name}: {rows[-1]["average"]:.4f} +- {rows[-1]["std"]:.4f}', flush=True)
-  columns = list(rows[-1])
-  print('| ' + ' | '.join(columns) + ' |')
-  print('|' + '---|' * len(columns))
-  for r in rows:
-    print('| ' + ' | '.join(f'{v:.4f}' if isinstance(v, float) else str(v)
-                            for v in (r[c] for c in columns)) + ' |')
+  print('\n'.join(markdown_table(rows)))
   print(f'\ncommand: python tools/tads_ablations.py --workdir {args.workdir} --out {args.out}'
         f' --seeds {args.seeds} --variants {args.variants}')
 

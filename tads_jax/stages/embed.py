@@ -13,7 +13,9 @@ Tasks, per task and split: `embed/tasks/<task>_<split>.npz` (float16 too) with i
 [N, E] and, for classification, labels [N], class_text_emb [C, T, E] (every template for
 every class name), classnames [C], templates [T]; for retrieval, text_emb [M, E] and
 text_image [M] (the image each caption belongs to). Relevance prototypes and meta-learning
-feedback read these.
+feedback read these, through task_embeddings: with config.tads.validation_fraction > 0 its
+'train' is the fit part of the train split and 'validation' the rest (data/task_split.py),
+cut when read, so the files do not depend on the fraction.
 
 A DataComp pool ships its embeddings (npz beside the parquet), used as they are: the pool is
 not embedded again. Its tasks are embedded in the pool's own space, with `encoder.checkpoint`,
@@ -39,6 +41,7 @@ from tads_jax import pipeline
 from tads_jax import sharding
 from tads_jax.data import datacomp
 from tads_jax.data import subset as subset_lib
+from tads_jax.data import task_split
 from tads_jax.data import tasks as tasks_lib
 from tads_jax.data import webdataset
 from tads_jax.models import api
@@ -477,15 +480,53 @@ def task_fields(kind: str) -> tuple:
   return ('image_emb', 'text_emb', 'text_image')
 
 
-def task_embeddings(ctx, split: str = 'eval') -> list:
-  """[(TaskSpec, {field: array})] of every task's `split` ('eval' or 'train')."""
+# What the later stages read of a task: 'train', what the selection side sees (the fit
+# part of the stored train split when config.tads.validation_fraction > 0, else all of it);
+# 'validation', the rest of the train split (only then); 'eval', the eval split.
+READ_SPLITS = ('train', 'validation', 'eval')
+
+
+def stored_split(split: str) -> str:
+  """The split of tasks_lib.SPLITS whose files hold the examples `split` reads."""
+  if split not in READ_SPLITS:
+    raise ValueError(f'task split: {split!r} is not one of {", ".join(READ_SPLITS)}')
+  return 'eval' if split == 'eval' else 'train'
+
+
+def split_part(config, spec, arrays: dict, split: str) -> np.ndarray | None:
+  """The rows of the stored split's arrays (with 'image_emb', and 'labels' for
+  classification) that `split` reads; None for all of them (split 'eval', or no
+  validation split). ValueError names config.tads.validation_fraction when split is
+  'validation' and the fraction is 0, or when a class cannot be cut."""
+  stored = stored_split(split)
+  fraction = task_split.validation_fraction(config)
+  if split == 'validation' and not fraction:
+    raise ValueError(f"{task_split.FIELD}: 0, so the tasks' train splits have no validation "
+                     'part to read; set it in (0, 1)')
+  if stored == 'eval' or not fraction:
+    return None
+  labels = arrays['labels'] if spec.kind == 'classification' else None
+  fit, validation = task_split.split_rows(len(arrays['image_emb']), fraction, config.seed,
+                                          spec.name, labels=labels,
+                                          classnames=spec.classnames)
+  return fit if split == 'train' else validation
+
+
+def task_embeddings(ctx, split: str = 'eval', extra: tuple = ()) -> list:
+  """[(TaskSpec, {field: array})] of every task's `split` (READ_SPLITS): the arrays of
+  task_fields and `extra` (e.g. 'keys') of the stored split, restricted to the split's rows
+  (task_split.take_embeddings)."""
+  stored = stored_split(split)
   out = []
   for spec in task_specs(ctx):
-    path = task_item(ctx, spec.name, split) + '.npz'
+    path = task_item(ctx, spec.name, stored) + '.npz'
     try:
-      arrays = load_npz(path, task_fields(spec.kind))
+      arrays = load_npz(path, task_fields(spec.kind) + tuple(extra))
     except ValueError as e:
-      raise ValueError(f'{e} (task {spec.name!r}, {spec.kind}, {split} split)') from None
+      raise ValueError(f'{e} (task {spec.name!r}, {spec.kind}, {stored} split)') from None
+    rows = split_part(ctx.config, spec, arrays, split)
+    if rows is not None:
+      arrays = task_split.take_embeddings(spec.kind, arrays, rows)
     out.append((spec, arrays))
   return out
 

@@ -32,9 +32,9 @@ Output `eval.json` in the workdir:
   average (and classification_average / retrieval_average when such tasks exist):
            {per_seed: [value], mean, std}   (the mean over tasks of each task's main metric)
   plus what was evaluated (subset path, sha256, entries, unique samples) and how (proxy:
-  'embedding' | 'pixels', train config, seeds; for pixels the image cache's folder, its
-  skips and how many shards this call decoded). std is the sample standard deviation over
-  seeds (0 with one seed).
+  'embedding' | 'pixels', split: 'eval' | 'validation', train config, seeds; for pixels
+  the image cache's folder, its skips and how many shards this call decoded). std is the
+  sample standard deviation over seeds (0 with one seed).
 
 With `evaluate.baselines` (e.g. ('full', 'random', 'clip_score')) the same protocol runs on
 each baseline's subset under the same selection rules (config.selection: fraction, method,
@@ -43,9 +43,26 @@ seen, so that the comparison table comes from one run; eval.json holds them unde
 'baselines'. Any selector may be a baseline; a learning one (tads) is fitted here, with
 its checkpoints under evaluate/baselines/<name>/learn.
 
+The pixel check (`evaluate.pixel_check`, with the embedding proxy only): the pixel proxy
+over every baseline and seed does not fit a short demo, so after the embedding evaluation
+the selected subset and the baselines named in pixel_check.baselines (each one of
+evaluate.baselines, whose subset files are then written) are also evaluated with the pixel
+proxy (evaluate.pixels, exactly as evaluate.proxy='pixels' uses it) for pixel_check.seeds
+seeds. eval.json holds them under 'pixel_check': {seeds, selected, baselines: {name}}, each
+an eval dict like the others (proxy 'pixels'); absent when pixel_check.seeds is 0. Its
+results and checkpoints are those an evaluate.proxy='pixels' run would make, so either run
+reuses the other's.
+
+The split scored (`evaluate.split`): 'eval' (the default), the tasks' eval splits, to report;
+or 'validation', the validation part of the tasks' train splits that
+config.tads.validation_fraction > 0 holds out from selection (data/task_split.py), to choose
+settings on (tools/tads_sweep.py) without touching the eval splits. Both proxies score that
+split (the pixel proxy decodes its examples from the task's train source); eval.json
+records it under 'split'.
+
 Checkpoints go to evaluate/selected/seed_<s>/checkpoints (the pixel proxy's to
-seed_<s>/pixels/checkpoints), so a killed run resumes at its last checkpoint of the seed it
-was training, and finished seeds are not retrained.
+seed_<s>/pixels/checkpoints, also those of the pixel check), so a killed run resumes at its
+last checkpoint of the seed it was training, and finished seeds are not retrained.
 `evaluate_subset` is the stage without the stage: tools/evaluate_subset.py scores any
 DataComp subset file against the same embeddings with it.
 """
@@ -68,6 +85,7 @@ from tads_jax import sharding
 from tads_jax import train
 from tads_jax.data import grain_source
 from tads_jax.data import subset as subset_lib
+from tads_jax.data import task_split
 from tads_jax.data import tasks as tasks_lib
 from tads_jax.models import clip
 from tads_jax.models import tokenizer as tokenizer_lib
@@ -104,17 +122,37 @@ def proxy_kind(config) -> str:
   return kind
 
 
+SPLITS = ('eval', 'validation')
+
+
+def eval_split(config) -> str:
+  """config.evaluate.split ('eval' when a config predates the field), checked: 'validation'
+  needs config.tads.validation_fraction > 0. ValueError names the field."""
+  block = config.get('evaluate')
+  split = 'eval' if block is None else block.get('split', 'eval')
+  if split not in SPLITS:
+    raise ValueError(f'config.evaluate.split: {split!r} is not one of {", ".join(SPLITS)}')
+  if split == 'validation' and not task_split.validation_fraction(config):
+    raise ValueError("config.evaluate.split: 'validation' scores the part of the tasks' "
+                     'train splits held out from selection, and config.tads.'
+                     'validation_fraction is 0 (no such part); set it in (0, 1)')
+  return split
+
+
 def _rules(config):
   return sharding.from_config(config).rules
 
 
-def train_config(config, seed: int, vocab: tuple | None = None) -> train.TrainConfig:
+def train_config(config, seed: int, vocab: tuple | None = None,
+                 proxy: str | None = None) -> train.TrainConfig:
   """The proxy run of one seed; raises ValueError naming the config.evaluate field.
 
   vocab: (vocab_size, eos_token_id) of the tokenizer the pixel proxy reads captions with
   (pixel_tokenizer); None checks the pixel proxy's settings with CLIP's vocabulary.
+  proxy: 'embedding' | 'pixels', default config.evaluate.proxy (the pixel check asks for
+  'pixels' beside an embedding-proxy config).
   """
-  if proxy_kind(config) == 'pixels':
+  if (proxy or proxy_kind(config)) == 'pixels':
     return pixel_train_config(config, seed, vocab or _VALIDATION_VOCAB)
   block = config.get('evaluate')
   fields = {}
@@ -132,7 +170,7 @@ def pixel_train_config(config, seed: int, vocab: tuple) -> train.TrainConfig:
   where = 'config.evaluate.pixels'
   block = config.get('evaluate', {}).get('pixels')
   if block is None:
-    raise ValueError(f'{where}: missing block (evaluate.proxy is \'pixels\')')
+    raise ValueError(f'{where}: missing block (the pixel proxy reads it)')
   for name in PIXEL_TRAIN_FIELDS + PIXEL_MODEL_FIELDS + ('model_overrides',):
     if name not in block:
       raise ValueError(f'{where}.{name}: missing field')
@@ -241,10 +279,12 @@ def file_sha256(path: str) -> str:
 CACHE = 'evaluate_cache'
 
 
-def _cache_path(ctx, subset_sha: str, cfg: train.TrainConfig) -> str | None:
+def _cache_path(ctx, subset_sha: str, cfg: train.TrainConfig,
+                split: str = 'eval') -> str | None:
   """Where one seed's result on a subset is kept; None when the embeddings' identity is
   unknown (no fingerprint of the embed stage in ctx). The embed stage's fingerprint covers
-  the reference encoder and the tasks, so it also names the pixel proxy's tokenizer."""
+  the reference encoder and the tasks, so it also names the pixel proxy's tokenizer; the
+  validation split is also named by the fraction and the seed that cut it."""
   upstream = {name: ctx.fingerprints.get(name) for name in ('ingest', 'embed')}
   if upstream['embed'] is None:
     return None
@@ -252,6 +292,9 @@ def _cache_path(ctx, subset_sha: str, cfg: train.TrainConfig) -> str | None:
          'version': STAGE_VERSION}
   if cfg.kind == 'pixels':  # the embedding proxy's keys stay as they were
     key.update(proxy='pixels', pixel_cache=PIXEL_CACHE_VERSION)
+  if split != 'eval':  # the eval split's keys stay as they were too
+    key.update(split=split, validation_fraction=task_split.validation_fraction(ctx.config),
+               split_seed=ctx.config.seed)
   blob = json.dumps(key, sort_keys=True, default=list).encode()
   return ctx.path(CACHE, hashlib.sha256(blob).hexdigest()[:24] + '.json')
 
@@ -287,9 +330,9 @@ def pixel_tokenizer(ctx, context_length: int) -> tokenizer_lib.CLIPTextTokenizer
   folder = encoder_stage.checkpoint(ctx)
   if not folder:
     raise ValueError("config.encoder.checkpoint: the pixel proxy (config.evaluate.proxy="
-                     "'pixels') tokenizes captions with the reference encoder's tokenizer, "
-                     'and this run has no reference encoder folder; set '
-                     'config.encoder.checkpoint')
+                     "'pixels' or evaluate.pixel_check) tokenizes captions with the "
+                     "reference encoder's tokenizer, and this run has no reference encoder "
+                     'folder; set config.encoder.checkpoint')
   return tokenizer_lib.CLIPTextTokenizer(folder, context_length)
 
 
@@ -334,7 +377,8 @@ def _decode_shards(ctx, items: list, size: int) -> list:
       tar = ingest.image_shard(ctx.config, path)  # a pool shard, or a DataComp metadata's tar
       if tar is None:
         raise ValueError(f'{path}: no images beside this DataComp metadata file; the pixel '
-                         "proxy (config.evaluate.proxy='pixels') needs the pool's tars")
+                         "proxy (config.evaluate.proxy='pixels' or evaluate.pixel_check) "
+                         "needs the pool's tars")
       todo[path] = (item, tar)
   if todo:  # the shards' uids again: only a call that decodes reads them twice
     paths = [r['path'] for r in ctx.summary('ingest')['per_source']]
@@ -411,34 +455,56 @@ def pixel_data(ctx, subset, tokenizer, image_size: int) -> tuple:
   return uids, _Rows(parts), tokenizer(captions), pool, cache
 
 
-def pixel_tasks(ctx, image_size: int) -> tuple:
-  """(specs, eval splits) of every task, images decoded at the proxy's size."""
+def pixel_tasks(ctx, image_size: int, split: str = 'eval') -> tuple:
+  """(specs, splits) of every task, images decoded at the proxy's size. split: one of
+  embed.READ_SPLITS; 'train' and 'validation' are the examples of the train split that
+  embed.task_embeddings gives (matched by their keys), so that both proxies score the same
+  examples."""
   specs = embed_stage.task_specs(ctx)
-  return specs, [tasks_lib.load_split(spec, 'eval', image_size) for spec in specs]
+  if split == 'eval':
+    return specs, [tasks_lib.load_split(spec, 'eval', image_size) for spec in specs]
+  stored = embed_stage.stored_split(split)
+  out = []
+  for spec, arrays in embed_stage.task_embeddings(ctx, split, extra=('keys',)):
+    data = tasks_lib.load_split(spec, stored, image_size)
+    index = {key: i for i, key in enumerate(data.keys)}
+    missing = [str(k) for k in arrays['keys'] if str(k) not in index]
+    if missing:
+      raise ValueError(f'{embed_stage.task_item(ctx, spec.name, stored)}.npz: example '
+                       f'{missing[0]!r} of task {spec.name!r} ({stored} split) is no longer '
+                       'in its source; rerun embed')
+    rows = np.asarray([index[str(k)] for k in arrays['keys']], np.int64)
+    out.append(task_split.take_examples(data, rows))
+  return specs, out
 
 
 def evaluate_subset(ctx, subset_path: str, checkpoints: str, seeds: int | None = None,
-                    mesh=None) -> dict:
+                    mesh=None, proxy: str | None = None) -> dict:
   """Trains one proxy per seed on `subset_path` and evaluates it; returns eval.json's dict.
 
   ctx: a pipeline.Context of a workdir where ingest and embed finished. checkpoints: the
   directory under which seed_<s>/ holds each seed's orbax checkpoints (a rerun resumes).
-  Seed s trains with TrainConfig.seed = config.seed + s (init and data order).
+  Seed s trains with TrainConfig.seed = config.seed + s (init and data order). seeds and
+  proxy ('embedding' | 'pixels') default to config.evaluate's; the pixel check passes its
+  own. The tasks' split scored is config.evaluate.split's (eval_split).
   """
   config = ctx.config
+  split = eval_split(config)
   seeds = num_seeds(config) if seeds is None else seeds
   if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
     raise ValueError(f'seeds: expected an integer >= 1, got {seeds!r}')
   if not os.path.exists(subset_path):
     raise ValueError(f'{subset_path}: no such subset file')
-  proxy = proxy_kind(config)
+  proxy = proxy_kind(config) if proxy is None else proxy
+  if proxy not in PROXIES:
+    raise ValueError(f'proxy: {proxy!r} is not one of {", ".join(PROXIES)}')
   vocab = tokenizer = None
   if proxy == 'pixels':
     tokenizer = pixel_tokenizer(ctx, config.evaluate.pixels.context_length)
     vocab = (len(tokenizer.tokenizer), tokenizer.eos_token_id)
-  cfgs = [train_config(config, config.seed + s, vocab) for s in range(seeds)]
+  cfgs = [train_config(config, config.seed + s, vocab, proxy) for s in range(seeds)]
   sha = file_sha256(subset_path)
-  caches = [_cache_path(ctx, sha, cfg) for cfg in cfgs]
+  caches = [_cache_path(ctx, sha, cfg, split) for cfg in cfgs]
   cached = [_read_cache(path) for path in caches]
   stats = next((c['subset'] for c in cached if c and 'subset' in c), None)
   pixel_cache = None
@@ -448,12 +514,12 @@ def evaluate_subset(ctx, subset_path: str, checkpoints: str, seeds: int | None =
       size = config.evaluate.pixels.image_size
       uids, images, token_ids, pool, pixel_cache = pixel_data(ctx, subset, tokenizer, size)
       data = (images, token_ids)
-      specs, splits = pixel_tasks(ctx, size)
+      specs, splits = pixel_tasks(ctx, size, split)
       tasks = list(zip(specs, splits))
     else:
       uids, image_emb, text_emb, pool = embed_stage.pool_embeddings(ctx, subset)
       data = (image_emb, text_emb)
-      tasks = embed_stage.task_embeddings(ctx, 'eval')
+      tasks = embed_stage.task_embeddings(ctx, split)
     if not tasks:
       raise ValueError('config.tasks: no tasks to evaluate on')
     # [entries]: rows of the kept samples, each once per time the subset lists it.
@@ -494,7 +560,8 @@ def evaluate_subset(ctx, subset_path: str, checkpoints: str, seeds: int | None =
   train_fields = cfgs[0].to_dict()
   train_fields.pop('seed')
   result.update(
-      proxy=proxy, subset={'path': os.path.abspath(subset_path), 'sha256': sha, **stats},
+      proxy=proxy, split=split,
+      subset={'path': os.path.abspath(subset_path), 'sha256': sha, **stats},
       train=train_fields, seeds=[cfg.seed for cfg in cfgs], final_loss=final_loss)
   if proxy == 'pixels':
     result['pixel_cache'] = pixel_cache or {
@@ -541,6 +608,39 @@ def baseline_names(config) -> tuple:
   return names
 
 
+def pixel_check(config) -> tuple:
+  """(seeds, baseline names) of config.evaluate.pixel_check, checked; (0, ()) when the
+  block is absent. ValueError names the field (config validation calls this too).
+
+  A name must be one of evaluate.baselines: the embedding evaluation writes the subset
+  files the check reads. The check runs beside the embedding proxy only: with
+  evaluate.proxy='pixels' every subset already is evaluated with the pixel proxy.
+  """
+  where = 'config.evaluate.pixel_check'
+  block = (config.get('evaluate') or {}).get('pixel_check')
+  if block is None:
+    return 0, ()
+  seeds = block.get('seeds', 0)
+  if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 0:
+    raise ValueError(f'{where}.seeds: expected an integer >= 0, got {seeds!r}')
+  names = block.get('baselines', ())
+  if not isinstance(names, (tuple, list, str)):
+    raise ValueError(f'{where}.baselines: expected a list of names, got '
+                     f'{type(names).__name__} {names!r}')
+  names = pipeline.name_list(names)
+  allowed = baseline_names(config)
+  for name in names:
+    if name not in allowed:
+      raise ValueError(f'{where}.baselines: {name!r} is not one of config.evaluate.baselines'
+                       f' ({", ".join(allowed) or "none"})')
+  if len(set(names)) != len(names):
+    raise ValueError(f'{where}.baselines: names repeat in {names}')
+  if seeds and proxy_kind(config) == 'pixels':
+    raise ValueError(f"{where}.seeds: {seeds}, but evaluate.proxy is already 'pixels' (every "
+                     'subset is evaluated with the pixel proxy); set it to 0')
+  return seeds, names
+
+
 def baseline_counts(ctx, name: str, inputs: selectors.Inputs, directory: str) -> np.ndarray:
   """Times each pool row is selected by baseline `name` (from baseline_names) under the
   run's config.selection (its fraction, method and dedup): 'full' keeps every sample once;
@@ -584,6 +684,43 @@ def evaluate_baselines(ctx, mesh=None, names=None) -> dict:
   return out
 
 
+def evaluate_pixel_check(ctx, mesh=None) -> dict | None:
+  """eval.json's 'pixel_check' (see the module docstring), None when it is off. Runs after
+  evaluate_baselines, which wrote the baselines' subset files; results, checkpoints and
+  decoded images are where an evaluate.proxy='pixels' run keeps them."""
+  seeds, names = pixel_check(ctx.config)
+  if not seeds:
+    return None
+  logging.info('evaluate: pixel check, %d seeds: selected', seeds)
+  checkpoints = os.path.join(ctx.stage_dir('evaluate'), 'selected')
+  selected = evaluate_subset(ctx, ctx.path(SUBSET), checkpoints, seeds=seeds, mesh=mesh,
+                             proxy='pixels')
+  baselines = {}
+  for name in names:
+    path = baseline_subset_path(ctx, name)
+    logging.info('evaluate: pixel check, %d seeds: baseline %s', seeds, name)
+    baselines[name] = evaluate_subset(ctx, path, os.path.dirname(path), seeds=seeds,
+                                      mesh=mesh, proxy='pixels')
+  return {'seeds': seeds, 'selected': selected, 'baselines': baselines}
+
+
+def _averages(result: dict, baselines: dict) -> dict:
+  """The summary's figures of one proxy: the selected subset's and each baseline's average
+  main metric (mean and std over seeds)."""
+  return {'average_mean': result['average']['mean'],
+          'average_std': result['average']['std'],
+          'baselines': {name: {'mean': b['average']['mean'], 'std': b['average']['std']}
+                        for name, b in baselines.items()}}
+
+
+def _log_averages(what: str, result: dict, baselines: dict) -> None:
+  logging.info('evaluate: %saverage main metric %.4f +- %.4f over %d seeds', what,
+               result['average']['mean'], result['average']['std'], len(result['seeds']))
+  for name, b in baselines.items():
+    logging.info('evaluate: %sbaseline %s: %.4f +- %.4f', what, name, b['average']['mean'],
+                 b['average']['std'])
+
+
 def run(ctx) -> dict:
   subset_path = ctx.path(SUBSET)
   mesh = sharding.from_config(ctx.config).mesh
@@ -591,18 +728,19 @@ def run(ctx) -> dict:
                                                           'selected'), mesh=mesh)
   result['selector'] = ctx.config.selector.name
   result['baselines'] = evaluate_baselines(ctx, mesh)
+  check = evaluate_pixel_check(ctx, mesh)
+  if check is not None:
+    result['pixel_check'] = check
   pipeline.write_json_atomic(ctx.path(EVAL), result)
-  logging.info('evaluate: average main metric %.4f +- %.4f over %d seeds',
-               result['average']['mean'], result['average']['std'], len(result['seeds']))
-  for name, b in result['baselines'].items():
-    logging.info('evaluate: baseline %s: %.4f +- %.4f', name, b['average']['mean'],
-                 b['average']['std'])
-  return {'eval': ctx.path(EVAL), 'seeds': len(result['seeds']),
-          'average_mean': result['average']['mean'],
-          'average_std': result['average']['std'],
-          'subset_entries': result['subset']['entries'],
-          'baselines': {name: {'mean': b['average']['mean'], 'std': b['average']['std']}
-                        for name, b in result['baselines'].items()}}
+  _log_averages('', result, result['baselines'])
+  summary = {'eval': ctx.path(EVAL), 'split': result['split'], 'seeds': len(result['seeds']),
+             'subset_entries': result['subset']['entries'],
+             **_averages(result, result['baselines'])}
+  if check is not None:
+    _log_averages('pixel check: ', check['selected'], check['baselines'])
+    summary['pixel_check'] = {'seeds': check['seeds'],
+                              **_averages(check['selected'], check['baselines'])}
+  return summary
 
 
 def inputs(config) -> tuple:
@@ -614,12 +752,20 @@ def inputs(config) -> tuple:
 
 def config_keys(config) -> tuple:
   """The proxy's settings, and the selection rules and own blocks of every baseline. The
-  pixel proxy's block counts only when it is the proxy: changing it does not rerun (and
-  clear) an embedding-proxy evaluation."""
+  pixel proxy's block counts only when it is the proxy or the pixel check is on, and the
+  pixel check's block only when it is on: changing either does not rerun (and clear) an
+  embedding-proxy evaluation, whose fingerprint stays what it was before the check
+  existed. Likewise the split counts only when it is 'validation', and the validation
+  fraction only when it is > 0 (the baselines' tasks, and that split, depend on it)."""
   block = config.get('evaluate') or {}
-  proxy = block.get('proxy', 'embedding')
-  keys = [f'evaluate.{k}' for k in block if k != 'pixels' or proxy == 'pixels']
-  keys += ['seed', 'selection', 'mesh.rules']
+  check_on = pixel_check(config)[0] > 0
+  unread = set() if check_on else {'pixel_check'}
+  if eval_split(config) == 'eval':
+    unread.add('split')
+  if block.get('proxy', 'embedding') != 'pixels' and not check_on:
+    unread.add('pixels')
+  keys = [f'evaluate.{k}' for k in block if k not in unread]
+  keys += ['seed', 'selection', 'mesh.rules', *learn_stage.validation_keys(config)]
   for name in baseline_names(config):
     if name != FULL:
       keys += list(selectors.get(name).config_fields_for(config))

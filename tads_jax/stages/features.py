@@ -16,10 +16,11 @@ complete. Memory holds one chunk of images and the reader's few batches in fligh
 
 Global signals, over the whole pool: the functions registered in SIGNALS, run in
 registration order, each adding its columns: task relevance (top-m cosines to each task's
-prototypes from its train split), spherical k-means on the joint embedding normalize(image
-+ text) with cluster weights (|C| / N) ** -alpha, SemDeDup flags inside the clusters (best
-clip_score kept) and exact-duplicate flags by ingest's image sha256. Their settings are
-config.features fields (each signal lists the ones it reads). None holds the pool's [N, E]
+prototypes from its train split, its fit part when config.tads.validation_fraction > 0),
+spherical k-means on the joint embedding normalize(image + text) with cluster weights
+(|C| / N) ** -alpha, SemDeDup flags inside the clusters (best clip_score kept) and
+exact-duplicate flags by ingest's image sha256. Their settings are config.features fields
+(each signal lists the ones it reads). None holds the pool's [N, E]
 embeddings: they stream the shards' embeddings from disk (Pool.embeddings), k-means once per
 Lloyd iteration (kmeans.fit_stream, k-means++ on at most _init_rows(...) sampled rows), and
 SemDeDup sorts them by cluster into a scratch file in one pass and reads one cluster at a
@@ -61,6 +62,7 @@ from tads_jax import distributed
 from tads_jax import pipeline
 from tads_jax import scoring  # noqa: F401  (registers the operators)
 from tads_jax.data import grain_source
+from tads_jax.data import task_split
 from tads_jax.scoring import dedup
 from tads_jax.scoring import kmeans
 from tads_jax.scoring import registry
@@ -339,16 +341,14 @@ def _shard_pass(ctx, names: list) -> tuple[list, int, list]:
 
 
 def _task_prototypes(ctx, key) -> list:
-  """(column prefix, prototypes) per task, from the embed stage's train-split npz."""
+  """(column prefix, prototypes) per task, from the embed stage's train split as the
+  selection side sees it (its fit part when config.tads.validation_fraction > 0)."""
   out = []
-  for spec in embed.task_specs(ctx):
-    where = embed.task_item(ctx, spec.name, 'train') + '.npz'
+  for spec, arrays in embed.task_embeddings(ctx, 'train'):
     safe = re.sub(r'[^A-Za-z0-9_]', '_', spec.name)
     if spec.kind == 'classification':
-      arrays = embed.load_npz(where, ('class_text_emb',))
       protos = np.asarray(relevance.class_prototypes(arrays['class_text_emb']))  # [C, E]
     else:
-      arrays = embed.load_npz(where, ('image_emb', 'text_emb', 'text_image'))
       paired = arrays['image_emb'][arrays['text_image']].astype(np.float32)  # [M, E]
       key, sub = jax.random.split(key)
       protos = relevance.retrieval_prototypes(
@@ -707,8 +707,12 @@ def _slices(path: str, columns, sizes):
 
 
 def config_keys(config) -> tuple:
-  # The encoder, the tasks and the embed settings come in through the embed stage.
-  return ('seed', 'pool.format', 'pool.image_size', 'features')
+  # The encoder, the tasks and the embed settings come in through the embed stage. The
+  # validation split (retrieval prototypes read the fit part) counts only when there is
+  # one, so that a config without it keeps its fingerprint.
+  keys = ('seed', 'pool.format', 'pool.image_size', 'features')
+  return keys + (('tads.validation_fraction',)
+                 if task_split.validation_fraction(config) else ())
 
 
 STAGE = pipeline.Stage(name='features', run=run, inputs=('ingest', 'embed'),

@@ -23,6 +23,7 @@ import numpy as np
 from tads_jax import distributed
 from tads_jax import pipeline
 from tads_jax import selectors
+from tads_jax.data import task_split
 from tads_jax.stages import embed
 from tads_jax.stages import features as features_stage
 from tads_jax.stages import ingest
@@ -72,6 +73,9 @@ def shard_inputs(ctx, needs, columns=None, owned=lambda index: True):
 
 
 def _tasks(ctx, needs) -> tuple:
+  """Inputs.tasks: the tasks' train splits, only their fit part when
+  config.tads.validation_fraction > 0 (embed.task_embeddings), whatever the selector, so
+  that no selector or setting sees the validation examples."""
   if 'tasks' not in needs:
     return ()
   return tuple(_task_dict(spec, arrays) for spec, arrays in embed.task_embeddings(ctx, 'train'))
@@ -135,8 +139,17 @@ def inputs(config) -> tuple:
 
 
 def config_keys(config) -> tuple:
-  """The selector's own block (config.tads for tads) and the fields it declares."""
-  return selectors.config_keys(config, ('seed', 'selector', 'mesh.rules'))
+  """The selector's own block (config.tads for tads) and the fields it declares, and the
+  validation split when there is one (see validation_keys)."""
+  return (selectors.config_keys(config, ('seed', 'selector', 'mesh.rules'))
+          + validation_keys(config))
+
+
+def validation_keys(config) -> tuple:
+  """('tads.validation_fraction',) when it is > 0, else (): the tasks a selector reads
+  are then the fit part of their train splits, whatever the selector; at 0 a config keeps
+  the fingerprint it had before the field existed (tads's own block still holds it)."""
+  return ('tads.validation_fraction',) if task_split.validation_fraction(config) else ()
 
 
 STAGE = pipeline.Stage(name='learn', run=run, inputs=inputs, config_keys=config_keys,

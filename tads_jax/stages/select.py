@@ -102,7 +102,10 @@ def inputs(config) -> tuple:
 
 
 def config_keys(config) -> tuple:
-  return selectors.config_keys(config, ('seed', 'selector', 'selection'))
+  """The selector's fields, the selection rules, and the validation split when there is
+  one (a selector fitted here reads the tasks' fit part: learn.validation_keys)."""
+  return (selectors.config_keys(config, ('seed', 'selector', 'selection'))
+          + learn.validation_keys(config))
 
 
 STAGE = pipeline.Stage(name='select', run=run, inputs=inputs, config_keys=config_keys,

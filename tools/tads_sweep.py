@@ -1,0 +1,196 @@
+r"""Chooses TADS's settings on the validation split, then scores only the choice on the eval split.
+
+Given a finished run whose config holds out a validation split (tads.validation_fraction >
+0; the selection side never saw those examples), each candidate setting reruns learn,
+select and evaluate with evaluate.split='validation' in a copy of the run's workdir (as
+tools/tads_ablations.py does: ingest, encoder, embed and features are reused). The
+candidate with the best validation average (main metric averaged over tasks, mean over
+seeds) is chosen, the first listed on a tie; then that one alone is evaluated on the eval
+splits, to report. Nothing else ever touches the eval splits.
+
+  python tools/tads_sweep.py --config configs/default.py \
+      --config.tads.validation_fraction=0.2 --workdir /tmp/tads-val --out /tmp/sweep
+
+Writes --out/sweep.json: {tried: [{name, overrides, validation: {mean, std, per_seed},
+tasks}], chosen, chosen_overrides, eval: {mean, std, per_seed, tasks}, rule, proxy, seeds,
+validation_fraction} and prints a Markdown table. Candidates (`--variants`, default all of
+candidates(); any name of tads_ablations.VARIANTS also works), relative to the config's own
+values:
+  tads                 the config as it is
+  prior_only           tads.meta.steps = 0: the weak-supervision prior alone
+  value_lr_x3 / _div3  tads.meta.value_lr times 3 / divided by 3; likewise tau_*, steps_*
+  no_<group>           that group of tads.groups left out
+  prior_<group>_heavy  that group's prior weight doubled, the others' halved
+The proxy is the embedding one unless --proxy pixels.
+"""
+
+import json
+import os
+import shlex
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import tads_ablations  # noqa: E402  pylint: disable=wrong-import-position
+from tads_jax import main as main_lib  # noqa: E402  pylint: disable=wrong-import-position
+from tads_jax import pipeline  # noqa: E402  pylint: disable=wrong-import-position
+from tads_jax.data import task_split  # noqa: E402  pylint: disable=wrong-import-position
+
+SWEEP = 'sweep.json'
+RULE = 'best validation mean'
+# Meta-learning settings tried at 3x and 1/3 of the config's value.
+SCALED = ('value_lr', 'tau', 'steps')
+
+
+def candidates(config) -> dict:
+  """{name: {dotted field: value}}: the settings the sweep tries by default (the module
+  docstring lists them), derived from the config's own values."""
+  out = {name: dict(tads_ablations.VARIANTS[name]) for name in ('tads', 'prior_only')}
+  meta = config.tads.meta
+  for field in SCALED:
+    value = meta[field]
+    if not value:  # steps = 0: the prior alone, which prior_only already is
+      continue
+    for tag, factor in (('x3', 3.0), ('div3', 1 / 3)):
+      scaled = max(1, round(value * factor)) if field == 'steps' else value * factor
+      out[f'{field}_{tag}'] = {f'tads.meta.{field}': scaled}
+  groups = tuple(config.tads.groups)
+  if len(groups) > 1:
+    for group in groups:
+      out[f'no_{group}'] = {'tads.groups': tuple(g for g in groups if g != group)}
+    for group in groups:
+      out[f'prior_{group}_heavy'] = {
+          f'tads.prior.{g}': config.tads.prior[g] * (2.0 if g == group else 0.5)
+          for g in groups}
+  return out
+
+
+def choose(tried: list) -> int:
+  """The index of the entry with the best validation mean, the first of equals."""
+  means = [entry['validation']['mean'] for entry in tried]
+  return means.index(max(means))
+
+
+def _config(base, overrides: dict, seeds: int, proxy: str, split: str):
+  """The base config with the overrides, scoring `split` with `proxy` and no baselines;
+  stages up to evaluate (export and the report are not needed to choose)."""
+  c = tads_ablations.variant_config(overrides, seeds, base=base)
+  c.unlock()  # a config from the command line is locked; split may be new to it
+  c.stages = tuple(s for s in pipeline.stage_names(c) if s not in ('export', 'report'))
+  c.evaluate.proxy = proxy
+  c.evaluate.split = split
+  if 'pixel_check' in c.evaluate:
+    c.evaluate.pixel_check.seeds = 0  # the proxy is chosen here
+  return c
+
+
+def _evaluate(base_config, base_workdir: str, workdir: str, overrides: dict, seeds: int,
+              proxy: str, split: str) -> dict:
+  """eval.json of one candidate scored on `split` in its copy of the base workdir."""
+  tads_ablations.copy_workdir(base_workdir, workdir)
+  main_lib.run(_config(base_config, overrides, seeds, proxy, split), workdir)
+  with open(os.path.join(workdir, 'eval.json')) as f:
+    result = json.load(f)
+  if result.get('split', 'eval') != split:
+    raise ValueError(f"{workdir}/eval.json: scored the {result.get('split', 'eval')!r} "
+                     f'split, not {split!r}')
+  return result
+
+
+def _figures(result: dict) -> tuple:
+  """({mean, std, per_seed} of the average main metric, {task: mean main metric})."""
+  average = {k: result['average'][k] for k in ('mean', 'std', 'per_seed')}
+  return average, {name: t['mean']['main'] for name, t in result['tasks'].items()}
+
+
+def sweep(config, workdir: str, out: str, names=None, seeds: int | None = None,
+          proxy: str = 'embedding') -> dict:
+  """Runs the sweep (see the module docstring); writes and returns sweep.json's dict.
+
+  config: the config `workdir` finished with. names: candidates to try, in order (default
+  every one of candidates(config)). seeds: proxy seeds (default config.evaluate.seeds).
+  """
+  fraction = task_split.validation_fraction(config)
+  if not fraction:
+    raise ValueError(f'{task_split.FIELD}: 0; the sweep chooses on the validation split, '
+                     'so the run must hold one out (set it in (0, 1) and run the pipeline)')
+  if config.selector.name != 'tads':
+    raise ValueError(f'config.selector.name: {config.selector.name!r}; the sweep chooses '
+                     "settings of 'tads'")
+  if proxy not in ('embedding', 'pixels'):
+    raise ValueError(f"proxy: {proxy!r} is not 'embedding' or 'pixels'")
+  known = {**tads_ablations.VARIANTS, **candidates(config)}
+  names = list(names or candidates(config))
+  unknown = [n for n in names if n not in known]
+  if unknown:
+    raise ValueError(f'variants: unknown {unknown}; known: {", ".join(known)}')
+  if len(set(names)) != len(names):
+    raise ValueError(f'variants: names repeat in {names}')
+  seeds = seeds or config.evaluate.seeds
+  os.makedirs(out, exist_ok=True)
+  tried = []
+  for name in names:
+    result = _evaluate(config, workdir, os.path.join(out, name), known[name], seeds, proxy,
+                       'validation')
+    validation, tasks = _figures(result)
+    tried.append({'name': name, 'overrides': known[name], 'validation': validation,
+                  'tasks': tasks})
+    logging.warning('sweep: %s: validation %.4f +- %.4f', name, validation['mean'],
+                    validation['std'])
+  chosen = tried[choose(tried)]
+  result = _evaluate(config, workdir, os.path.join(out, chosen['name']), chosen['overrides'],
+                     seeds, proxy, 'eval')
+  evaluation, tasks = _figures(result)
+  summary = {'tried': tried, 'chosen': chosen['name'],
+             'chosen_overrides': chosen['overrides'], 'eval': {**evaluation, 'tasks': tasks},
+             'rule': RULE, 'proxy': proxy, 'seeds': seeds, 'validation_fraction': fraction}
+  pipeline.write_json_atomic(os.path.join(out, SWEEP), summary)
+  return summary
+
+
+def markdown(summary: dict) -> list:
+  """The sweep as Markdown lines: one row per candidate (validation figures), then the
+  chosen one's eval figures."""
+  rows = [{'variant': e['name'] + (' (chosen)' if e['name'] == summary['chosen'] else ''),
+           'overrides': json.dumps(e['overrides'], default=list) if e['overrides'] else '',
+           'validation': e['validation']['mean'], 'std': e['validation']['std'],
+           **e['tasks']} for e in summary['tried']]
+  ev = summary['eval']
+  return tads_ablations.markdown_table(rows) + [
+      '', f"Chosen by the {summary['rule']} ({summary['proxy']} proxy, {summary['seeds']} "
+      f"seeds, validation_fraction {summary['validation_fraction']}): {summary['chosen']}; "
+      f"on the eval split {ev['mean']:.4f} +- {ev['std']:.4f}."]
+
+
+def _define_flags():
+  """Flags only when run as a script: importing the module (tests) defines none. --config
+  (the config file the run used, with its --config.* overrides) and --workdir (the
+  finished run) are tads_jax.main's own flags."""
+  flags.DEFINE_string('out', None, 'Where the candidate workdirs and sweep.json go.')
+  flags.DEFINE_list('variants', None, 'Candidates to try (default: all of candidates()).')
+  flags.DEFINE_integer('seeds', None, 'Proxy seeds (default config.evaluate.seeds).')
+  flags.DEFINE_enum('proxy', 'embedding', ['embedding', 'pixels'], 'The proxy that scores.')
+  flags.mark_flags_as_required(['out'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  logging.set_verbosity(logging.WARNING)
+  f = flags.FLAGS
+  try:
+    summary = sweep(f.config, f.workdir, f.out, f.variants, f.seeds, f.proxy)
+  except ValueError as e:
+    sys.exit(f'error: {e}')
+  print('\n'.join(markdown(summary)))
+  print(f'\nsweep.json: {os.path.join(f.out, SWEEP)}')
+  print(f'command: python {" ".join(shlex.quote(a) for a in sys.argv)}')
+
+
+if __name__ == '__main__':
+  _define_flags()
+  app.run(main)
