@@ -10,6 +10,7 @@ Helpers that are not fixtures are imported by the modules that use them
 (`from conftest import tiny_world_config`): pytest puts tests/ on sys.path.
 """
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -94,6 +95,7 @@ def tiny_world_config():
   c = default.get_config()
   c.stages = ('ingest', 'encoder')
   c.selector.name = 'random'
+  c.evaluate.pixel_check.seeds = 0  # the tests that want it turn it on
   c.encoder.image_size = 32
   c.pool.synthetic.update(dict(num_samples=100, shard_size=50, trusted_size=200,
                                train_per_class=1, eval_per_class=1, retrieval_train=4,
@@ -107,6 +109,14 @@ def tiny_world_config():
   c.encoder.warmup = 5
   c.encoder.checkpoint_every = 10
   return c
+
+
+def load_tool(name: str):
+  """The module tools/<name>.py (tools are scripts, not a package)."""
+  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, 'tools', f'{name}.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def validate(c):

@@ -1,15 +1,10 @@
 """tools/ground_truth_auroc.py: AUROC and flag quality on hand cases."""
 
-import importlib.util
-import os
-
 import numpy as np
 
-_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'tools',
-                     'ground_truth_auroc.py')
-_spec = importlib.util.spec_from_file_location('ground_truth_auroc', _PATH)
-tool = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(tool)
+from conftest import load_tool
+
+tool = load_tool('ground_truth_auroc')
 
 
 def test_auroc_hand_cases():

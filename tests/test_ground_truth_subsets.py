@@ -1,19 +1,14 @@
 """tools/ground_truth_subsets.py: the subsets a proxy must order, from a world's ground truth."""
 
-import importlib.util
-import os
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tads_jax.data import subset as subset_lib
 
-_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'tools',
-                     'ground_truth_subsets.py')
-_spec = importlib.util.spec_from_file_location('ground_truth_subsets', _PATH)
-tool = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(tool)
+from conftest import load_tool
+
+tool = load_tool('ground_truth_subsets')
 
 
 def test_masks_hand_case():

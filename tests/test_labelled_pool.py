@@ -10,7 +10,6 @@ mislabelled samples than random at the same budget.
 
 import collections
 import dataclasses
-import importlib.util
 import json
 import os
 
@@ -28,13 +27,9 @@ from tads_jax.data import tar_writer
 from tads_jax.data import webdataset
 from tads_jax.selectors import clip_powered
 from tads_jax.stages import ingest
-from conftest import tiny_world_config
+from conftest import load_tool, tiny_world_config
 
-_TOOL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'tools',
-                     'labelled_to_pool.py')
-_spec = importlib.util.spec_from_file_location('labelled_to_pool', _TOOL)
-tool = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(tool)
+tool = load_tool('labelled_to_pool')
 
 # Class i is colour i; folder names sort in this order, so label i is COLOURS[i].
 COLOURS = {'blue': (40, 60, 220), 'green': (40, 170, 60), 'purple': (140, 50, 170),

@@ -6,7 +6,6 @@ class, six retrieval images) and check the stages' task arrays against the raw n
 embed stage wrote, cut with rows computed here.
 """
 
-import importlib.util
 import json
 import os
 import shutil
@@ -29,13 +28,9 @@ from tads_jax.data import tasks as tasks_lib  # noqa: E402
 from tads_jax.stages import embed  # noqa: E402
 from tads_jax.stages import evaluate  # noqa: E402
 from tads_jax.stages import learn  # noqa: E402
-from conftest import read_eval_json  # noqa: E402
+from conftest import load_tool, read_eval_json  # noqa: E402
 
-_TOOL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'tools',
-                     'tads_sweep.py')
-_spec = importlib.util.spec_from_file_location('tads_sweep', _TOOL)
-tool = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(tool)
+tool = load_tool('tads_sweep')
 
 FRACTION = 0.34  # of 3 per class: 1 validation, 2 fit; of 6 retrieval images: 2 and 4
 
@@ -384,6 +379,7 @@ def test_sweep_chooses_on_validation_and_scores_only_its_choice_on_eval(split_ru
 
 def test_sweep_candidates_follow_the_config():
   c = default.get_config()
+  c.tads.meta.steps = 300
   got = tool.candidates(c)
   assert list(got) == ['tads', 'prior_only', 'value_lr_x3', 'value_lr_div3', 'tau_x3',
                        'tau_div3', 'steps_x3', 'steps_div3', 'no_quality', 'no_relevance',
