@@ -93,6 +93,9 @@ def tasks(data: str) -> list:
 def get_config(data: str | None = None):
   data = data or DATA
   c = default.get_config()
+  # The pixel check needs the pool's images (tars beside the metadata) and an
+  # accelerator at this scale: off, as the embedding proxy is the default here too.
+  c.evaluate.pixel_check.seeds = 0
   c.stages = ('ingest', 'encoder', 'embed', 'features', 'learn', 'select', 'evaluate',
               'report')  # add 'export' (and export.shards=True) to reshard from the tars
 

@@ -1,9 +1,8 @@
-"""The default run evaluated with the pixel proxy whose image tower is the reference
-encoder's CNN (clip.CNNTower) at the pool's 64 px instead of the conv-stem ViT.
-
-On the default world it learns shape from clean data where the ViT proxy does not
-(BENCHMARKS.md, issue 13 item 4), but its training step runs at 0.76x PyTorch's on CPU
-(tools/bench_pixel_proxy.py --tower cnn), so it is not the default pixel proxy yet.
+"""The default run evaluated with the pixel proxy alone (its CNN image tower, the
+reference encoder's, at the pool's 64 px: configs/default.py evaluate.pixels) over the
+selected subset and every baseline at 3 seeds: the full pixel-proxy comparison that the
+demo's pixel check (2 subsets, 2 seeds) samples. About 20 minutes from an empty workdir on
+2 CPU cores (README).
 
 Run: python -m tads_jax.main --config configs/pixels_cnn.py --workdir /tmp/tads-px
 """
@@ -18,6 +17,4 @@ import default  # pylint: disable=g-import-not-at-top,wrong-import-position
 def get_config():
   c = default.get_config()
   c.evaluate.proxy = 'pixels'
-  c.evaluate.pixels.image_size = c.encoder.image_size
-  c.evaluate.pixels.model_overrides = c.encoder.model_overrides
   return c

@@ -204,14 +204,12 @@ def test_pixel_check_field_types_and_when_it_conflicts_or_reads_the_pixel_settin
   with pytest.raises(config_lib.ConfigError, match=r'^config\.evaluate\.pixel_check\.'
                      r'baselines: expected a list of names, got int 3$'):
     validate(c)
-  # The main proxy already is the pixel proxy.
+  # The main proxy already is the pixel proxy: the check is off whatever it says.
   c = _pixel_check_config(seeds=1)
   c.evaluate.proxy = 'pixels'
-  with pytest.raises(config_lib.ConfigError, match=r"^config\.evaluate\.pixel_check\.seeds: "
-                     r"1, but evaluate\.proxy is already 'pixels'"):
-    validate(c)
-  c.evaluate.pixel_check.seeds = 0
   validate(c)
+  from tads_jax.stages import evaluate  # pylint: disable=g-import-not-at-top
+  assert evaluate.pixel_check(c) == (0, ('clip_score',))
   # The pixel settings are checked when the check is on, and only then.
   c = _pixel_check_config(seeds=0, baselines=('clip_score,full',))  # as the CLI gives it
   c.evaluate.pixels.batch_size = 0
@@ -244,6 +242,7 @@ def test_validation_fraction_and_evaluate_split_are_checked():
       validate(c)
   c = default.get_config()
   c.evaluate.split = 'validation'
+  c.tads.validation_fraction = 0.0
   with pytest.raises(config_lib.ConfigError, match=r"^config\.evaluate\.split: 'validation' "
                      r'.*config\.tads\.validation_fraction is 0'):
     validate(c)

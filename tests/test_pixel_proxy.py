@@ -363,6 +363,7 @@ def test_pixel_settings_rerun_the_stage_only_when_they_are_the_proxy():
   upstream = {name: name for name in ('ingest', 'embed', 'features', 'select')}
   fingerprint = lambda c: pipeline.fingerprint(evaluate.STAGE, c, upstream)
   c = default.get_config()
+  c.evaluate.pixel_check.seeds = 0  # the pixel check reads the pixel settings when on
   before = fingerprint(c)
   c.evaluate.pixels.lr = 1e-4
   assert fingerprint(c) == before  # an embedding evaluation is not redone (nor cleared)
@@ -408,10 +409,18 @@ def test_bad_pixel_settings_fail_validation_in_one_line_naming_the_field(field, 
 
 def test_default_and_datacomp_pixel_settings_validate_and_datacomp_needs_tars(tmp_path):
   from configs import default  # pylint: disable=g-import-not-at-top
+  from configs import pixels_vit  # pylint: disable=g-import-not-at-top
   c = default.get_config()
   c.evaluate.proxy = 'pixels'
+  c.evaluate.pixel_check.seeds = 0
   validate(c)
-  assert evaluate.train_config(c, 0).clip_config().vision_stem == 'conv'
+  model = evaluate.train_config(c, 0).clip_config()
+  assert (model.vision_tower, model.image_size) == ('cnn', c.encoder.image_size)
+  assert model.vision_cnn == tuple(map(tuple, c.encoder.model_overrides.vision_cnn))
+  c = pixels_vit.get_config()
+  validate(c)
+  model = evaluate.train_config(c, 0).clip_config()
+  assert (model.vision_tower, model.vision_stem, model.image_size) == ('vit', 'conv', 32)
   import test_datacomp_pool as dc  # pylint: disable=g-import-not-at-top
   from configs import datacomp as datacomp_config  # pylint: disable=g-import-not-at-top
   data = tmp_path / 'data'

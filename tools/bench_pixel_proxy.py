@@ -1,9 +1,11 @@
 r"""The pixel proxy's training speed here and in PyTorch, side by side on this CPU.
 
-The model is the pixel proxy of configs/default.py (evaluate.pixels: the 'small' CLIP cut
-down, conv stem, 32 px, 24 tokens) with the vocabulary of the default world's tokenizer
-at most (encoder.vocab_size); the PyTorch side restates it in plain torch (Conv2d stem with
-a LayerNorm over channels and ReLU, pre-LN transformer blocks with
+The model is the pixel proxy of configs/default.py (evaluate.pixels: the reference
+encoder's CNN image tower at 64 px and its text tower, 24 tokens; `--tower vit`: the
+conv-stem ViT at 32 px of configs/pixels_vit.py) with the vocabulary of the default world's
+tokenizer at most (encoder.vocab_size); the PyTorch side restates it in plain torch (3x3
+Conv2d, GroupNorm and ReLU layers for the CNN; a Conv2d stem with a LayerNorm over
+channels and ReLU for the ViT; pre-LN transformer blocks with
 scaled_dot_product_attention, EOS pooling, bias-free projections), with the same loss (the
 symmetric CLIP loss that masks a data row's other copies in the batch) and the same AdamW
 (decay on matrices only, b2 0.98, eps 1e-6, warmup then cosine), float32, on the same
@@ -54,14 +56,12 @@ def _cpu_flags() -> str:
   return ' '.join(f for f in flags if f.startswith(('avx', 'amx', 'fma', 'sse4', 'f16c')))
 
 
-def train_config(vocab_size: int, tower: str = 'vit'):
-  """The pixel proxy's TrainConfig as the evaluate stage builds it from configs/default.py."""
-  from configs import default  # pylint: disable=import-outside-toplevel
+def train_config(vocab_size: int, tower: str = 'cnn'):
+  """The pixel proxy's TrainConfig as the evaluate stage builds it: configs/default.py's
+  (the reference encoder's CNN tower at 64 px) or, for 'vit', configs/pixels_vit.py's."""
+  from configs import default, pixels_vit  # pylint: disable=import-outside-toplevel
   from tads_jax.stages import evaluate  # pylint: disable=import-outside-toplevel
-  c = default.get_config()
-  if tower == 'cnn':  # the reference encoder's image tower, at the pool's 64 px
-    c.evaluate.pixels.image_size = c.encoder.image_size
-    c.evaluate.pixels.model_overrides = c.encoder.model_overrides
+  c = (pixels_vit if tower == 'vit' else default).get_config()
   c.evaluate.proxy = 'pixels'
   return evaluate.train_config(c, 0, (vocab_size, vocab_size - 1))
 
@@ -293,9 +293,9 @@ def main():
   parser.add_argument('--pool', type=int, default=2048, help='host rows to draw from')
   parser.add_argument('--vocab', type=int, default=None,
                       help='tokenizer size (default configs/default.py encoder.vocab_size)')
-  parser.add_argument('--tower', choices=('vit', 'cnn'), default='vit',
-                      help="cnn: the reference encoder's CNN image tower at 64 px instead of "
-                      "the pixel proxy's conv-stem ViT")
+  parser.add_argument('--tower', choices=('cnn', 'vit'), default='cnn',
+                      help="vit: the conv-stem ViT of configs/pixels_vit.py instead of the "
+                      "default pixel proxy's CNN")
   args = parser.parse_args()
 
   import jax  # pylint: disable=import-outside-toplevel

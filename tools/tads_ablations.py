@@ -55,8 +55,8 @@ def variant_config(overrides: dict, seeds: int, base=None):
   value}) set, no baselines (evaluated once, in the base run) and `seeds` proxy seeds."""
   c = default.get_config() if base is None else base.copy_and_resolve_references()
   c.evaluate.baselines = ()
-  if 'pixel_check' in c.evaluate:  # its baselines must be among evaluate.baselines
-    c.evaluate.pixel_check.baselines = ()
+  if 'pixel_check' in c.evaluate:  # one proxy: the variants are compared with it alone
+    c.evaluate.pixel_check.update(dict(seeds=0, baselines=()))
   c.evaluate.seeds = seeds
   for dotted, value in overrides.items():
     node = c
