@@ -36,6 +36,13 @@ def validation_fraction(config) -> float:
   return float(value)
 
 
+def config_keys(config) -> tuple:
+  """The fingerprint key of the cut for every stage that reads the tasks' train splits:
+  ('tads.validation_fraction',) when it is > 0, else (), so that a config without a cut
+  keeps the fingerprint it had before the field existed."""
+  return ('tads.validation_fraction',) if validation_fraction(config) else ()
+
+
 def _rng(seed: int, task: str) -> np.random.Generator:
   """A generator of its own per (seed, task): one task's cut does not move when another
   task is added or removed."""

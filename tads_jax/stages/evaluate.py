@@ -692,9 +692,8 @@ def evaluate_pixel_check(ctx, mesh=None) -> dict | None:
   if not seeds:
     return None
   logging.info('evaluate: pixel check, %d seeds: selected', seeds)
-  checkpoints = os.path.join(ctx.stage_dir('evaluate'), 'selected')
-  selected = evaluate_subset(ctx, ctx.path(SUBSET), checkpoints, seeds=seeds, mesh=mesh,
-                             proxy='pixels')
+  selected = evaluate_subset(ctx, ctx.path(SUBSET), _selected_checkpoints(ctx), seeds=seeds,
+                             mesh=mesh, proxy='pixels')
   baselines = {}
   for name in names:
     path = baseline_subset_path(ctx, name)
@@ -721,11 +720,14 @@ def _log_averages(what: str, result: dict, baselines: dict) -> None:
                  b['average']['std'])
 
 
+def _selected_checkpoints(ctx) -> str:
+  """Where the selected subset's seeds keep their checkpoints (both proxies')."""
+  return os.path.join(ctx.stage_dir('evaluate'), 'selected')
+
+
 def run(ctx) -> dict:
-  subset_path = ctx.path(SUBSET)
   mesh = sharding.from_config(ctx.config).mesh
-  result = evaluate_subset(ctx, subset_path, os.path.join(ctx.stage_dir('evaluate'),
-                                                          'selected'), mesh=mesh)
+  result = evaluate_subset(ctx, ctx.path(SUBSET), _selected_checkpoints(ctx), mesh=mesh)
   result['selector'] = ctx.config.selector.name
   result['baselines'] = evaluate_baselines(ctx, mesh)
   check = evaluate_pixel_check(ctx, mesh)
@@ -765,7 +767,7 @@ def config_keys(config) -> tuple:
   if block.get('proxy', 'embedding') != 'pixels' and not check_on:
     unread.add('pixels')
   keys = [f'evaluate.{k}' for k in block if k not in unread]
-  keys += ['seed', 'selection', 'mesh.rules', *learn_stage.validation_keys(config)]
+  keys += ['seed', 'selection', 'mesh.rules', *task_split.config_keys(config)]
   for name in baseline_names(config):
     if name != FULL:
       keys += list(selectors.get(name).config_fields_for(config))

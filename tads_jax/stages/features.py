@@ -710,9 +710,7 @@ def config_keys(config) -> tuple:
   # The encoder, the tasks and the embed settings come in through the embed stage. The
   # validation split (retrieval prototypes read the fit part) counts only when there is
   # one, so that a config without it keeps its fingerprint.
-  keys = ('seed', 'pool.format', 'pool.image_size', 'features')
-  return keys + (('tads.validation_fraction',)
-                 if task_split.validation_fraction(config) else ())
+  return ('seed', 'pool.format', 'pool.image_size', 'features') + task_split.config_keys(config)
 
 
 STAGE = pipeline.Stage(name='features', run=run, inputs=('ingest', 'embed'),

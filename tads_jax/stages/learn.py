@@ -140,16 +140,10 @@ def inputs(config) -> tuple:
 
 def config_keys(config) -> tuple:
   """The selector's own block (config.tads for tads) and the fields it declares, and the
-  validation split when there is one (see validation_keys)."""
+  validation split when there is one (the tasks a selector reads are then the fit part of
+  their train splits, whatever the selector)."""
   return (selectors.config_keys(config, ('seed', 'selector', 'mesh.rules'))
-          + validation_keys(config))
-
-
-def validation_keys(config) -> tuple:
-  """('tads.validation_fraction',) when it is > 0, else (): the tasks a selector reads
-  are then the fit part of their train splits, whatever the selector; at 0 a config keeps
-  the fingerprint it had before the field existed (tads's own block still holds it)."""
-  return ('tads.validation_fraction',) if task_split.validation_fraction(config) else ()
+          + task_split.config_keys(config))
 
 
 STAGE = pipeline.Stage(name='learn', run=run, inputs=inputs, config_keys=config_keys,

@@ -21,6 +21,7 @@ from tads_jax import pipeline
 from tads_jax import selection
 from tads_jax import selectors
 from tads_jax.data import subset
+from tads_jax.data import task_split
 from tads_jax.stages import features as features_stage
 from tads_jax.stages import ingest
 from tads_jax.stages import learn
@@ -103,9 +104,9 @@ def inputs(config) -> tuple:
 
 def config_keys(config) -> tuple:
   """The selector's fields, the selection rules, and the validation split when there is
-  one (a selector fitted here reads the tasks' fit part: learn.validation_keys)."""
+  one (a selector fitted here reads the tasks' fit part)."""
   return (selectors.config_keys(config, ('seed', 'selector', 'selection'))
-          + learn.validation_keys(config))
+          + task_split.config_keys(config))
 
 
 STAGE = pipeline.Stage(name='select', run=run, inputs=inputs, config_keys=config_keys,

@@ -17,16 +17,9 @@ from tads_jax.data.synthetic.render import (_background, _draw_object, _encode,
                                             render_scene)
 from tads_jax.data.synthetic.scenes import Scene, _draw_scenes, _lists, _scene, _shape_draw
 from tads_jax.data.synthetic.vocabulary import (_CANDIDATES, _NOISE_CODE, DEFAULT_NOISE,
-                                                NOISE_TYPES, OFF_TASK_COLORS,
-                                                OFF_TASK_TEXTURES, ON_TASK_COLORS,
-                                                ON_TASK_SHAPES, ON_TASK_TEXTURES, SIZES,
-                                                TEMPLATES)
+                                                NOISE_TYPES, ON_TASK_SHAPES, SIZES,
+                                                TASK_VALUE_GROUPS, TEMPLATES)
 from tads_jax.data.synthetic.world_config import WorldConfig
-
-# The values a partial caption may name instead of the true one, per attribute: groups that
-# keep an on-task value on-task and an off-task one off-task.
-_VALUE_GROUPS = {'color': (ON_TASK_COLORS, OFF_TASK_COLORS),
-                 'texture': (ON_TASK_TEXTURES, OFF_TASK_TEXTURES), 'size': (SIZES,)}
 
 
 class _Recipe(NamedTuple):
@@ -178,7 +171,8 @@ def plan_pool(cfg: WorldConfig, idx: np.ndarray) -> list[dict]:
       current = getattr(scene, attr)
       # A wrong value of the same kind: on-task for an on-task value, off-task for an
       # off-task one, so that the error does not also move the sample on or off the tasks.
-      values = next(group for group in _VALUE_GROUPS[attr] if current in group)
+      values = next(group for group in TASK_VALUE_GROUPS.get(attr, (SIZES,))
+                    if current in group)
       wrong = [v for v in values if v != current]
       value = wrong[min(int(partial_value[i] * len(wrong)), len(wrong) - 1)]
       caption = _caption_of(rows, i, **{attr: value})

@@ -5,10 +5,8 @@ from typing import Mapping, NamedTuple
 import numpy as np
 
 from tads_jax.data.synthetic.randomness import _S, _choice, _uniform
-from tads_jax.data.synthetic.vocabulary import (COLOR_NAMES, COLORS, OFF_TASK_COLORS,
-                                                OFF_TASK_SHAPES, OFF_TASK_TEXTURES,
-                                                ON_TASK_COLORS, ON_TASK_SHAPES,
-                                                ON_TASK_TEXTURES, SHAPES, SIZES, TEXTURES)
+from tads_jax.data.synthetic.vocabulary import (COLOR_NAMES, COLORS, SHAPES, SIZES,
+                                                TASK_VALUE_GROUPS, TEXTURES)
 
 
 class Scene(NamedTuple):
@@ -40,11 +38,7 @@ def _second_color(rgb):
   return (int(r * 0.5), int(g * 0.5), int(b * 0.5))
 
 
-# Attribute -> (stream, values some task asks for, values none does); each values tuple
-# lists the on-task ones first, so a value index is the same whichever list it came from.
-_TASK_VALUES = {'shape': (_S.SHAPE, ON_TASK_SHAPES, OFF_TASK_SHAPES),
-                'color': (_S.COLOR, ON_TASK_COLORS, OFF_TASK_COLORS),
-                'texture': (_S.TEXTURE, ON_TASK_TEXTURES, OFF_TASK_TEXTURES)}
+_STREAMS = {'shape': _S.SHAPE, 'color': _S.COLOR, 'texture': _S.TEXTURE}
 
 
 def _off_task(seed: int, domain: int, idx: np.ndarray, offtask_fraction: float):
@@ -54,8 +48,8 @@ def _off_task(seed: int, domain: int, idx: np.ndarray, offtask_fraction: float):
 
 def _value_draw(seed: int, domain: int, idx: np.ndarray, attribute: str, off: np.ndarray):
   """Value index of `attribute` for samples idx: an off-task value where `off`."""
-  stream, on_values, off_values = _TASK_VALUES[attribute]
-  u = _uniform(seed, domain, idx, stream)
+  on_values, off_values = TASK_VALUE_GROUPS[attribute]
+  u = _uniform(seed, domain, idx, _STREAMS[attribute])
   return np.where(off, len(on_values) + _choice(u, len(off_values)),
                   _choice(u, len(on_values)))
 
@@ -78,7 +72,7 @@ def _draw_scenes(seed: int, domain: int, idx: np.ndarray, offtask_fraction: floa
   u = lambda stream: _uniform(seed, domain, idx, stream)  # noqa: E731
   off = _off_task(seed, domain, idx, offtask_fraction)
   out = {attr: _value_draw(seed, domain, idx, attr, off & (attr in offtask_attributes))
-         for attr in _TASK_VALUES}
+         for attr in TASK_VALUE_GROUPS}
   out['size'] = _choice(u(_S.SIZE), len(SIZES))
   for name, values in (force or {}).items():
     out[name] = np.broadcast_to(np.asarray(values, dtype=np.int64), idx.shape).copy()

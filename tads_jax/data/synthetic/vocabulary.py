@@ -23,6 +23,12 @@ OFF_TASK_COLORS = COLOR_NAMES[10:]
 ON_TASK_TEXTURES = ('solid', 'striped', 'dotted', 'checkered')
 OFF_TASK_TEXTURES = ('wavy', 'concentric')  # no task asks for these
 TEXTURES = ON_TASK_TEXTURES + OFF_TASK_TEXTURES
+# Attribute -> (values some task asks for, values none does), for the attributes an
+# off-task sample can differ in (WorldConfig.offtask_attributes). Each attribute's full
+# value list is the first tuple then the second, so a value index means the same in both.
+TASK_VALUE_GROUPS = {'shape': (ON_TASK_SHAPES, OFF_TASK_SHAPES),
+                     'color': (ON_TASK_COLORS, OFF_TASK_COLORS),
+                     'texture': (ON_TASK_TEXTURES, OFF_TASK_TEXTURES)}
 SIZES = ('small', 'large')
 ATTRIBUTES = ('shape', 'color', 'texture', 'size')
 

@@ -6,9 +6,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from tads_jax.data.synthetic.vocabulary import DEFAULT_NOISE, TASK_NAMES
+from tads_jax.data.synthetic.vocabulary import DEFAULT_NOISE, TASK_NAMES, TASK_VALUE_GROUPS
 
-OFFTASK_ATTRIBUTES = ('shape', 'color', 'texture')  # those with values no task asks for
+OFFTASK_ATTRIBUTES = tuple(TASK_VALUE_GROUPS)  # those with values no task asks for
 
 
 class WorldError(ValueError):
