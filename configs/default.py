@@ -103,6 +103,9 @@ def get_config():
       alpha=0.5,                 # cluster weight (|C|/N)**-alpha; 0 turns it off
       semdedup_eps=0.05,         # SemDeDup: duplicates at cosine >= 1 - eps
       relevance_top_m=1,         # mean of the top-m prototype cosines (1 = max)
+      # 'zscore': each prototype's cosines as z-scores over the pool before the top-m, so no
+      # class or centroid wins by sitting close to much of the pool; 'none': raw cosines.
+      relevance_calibration='none',
       retrieval_prototypes=32,   # k-means prototypes per side of a retrieval task
       # Settings of the operators, {operator: {setting: value}}: each operator's own
       # parameters (scoring/quality.py), at their defaults here so that the command line can

@@ -379,6 +379,10 @@ def _check_features(config):
     raise ConfigError('config.features.kmeans_iters: must be >= 0')
   if _expect_type(config, 'features.alpha', (float, int), 'a number') < 0:
     raise ConfigError('config.features.alpha: must be >= 0')
+  try:
+    features_stage.relevance_calibration(config)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   eps = _expect_type(config, 'features.semdedup_eps', (float, int), 'a number')
   if not 0 <= eps < 2:
     raise ConfigError(f'config.features.semdedup_eps: must be in [0, 2), got {eps}')

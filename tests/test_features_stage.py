@@ -9,6 +9,7 @@ world's ground truth.
 import collections
 import json
 import os
+import shutil
 
 import ml_collections
 import numpy as np
@@ -16,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tads_jax import config as config_lib
 from tads_jax import main
 from tads_jax import pipeline
 from tads_jax.data import images as images_lib
@@ -24,6 +26,7 @@ from tads_jax.scoring import quality
 from tads_jax.stages import features as features_stage
 from tads_jax.stages import ingest
 from conftest import tiny_world_config
+from conftest import validate
 
 OPERATORS = ('width', 'aspect_ratio', 'sharpness', 'words', 'clip_score',
              'flipped_clip_score', 'caption_specificity')
@@ -35,7 +38,8 @@ def config():
   c.embed.batch_size = 32
   c.features = ml_collections.ConfigDict(dict(
       operators=OPERATORS, chunk=32, kmeans_k=4, kmeans_iters=3, alpha=0.5,
-      semdedup_eps=0.05, relevance_top_m=2, retrieval_prototypes=2))
+      semdedup_eps=0.05, relevance_top_m=2, retrieval_prototypes=2,
+      relevance_calibration='none'))
   c.selector.name = 'clip_score'
   c.selection.fraction = 0.3
   return c
@@ -267,6 +271,51 @@ def test_classification_relevance_is_the_top_m_mean_cosine_to_class_prototypes(r
                                  atol=1e-4)
     checked += 1
   assert checked
+
+
+def test_calibrated_relevance_z_scores_each_prototype_over_the_pool(run, tmp_path):
+  """relevance_calibration='zscore' (the same run's features redone in a copy): each class
+  prototype's cosines become z-scores over the whole pool before the top-2 mean, worked
+  here in numpy from the stored embeddings; the retrieval columns change too."""
+  workdir, _ = run
+  copy = str(tmp_path / 'zscore')
+  shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns('features', 'select'))
+  c = config()
+  c.stages = ('ingest', 'encoder', 'embed', 'features')
+  c.features.relevance_calibration = 'zscore'
+  status = main.run(c, copy)
+  assert status['embed'] == 'skipped' and status['features'] == 'ran'  # reused, redone
+  raw, table = _features(workdir), _features(copy)
+  _, _, image_emb, text_emb = _embed_rows(copy)
+  tasks_dir = os.path.join(copy, 'embed', 'tasks')
+  kinds = set()
+  for name in sorted(os.listdir(tasks_dir)):
+    if not name.endswith('_train.npz'):
+      continue
+    npz = np.load(os.path.join(tasks_dir, name))
+    task = name[:-len('_train.npz')]
+    columns = [f'relevance_{task}_{side}' for side in ('image', 'text')]
+    if 'class_text_emb' not in npz.files:
+      kinds.add('retrieval')  # k-means prototypes: only that calibration moved them
+      assert not all(np.allclose(raw.column(col).to_numpy(), table.column(col).to_numpy())
+                     for col in columns)
+      continue
+    kinds.add('classification')
+    prompts = npz['class_text_emb'].astype(np.float64)  # [C, T, E]
+    prompts /= np.linalg.norm(prompts, axis=-1, keepdims=True)
+    protos = prompts.mean(1)
+    protos /= np.linalg.norm(protos, axis=-1, keepdims=True)  # [C, E]
+    for column, emb in zip(columns, (image_emb, text_emb)):
+      sims = emb.astype(np.float64) @ protos.T  # [N, C]
+      z = (sims - sims.mean(0)) / sims.std(0)
+      top2 = np.sort(z, axis=1)[:, -2:].mean(1)
+      # z divides cosine errors of ~1e-5 (the jitted float32 matmul) by stds of ~1e-2.
+      np.testing.assert_allclose(table.column(column).to_numpy(), top2, atol=5e-3)
+  assert kinds == {'classification', 'retrieval'}
+  bad = config()
+  bad.features.relevance_calibration = 'pool'
+  with pytest.raises(config_lib.ConfigError, match=r'config\.features\.relevance_calibration'):
+    validate(bad)
 
 
 def test_datacomp_pool_leaves_out_image_operators(tmp_path):

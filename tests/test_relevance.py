@@ -71,3 +71,40 @@ def test_retrieval_prototypes_find_the_task_clusters():
   # Fewer pairs than k: one prototype per pair.
   few = relevance.retrieval_prototypes(image_emb[:3], text_emb[:3], 10, jax.random.key(0))
   assert few[0].shape == (3, d) and few[1].shape == (3, d)
+
+
+def test_calibration_from_moments_summed_over_chunks_is_each_prototypes_mean_and_std():
+  rng = np.random.default_rng(3)
+  emb, protos = _unit(rng.normal(size=(50, 8))), _unit(rng.normal(size=(3, 8)))
+  moments = sum(relevance.prototype_moments(emb[a:a + 16], protos) for a in range(0, 50, 16))
+  mean, std = relevance.calibration(moments)
+  sims = emb.astype(np.float64) @ protos.T.astype(np.float64)
+  np.testing.assert_allclose(mean, sims.mean(0), atol=1e-6)
+  np.testing.assert_allclose(std, sims.std(0), atol=1e-6)
+  # A prototype whose cosines never vary gets std 1 (no division by zero).
+  _, std = relevance.calibration(relevance.prototype_moments(np.ones((4, 2)), [[1.0, 0.0]]))
+  assert std.tolist() == [1.0]
+
+
+def test_calibrated_relevance_vector_is_the_top_m_of_z_scored_cosines():
+  """A hand case: a generic prototype close to every row loses the max to a specific one
+  once both are z-scored."""
+  emb = _unit([[1.0, 0.1], [1.0, -0.1], [0.8, 0.6]])
+  protos = _unit([[1.0, 0.0], [0.0, 1.0]])  # generic (cosine ~1 to two rows), specific
+  raw = np.asarray(relevance.relevance_vector(emb, emb, [protos], top_m=1))
+  np.testing.assert_allclose(raw[:, 0], np.max(emb @ protos.T, axis=1), atol=1e-6)
+  stats = relevance.calibration(relevance.prototype_moments(emb, protos))
+  got = np.asarray(relevance.relevance_vector(emb, emb, [protos], top_m=1,
+                                              calibrations=[(stats, stats)]))
+  sims = emb @ protos.T
+  z = (sims - sims.mean(0)) / sims.std(0)
+  np.testing.assert_allclose(got[:, 0], z.max(1), atol=1e-5)
+  np.testing.assert_allclose(got[:, 1], z.max(1), atol=1e-5)
+  # The third row: raw, the generic prototype is its max (0.8 against 0.6); z-scored, the
+  # specific one is, as that match is the unusual one.
+  assert np.argmax(sims[2]) == 0 and np.argmax(z[2]) == 1
+  with pytest.raises(ValueError, match='calibration must be'):
+    relevance.relevance_vector(emb, emb, [protos], calibrations=[((stats[0][:1], stats[1][:1]),
+                                                                 stats)])
+  with pytest.raises(ValueError, match='1 calibrations for 2 tasks'):
+    relevance.relevance_vector(emb, emb, [protos, protos], calibrations=[(stats, stats)])

@@ -4,6 +4,12 @@ Each task is summarized by prototypes in the reference CLIP space; a sample scor
 of its top-m cosines to them, once for its image and once for its caption. Top-m rather
 than max so that one lucky match to a single class or centroid counts less than being near
 several; m = 1 is the plain max.
+
+Calibrated relevance (features.relevance_calibration='zscore') first turns each
+prototype's cosines into z-scores over the pool (its mean and std there), so that a class
+whose prototype sits close to much of the pool (a tight or generic prompt) does not win
+the max for samples it only loosely fits: every class and every retrieval centroid then
+competes on how unusual the match is, as hubness corrections (CSLS) do for retrieval.
 """
 
 import functools
@@ -72,17 +78,47 @@ def relevance(emb, prototypes, top_m: int = 1):  # [B, D], [P, D] -> [B]
   return _top_m_mean(jnp.dot(prototypes, emb.T, preferred_element_type=jnp.float32), top_m)
 
 
-def relevance_vector(image_emb, text_emb, tasks_prototypes: Sequence, top_m: int = 1):
+def prototype_moments(emb, prototypes) -> np.ndarray:  # [B, D], [P, D] -> [3, P]
+  """(row count, sum, sum of squares) of each prototype's cosines over the rows, float64:
+  summed over a pool's chunks they give calibration()'s mean and std."""
+  sims = np.dot(np.asarray(emb, np.float32), np.asarray(prototypes, np.float32).T)  # [B, P]
+  sims = sims.astype(np.float64)
+  return np.stack([np.full(sims.shape[1], float(sims.shape[0])), sims.sum(axis=0),
+                   (sims ** 2).sum(axis=0)])
+
+
+def calibration(moments) -> tuple[np.ndarray, np.ndarray]:  # [3, P] -> mean [P], std [P]
+  """Each prototype's mean and std of cosine from prototype_moments summed over a pool; a
+  prototype whose cosines do not vary (or a pool without rows) gets std 1."""
+  count, total, squares = np.asarray(moments, np.float64)
+  mean = total / np.maximum(count, 1.0)
+  std = np.sqrt(np.maximum(squares / np.maximum(count, 1.0) - mean ** 2, 0.0))
+  return mean.astype(np.float32), np.where(std > 1e-6, std, 1.0).astype(np.float32)
+
+
+def task_sides(tasks_prototypes: Sequence) -> list:
+  """[(image prototypes, text prototypes)] per task: a single array (a classification
+  task's class embeddings) serves both sides."""
+  return [tuple(p) if isinstance(p, (tuple, list)) else (p, p) for p in tasks_prototypes]
+
+
+def relevance_vector(image_emb, text_emb, tasks_prototypes: Sequence, top_m: int = 1,
+                     calibrations: Sequence | None = None):
   """[B, 2T] relevance, columns (task 0 image, task 0 text, task 1 image, ...).
 
   Each entry of tasks_prototypes is either one array [P, D], used for both sides (a
   classification task's class embeddings: images are scored as a zero-shot classifier
   scores them), or a pair (image prototypes, text prototypes) from retrieval_prototypes.
+  calibrations (optional): per task ((image mean [P], std [P]), (text mean, std)) from
+  calibration(); each cosine becomes (cosine - mean) / std before the top-m.
   """
   if top_m < 1:
     raise ValueError(f'relevance: top_m must be >= 1, got {top_m}')
   if not tasks_prototypes:
     raise ValueError('relevance_vector: no task prototypes given')
+  if calibrations is not None and len(calibrations) != len(tasks_prototypes):
+    raise ValueError(f'relevance_vector: {len(calibrations)} calibrations for '
+                     f'{len(tasks_prototypes)} tasks')
   pairs = []
   for i, protos in enumerate(tasks_prototypes):
     if isinstance(protos, (tuple, list)):
@@ -97,16 +133,32 @@ def relevance_vector(image_emb, text_emb, tasks_prototypes: Sequence, top_m: int
       if side.ndim != 2 or side.shape[1] != image_emb.shape[-1]:
         raise ValueError(f'relevance_vector: task {i}: prototypes must be [P, '
                          f'{image_emb.shape[-1]}], got {side.shape}')
-  return _relevance_vector(image_emb, text_emb, tuple(pairs), top_m)
+  shifts = None
+  if calibrations is not None:
+    shifts = []
+    for i, (task, sides) in enumerate(zip(calibrations, pairs)):
+      shifts.append(tuple((jnp.asarray(m, jnp.float32), jnp.asarray(s, jnp.float32))
+                          for m, s in task))
+      for (mean, std), protos in zip(shifts[-1], sides):
+        if mean.shape != (protos.shape[0],) or std.shape != mean.shape:
+          raise ValueError(f'relevance_vector: task {i}: calibration must be [{protos.shape[0]}]'
+                           f' per side, got {mean.shape} and {std.shape}')
+    shifts = tuple(shifts)
+  return _relevance_vector(image_emb, text_emb, tuple(pairs), top_m, shifts)
 
 
 @functools.partial(jax.jit, static_argnames=('top_m',))
-def _relevance_vector(image_emb, text_emb, pairs, top_m):
-  """One matmul per side against all tasks' prototypes stacked, then top-m per task."""
+def _relevance_vector(image_emb, text_emb, pairs, top_m, shifts=None):
+  """One matmul per side against all tasks' prototypes stacked (each row z-scored by its
+  calibration when given), then top-m per task."""
   per_side = []
   for side, emb in enumerate((image_emb, text_emb)):
     stacked = jnp.concatenate([p[side] for p in pairs], axis=0)  # [sum P, D]
     sims_t = jnp.dot(stacked, emb.T, preferred_element_type=jnp.float32)  # [sum P, B]
+    if shifts is not None:
+      mean = jnp.concatenate([s[side][0] for s in shifts])  # [sum P]
+      std = jnp.concatenate([s[side][1] for s in shifts])
+      sims_t = (sims_t - mean[:, None]) / std[:, None]
     bounds = np.cumsum([0] + [p[side].shape[0] for p in pairs])
     per_side.append([_top_m_mean(sims_t[a:b], top_m) for a, b in zip(bounds, bounds[1:])])
   return jnp.stack([c for pair in zip(*per_side) for c in pair], axis=1)  # [B, 2T]

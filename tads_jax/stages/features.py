@@ -358,7 +358,44 @@ def _task_prototypes(ctx, key) -> list:
   return out
 
 
-def _relevance_block(ctx, tasks, image_emb, text_emb) -> np.ndarray:
+RELEVANCE_CALIBRATIONS = ('none', 'zscore')
+
+
+def relevance_calibration(config) -> str:
+  """config.features.relevance_calibration ('none' when absent), checked."""
+  mode = config.features.get('relevance_calibration', 'none')
+  if mode not in RELEVANCE_CALIBRATIONS:
+    raise ValueError(f'config.features.relevance_calibration: one of '
+                     f'{", ".join(RELEVANCE_CALIBRATIONS)}, got {mode!r}')
+  return mode
+
+
+def _calibrations(pool: 'Pool', tasks) -> list:
+  """Per task ((image mean, std), (text mean, std)) of each prototype's cosine over the
+  whole pool: moments summed per shard, then over the shards in shard order (every
+  process gets the same)."""
+  sides = relevance.task_sides([p for _, p in tasks])
+  chunk = option(pool.ctx.config, 'chunk')
+
+  def moments(image_emb, text_emb):  # [3, sum over tasks and sides of P]
+    total = 0.0
+    for start in range(0, image_emb.shape[0], chunk):
+      parts = [relevance.prototype_moments(emb[start:start + chunk], protos)
+               for image_protos, text_protos in sides
+               for emb, protos in ((image_emb, image_protos), (text_emb, text_protos))]
+      total = total + np.concatenate(parts, axis=1)
+    return total
+
+  per_shard = {index: moments(image_emb, text_emb)
+               for index, image_emb, text_emb in pool.embeddings()}
+  summed = functools.reduce(np.add, distributed.gather_by_shard(per_shard))
+  sizes = [len(p) for pair in sides for p in pair]
+  stats = [relevance.calibration(m)
+           for m in np.split(summed, np.cumsum(sizes)[:-1], axis=1)]
+  return [(stats[2 * t], stats[2 * t + 1]) for t in range(len(sides))]
+
+
+def _relevance_block(ctx, tasks, image_emb, text_emb, calibrations=None) -> np.ndarray:
   """[n, 2T] relevance of one shard's rows, `chunk` rows at a time; columns as
   relevance.relevance_vector orders them."""
   chunk, top_m = option(ctx.config, 'chunk'), option(ctx.config, 'relevance_top_m')
@@ -368,7 +405,7 @@ def _relevance_block(ctx, tasks, image_emb, text_emb) -> np.ndarray:
     count = min(chunk, n - start)
     block = relevance.relevance_vector(
         _pad(image_emb[start:start + count], chunk), _pad(text_emb[start:start + count], chunk),
-        [p for _, p in tasks], top_m=top_m)  # [chunk, 2T]
+        [p for _, p in tasks], top_m=top_m, calibrations=calibrations)  # [chunk, 2T]
     parts.append(np.asarray(block)[:count])
   return np.concatenate(parts)
 
@@ -476,15 +513,20 @@ def signal(name: str, columns: tuple[str, ...] | None, settings: tuple[str, ...]
 
 
 @signal('relevance', columns=None,
-        settings=('relevance_top_m', 'retrieval_prototypes', 'chunk'))
+        settings=('relevance_top_m', 'retrieval_prototypes', 'chunk',
+                  'relevance_calibration'))
 def task_relevance(pool: Pool) -> tuple[dict, dict]:
-  """relevance_<task>_image / _text: how close a sample is to what each task asks for."""
+  """relevance_<task>_image / _text: how close a sample is to what each task asks for
+  (calibrated: in z-scores of each prototype's cosines over the pool)."""
   tasks = _task_prototypes(pool.ctx, pool.keys['relevance'])  # a DataComp pool's: its space
   columns = {}
   if not tasks:
     return columns, {}
+  calibrations = None
+  if relevance_calibration(pool.ctx.config) == 'zscore' and pool.rows:
+    calibrations = _calibrations(pool, tasks)
   values = pool.gather_rows({
-      index: _relevance_block(pool.ctx, tasks, image_emb, text_emb)
+      index: _relevance_block(pool.ctx, tasks, image_emb, text_emb, calibrations)
       for index, image_emb, text_emb in pool.embeddings()}).reshape(-1, 2 * len(tasks))
   for t, (prefix, _) in enumerate(tasks):
     columns[f'{prefix}_image'] = values[:, 2 * t]
