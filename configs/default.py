@@ -205,6 +205,10 @@ def get_config():
   c.tads.groups = ('quality', 'relevance', 'diversity')  # ablate by leaving groups out
   c.tads.prior = ml_collections.ConfigDict(dict(quality=1.0, relevance=1.0, diversity=1.0))
   c.tads.hidden = (32,)           # the value MLP's hidden widths (its output starts at 0)
+  # 'additive': V = linear . z + MLP(z); 'per_task': V = diversity + logsumexp over tasks of
+  # (task relevance + exp(trade_t) quality) + MLP(z), each task trading quality against its
+  # relevance at its own learned rate (tads_jax/value.py).
+  c.tads.value_form = 'additive'
   # Share of each task's train split held out as a validation split (per class for
   # classification, by image for retrieval; seeded by `seed` and the task's name): settings
   # are chosen on it (evaluate.split='validation', tools/tads_sweep.py), the eval splits

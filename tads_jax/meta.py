@@ -376,6 +376,8 @@ def _describe(scorer: Scorer) -> dict:
   if isinstance(module, value_lib.ValueFunction):
     arch = {'names': list(module.names), 'prior': list(module.prior),
             'hidden': list(module.hidden)}
+    if module.form != 'additive':  # the additive form's fingerprint as before the field
+      arch['form'] = module.form
   else:
     arch = {f.name: repr(getattr(module, f.name)) for f in dataclasses.fields(module)
             if f.name not in ('parent', 'name')}

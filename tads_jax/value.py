@@ -290,16 +290,37 @@ class Standardizer:
       raise ValueError(f'{where}: {e}') from None
 
 
-class ValueFunction(nn.Module):
-  """V(z) = prior . z + MLP(z): one score per sample.
+FORMS = ('additive', 'per_task')
 
-  `linear` starts at the prior and is learned; the MLP (gelu hidden layers, then a
-  zero-initialized output) adds interactions the linear part cannot express. A constant
-  added to V changes no softmax over a batch, so there is no output bias.
+
+def task_of(name: str) -> str | None:
+  """The task of a relevance column 'relevance_<task>_image' / '_text' (else None)."""
+  if not name.startswith(RELEVANCE_PREFIX):
+    return None
+  for side in ('_image', '_text'):
+    if name.endswith(side):
+      return name[len(RELEVANCE_PREFIX):-len(side)]
+  return None
+
+
+class ValueFunction(nn.Module):
+  """V(z): one score per sample, in one of two forms.
+
+  'additive': V = linear . z + MLP(z). `linear` starts at the prior and is learned; the MLP
+  (gelu hidden layers, then a zero-initialized output) adds interactions the linear part
+  cannot express.
+  'per_task': V = d + logsumexp_t(r_t + exp(trade_t) q) + MLP(z), where q, d and r_t are
+  the linear part's quality, diversity and task-t relevance sums (linear_f z_f over the
+  group's features). A sample is worth what it is worth to the task it serves best, and
+  each task t learns its own exchange rate exp(trade_t) (1 at init) between quality and
+  its relevance: a task that tolerates noisy captions can take more relevant, rougher
+  samples than one that does not. Without relevance columns it is the additive form.
+  A constant added to V changes no softmax over a batch, so there is no output bias.
   """
   names: tuple[str, ...]
   prior: tuple[float, ...]
   hidden: tuple[int, ...] = (64,)
+  form: str = 'additive'
 
   @nn.compact
   def __call__(self, z):  # [B, F] -> [B]
@@ -309,9 +330,27 @@ class ValueFunction(nn.Module):
     if z.shape[-1] != len(self.names):
       raise ValueError(f'ValueFunction: expected [B, {len(self.names)}] features '
                        f'({", ".join(self.names)}), got {z.shape}')
+    if self.form not in FORMS:
+      raise ValueError(f'ValueFunction.form: one of {FORMS}, got {self.form!r}')
     prior = np.asarray(self.prior, np.float32)
     linear = self.param('linear', lambda _: jnp.asarray(prior))  # [F]
-    value = z @ linear.astype(z.dtype)  # [B]
+    tasks = sorted({t for t in map(task_of, self.names) if t is not None})
+    if self.form == 'additive' or not tasks:
+      value = z @ linear.astype(z.dtype)  # [B]
+    else:
+      parts = z * linear.astype(z.dtype)  # [B, F]: each feature's term
+      groups = [feature_group(n) for n in self.names]
+
+      def total(members):  # [B]: the terms of the features where members is True
+        return parts @ jnp.asarray(members, parts.dtype)
+
+      quality = total([g == 'quality' for g in groups])
+      diversity = total([g == 'diversity' for g in groups])
+      per_task = jnp.stack([total([task_of(n) == t for n in self.names]) for t in tasks],
+                           axis=-1)  # [B, T]
+      trade = self.param('trade', nn.initializers.zeros, (len(tasks),))  # [T]
+      value = diversity + jax.nn.logsumexp(
+          per_task + jnp.exp(trade).astype(z.dtype) * quality[:, None], axis=-1)
     h = z
     for i, width in enumerate(self.hidden):
       h = jax.nn.gelu(nn.Dense(width, name=f'hidden_{i}')(h))  # [B, width]
@@ -322,13 +361,23 @@ class ValueFunction(nn.Module):
 
 
 def make_value_function(names: Sequence[str], group_weights=None, hidden=(64,),
-                        zero_prior: bool = False) -> ValueFunction:
-  """ValueFunction over `names` with the prior of prior_weights (or all zeros)."""
+                        zero_prior: bool = False, form: str = 'additive') -> ValueFunction:
+  """ValueFunction over `names` with the prior of prior_weights (or all zeros).
+
+  In the per-task form each task's relevance weighs, at the prior, what the whole group
+  weighs in the additive form (there the tasks' columns share the group's weight, as V sums
+  them; here one task, the best, counts)."""
+  if form not in FORMS:
+    raise ValueError(f'form: one of {FORMS}, got {form!r}')
   prior = np.zeros(len(names)) if zero_prior else prior_weights(names, group_weights)
+  if form == 'per_task':
+    tasks = {task_of(n) for n in names} - {None}
+    prior = np.where([task_of(n) is not None for n in names], prior * max(len(tasks), 1),
+                     prior)
   for width in hidden:
     if not isinstance(width, int) or isinstance(width, bool) or width < 1:
       raise ValueError(f'hidden: expected positive integers, got {tuple(hidden)}')
-  return ValueFunction(tuple(names), tuple(float(w) for w in prior), tuple(hidden))
+  return ValueFunction(tuple(names), tuple(float(w) for w in prior), tuple(hidden), form)
 
 
 def init_params(module: ValueFunction, seed: int = 0):

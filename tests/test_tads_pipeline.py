@@ -21,6 +21,7 @@ import test_features_stage  # noqa: E402  pylint: disable=wrong-import-position
 
 from tads_jax import config as config_lib  # noqa: E402
 from tads_jax import main  # noqa: E402
+from tads_jax import value  # noqa: E402
 from tads_jax.data import subset as subset_lib  # noqa: E402
 from tads_jax.stages import learn  # noqa: E402
 from conftest import validate  # noqa: E402
@@ -134,6 +135,50 @@ def test_meta_learning_runs_resumes_and_is_reported(prior_run, tmp_path):
   np.testing.assert_allclose(resumed['outer_loss'], history['outer_loss'], rtol=1e-6)
 
 
+def test_per_task_value_form_learns_trades_and_scores_with_them(prior_run, tmp_path):
+  """tads.value_form='per_task' through learn and select: the prior's scores are the
+  hand formula d + logsumexp_t(r_t + q); meta-learning moves each task's trade, and the
+  select stage scores with the learned ones (its scores are the module's on the
+  standardized features)."""
+  workdir = str(tmp_path / 'w')
+  shutil.copytree(prior_run[0], workdir)
+  c = config(steps=0)
+  c.tads.value_form = 'per_task'
+  assert [s for s, v in main.run(c, workdir).items() if v == 'ran'] == [
+      'learn', 'select', 'report']
+  scores = pq.read_table(os.path.join(workdir, 'scores.parquet'))
+  state = learn.load_state(os.path.join(workdir, 'learn', learn.STATE))
+  assert state['form'] == 'per_task'
+  names = state['standardizer']['names']
+  std = value.Standardizer.from_dict(state['standardizer'])
+  z = std.transform(value.feature_matrix(scores, names)).astype(np.float64)
+  prior = np.array(state['prior'])
+  terms = z * prior
+  groups = [value.feature_group(n) for n in names]
+  tasks = sorted({value.task_of(n) for n in names} - {None})
+  assert len(tasks) >= 2
+  r = np.stack([terms[:, [value.task_of(n) == t for n in names]].sum(1) for t in tasks], 1)
+  q = terms[:, [g == 'quality' for g in groups]].sum(1)
+  d = terms[:, [g == 'diversity' for g in groups]].sum(1)
+  expected = d + np.log(np.exp(r + q[:, None]).sum(1))
+  np.testing.assert_allclose(scores.column('score').to_numpy(), expected, rtol=1e-4,
+                             atol=1e-4)
+
+  c = config(steps=6)
+  c.tads.value_form = 'per_task'
+  main.run(c, workdir)
+  state = learn.load_state(os.path.join(workdir, 'learn', learn.STATE))
+  trade = np.asarray(state['params']['trade'])
+  assert trade.shape == (len(tasks),) and np.all(trade != 0)
+  module = value.ValueFunction(tuple(names), tuple(state['prior']), tuple(state['hidden']),
+                               'per_task')
+  scores = pq.read_table(os.path.join(workdir, 'scores.parquet'))
+  np.testing.assert_allclose(
+      scores.column('score').to_numpy(),
+      np.asarray(module.apply({'params': state['params']}, z.astype(np.float32))),
+      rtol=1e-4, atol=1e-4)
+
+
 def test_soft_cap_writes_repeats_at_the_same_budget(prior_run, tmp_path):
   workdir = str(tmp_path / 'w')
   shutil.copytree(prior_run[0], workdir)
@@ -158,12 +203,13 @@ def test_config_errors_name_the_field():
   c.selector.name = 'random'
   with pytest.raises(config_lib.ConfigError, match="selector 'random' has nothing to learn"):
     validate(c)
-  for field, value, message in (
+  for field, bad, message in (
       ('groups', ('quality', 'vibes'), 'config.tads.groups'),
       ('hidden', (0,), 'config.tads.hidden'),
+      ('value_form', 'max', r'config\.tads\.value_form: one of'),
   ):
     c = config()
-    c.tads[field] = value
+    c.tads[field] = bad
     with pytest.raises(config_lib.ConfigError, match=message):
       validate(c)
   c = config()

@@ -73,6 +73,38 @@ def test_value_at_init_equals_prior_combination():
   np.testing.assert_array_equal(zero.apply({'params': value.init_params(zero)}, z), 0.0)
 
 
+def test_per_task_form_is_logsumexp_over_tasks_of_relevance_plus_traded_quality():
+  """The per-task form worked by hand: V = d + log sum_t exp(r_t + a_t q), with q, d, r_t
+  the prior's terms (each task's relevance weighing what the group weighs additively)."""
+  names = ('clip_score', 'near_uniform', 'relevance_a_image', 'relevance_a_text',
+           'relevance_b_image', 'relevance_b_text', 'cluster_weight')
+  rng = np.random.default_rng(0)
+  z = rng.normal(size=(5, len(names))).astype(np.float32)
+  module = value.make_value_function(names, hidden=(8,), form='per_task')
+  # Quality 0.5, -0.5; relevance 1/4 each column additively, times 2 tasks here; diversity 1.
+  np.testing.assert_allclose(module.prior, [0.5, -0.5, 0.5, 0.5, 0.5, 0.5, 1.0])
+  params = value.init_params(module, seed=1)
+  assert params['trade'].shape == (2,)
+  q = 0.5 * z[:, 0] - 0.5 * z[:, 1]
+  r = np.stack([0.5 * (z[:, 2] + z[:, 3]), 0.5 * (z[:, 4] + z[:, 5])], axis=1)
+  d = z[:, 6]
+
+  def expected(rates):
+    return d + np.log(np.exp(r + rates * q[:, None]).sum(axis=1))
+
+  np.testing.assert_allclose(module.apply({'params': params}, z), expected(np.ones(2)),
+                             rtol=1e-5, atol=1e-6)
+  traded = dict(params, trade=np.log(np.array([3.0, 0.5], np.float32)))
+  np.testing.assert_allclose(module.apply({'params': traded}, z),
+                             expected(np.array([3.0, 0.5])), rtol=1e-5, atol=1e-6)
+  # Without relevance columns it is the additive form.
+  plain = value.make_value_function(names[:2], hidden=(8,), form='per_task')
+  np.testing.assert_allclose(plain.apply({'params': value.init_params(plain)}, z[:, :2]), q,
+                             rtol=1e-6)
+  with pytest.raises(ValueError, match='form: one of'):
+    value.make_value_function(names, form='max')
+
+
 def test_excluded_groups_are_not_inputs():
   rng = np.random.default_rng(0)
   table = {name: rng.normal(size=10) for name in COLUMNS if name != 'uid'}

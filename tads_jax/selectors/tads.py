@@ -52,11 +52,18 @@ def check_config(config) -> None:
       raise ValueError(f'config.tads.{field}: missing field')
   value.check_groups(tuple(t.groups), field='config.tads.groups')
   try:  # the prior's group weights and the hidden widths, as fit will use them
-    value.make_value_function(['clip_score'], dict(t.prior), tuple(t.hidden))
+    value.make_value_function(['clip_score'], dict(t.prior), tuple(t.hidden),
+                              form=value_form(config))
   except ValueError as e:
     raise config_lib.field_error(e, 'config.tads', renames={
-        'group_weights': 'config.tads.prior', 'hidden': 'config.tads.hidden'}) from None
+        'group_weights': 'config.tads.prior', 'hidden': 'config.tads.hidden',
+        'form': 'config.tads.value_form'}) from None
   meta_config(config)
+
+
+def value_form(config) -> str:
+  """config.tads.value_form ('additive' when absent; value.FORMS)."""
+  return config.tads.get('value_form', 'additive')
 
 
 def needs(config) -> tuple:
@@ -71,7 +78,8 @@ def fit(config, inputs: selectors.Inputs) -> dict:
   x = value.feature_matrix(inputs.features, names, where='features')  # [N, F]
   standardizer = _standardizer(x, names, inputs)
   z = standardizer.transform(x, out=x)  # [N, F], in place: one copy of the features
-  module = value.make_value_function(names, dict(t.prior), tuple(t.hidden))
+  module = value.make_value_function(names, dict(t.prior), tuple(t.hidden),
+                                     form=value_form(config))
   params = value.init_params(module, config.seed)
   prior = value.feature_weights(module, params, z)
 
@@ -96,7 +104,7 @@ def fit(config, inputs: selectors.Inputs) -> dict:
   logging.info('learn: tads value function over %d features, %d meta steps', len(names),
                steps)
   return {'params': jax.device_get(params), 'standardizer': standardizer.to_dict(),
-          'prior': list(module.prior), 'hidden': list(module.hidden),
+          'prior': list(module.prior), 'hidden': list(module.hidden), 'form': module.form,
           'meta_steps': steps, 'groups': list(t.groups), 'history': history,
           'feature_weights': weights}
 
@@ -122,7 +130,7 @@ def score(config, state, inputs: selectors.Inputs) -> np.ndarray:  # -> [N]
   standardizer = value.Standardizer.from_dict(state['standardizer'],
                                               where='learn state: standardizer')
   module = value.ValueFunction(standardizer.names, tuple(state['prior']),
-                               tuple(state['hidden']))
+                               tuple(state['hidden']), state.get('form', 'additive'))
   params = state['params']
   x = value.feature_matrix(inputs.features, standardizer.names, where='features')
   z = standardizer.transform(x)  # [N, F]
