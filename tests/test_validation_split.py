@@ -382,7 +382,8 @@ def test_sweep_candidates_follow_the_config():
   c.tads.meta.steps = 300
   got = tool.candidates(c)
   assert list(got) == ['tads', 'prior_only', 'value_lr_x3', 'value_lr_div3', 'tau_x3',
-                       'tau_div3', 'steps_x3', 'steps_div3', 'no_quality', 'no_relevance',
+                       'tau_div3', 'steps_x3', 'steps_div3', 'relevance_zscore', 'per_task',
+                       'dedup_exact', 'zscore_per_task', 'no_quality', 'no_relevance',
                        'no_diversity', 'prior_quality_heavy', 'prior_relevance_heavy',
                        'prior_diversity_heavy']
   assert got['steps_x3'] == {'tads.meta.steps': 900}
@@ -393,4 +394,37 @@ def test_sweep_candidates_follow_the_config():
   c.tads.groups = ('quality',)
   c.tads.meta.steps = 0
   assert list(tool.candidates(c)) == ['tads', 'prior_only', 'value_lr_x3', 'value_lr_div3',
-                                      'tau_x3', 'tau_div3']
+                                      'tau_x3', 'tau_div3', 'relevance_zscore', 'per_task',
+                                      'dedup_exact', 'zscore_per_task']
+  assert tool.candidates(c)['per_task'] == {'tads.value_form': 'per_task'}
+
+
+def test_robustness_moves_each_setting_3x_and_reports_the_margin_over_clip_score(
+    base_run, tmp_path):
+  """tools/tads_robustness.py on a tiny run: one row for the base run, then tau at 3x and
+  1/3, each rerun in its own copy; margins are the eval.json means' differences."""
+  robust = load_tool('tads_robustness')
+  workdir = str(tmp_path / 'base')
+  shutil.copytree(base_run[0], workdir)
+  c = config()
+  c.evaluate.baselines = ('clip_score',)
+  main.run(c, workdir)
+  rows = robust.robustness(workdir, str(tmp_path / 'out'), fields=('tau',), seeds=2,
+                           config=c)
+  assert [r['variant'] for r in rows] == ['tads (base run)', 'tau_x3', 'tau_div3']
+  assert json.loads(rows[1]['overrides']) == {'tads.meta.tau': 3.0}
+  clip = read_eval_json(workdir)['baselines']['clip_score']['average']
+  for row, where in zip(rows, (workdir, str(tmp_path / 'out' / 'tau_x3'),
+                               str(tmp_path / 'out' / 'tau_div3'))):
+    result = read_eval_json(where)['average']
+    assert row['average'] == result['mean']
+    assert row['margin over clip_score'] == pytest.approx(result['mean'] - clip['mean'])
+    spread = max(result['std'], clip['std'])
+    margin = result['mean'] - clip['mean']
+    assert row['margin / larger std'] == (
+        pytest.approx(margin / spread) if spread else
+        np.copysign(np.inf, margin) if margin else 0.0)
+  with pytest.raises(ValueError, match='scored with 2 seeds, not 3'):
+    robust.robustness(workdir, str(tmp_path / 'out'), fields=('tau',), seeds=3, config=c)
+  with pytest.raises(ValueError, match="no 'clip_score' baseline"):
+    robust.robustness(base_run[0], str(tmp_path / 'out'), fields=('tau',), seeds=2, config=c)

@@ -13,6 +13,8 @@ come from its eval.json. Variants (config overrides of configs/default.py):
   no_diversity       tads.groups without 'diversity'
   tau_0.3, tau_0.3_600_steps, linear_proxy, value_lr_*, steps_600, prior_quality_heavy: other
                      meta-learning and prior settings (--variants)
+  relevance_zscore, per_task, dedup_exact and their combinations: calibrated relevance,
+                     the per-task value form, exact duplicates never selected
 
 These figures are on the eval splits: they report ablations, they do not choose settings.
 tools/tads_sweep.py chooses settings on a validation split (tads.validation_fraction) with
@@ -47,6 +49,14 @@ VARIANTS = {
     'steps_600': {'tads.meta.steps': 600},
     'prior_quality_heavy': {'tads.prior.quality': 2.0, 'tads.prior.relevance': 0.5,
                             'tads.prior.diversity': 0.5},
+    # What the world showed TADS misses (issue 14 item 2), each alone and together:
+    'relevance_zscore': {'features.relevance_calibration': 'zscore'},
+    'per_task': {'tads.value_form': 'per_task'},
+    'dedup_exact': {'selection.dedup': 'exact'},
+    'zscore_per_task': {'features.relevance_calibration': 'zscore',
+                        'tads.value_form': 'per_task'},
+    'zscore_per_task_dedup': {'features.relevance_calibration': 'zscore',
+                              'tads.value_form': 'per_task', 'selection.dedup': 'exact'},
 }
 
 

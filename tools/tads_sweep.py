@@ -19,6 +19,8 @@ values:
   tads                 the config as it is
   prior_only           tads.meta.steps = 0: the weak-supervision prior alone
   value_lr_x3 / _div3  tads.meta.value_lr times 3 / divided by 3; likewise tau_*, steps_*
+  relevance_zscore, per_task, dedup_exact, zscore_per_task: calibrated relevance, the
+                       per-task value form, exact duplicates never selected, the first two
   no_<group>           that group of tads.groups left out
   prior_<group>_heavy  that group's prior weight doubled, the others' halved
 The proxy is the embedding one unless --proxy pixels.
@@ -44,20 +46,36 @@ SWEEP = 'sweep.json'
 RULE = 'best validation mean'
 # Meta-learning settings tried at 3x and 1/3 of the config's value.
 SCALED = ('value_lr', 'tau', 'steps')
+# Calibrated relevance, the per-task value form, exact dedup (tads_ablations.VARIANTS).
+ITEM2 = ('relevance_zscore', 'per_task', 'dedup_exact', 'zscore_per_task')
+
+
+# Meta-learning settings counted in whole numbers.
+INTEGERS = ('steps', 'unroll', 'batch_size', 'task_batch_size')
+
+
+def scaled(config, fields) -> dict:
+  """{'<field>_x3' / '<field>_div3': {'tads.meta.<field>': value}}: each of
+  config.tads.meta's `fields` at 3x and 1/3 of its value (whole numbers rounded, at least
+  1); a field at 0 (steps: the prior alone) is left out."""
+  out = {}
+  for field in fields:
+    value = config.tads.meta[field]
+    if not value:
+      continue
+    for tag, factor in (('x3', 3.0), ('div3', 1 / 3)):
+      moved = max(1, round(value * factor)) if field in INTEGERS else value * factor
+      out[f'{field}_{tag}'] = {f'tads.meta.{field}': moved}
+  return out
 
 
 def candidates(config) -> dict:
   """{name: {dotted field: value}}: the settings the sweep tries by default (the module
   docstring lists them), derived from the config's own values."""
   out = {name: dict(tads_ablations.VARIANTS[name]) for name in ('tads', 'prior_only')}
-  meta = config.tads.meta
-  for field in SCALED:
-    value = meta[field]
-    if not value:  # steps = 0: the prior alone, which prior_only already is
-      continue
-    for tag, factor in (('x3', 3.0), ('div3', 1 / 3)):
-      scaled = max(1, round(value * factor)) if field == 'steps' else value * factor
-      out[f'{field}_{tag}'] = {f'tads.meta.{field}': scaled}
+  out.update(scaled(config, SCALED))
+  for name in ITEM2:
+    out[name] = dict(tads_ablations.VARIANTS[name])
   groups = tuple(config.tads.groups)
   if len(groups) > 1:
     for group in groups:
