@@ -104,7 +104,8 @@ def get_config():
       semdedup_eps=0.05,         # SemDeDup: duplicates at cosine >= 1 - eps
       relevance_top_m=1,         # mean of the top-m prototype cosines (1 = max)
       # 'zscore': each prototype's cosines as z-scores over the pool before the top-m, so no
-      # class or centroid wins by sitting close to much of the pool; 'none': raw cosines.
+      # class or centroid wins by sitting close to much of the pool; 'none': raw cosines
+      # (the validation sweep's choice here: 'zscore' 0.7513 vs 0.7517, BENCHMARKS.md).
       relevance_calibration='none',
       retrieval_prototypes=32,   # k-means prototypes per side of a retrieval task
       # Settings of the operators, {operator: {setting: value}}: each operator's own
@@ -207,7 +208,8 @@ def get_config():
   c.tads.hidden = (32,)           # the value MLP's hidden widths (its output starts at 0)
   # 'additive': V = linear . z + MLP(z); 'per_task': V = diversity + logsumexp over tasks of
   # (task relevance + exp(trade_t) quality) + MLP(z), each task trading quality against its
-  # relevance at its own learned rate (tads_jax/value.py).
+  # relevance at its own learned rate (tads_jax/value.py). The validation sweep kept
+  # 'additive' (per_task 0.7472 vs 0.7517, BENCHMARKS.md issue 14 item 2).
   c.tads.value_form = 'additive'
   # Share of each task's train split held out as a validation split (per class for
   # classification, by image for retrieval; seeded by `seed` and the task's name): settings
