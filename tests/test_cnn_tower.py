@@ -63,11 +63,28 @@ def test_cnn_tower_matches_a_torch_restatement():
     channels = out
   proj = torch.nn.Linear(channels, config.embed_dim, bias=False)
   proj.weight.data = torch.from_numpy(np.asarray(params['proj']['kernel']).T.copy())
-  with torch.no_grad():
-    x = torch.nn.Sequential(*layers)(torch.from_numpy(pixels).permute(0, 3, 1, 2))
-    theirs = proj(x.mean(dim=(2, 3))).numpy()
+  torch_pixels = torch.from_numpy(pixels).permute(0, 3, 1, 2).requires_grad_()
+  x = torch.nn.Sequential(*layers)(torch_pixels)
+  theirs = proj(x.mean(dim=(2, 3)))
   assert ours.shape == (3, config.embed_dim)
-  np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(ours, theirs.detach().numpy(), rtol=1e-4, atol=1e-5)
+
+  # Gradients (on CPU clip.conv3x3 computes its own): of sum(sin(embedding)) with respect
+  # to the pixels and every parameter, against torch's autograd.
+  torch.sin(theirs).sum().backward()
+  loss = lambda p, x: jnp.sum(jnp.sin(clip.CNNTower(config).apply({'params': p}, x)))  # noqa: E731
+  grads, pixel_grad = jax.jit(jax.grad(loss, (0, 1)))(params, pixels)
+  np.testing.assert_allclose(pixel_grad, torch_pixels.grad.permute(0, 2, 3, 1).numpy(),
+                             rtol=1e-3, atol=1e-5)
+  for i, (conv, norm) in enumerate(zip(layers[0::3], layers[1::3])):
+    np.testing.assert_allclose(grads[f'conv_{i}'], conv.weight.grad.permute(2, 3, 1, 0).numpy(),
+                               rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(grads[f'norm_{i}']['scale'], norm.weight.grad.numpy(),
+                               rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(grads[f'norm_{i}']['bias'], norm.bias.grad.numpy(),
+                               rtol=1e-3, atol=1e-5)
+  np.testing.assert_allclose(grads['proj']['kernel'], proj.weight.grad.T.numpy(),
+                             rtol=1e-3, atol=1e-5)
 
 
 def test_cnn_tower_config_errors_and_no_hf_export(tmp_path):
@@ -191,20 +208,48 @@ def test_a_cnn_clip_round_trips_through_its_folder(tmp_path):
     assert json.load(f)['model_type'] == 'clip'
 
 
-@pytest.mark.parametrize('stride', [1, 2, 3])
-def test_conv3x3_equals_xla_convolution_in_value_and_gradient(stride):
-  """The im2col convolution against lax.conv_general_dilated, on a non-square odd input."""
-  rng = np.random.default_rng(stride)
-  x = jnp.asarray(rng.normal(size=(2, 7, 10, 5)), jnp.float32)
+@pytest.mark.parametrize('stride,height,width', [(1, 7, 10), (2, 7, 10), (2, 8, 9), (3, 7, 10)])
+def test_conv3x3_equals_xla_convolution_in_value_and_gradient(stride, height, width):
+  """clip.conv3x3 against lax.conv_general_dilated on non-square inputs: its value, and
+  under differentiation (on CPU an im2col matmul forward, the kernel's gradient from the
+  same matrix) its value and both gradients. Width 10 takes _im2col's paired-column path
+  at stride 2, width 9 the strided one."""
+  rng = np.random.default_rng(stride + width)
+  x = jnp.asarray(rng.normal(size=(2, height, width, 5)), jnp.float32)
   kernel = jnp.asarray(rng.normal(size=(3, 3, 5, 4)), jnp.float32)
   reference = lambda x, k: jax.lax.conv_general_dilated(  # noqa: E731
       x, k, (stride, stride), ((1, 1), (1, 1)), dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
   ours = lambda x, k: clip.conv3x3(x, k, stride, jnp.float32)  # noqa: E731
   np.testing.assert_allclose(ours(x, kernel), reference(x, kernel), rtol=1e-5, atol=1e-5)
+  dy = jnp.asarray(rng.normal(size=reference(x, kernel).shape), jnp.float32)
+  (value, vjp), (ref_value, ref_vjp) = (jax.vjp(f, x, kernel) for f in (ours, reference))
+  np.testing.assert_allclose(value, ref_value, rtol=1e-5, atol=1e-5)
+  for a, b in zip(jax.jit(vjp)(dy), ref_vjp(dy)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
   loss = lambda f: lambda x, k: jnp.sum(jnp.sin(f(x, k)))  # noqa: E731
   for a, b in zip(jax.grad(loss(ours), (0, 1))(x, kernel),
                   jax.grad(loss(reference), (0, 1))(x, kernel)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('stride', [1, 2])
+def test_conv3x3_in_bfloat16_matches_xla_convolution_in_bfloat16(stride):
+  """dtype=bfloat16 casts the matmul inputs and accumulates in float32, as XLA's
+  convolution with the same casts does."""
+  rng = np.random.default_rng(stride)
+  x = jnp.asarray(rng.normal(size=(2, 8, 8, 6)), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(3, 3, 6, 8)), jnp.float32)
+  reference = lambda x, k: jax.lax.conv_general_dilated(  # noqa: E731
+      x.astype(jnp.bfloat16), k.astype(jnp.bfloat16), (stride, stride), ((1, 1), (1, 1)),
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'), preferred_element_type=jnp.float32)
+  ours = lambda x, k: clip.conv3x3(x, k, stride, jnp.bfloat16)  # noqa: E731
+  loss = lambda f: lambda x, k: jnp.sum(jnp.sin(f(x, k)))  # noqa: E731
+  (value, grads), (ref_value, ref_grads) = (jax.value_and_grad(loss(f), (0, 1))(x, kernel)
+                                            for f in (ours, reference))
+  assert all(g.dtype == jnp.float32 for g in grads)
+  np.testing.assert_allclose(value, ref_value, rtol=2e-2, atol=1e-1)
+  for a, b in zip(grads, ref_grads):
+    np.testing.assert_allclose(a, b, rtol=2e-2, atol=5e-2)
 
 
 def test_the_cnn_pixel_proxy_config_validates_and_trains_the_cnn():

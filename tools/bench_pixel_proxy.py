@@ -16,15 +16,21 @@ many threads as XLA's CPU client uses (the cores this process may run on).
 
 Timed: `--steps` steps after `--warmup` (compilation; torch's first steps), alternating
 ours / torch `--rounds` times so that a load change on a shared machine hits both; the best
-round of each is reported.
+round of each is reported. Each round also prints the minor page faults per timed step: a
+step of ours touches its temporaries in memory freshly mapped from the kernel (glibc maps
+allocations over 32 MB afresh), and on this machine those faults cost ~0.7 us each. With
+glibc's allocator told to keep its memory (the last command) they mostly go away.
 
   python tools/bench_pixel_proxy.py
   python tools/bench_pixel_proxy.py --steps 20 --rounds 3
+  GLIBC_TUNABLES=glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:\
+glibc.malloc.trim_threshold=4000000000 python tools/bench_pixel_proxy.py
 """
 
 import argparse
 import math
 import os
+import resource
 import shlex
 import sys
 import time
@@ -42,6 +48,13 @@ def _command() -> str:
 
 def _load() -> str:
   return '/'.join(f'{v:.2f}' for v in os.getloadavg())
+
+
+def _page_faults() -> int:
+  """Minor page faults of this process so far. XLA:CPU allocates a step's temporaries
+  (hundreds of MB) afresh each step, and glibc maps allocations that large from the kernel
+  each time, so every page they touch faults; torch's reuse its freed blocks."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def _cpu_flags() -> str:
@@ -83,10 +96,10 @@ def data(cfg, pool: int, seed: int = 0):
 # Ours.
 
 
-def run_ours(cfg, images, ids, rows, warmup: int, steps: int) -> float:
-  """Seconds for `steps` steps of tads_jax.train's jitted step (mesh of this host's CPU
-  device), after `warmup` steps; each batch gathered and put on the device as train()
-  does."""
+def run_ours(cfg, images, ids, rows, warmup: int, steps: int) -> tuple[float, int]:
+  """Seconds and minor page faults for `steps` steps of tads_jax.train's jitted step (mesh
+  of this host's CPU device), after `warmup` steps; each batch gathered and put on the
+  device as train() does."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import flax.linen as nn  # pylint: disable=import-outside-toplevel
@@ -114,14 +127,14 @@ def run_ours(cfg, images, ids, rows, warmup: int, steps: int) -> float:
     for _ in range(warmup):
       state, metrics = step(state)
     jax.block_until_ready(metrics)
-    start = time.perf_counter()
+    faults, start = _page_faults(), time.perf_counter()
     for _ in range(steps):
       state, metrics = step(state)
     jax.block_until_ready((state, metrics))
-    seconds = time.perf_counter() - start
+    seconds, faults = time.perf_counter() - start, _page_faults() - faults
   if not math.isfinite(float(metrics['loss'])):
     raise RuntimeError(f'ours: loss {float(metrics["loss"])}')
-  return seconds
+  return seconds, faults
 
 
 # ---------------------------------------------------------------------------------------
@@ -229,7 +242,8 @@ def torch_model(cfg):
   return CLIP()
 
 
-def run_torch(cfg, images, ids, rows, warmup: int, steps: int, threads: int) -> float:
+def run_torch(cfg, images, ids, rows, warmup: int, steps: int,
+              threads: int) -> tuple[float, int]:
   import torch  # pylint: disable=import-outside-toplevel
   from torch.nn import functional as F  # pylint: disable=import-outside-toplevel
   from tads_jax import train  # pylint: disable=import-outside-toplevel
@@ -275,13 +289,13 @@ def run_torch(cfg, images, ids, rows, warmup: int, steps: int, threads: int) -> 
 
   for _ in range(warmup):
     step()
-  start = time.perf_counter()
+  faults, start = _page_faults(), time.perf_counter()
   for _ in range(steps):
     loss = step()
-  seconds = time.perf_counter() - start
+  seconds, faults = time.perf_counter() - start, _page_faults() - faults
   if not math.isfinite(loss.item()):
     raise RuntimeError(f'torch: loss {loss.item()}')
-  return seconds
+  return seconds, faults
 
 
 def main():
@@ -312,14 +326,20 @@ def main():
         f'{torch.__version__} ({threads} threads); load before {_load()}')
   print(f'model: {cfg.model} + {dict(cfg.model_overrides)}; batch {cfg.batch_size}, '
         f'{cfg.dtype}, {c.image_size} px, {c.context_length} tokens, vocab {vocab}')
+  if os.environ.get('GLIBC_TUNABLES'):
+    print(f'GLIBC_TUNABLES={os.environ["GLIBC_TUNABLES"]}')
   ours, theirs = [], []
   for r in range(args.rounds):
     # A fresh first round compiles; later rounds reuse the compiled step.
-    ours.append(run_ours(cfg, images, ids, rows, args.warmup, args.steps))
-    theirs.append(run_torch(cfg, images, ids, rows, args.warmup, args.steps, threads))
+    seconds, our_faults = run_ours(cfg, images, ids, rows, args.warmup, args.steps)
+    ours.append(seconds)
+    seconds, their_faults = run_torch(cfg, images, ids, rows, args.warmup, args.steps,
+                                      threads)
+    theirs.append(seconds)
     print(f'round {r + 1}: ours {cfg.batch_size * args.steps / ours[-1]:.1f} samples/s, '
-          f'torch {cfg.batch_size * args.steps / theirs[-1]:.1f} samples/s; load {_load()}',
-          flush=True)
+          f'torch {cfg.batch_size * args.steps / theirs[-1]:.1f} samples/s; minor page '
+          f'faults per step: ours {our_faults // args.steps}, torch '
+          f'{their_faults // args.steps}; load {_load()}', flush=True)
   ours_rate = cfg.batch_size * args.steps / min(ours)
   torch_rate = cfg.batch_size * args.steps / min(theirs)
   print()

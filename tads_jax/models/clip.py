@@ -401,18 +401,87 @@ class GroupNorm(nn.Module):
     return y * scale.astype(jnp.float32) + bias.astype(jnp.float32)
 
 
+def _xla_conv3x3(x, kernel, stride: int, dtype):
+  """XLA's 3x3 convolution, padding 1 on every side: NHWC x, HWIO kernel -> float32."""
+  return jax.lax.conv_general_dilated(
+      x.astype(dtype), kernel.astype(dtype), window_strides=(stride, stride),
+      padding=((1, 1), (1, 1)), dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+      preferred_element_type=jnp.float32)
+
+
+def _im2col(x, stride: int):
+  """[B, H, W, C] -> [B*H'*W', 9C]: the nine shifted views of x padded by 1, (row, column,
+  channel) order as an HWIO kernel flattens its first three axes. With stride 2 and an even
+  width a row's three column taps are its columns (2p, 2p+1) and 2p+2: two slices of the row
+  viewed [W/2 + 1, 2C] instead of three strided ones (XLA:CPU copies them faster)."""
+  b, h, w, ch = x.shape
+  padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))  # [B, H+2, W+2, C]
+  ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
+  views = []
+  for i in range(3):
+    rows = padded[:, i:i + stride * (ho - 1) + 1:stride]  # [B, H', W+2, C]
+    if stride == 2 and w % 2 == 0:
+      pairs = rows.reshape(b, ho, wo + 1, 2 * ch)  # columns (2p, 2p+1) side by side
+      views += [pairs[:, :, :wo], pairs[:, :, 1:, :ch]]
+    else:
+      views += [rows[:, :, j:j + stride * (wo - 1) + 1:stride] for j in range(3)]
+  return jnp.concatenate(views, axis=-1).reshape(b * ho * wo, 9 * ch)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _cpu_conv3x3(x, kernel, stride, dtype, x_type):
+  del x_type  # x's jax.ShapeDtypeStruct, for the backward
+  return _xla_conv3x3(x, kernel, stride, dtype)
+
+
+def _cpu_conv3x3_fwd(x, kernel, stride, dtype, x_type):
+  """Under differentiation: one matmul over the im2col matrix, which the kernel's gradient
+  reuses."""
+  del x_type
+  b, h, w, ch = x.shape
+  cols = _im2col(x.astype(dtype), stride)  # [N, 9C]
+  y = _dot('nd,df->nf', cols, kernel.reshape(9 * ch, -1), dtype)  # [N, F]
+  ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
+  return y.reshape(b, ho, wo, -1), (cols, kernel)
+
+
+def _cpu_conv3x3_bwd(stride, dtype, x, residuals, dy):
+  """dx by XLA's transposed convolution; dkernel = cols^T dy, computed as (dy^T cols)^T when
+  9C >= F: XLA:CPU's dot runs that orientation 1.4-2.4x faster for these shapes (a
+  [32768, 288]^T [32768, 32] product: 7.7 ms, its transpose 3.3 ms), and the barrier keeps
+  XLA from folding the transpose back into the dot."""
+  cols, kernel = residuals
+  dx = jax.linear_transpose(lambda t: _xla_conv3x3(t, kernel, stride, dtype), x)(dy)[0]
+  dy2 = dy.reshape(-1, dy.shape[-1]).astype(dtype)  # [N, F]
+  cols, dy2 = jax.lax.optimization_barrier((cols, dy2))
+  if cols.shape[1] >= dy2.shape[1]:
+    dkernel = jax.lax.optimization_barrier(_dot('nf,nd->fd', dy2, cols, dtype)).T
+  else:
+    dkernel = _dot('nd,nf->df', cols, dy2, dtype)  # [9C, F]
+  return dx.astype(x.dtype), dkernel.reshape(kernel.shape).astype(kernel.dtype)
+
+
+_cpu_conv3x3.defvjp(_cpu_conv3x3_fwd, _cpu_conv3x3_bwd)
+
+
 def conv3x3(x, kernel, stride: int, dtype):
   """A 3x3 convolution with padding 1 on every side (torch's Conv2d(k=3, p=1)), NHWC x
-  [B, H, W, C] and HWIO kernel [3, 3, C, F] -> float32 [B, H', W', F], as one matmul over
-  the nine shifted views of x (im2col): on CPU that runs the forward and backward in
-  XLA's fast matmul kernels, where conv_general_dilated's backward is slow."""
-  b, h, w, ch = x.shape
-  padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-  ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
-  views = [padded[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride]
-           for i in range(3) for j in range(3)]  # 9 x [B, H', W', C], (row, column) order
-  cols = jnp.concatenate(views, axis=-1)  # [B, H', W', 9C], as HWIO flattens its first 3
-  return project(cols, kernel.reshape(9 * ch, -1), dtype)
+  [B, H, W, C] and HWIO kernel [3, 3, C, F] -> float32 [B, H', W', F]: XLA's convolution,
+  with the same value and gradient up to float rounding.
+
+  On CPU (_cpu_conv3x3) the gradient is computed another way. Autodiff of XLA's
+  convolution gets the kernel's gradient from a convolution over the batch, which needs x
+  transposed batch-minor, and XLA:CPU fuses the GroupNorm that made x into those
+  transposes (35 ms of a ~150 ms tower step, batch 128 at 64 px, one core); autodiff of an
+  im2col matmul spends ~25 ms scattering the columns' gradient back (BENCHMARKS.md, "Pixel
+  proxy speed"). So under differentiation the forward is one matmul over the im2col
+  matrix, the kernel's gradient a second matmul over that same matrix, and dx XLA's
+  transposed convolution; without differentiation (embedding) it is XLA's convolution.
+  Accelerators keep XLA's convolution and its gradient.
+  """
+  if jax.default_backend() == 'cpu':
+    return _cpu_conv3x3(x, kernel, stride, dtype, jax.ShapeDtypeStruct(x.shape, x.dtype))
+  return _xla_conv3x3(x, kernel, stride, dtype)
 
 
 class CNNTower(_ImageTower):
