@@ -120,15 +120,11 @@ def relevance_vector(image_emb, text_emb, tasks_prototypes: Sequence, top_m: int
     raise ValueError(f'relevance_vector: {len(calibrations)} calibrations for '
                      f'{len(tasks_prototypes)} tasks')
   pairs = []
-  for i, protos in enumerate(tasks_prototypes):
-    if isinstance(protos, (tuple, list)):
-      if len(protos) != 2:
-        raise ValueError(f'relevance_vector: task {i}: expected (image, text) prototypes, got '
-                         f'{len(protos)} arrays')
-      pairs.append((jnp.asarray(protos[0], jnp.float32), jnp.asarray(protos[1], jnp.float32)))
-    else:
-      protos = jnp.asarray(protos, jnp.float32)
-      pairs.append((protos, protos))
+  for i, sides in enumerate(task_sides(tasks_prototypes)):
+    if len(sides) != 2:
+      raise ValueError(f'relevance_vector: task {i}: expected (image, text) prototypes, got '
+                       f'{len(sides)} arrays')
+    pairs.append(tuple(jnp.asarray(side, jnp.float32) for side in sides))
     for side in pairs[-1]:
       if side.ndim != 2 or side.shape[1] != image_emb.shape[-1]:
         raise ValueError(f'relevance_vector: task {i}: prototypes must be [P, '
