@@ -303,6 +303,11 @@ def task_of(name: str) -> str | None:
   return None
 
 
+def task_names(names: Sequence[str]) -> list[str]:
+  """The tasks that have relevance columns among `names`, sorted."""
+  return sorted({t for t in map(task_of, names) if t is not None})
+
+
 class ValueFunction(nn.Module):
   """V(z): one score per sample, in one of two forms.
 
@@ -334,7 +339,7 @@ class ValueFunction(nn.Module):
       raise ValueError(f'ValueFunction.form: one of {FORMS}, got {self.form!r}')
     prior = np.asarray(self.prior, np.float32)
     linear = self.param('linear', lambda _: jnp.asarray(prior))  # [F]
-    tasks = sorted({t for t in map(task_of, self.names) if t is not None})
+    tasks = task_names(self.names)
     if self.form == 'additive' or not tasks:
       value = z @ linear.astype(z.dtype)  # [B]
     else:
@@ -371,9 +376,8 @@ def make_value_function(names: Sequence[str], group_weights=None, hidden=(64,),
     raise ValueError(f'form: one of {FORMS}, got {form!r}')
   prior = np.zeros(len(names)) if zero_prior else prior_weights(names, group_weights)
   if form == 'per_task':
-    tasks = {task_of(n) for n in names} - {None}
-    prior = np.where([task_of(n) is not None for n in names], prior * max(len(tasks), 1),
-                     prior)
+    prior = np.where([task_of(n) is not None for n in names],
+                     prior * max(len(task_names(names)), 1), prior)
   for width in hidden:
     if not isinstance(width, int) or isinstance(width, bool) or width < 1:
       raise ValueError(f'hidden: expected positive integers, got {tuple(hidden)}')

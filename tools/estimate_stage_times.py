@@ -153,9 +153,11 @@ def train_step_flops(cfg, width: int | None) -> float:
 def tads_feature_names(config) -> list:
   """The columns TADS's value function reads for these tasks: the operators, two
   relevance columns per task, the diversity columns (value.feature_group)."""
+  from tads_jax import value  # pylint: disable=import-outside-toplevel
   names = list(config.features.operators)
-  names += [f'relevance_{t["name"]}_{side}' for t in config.tasks for side in ('image', 'text')]
-  return names + ['cluster_weight', 'semantic_duplicate', 'exact_duplicate']
+  names += [f'{value.RELEVANCE_PREFIX}{t["name"]}_{side}' for t in config.tasks
+            for side in ('image', 'text')]
+  return names + list(value.DIVERSITY_COLUMNS)
 
 
 def meta_step_flops(config, width: int = 512) -> float:

@@ -46,8 +46,9 @@ SWEEP = 'sweep.json'
 RULE = 'best validation mean'
 # Meta-learning settings tried at 3x and 1/3 of the config's value.
 SCALED = ('value_lr', 'tau', 'steps')
-# Calibrated relevance, the per-task value form, exact dedup (tads_ablations.VARIANTS).
-ITEM2 = ('relevance_zscore', 'per_task', 'dedup_exact', 'zscore_per_task')
+# Variants of tads_ablations.VARIANTS tried as named: calibrated relevance, the per-task
+# value form, exact dedup, the first two together.
+NAMED_VARIANTS = ('relevance_zscore', 'per_task', 'dedup_exact', 'zscore_per_task')
 
 
 # Meta-learning settings counted in whole numbers.
@@ -74,7 +75,7 @@ def candidates(config) -> dict:
   docstring lists them), derived from the config's own values."""
   out = {name: dict(tads_ablations.VARIANTS[name]) for name in ('tads', 'prior_only')}
   out.update(scaled(config, SCALED))
-  for name in ITEM2:
+  for name in NAMED_VARIANTS:
     out[name] = dict(tads_ablations.VARIANTS[name])
   groups = tuple(config.tads.groups)
   if len(groups) > 1:

@@ -445,20 +445,20 @@ def _cpu_conv3x3_fwd(x, kernel, stride, dtype, x_type):
   return y.reshape(b, ho, wo, -1), (cols, kernel)
 
 
-def _cpu_conv3x3_bwd(stride, dtype, x, residuals, dy):
+def _cpu_conv3x3_bwd(stride, dtype, x_type, residuals, dy):
   """dx by XLA's transposed convolution; dkernel = cols^T dy, computed as (dy^T cols)^T when
   9C >= F: XLA:CPU's dot runs that orientation 1.4-2.4x faster for these shapes (a
   [32768, 288]^T [32768, 32] product: 7.7 ms, its transpose 3.3 ms), and the barrier keeps
   XLA from folding the transpose back into the dot."""
   cols, kernel = residuals
-  dx = jax.linear_transpose(lambda t: _xla_conv3x3(t, kernel, stride, dtype), x)(dy)[0]
+  dx = jax.linear_transpose(lambda t: _xla_conv3x3(t, kernel, stride, dtype), x_type)(dy)[0]
   dy2 = dy.reshape(-1, dy.shape[-1]).astype(dtype)  # [N, F]
   cols, dy2 = jax.lax.optimization_barrier((cols, dy2))
   if cols.shape[1] >= dy2.shape[1]:
     dkernel = jax.lax.optimization_barrier(_dot('nf,nd->fd', dy2, cols, dtype)).T
   else:
     dkernel = _dot('nd,nf->df', cols, dy2, dtype)  # [9C, F]
-  return dx.astype(x.dtype), dkernel.reshape(kernel.shape).astype(kernel.dtype)
+  return dx.astype(x_type.dtype), dkernel.reshape(kernel.shape).astype(kernel.dtype)
 
 
 _cpu_conv3x3.defvjp(_cpu_conv3x3_fwd, _cpu_conv3x3_bwd)
