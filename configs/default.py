@@ -211,6 +211,10 @@ def get_config():
   # relevance at its own learned rate (tads_jax/value.py). The validation sweep kept
   # 'additive' (per_task 0.7472 vs 0.7517, BENCHMARKS.md issue 14 item 2).
   c.tads.value_form = 'additive'
+  # 'prior': each feature the prior gives a sign keeps its linear weight on that side of
+  # zero (0 allowed) through meta-learning (tads_jax/value.py ValueFunction.constrain);
+  # 'free': meta-learning may flip any of them.
+  c.tads.linear_signs = 'free'
   # Share of each task's train split held out as a validation split (per class for
   # classification, by image for retrieval; seeded by `seed` and the task's name): settings
   # are chosen on it (evaluate.split='validation', tools/tads_sweep.py), the eval splits

@@ -14,7 +14,8 @@ GLU head over the reference embeddings, M-FLYT's linear layer over standardized 
      cross-entropy of zero-shot logits on a batch of task train images, the classifier
      built from every template (TADS) or from one random template per class drawn anew
      each step (FLYT); retrieval: the CLIP loss on a batch of task train pairs);
-  5. jax.grad w.r.t. the scorer's params, AdamW update;
+  5. jax.grad w.r.t. the scorer's params, AdamW update, then the scorer's constraint if it
+     has one (Scorer.constrain: TADS's sign-kept prior);
   6. the proxy keeps training: its params and inner optimizer state become the unrolled
      ones, gradient stopped (FLYT's update_reference_model).
 
@@ -359,6 +360,12 @@ class Scorer:
   def __call__(self, params, batch):  # -> [B]
     return self.module.apply({'params': params}, *(batch[f] for f in self.fields))
 
+  def constrain(self, params):
+    """The params after the module's own constraint, when it has one (a `constrain(params)
+    -> params` method, e.g. value.ValueFunction's signs), applied after every update."""
+    constrain = getattr(self.module, 'constrain', None)
+    return params if constrain is None else constrain(params)
+
 
 def as_scorer(module) -> Scorer:
   """A Scorer as is; a value.ValueFunction as the scorer of the features 'z'."""
@@ -378,6 +385,8 @@ def _describe(scorer: Scorer) -> dict:
             'hidden': list(module.hidden)}
     if module.form != 'additive':  # the additive form's fingerprint as before the field
       arch['form'] = module.form
+    if module.signs != 'free':  # likewise
+      arch['signs'] = module.signs
   else:
     arch = {f.name: repr(getattr(module, f.name)) for f in dataclasses.fields(module)
             if f.name not in ('parent', 'name')}
@@ -456,6 +465,7 @@ def make_meta_step(cfg: MetaConfig, scorer: Scorer | value_lib.ValueFunction,
                    optimizer: optax.GradientTransformation):
   """Pure step (jit it): (state, pool_batch {the scorer's fields, 'image_emb', 'text_emb'
   [B, D]}, task_batches [one dict per task]) -> (state, metrics)."""
+  scorer = as_scorer(scorer)
   outer_loss = make_outer_loss(cfg, scorer, proxy, kinds)
 
   def meta_step(state: MetaState, pool_batch, task_batches):
@@ -463,7 +473,7 @@ def make_meta_step(cfg: MetaConfig, scorer: Scorer | value_lib.ValueFunction,
         state.value_params, state.proxy_params, state.inner_state, state.losses0,
         pool_batch, task_batches)
     updates, opt_state = optimizer.update(grads, state.value_opt_state, state.value_params)
-    value_params = optax.apply_updates(state.value_params, updates)
+    value_params = scorer.constrain(optax.apply_updates(state.value_params, updates))
     w = aux['weights']
     entropy = -jnp.sum(jnp.where(w > 0, w * jnp.log(jnp.where(w > 0, w, 1.0)), 0.0))
     metrics = {

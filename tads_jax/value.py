@@ -291,6 +291,9 @@ class Standardizer:
 
 
 FORMS = ('additive', 'per_task')
+# 'free': the linear weights take any sign; 'prior': a feature with a prior sign keeps its
+# weight on that side of zero (or at it) through meta-learning (ValueFunction.constrain).
+SIGNS = ('free', 'prior')
 
 
 def task_of(name: str) -> str | None:
@@ -321,11 +324,34 @@ class ValueFunction(nn.Module):
   its relevance: a task that tolerates noisy captions can take more relevant, rougher
   samples than one that does not. Without relevance columns it is the additive form.
   A constant added to V changes no softmax over a batch, so there is no output bias.
+
+  signs='prior' keeps the linear weight of every feature the prior gives a sign (the named
+  quality and diversity features, every relevance column) on the prior's side of zero:
+  meta-learning may shrink such a weight to 0 but not flip it (constrain, applied after
+  each meta update). The meta-learning feedback comes from a proxy on the reference's
+  embeddings, which can reward what a model trained on the pixels cannot use (blank
+  images, say); the signs are the part of the prior that knowledge, not that feedback,
+  decides. The MLP is not constrained: with hidden=() V is monotone in those features.
   """
   names: tuple[str, ...]
   prior: tuple[float, ...]
   hidden: tuple[int, ...] = (64,)
   form: str = 'additive'
+  signs: str = 'free'
+
+  def constrain(self, params):
+    """params with each signed feature's linear weight clipped to its prior's side of 0
+    (signs='prior'; params as they are for 'free'): the projection step of projected
+    gradient descent, a pure function of the params."""
+    if self.signs not in SIGNS:
+      raise ValueError(f'ValueFunction.signs: one of {SIGNS}, got {self.signs!r}')
+    if self.signs == 'free':
+      return params
+    sign = np.sign(np.asarray(self.prior, np.float32))  # [F]: +1, -1, or 0 (free)
+    linear = params['linear']  # [F]
+    clipped = jnp.where(sign > 0, jnp.maximum(linear, 0.0),
+                        jnp.where(sign < 0, jnp.minimum(linear, 0.0), linear))
+    return {**params, 'linear': clipped.astype(linear.dtype)}
 
   @nn.compact
   def __call__(self, z):  # [B, F] -> [B]
@@ -366,7 +392,8 @@ class ValueFunction(nn.Module):
 
 
 def make_value_function(names: Sequence[str], group_weights=None, hidden=(64,),
-                        zero_prior: bool = False, form: str = 'additive') -> ValueFunction:
+                        zero_prior: bool = False, form: str = 'additive',
+                        signs: str = 'free') -> ValueFunction:
   """ValueFunction over `names` with the prior of prior_weights (or all zeros).
 
   In the per-task form each task's relevance weighs, at the prior, what the whole group
@@ -374,6 +401,8 @@ def make_value_function(names: Sequence[str], group_weights=None, hidden=(64,),
   them; here one task, the best, counts)."""
   if form not in FORMS:
     raise ValueError(f'form: one of {FORMS}, got {form!r}')
+  if signs not in SIGNS:
+    raise ValueError(f'signs: one of {SIGNS}, got {signs!r}')
   prior = np.zeros(len(names)) if zero_prior else prior_weights(names, group_weights)
   if form == 'per_task':
     prior = np.where([task_of(n) is not None for n in names],
@@ -381,7 +410,8 @@ def make_value_function(names: Sequence[str], group_weights=None, hidden=(64,),
   for width in hidden:
     if not isinstance(width, int) or isinstance(width, bool) or width < 1:
       raise ValueError(f'hidden: expected positive integers, got {tuple(hidden)}')
-  return ValueFunction(tuple(names), tuple(float(w) for w in prior), tuple(hidden), form)
+  return ValueFunction(tuple(names), tuple(float(w) for w in prior), tuple(hidden), form,
+                       signs)
 
 
 def init_params(module: ValueFunction, seed: int = 0):

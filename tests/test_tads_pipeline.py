@@ -179,6 +179,29 @@ def test_per_task_value_form_learns_trades_and_scores_with_them(prior_run, tmp_p
       rtol=1e-4, atol=1e-4)
 
 
+def test_prior_signs_hold_through_meta_learning(prior_run, tmp_path):
+  """tads.linear_signs='prior' through learn: meta-learning flips some signed weights of
+  this world when free; kept, none ends on the wrong side of zero, and the kept run still
+  learns (its weights move off the prior)."""
+  learned = {}
+  for signs in ('free', 'prior'):
+    workdir = str(tmp_path / signs)
+    shutil.copytree(prior_run[0], workdir)
+    c = config(steps=6)
+    c.tads.linear_signs = signs
+    c.tads.meta.value_lr = 0.3  # large steps, so that a few of them reach across zero
+    main.run(c, workdir)
+    state = learn.load_state(os.path.join(workdir, 'learn', learn.STATE))
+    assert state['signs'] == signs
+    learned[signs] = (np.asarray(state['prior']), np.asarray(state['params']['linear']))
+  prior, free = learned['free']
+  flipped = np.sign(prior) * free < 0
+  assert flipped.any()  # the constraint has something to hold here
+  prior, kept = learned['prior']
+  assert np.all(np.sign(prior) * kept >= 0)
+  assert np.abs(kept - prior).max() > 1e-3
+
+
 def test_soft_cap_writes_repeats_at_the_same_budget(prior_run, tmp_path):
   workdir = str(tmp_path / 'w')
   shutil.copytree(prior_run[0], workdir)
@@ -207,6 +230,7 @@ def test_config_errors_name_the_field():
       ('groups', ('quality', 'vibes'), 'config.tads.groups'),
       ('hidden', (0,), 'config.tads.hidden'),
       ('value_form', 'max', r'config\.tads\.value_form: one of'),
+      ('linear_signs', 'sticky', r'config\.tads\.linear_signs: one of'),
   ):
     c = config()
     c.tads[field] = bad

@@ -383,7 +383,8 @@ def test_sweep_candidates_follow_the_config():
   got = tool.candidates(c)
   assert list(got) == ['tads', 'prior_only', 'value_lr_x3', 'value_lr_div3', 'tau_x3',
                        'tau_div3', 'steps_x3', 'steps_div3', 'relevance_zscore', 'per_task',
-                       'dedup_exact', 'zscore_per_task', 'no_quality', 'no_relevance',
+                       'dedup_exact', 'zscore_per_task', 'prior_signs', 'no_mlp',
+                       'no_mlp_prior_signs', 'no_quality', 'no_relevance',
                        'no_diversity', 'prior_quality_heavy', 'prior_relevance_heavy',
                        'prior_diversity_heavy']
   assert got['steps_x3'] == {'tads.meta.steps': 900}
@@ -395,8 +396,11 @@ def test_sweep_candidates_follow_the_config():
   c.tads.meta.steps = 0
   assert list(tool.candidates(c)) == ['tads', 'prior_only', 'value_lr_x3', 'value_lr_div3',
                                       'tau_x3', 'tau_div3', 'relevance_zscore', 'per_task',
-                                      'dedup_exact', 'zscore_per_task']
+                                      'dedup_exact', 'zscore_per_task', 'prior_signs',
+                                      'no_mlp', 'no_mlp_prior_signs']
   assert tool.candidates(c)['per_task'] == {'tads.value_form': 'per_task'}
+  assert tool.candidates(c)['no_mlp_prior_signs'] == {'tads.hidden': (),
+                                                      'tads.linear_signs': 'prior'}
 
 
 def test_robustness_moves_each_setting_3x_and_reports_the_margin_over_clip_score(

@@ -105,6 +105,29 @@ def test_per_task_form_is_logsumexp_over_tasks_of_relevance_plus_traded_quality(
     value.make_value_function(names, form='max')
 
 
+def test_prior_signs_clip_each_signed_weight_to_its_side_of_zero():
+  """signs='prior': a weight whose prior is + (clip_score, a relevance column) or -
+  (near_uniform, exact_duplicate) cannot cross 0; a feature without a prior sign (width)
+  keeps any weight; the MLP is untouched. 'free' changes nothing."""
+  names = ('width', 'near_uniform', 'clip_score', 'relevance_a_image', 'exact_duplicate')
+  moved = np.array([-0.7, 0.3, -0.2, -0.05, -0.4], np.float32)  # what an update made
+  for signs, expected in (('prior', [-0.7, 0.0, 0.0, 0.0, -0.4]), ('free', moved)):
+    module = value.make_value_function(names, hidden=(4,), signs=signs)
+    params = value.init_params(module)
+    params = {**params, 'linear': jnp.asarray(moved)}
+    out = module.constrain(params)
+    np.testing.assert_array_equal(np.asarray(out['linear']), np.asarray(expected, np.float32))
+    for a, b in zip(jax.tree_util.tree_leaves(params['hidden_0']),
+                    jax.tree_util.tree_leaves(out['hidden_0'])):
+      np.testing.assert_array_equal(a, b)
+  # A weight already on its side is kept bit for bit, zeros included.
+  module = value.make_value_function(names, signs='prior')
+  params = value.init_params(module)
+  np.testing.assert_array_equal(module.constrain(params)['linear'], params['linear'])
+  with pytest.raises(ValueError, match='signs: one of'):
+    value.make_value_function(names, signs='sticky')
+
+
 def test_excluded_groups_are_not_inputs():
   rng = np.random.default_rng(0)
   table = {name: rng.normal(size=10) for name in COLUMNS if name != 'uid'}

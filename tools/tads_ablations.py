@@ -57,6 +57,12 @@ VARIANTS = {
                         'tads.value_form': 'per_task'},
     'zscore_per_task_dedup': {'features.relevance_calibration': 'zscore',
                               'tads.value_form': 'per_task', 'selection.dedup': 'exact'},
+    # The prior's signs kept through meta-learning, the value MLP left out, both (a value
+    # monotone in every signed feature): what world 2 showed the embedding proxy's
+    # feedback can flip (session 9).
+    'prior_signs': {'tads.linear_signs': 'prior'},
+    'no_mlp': {'tads.hidden': ()},
+    'no_mlp_prior_signs': {'tads.hidden': (), 'tads.linear_signs': 'prior'},
 }
 
 

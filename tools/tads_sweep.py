@@ -21,6 +21,8 @@ values:
   value_lr_x3 / _div3  tads.meta.value_lr times 3 / divided by 3; likewise tau_*, steps_*
   relevance_zscore, per_task, dedup_exact, zscore_per_task: calibrated relevance, the
                        per-task value form, exact duplicates never selected, the first two
+  prior_signs, no_mlp, no_mlp_prior_signs: the prior's signs kept through meta-learning
+                       (tads.linear_signs), no value MLP (tads.hidden ()), both
   no_<group>           that group of tads.groups left out
   prior_<group>_heavy  that group's prior weight doubled, the others' halved
 The proxy is the embedding one unless --proxy pixels.
@@ -47,8 +49,10 @@ RULE = 'best validation mean'
 # Meta-learning settings tried at 3x and 1/3 of the config's value.
 SCALED = ('value_lr', 'tau', 'steps')
 # Variants of tads_ablations.VARIANTS tried as named: calibrated relevance, the per-task
-# value form, exact dedup, the first two together.
-NAMED_VARIANTS = ('relevance_zscore', 'per_task', 'dedup_exact', 'zscore_per_task')
+# value form, exact dedup, the first two together; the prior's signs kept, no value MLP,
+# both.
+NAMED_VARIANTS = ('relevance_zscore', 'per_task', 'dedup_exact', 'zscore_per_task',
+                  'prior_signs', 'no_mlp', 'no_mlp_prior_signs')
 
 
 # Meta-learning settings counted in whole numbers.

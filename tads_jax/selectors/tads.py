@@ -53,17 +53,22 @@ def check_config(config) -> None:
   value.check_groups(tuple(t.groups), field='config.tads.groups')
   try:  # the prior's group weights and the hidden widths, as fit will use them
     value.make_value_function(['clip_score'], dict(t.prior), tuple(t.hidden),
-                              form=value_form(config))
+                              form=value_form(config), signs=linear_signs(config))
   except ValueError as e:
     raise config_lib.field_error(e, 'config.tads', renames={
         'group_weights': 'config.tads.prior', 'hidden': 'config.tads.hidden',
-        'form': 'config.tads.value_form'}) from None
+        'form': 'config.tads.value_form', 'signs': 'config.tads.linear_signs'}) from None
   meta_config(config)
 
 
 def value_form(config) -> str:
   """config.tads.value_form ('additive' when absent; value.FORMS)."""
   return config.tads.get('value_form', 'additive')
+
+
+def linear_signs(config) -> str:
+  """config.tads.linear_signs ('free' when absent; value.SIGNS)."""
+  return config.tads.get('linear_signs', 'free')
 
 
 def needs(config) -> tuple:
@@ -79,7 +84,7 @@ def fit(config, inputs: selectors.Inputs) -> dict:
   standardizer = _standardizer(x, names, inputs)
   z = standardizer.transform(x, out=x)  # [N, F], in place: one copy of the features
   module = value.make_value_function(names, dict(t.prior), tuple(t.hidden),
-                                     form=value_form(config))
+                                     form=value_form(config), signs=linear_signs(config))
   params = value.init_params(module, config.seed)
   prior = value.feature_weights(module, params, z)
 
@@ -105,6 +110,7 @@ def fit(config, inputs: selectors.Inputs) -> dict:
                steps)
   return {'params': jax.device_get(params), 'standardizer': standardizer.to_dict(),
           'prior': list(module.prior), 'hidden': list(module.hidden), 'form': module.form,
+          'signs': module.signs,
           'meta_steps': steps, 'groups': list(t.groups), 'history': history,
           'feature_weights': weights}
 
@@ -130,7 +136,8 @@ def score(config, state, inputs: selectors.Inputs) -> np.ndarray:  # -> [N]
   standardizer = value.Standardizer.from_dict(state['standardizer'],
                                               where='learn state: standardizer')
   module = value.ValueFunction(standardizer.names, tuple(state['prior']),
-                               tuple(state['hidden']), state.get('form', 'additive'))
+                               tuple(state['hidden']), state.get('form', 'additive'),
+                               state.get('signs', 'free'))
   params = state['params']
   x = value.feature_matrix(inputs.features, standardizer.names, where='features')
   z = standardizer.transform(x)  # [N, F]
