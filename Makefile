@@ -9,6 +9,7 @@ PY := $(VENV)/bin/python
 # step and faults on each page; these settings keep freed memory for reuse instead, which
 # makes the CPU training loops 1.3-1.4x faster (BENCHMARKS.md, "Pixel proxy speed").
 # Freed memory stays reserved by the process. Override with GLIBC_TUNABLES= to turn off.
+# Not used for the tests: their many small programs ran 16% slower with it (one arena).
 GLIBC_TUNABLES ?= glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4000000000
 
 .PHONY: demo test test-all clean
@@ -23,13 +24,13 @@ demo: $(VENV)/.installed
 	GLIBC_TUNABLES=$(GLIBC_TUNABLES) $(PY) -m tads_jax.main --config configs/default.py --workdir $(WORKDIR)
 
 test: $(VENV)/.installed
-	GLIBC_TUNABLES=$(GLIBC_TUNABLES) $(PY) -m pytest -q
+	$(PY) -m pytest -q
 
 # Includes the tests marked slow (full-size parity, the notebook, report.html in headless
 # Chromium, which comes from Debian's packages: installed here when missing, as root).
 test-all: $(VENV)/.installed
 	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
-	GLIBC_TUNABLES=$(GLIBC_TUNABLES) $(PY) -m pytest -q -m ''
+	$(PY) -m pytest -q -m ''
 
 clean:
 	rm -rf $(VENV) workdir
