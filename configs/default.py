@@ -244,6 +244,10 @@ def get_config():
       task_weight_rate=1.0,       # task weights softmax(rate * L / L0); 0 = uniform
       task_batch_size=256,
       head='mlp',                 # the proxy: residual MLP heads on the reference embeddings
+      # The proxy's text side: 'reference' (a head on the reference's text embeddings) or
+      # 'words' (a word-bag tower learned from scratch on the captions' words, as a CLIP
+      # trained on the subset learns its text side; tads_jax/meta.py TEXTS).
+      text='reference',
       checkpoint_every=100))
 
   # FLYT (Shechter & Carmon 2025, formll/FLYT): a GLU scoring head over the concatenated unit

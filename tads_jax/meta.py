@@ -7,7 +7,8 @@ GLU head over the reference embeddings, M-FLYT's linear layer over standardized 
   1. draw a pool batch (a pure function of (seed, step), so a resumed run draws the same);
   2. w = softmax(V(batch) / tau) over the batch;
   3. K differentiable updates of the proxy (proxy.EmbeddingCLIP on frozen reference
-     embeddings) on losses.weighted_clip_loss with weights w, in lax.scan, each step under
+     embeddings; with cfg.text='words' its text side is a word-bag tower learned from the
+     captions' words) on losses.weighted_clip_loss with weights w, in lax.scan, each step under
      jax.checkpoint when cfg.remat (the backward pass then keeps only the K carries, not
      every step's activations);
   4. outer loss at the unrolled params: sum_t a_t L_t over the tasks (classification:
@@ -60,8 +61,21 @@ TASK_KINDS = ('classification', 'retrieval')
 # averaged per class (CLIP_benchmark's classifier); 'random' = one template per class drawn
 # anew each meta step (FLYT's sample_downstream_texts).
 TEMPLATES = ('all', 'random')
-# The pool's reference embeddings: the proxy's inputs, whatever the scorer reads.
+# The pool's reference embeddings: the proxy's inputs (with MetaConfig.text 'reference'),
+# whatever the scorer reads.
 EMBEDDINGS = ('image_emb', 'text_emb')
+# The proxy's text input. 'reference': a head on the reference CLIP's text embeddings (pool
+# 'text_emb', tasks 'class_text_emb' / 'text_emb'). 'words': each text's word ids
+# (models/words.py; pool 'text_ids' [N, L], tasks 'class_text_ids' [C, T, L] / 'text_ids'
+# [m, L]) into a word-bag tower learned from scratch (proxy.WordsTower). The reference
+# already reads every caption right, so a caption that names the wrong attributes or too
+# few costs the 'reference' proxy little; a CLIP trained on the subset learns its text
+# side from those captions, and so does the 'words' proxy.
+TEXTS = ('reference', 'words')
+TEXT_FIELDS = {'reference': {'pool': 'text_emb', 'classification': 'class_text_emb',
+                             'retrieval': 'text_emb'},
+               'words': {'pool': 'text_ids', 'classification': 'class_text_ids',
+                         'retrieval': 'text_ids'}}
 # Fields that do not change what a run computes: a checkpoint written with other values
 # of these may be resumed.
 _RESUMABLE_FIELDS = ('checkpoint_every', 'keep_checkpoints', 'log_every')
@@ -97,6 +111,7 @@ class MetaConfig:
   # one (FLYT: a separate downstream scale, --downstream_logit_scale 2.65926 = log 1/0.07).
   outer_logit_scale: float | None = None
   head: str = 'linear'           # proxy heads, as train.TrainConfig
+  text: str = 'reference'        # the proxy's text input, one of TEXTS
   head_dim: int = 0
   head_hidden: int = 256
   logit_scale_init: float = math.log(1 / 0.07)
@@ -123,6 +138,8 @@ class MetaConfig:
     for name in ('value_weight_decay', 'value_grad_clip', 'task_weight_rate',
                  'inner_weight_decay'):
       _number(name, getattr(self, name), positive=False)
+    if self.text not in TEXTS:
+      raise ValueError(f'MetaConfig.text: {self.text!r} is not one of {", ".join(TEXTS)}')
     if self.templates not in TEMPLATES:
       raise ValueError(f'MetaConfig.templates: {self.templates!r} is not one of '
                        f'{", ".join(TEMPLATES)}')
@@ -195,11 +212,13 @@ def _number(name, value, positive):
 # Tasks.
 
 
-def check_tasks(tasks: Sequence[Mapping], width: int) -> list[dict]:
+def check_tasks(tasks: Sequence[Mapping], width: int, text: str = 'reference') -> list[dict]:
   """Validated feedback sets as float32/int32 numpy, each with 'kind' and 'name'.
 
   classification: image_emb [n, D], labels [n] in [0, C), class_text_emb [C, T, D];
   retrieval: image_emb [n, D], text_emb [m, D], text_image [m] in [0, n).
+  With text='words' the texts are word ids instead (TEXT_FIELDS): class_text_ids
+  [C, T, L], text_ids [m, L], integers >= 0.
   The kind is read from 'kind' when given, else from the keys.
   """
   if not isinstance(tasks, (list, tuple)) or not tasks:
@@ -213,8 +232,9 @@ def check_tasks(tasks: Sequence[Mapping], width: int) -> list[dict]:
     if kind not in TASK_KINDS:
       raise ValueError(f'{where}.kind: {kind!r} is not one of {", ".join(TASK_KINDS)} (give '
                        "'kind', or 'labels' / 'text_image')")
-    fields = (('image_emb', 'labels', 'class_text_emb') if kind == 'classification' else
-              ('image_emb', 'text_emb', 'text_image'))
+    text_field = TEXT_FIELDS[text][kind]
+    fields = (('image_emb', 'labels', text_field) if kind == 'classification' else
+              ('image_emb', text_field, 'text_image'))
     arrays = {}
     for field in fields:
       if field not in task:
@@ -227,6 +247,15 @@ def check_tasks(tasks: Sequence[Mapping], width: int) -> list[dict]:
           raise ValueError(f'{where}.{field}: expected integers [n], got {array.dtype} '
                            f'{array.shape}')
         continue
+      if field.endswith('_ids'):
+        ndim = 3 if kind == 'classification' else 2
+        if (array.ndim != ndim or not array.size or not np.issubdtype(array.dtype, np.integer)
+            or array.min() < 0):
+          raise ValueError(f'{where}.{field}: expected word ids (integers >= 0) of shape '
+                           f'{"[C, T, L]" if ndim == 3 else "[m, L]"}, got {array.dtype} '
+                           f'{array.shape}')
+        arrays[field] = array.astype(np.int32)
+        continue
       ndim = 3 if field == 'class_text_emb' else 2
       if (array.ndim != ndim or array.shape[-1] != width or not len(array)
           or not np.issubdtype(array.dtype, np.floating)):
@@ -238,7 +267,7 @@ def check_tasks(tasks: Sequence[Mapping], width: int) -> list[dict]:
       arrays[field] = array.astype(np.float32)
     n = len(arrays['image_emb'])
     if kind == 'classification':
-      labels, classes = arrays['labels'], len(arrays['class_text_emb'])
+      labels, classes = arrays['labels'], len(arrays[text_field])
       if len(labels) != n:
         raise ValueError(f'{where}.labels: {len(labels)} labels for {n} images')
       if labels.min() < 0 or labels.max() >= classes:
@@ -247,9 +276,9 @@ def check_tasks(tasks: Sequence[Mapping], width: int) -> list[dict]:
       arrays['labels'] = labels.astype(np.int32)
     else:
       index = arrays['text_image']
-      if len(index) != len(arrays['text_emb']) or not len(index):
+      if len(index) != len(arrays[text_field]) or not len(index):
         raise ValueError(f'{where}.text_image: {len(index)} entries for '
-                         f'{len(arrays["text_emb"])} texts')
+                         f'{len(arrays[text_field])} texts')
       if index.min() < 0 or index.max() >= n:
         raise ValueError(f'{where}.text_image: must be in [0, {n}), got '
                          f'[{index.min()}, {index.max()}]')
@@ -262,13 +291,15 @@ def classification_loss(proxy: nn.Module, params, batch, logit_scale=None) -> ja
   """Cross-entropy of the proxy's zero-shot logits (CLIP_benchmark's classifier: the
   normalized text embeddings of the batch's templates averaged per class, renormalized;
   logits = exp(logit_scale) * image @ classes). logit_scale: a fixed log scale, or None
-  for the proxy's own."""
-  classes, templates, width = batch['class_text_emb'].shape
+  for the proxy's own. The prompts are batch['class_text_emb'] [C, T, D] or, for a words
+  proxy, batch['class_text_ids'] [C, T, L]."""
+  prompts = batch[_text_key(batch, 'classification')]
+  classes, templates = prompts.shape[:2]
   image = losses.normalize(proxy.apply({'params': params}, batch['image_emb'],
                                        method='encode_image'))  # [b, E]
   text = losses.normalize(proxy.apply({'params': params},
-                                      batch['class_text_emb'].reshape(classes * templates,
-                                                                      width),
+                                      prompts.reshape((classes * templates,)
+                                                      + prompts.shape[2:]),
                                       method='encode_text'))  # [C * T, E]
   prototypes = losses.normalize(jnp.mean(text.reshape(classes, templates, -1), axis=1))  # [C, E]
   scale = params['logit_scale'] if logit_scale is None else logit_scale
@@ -281,12 +312,18 @@ def retrieval_loss(proxy: nn.Module, params, batch, logit_scale=None) -> jax.Arr
   """The (unweighted) CLIP loss on a batch of task train pairs (logit_scale as in
   classification_loss)."""
   image, text, own_scale = proxy.apply({'params': params}, batch['image_emb'],
-                                       batch['text_emb'])
+                                       batch[_text_key(batch, 'retrieval')])
   scale = own_scale if logit_scale is None else logit_scale
   return losses.weighted_clip_loss(losses.normalize(image), losses.normalize(text), scale)
 
 
 TASK_LOSSES = {'classification': classification_loss, 'retrieval': retrieval_loss}
+
+
+def _text_key(arrays: Mapping, kind: str) -> str:
+  """The key of a task's (or its batch's) texts: word ids when it has them."""
+  words = TEXT_FIELDS['words'][kind]
+  return words if words in arrays else TEXT_FIELDS['reference'][kind]
 
 
 def task_weights(rate: float, losses, losses0):
@@ -407,6 +444,7 @@ def make_outer_loss(cfg: MetaConfig, scorer: Scorer | value_lib.ValueFunction,
   inner_loss = train.make_loss_fn(proxy, 'embedding')
   kinds = tuple(kinds)
   outer_scale = cfg.outer_logit_scale
+  pool_text = TEXT_FIELDS[cfg.text]['pool']
 
   def outer_loss(value_params, proxy_params, inner_state, losses0, pool_batch, task_batches):
     scores = scorer(value_params, pool_batch)  # [B]
@@ -417,7 +455,7 @@ def make_outer_loss(cfg: MetaConfig, scorer: Scorer | value_lib.ValueFunction,
     def inner_step(carry, _):
       params, state = carry
       loss, grads = jax.value_and_grad(inner_loss)(
-          params, pool_batch['image_emb'], pool_batch['text_emb'], weights)
+          params, pool_batch['image_emb'], pool_batch[pool_text], weights)
       return inner_update(cfg, params, grads, state), loss
 
     body = jax.checkpoint(inner_step) if cfg.remat else inner_step
@@ -463,8 +501,9 @@ def make_value_optimizer(cfg: MetaConfig) -> optax.GradientTransformation:
 def make_meta_step(cfg: MetaConfig, scorer: Scorer | value_lib.ValueFunction,
                    proxy: nn.Module, kinds: Sequence[str],
                    optimizer: optax.GradientTransformation):
-  """Pure step (jit it): (state, pool_batch {the scorer's fields, 'image_emb', 'text_emb'
-  [B, D]}, task_batches [one dict per task]) -> (state, metrics)."""
+  """Pure step (jit it): (state, pool_batch {the scorer's fields, 'image_emb' [B, D] and
+  'text_emb' [B, D] or, with cfg.text='words', 'text_ids' [B, L]}, task_batches [one dict
+  per task]) -> (state, metrics)."""
   scorer = as_scorer(scorer)
   outer_loss = make_outer_loss(cfg, scorer, proxy, kinds)
 
@@ -495,8 +534,11 @@ def make_meta_step(cfg: MetaConfig, scorer: Scorer | value_lib.ValueFunction,
   return meta_step
 
 
-def make_proxy(cfg: MetaConfig, width: int) -> nn.Module:
-  return train.make_model(cfg.proxy_config(), width)
+def make_proxy(cfg: MetaConfig, width: int, vocab: int = 0) -> nn.Module:
+  """The proxy; vocab > 0 (cfg.text='words'): its text side is a word-bag tower over ids
+  in [0, vocab)."""
+  proxy = train.make_model(cfg.proxy_config(), width)
+  return proxy.clone(text_vocab=vocab) if cfg.text == 'words' else proxy
 
 
 def init_state(cfg: MetaConfig, value_params, proxy: nn.Module, width: int,
@@ -523,8 +565,9 @@ def _task_batch_size(cfg: MetaConfig, task) -> int:
 
 
 def random_templates(class_text_emb, seed: int, t: int, step: int) -> np.ndarray:
-  """[C, 1, D]: one template's text embedding per class, drawn from (seed, task t, meta
-  step) (FLYT's random.choices(templates, k=len(classnames)), made resumable)."""
+  """[C, 1, ...]: one template's text embedding (or word ids) per class, drawn from (seed,
+  task t, meta step) (FLYT's random.choices(templates, k=len(classnames)), made
+  resumable)."""
   classes, templates = class_text_emb.shape[:2]
   pick = np.random.default_rng([seed, 2, t, step]).integers(0, templates, classes)  # [C]
   return class_text_emb[np.arange(classes), pick][:, None]
@@ -533,12 +576,11 @@ def random_templates(class_text_emb, seed: int, t: int, step: int) -> np.ndarray
 def task_batch(task, rows, class_text_emb=None) -> dict:
   """A feedback batch from a task's row indices (images for classification, texts for
   retrieval: each with the image it describes)."""
+  key = _text_key(task, task['kind'])
   if task['kind'] == 'classification':
     return {'image_emb': task['image_emb'][rows], 'labels': task['labels'][rows],
-            'class_text_emb': (task['class_text_emb'] if class_text_emb is None
-                               else class_text_emb)}
-  return {'image_emb': task['image_emb'][task['text_image'][rows]],
-          'text_emb': task['text_emb'][rows]}
+            key: task[key] if class_text_emb is None else class_text_emb}
+  return {'image_emb': task['image_emb'][task['text_image'][rows]], key: task[key][rows]}
 
 
 # ---------------------------------------------------------------------------------------
@@ -549,15 +591,18 @@ def _fingerprint(cfg, scorer: Scorer, value_params, pool, tasks) -> dict:
   """What must match for a checkpoint to be resumed. The pool's embeddings enter by shape
   only (hashing gigabytes on every start is not worth it); the scorer's other inputs (z),
   the tasks and the starting scorer by content."""
+  text = TEXT_FIELDS[cfg.text]['pool']
   inputs = {f'{field}_sha256': checkpoints.digest(pool[field]) for field in scorer.fields
             if field not in EMBEDDINGS}
+  if cfg.text == 'words':
+    inputs[f'{text}_sha256'] = checkpoints.digest(pool[text])
   return {
       'config': checkpoints.config_fields(dataclasses.asdict(cfg), _RESUMABLE_FIELDS),
       'scorer': _describe(scorer),
       'value_params_sha256': checkpoints.digest(*jax.tree_util.tree_leaves(
           jax.device_get(value_params))),
       'pool': dict(inputs, image_emb=list(pool['image_emb'].shape),
-                   text_emb=list(pool['text_emb'].shape)),
+                   **{text: list(np.shape(pool[text]))}),
       'tasks_sha256': checkpoints.digest(*[task[k] for task in tasks for k in sorted(task)
                                            if k not in ('kind', 'name')]),
   }
@@ -583,10 +628,10 @@ def _compute_key(cfg: MetaConfig) -> MetaConfig:
 
 @functools.lru_cache(maxsize=8)
 def _program(cfg: MetaConfig, scorer: Scorer, width: int, kinds: tuple, mesh,
-             rules: tuple) -> _Program:
+             rules: tuple, vocab: int = 0) -> _Program:
   """Proxy, optimizer, state layout and the jitted meta step; cached so that runs that
   differ only in seed, data or workdir (resumes, seeds of a table) compile once."""
-  proxy = make_proxy(cfg, width)
+  proxy = make_proxy(cfg, width, vocab)
   optimizer = make_value_optimizer(cfg)
   repl = sharding.replicated(mesh)
   boxed = jax.eval_shape(lambda: train.init_params(proxy, cfg.proxy_config(), width))
@@ -608,9 +653,15 @@ def _rows(pool, field):
   return np.shape(pool[field]), np.asarray(pool[field][:0]).dtype
 
 
-def _check_pool(pool, scorer: Scorer) -> tuple[int, int]:
-  """(N, D): the pool's rows and reference embedding width; raises naming the field."""
-  for field in tuple(f for f in scorer.fields if f not in EMBEDDINGS) + EMBEDDINGS:
+def _check_pool(pool, scorer: Scorer, text: str = 'reference') -> tuple[int, int, int]:
+  """(N, D, V): the pool's rows, reference embedding width and, with text='words', the
+  word vocabulary its ids reach into (max id + 1; else 0); raises naming the field."""
+  words = text == 'words'
+  own = tuple(f for f in scorer.fields if f not in EMBEDDINGS)  # e.g. 'z'
+  # The reference embeddings the proxy or the scorer reads.
+  embeddings = tuple(f for f in EMBEDDINGS
+                     if f == 'image_emb' or not words or f in scorer.fields)
+  for field in own + embeddings + (('text_ids',) if words else ()):
     if field not in pool:
       raise ValueError(f'pool: field {field!r} is missing')
   n = None
@@ -623,17 +674,26 @@ def _check_pool(pool, scorer: Scorer) -> tuple[int, int]:
       raise ValueError(f'pool.{field}: expected floats [{"N" if n is None else n}, '
                        f'{width or "F"}] ({scorer.what}), got {dtype} {shape}')
     n = shape[0]
-  image, text = np.shape(pool['image_emb']), np.shape(pool['text_emb'])
+  image = np.shape(pool['image_emb'])
   n = image[0] if n is None and len(image) == 2 else n
-  for field in EMBEDDINGS:
+  for field in embeddings:
     shape, dtype = _rows(pool, field)
     if len(shape) != 2 or shape[0] != n or not np.issubdtype(dtype, np.floating):
       raise ValueError(f'pool.{field}: expected floats [{n}, D], got {dtype} {shape}')
-  if image != text:
-    raise ValueError(f'pool: image_emb {image} and text_emb {text} differ in shape')
+  if 'text_emb' in embeddings and np.shape(pool['text_emb']) != image:
+    raise ValueError(f'pool: image_emb {image} and text_emb {np.shape(pool["text_emb"])} '
+                     'differ in shape')
+  vocab = 0
+  if words:
+    ids = np.asarray(pool['text_ids'])
+    if ids.ndim != 2 or len(ids) != n or not np.issubdtype(ids.dtype, np.integer) or (
+        ids.size and ids.min() < 0):
+      raise ValueError(f'pool.text_ids: expected word ids (integers >= 0) [{n}, L], got '
+                       f'{ids.dtype} {ids.shape}')
+    vocab = int(ids.max(initial=0)) + 1
   if n == 0:
     raise ValueError('pool: no rows')
-  return n, image[1]
+  return n, image[1], vocab
 
 
 def learn(cfg: MetaConfig, value_module_and_params, pool: Mapping, tasks: Sequence[Mapping],
@@ -645,8 +705,10 @@ def learn(cfg: MetaConfig, value_module_and_params, pool: Mapping, tasks: Sequen
   value_module_and_params: (a Scorer or a value.ValueFunction, its params) to start from.
   pool: {'image_emb', 'text_emb': [N, D] frozen reference embeddings (float16 or float32),
     and every other field the scorer reads, e.g. 'z': [N, F] float32 standardized
-    features}; each batch is gathered on this host.
-  tasks: feedback sets (check_tasks); their embeddings are in the pool's reference space.
+    features}; each batch is gathered on this host. With cfg.text='words', 'text_ids'
+    [N, L] (models/words.word_ids) in place of 'text_emb'.
+  tasks: feedback sets (check_tasks); their embeddings are in the pool's reference space,
+    their word ids (cfg.text='words') from the pool's vocabulary.
   workdir: orbax checkpoints in workdir/checkpoints every cfg.checkpoint_every steps and at
     the end; a run there resumes from the last one and ends where an uninterrupted run
     would.
@@ -666,8 +728,11 @@ def learn(cfg: MetaConfig, value_module_and_params, pool: Mapping, tasks: Sequen
   log = log or logging.info
   scorer, value_params = value_module_and_params
   scorer = as_scorer(scorer)
-  n, width = _check_pool(pool, scorer)
-  tasks = check_tasks(tasks, width)
+  n, width, vocab = _check_pool(pool, scorer, cfg.text)
+  tasks = check_tasks(tasks, width, cfg.text)
+  if cfg.text == 'words':  # the tasks' ids come from the same vocabulary as the pool's
+    vocab = max([vocab] + [int(task[_text_key(task, task['kind'])].max()) + 1
+                           for task in tasks])
   mesh = mesh if mesh is not None else sharding.make_mesh(1, 1, devices=jax.local_devices()[:1])
   if cfg.batch_size % mesh.shape['data']:
     raise ValueError(f'MetaConfig.batch_size: {cfg.batch_size} is not a multiple of the '
@@ -687,12 +752,14 @@ def learn(cfg: MetaConfig, value_module_and_params, pool: Mapping, tasks: Sequen
                      'sample; expected one score per sample')
   kinds = tuple(task['kind'] for task in tasks)
   rules = sharding.get_rules(rules, where='rules')  # hashable: a key of _program's cache
-  program = _program(_compute_key(cfg), scorer, width, kinds, mesh, rules)
+  program = _program(_compute_key(cfg), scorer, width, kinds, mesh, rules, vocab)
   names = [task['name'] for task in tasks]
   batch_sh, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
   # This process's part of each pool batch: on a mesh over several processes each reads
   # only the rows its devices hold.
   local = sharding.local_batch_rows(batch_sh, cfg.batch_size)
+  proxy_fields = ('image_emb', TEXT_FIELDS[cfg.text]['pool'])
+  kept_dtype = EMBEDDINGS + proxy_fields  # gathered as stored (float16 embeddings, int ids)
 
   def make_step(start):
     pool_rows = train.batch_rows(np.arange(n), cfg.batch_size, cfg.seed, start)
@@ -700,18 +767,19 @@ def learn(cfg: MetaConfig, value_module_and_params, pool: Mapping, tasks: Sequen
                                                 'classification' else task['text_image'])),
                                   _task_batch_size(cfg, task), _task_seed(cfg.seed, t), start)
                  for t, task in enumerate(tasks)]
-    fixed_class_text = [jax.device_put(task['class_text_emb'], repl)
+    fixed_class_text = [jax.device_put(task[_text_key(task, 'classification')], repl)
                         if task['kind'] == 'classification' and cfg.templates == 'all'
                         else None for task in tasks]
 
     def run_step(state, step):
       idx = next(pool_rows)[local]  # [B / processes]
-      pool_batch = {field: np.asarray(pool[field][idx], None if field in EMBEDDINGS
+      pool_batch = {field: np.asarray(pool[field][idx], None if field in kept_dtype
                                       else np.float32)
-                    for field in scorer.fields + EMBEDDINGS}
+                    for field in dict.fromkeys(scorer.fields + proxy_fields)}
       class_text = fixed_class_text
       if cfg.templates == 'random':
-        class_text = [random_templates(task['class_text_emb'], cfg.seed, t, step)
+        class_text = [random_templates(task[_text_key(task, 'classification')], cfg.seed,
+                                       t, step)
                       if task['kind'] == 'classification' else None
                       for t, task in enumerate(tasks)]
       feedback = [task_batch(task, next(rows), ct)

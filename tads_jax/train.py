@@ -195,8 +195,10 @@ def _init_fn(model, kind, input_dim, out_shardings=None):
     c = model.config
     shapes = ((1, c.image_size, c.image_size, 3), jnp.float32), ((1, c.context_length),
                                                                  jnp.int32)
-  else:
-    shapes = ((1, input_dim), jnp.float32), ((1, input_dim), jnp.float32)
+  else:  # an EmbeddingCLIP; its text side may read word ids instead of embeddings
+    text = ((1, 1), jnp.int32) if getattr(model, 'text_vocab', 0) else ((1, input_dim),
+                                                                         jnp.float32)
+    shapes = ((1, input_dim), jnp.float32), text
 
   def init(rng):
     params = model.init(rng, *(jnp.zeros(*s) for s in shapes))['params']

@@ -491,6 +491,8 @@ def test_hard_cap_settings_are_checked(field, value, message):
     ('flyt', 'flyt.hidden_mult', 0.0, r'config.flyt.hidden_mult: must be > 0'),
     ('flyt', 'flyt.meta.inner_lr', -1.0, r'config.flyt.meta.inner_lr: expected a finite'),
     ('flyt', 'flyt.meta.templates', 'some', r'config.flyt.meta.templates: .some. is not'),
+    ('flyt', 'flyt.meta.text', 'words', r"config.flyt.meta.text: 'words'; flyt reads the "
+     'reference embeddings only'),
     ('mflyt', 'mflyt.inputs', ('clip_score', 'nope'), r"config.mflyt.inputs: unknown "
      r"selector 'nope'"),
     ('mflyt', 'mflyt.inputs', ('semdedup',), r"config.mflyt.inputs: 'semdedup' is configured "

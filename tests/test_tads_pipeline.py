@@ -202,6 +202,26 @@ def test_prior_signs_hold_through_meta_learning(prior_run, tmp_path):
   assert np.abs(kept - prior).max() > 1e-3
 
 
+def test_words_proxy_learns_through_the_stages(prior_run, tmp_path):
+  """tads.meta.text='words' through learn: the stage hands meta-learning the pool's
+  captions and the tasks' prompts and retrieval captions (embed stores them), it runs every
+  step, and the value function ends elsewhere than with the reference's text embeddings
+  from the same start."""
+  learned = {}
+  for text in ('reference', 'words'):
+    workdir = str(tmp_path / text)
+    shutil.copytree(prior_run[0], workdir)
+    c = config(steps=6)
+    c.tads.meta.text = text
+    status = main.run(c, workdir)
+    assert status['learn'] == 'ran'
+    state = learn.load_state(os.path.join(workdir, 'learn', learn.STATE))
+    assert len(state['history']['outer_loss']) == 6
+    assert np.all(np.isfinite(state['history']['outer_loss']))
+    learned[text] = np.asarray(state['params']['linear'])
+  assert np.abs(learned['words'] - learned['reference']).max() > 1e-3
+
+
 def test_soft_cap_writes_repeats_at_the_same_budget(prior_run, tmp_path):
   workdir = str(tmp_path / 'w')
   shutil.copytree(prior_run[0], workdir)

@@ -63,6 +63,10 @@ VARIANTS = {
     'prior_signs': {'tads.linear_signs': 'prior'},
     'no_mlp': {'tads.hidden': ()},
     'no_mlp_prior_signs': {'tads.hidden': (), 'tads.linear_signs': 'prior'},
+    # Meta-learning's proxy learns its text side from the captions' words (session 11): the
+    # feedback a CLIP trained on the subset gets from partial and wrong captions.
+    'words_proxy': {'tads.meta.text': 'words'},
+    'words_proxy_prior_signs': {'tads.meta.text': 'words', 'tads.linear_signs': 'prior'},
 }
 
 

@@ -103,7 +103,9 @@ def take_embeddings(kind: str, arrays: dict, rows: np.ndarray) -> dict:
     new_index = np.full(len(arrays['image_emb']), -1, np.int64)
     new_index[rows] = np.arange(len(rows))
     kept = np.flatnonzero(new_index[owner] >= 0)  # captions of kept images, in order
-    out['text_emb'] = arrays['text_emb'][kept]
+    for key in ('text_emb', 'texts'):
+      if key in arrays:
+        out[key] = arrays[key][kept]
     out['text_image'] = new_index[owner[kept]].astype(owner.dtype)
   return out
 

@@ -169,7 +169,11 @@ def apply_chunked(fn, params, arrays, chunk: int = _CHUNK) -> np.ndarray:
 
 def _meta_config(config, name: str) -> meta.MetaConfig:
   block = selectors.option(config, name, 'meta')
-  return meta.config_from(block, config.seed, f'config.{name}.meta')
+  cfg = meta.config_from(block, config.seed, f'config.{name}.meta')
+  if cfg.text != 'reference':  # FLYT's proxy is the reference's embeddings, both sides
+    raise ValueError(f"config.{name}.meta.text: {cfg.text!r}; {name} reads the reference "
+                     "embeddings only ('reference')")
+  return cfg
 
 
 def _learn(config, name: str, scorer: meta.Scorer, params, pool: dict,

@@ -3,7 +3,8 @@
 fit (in the learn stage): standardize the pool's features (value.py), start the value
 function at the weak-supervision prior, then meta-learn it (meta.py) against the tasks'
 train splits through truncated unrolled updates of an embedding proxy on the pool's frozen
-reference embeddings. With tads.meta.steps = 0 the prior alone is the selector (the
+reference embeddings (with tads.meta.text='words' its text side is a word-bag tower learned
+from the captions, meta.TEXTS). With tads.meta.steps = 0 the prior alone is the selector (the
 ablation "no meta-learning"). The state holds the params, the standardizer, the module's
 shape, the meta-learning history and the prior's and learned feature weights.
 
@@ -26,6 +27,7 @@ from tads_jax import meta
 from tads_jax import selectors
 from tads_jax import sharding
 from tads_jax import value
+from tads_jax.models import words
 
 
 def meta_config(config) -> tuple[meta.MetaConfig, int]:
@@ -71,6 +73,40 @@ def linear_signs(config) -> str:
   return config.tads.get('linear_signs', 'free')
 
 
+def reads_words(config) -> bool:
+  """Whether meta-learning's proxy reads the captions' words (tads.meta.text='words')."""
+  return ('tads' in config and config.tads.meta.get('steps', 1) != 0
+          and config.tads.meta.get('text', 'reference') == 'words')
+
+
+def columns(config, names) -> tuple:
+  """The features columns fit reads: the value function's inputs, and the captions when
+  meta-learning reads their words."""
+  return (value.input_columns(names, tuple(config.tads.groups))
+          + (('caption',) if reads_words(config) else ()))
+
+
+def word_inputs(captions, tasks) -> tuple[np.ndarray, list]:
+  """(pool text_ids [N, L], tasks with class_text_ids [C, T, L] or text_ids [m, L]): the
+  captions and the tasks' texts (every template of every class name; retrieval captions)
+  as ids of one vocabulary (models/words.py), for a words proxy (meta.TEXT_FIELDS)."""
+  prompts = [[template.format(name) for name in task['classnames']
+              for template in task['templates']] if task['kind'] == 'classification'
+             else list(task['texts']) for task in tasks]
+  vocab = words.vocabulary((p for texts in prompts for p in texts), captions)
+  out = []
+  for task, texts in zip(tasks, prompts):
+    ids = words.word_ids(texts, vocab)
+    if task['kind'] == 'classification':
+      out.append(dict(task, class_text_ids=ids.reshape(len(task['classnames']),
+                                                       len(task['templates']), -1)))
+    else:
+      out.append(dict(task, text_ids=ids))
+  logging.info('learn: tads words proxy, %d words (%d from the tasks)', len(vocab),
+               len({w for texts in prompts for p in texts for w in words.words(p)}))
+  return words.word_ids(captions, vocab), out
+
+
 def needs(config) -> tuple:
   """Meta-learning reads the pool and task embeddings; the prior alone only features."""
   steps = config.tads.meta.get('steps', 1) if 'tads' in config else 1
@@ -93,14 +129,18 @@ def fit(config, inputs: selectors.Inputs) -> dict:
   if steps:
     image_emb, text_emb = inputs.embedding_rows('tads')  # gathered a batch at a time
     tasks = [dict(task) for task in inputs.task_list('tads')]
+    pool = {'z': z, 'image_emb': image_emb, 'text_emb': text_emb}
+    if cfg.text == 'words':
+      pool['text_ids'], tasks = word_inputs(
+          [str(c) for c in inputs.column('caption', 'tads')], tasks)
     # Fitted on every process (shard_rows given): a mesh over every process's devices,
     # the meta batches split over all of them; else this process's devices alone.
     layout = sharding.from_config(
         config, devices=None if inputs.shard_rows is None else jax.devices())
     cfg = meta.fit_batch_to_pool(cfg, len(z), layout.mesh, 'config.tads.meta')
     params, raw = meta.learn(
-        cfg, (module, params), {'z': z, 'image_emb': image_emb, 'text_emb': text_emb},
-        tasks, workdir=inputs.checkpoints, mesh=layout.mesh, rules=layout.rules)
+        cfg, (module, params), pool, tasks, workdir=inputs.checkpoints, mesh=layout.mesh,
+        rules=layout.rules)
     history = by_task(raw)
   learned = value.feature_weights(module, params, z)
   weights = [{'feature': n, 'group': value.feature_group(n),
@@ -161,7 +201,7 @@ def _apply(module, params, z):  # [B, F] -> [B]
 
 selectors.register(selectors.Selector(
     name='tads', fit=fit, score=score, needs=needs, score_needs=('features',), learns=True,
-    columns=lambda config, names: value.input_columns(names, tuple(config.tads.groups)),
+    columns=columns,
     rowwise=True, multiprocess=True,
     check_config=check_config, summary=summary, config_fields=('seed',),
     doc='TADS: a value function over quality, task relevance and diversity, meta-learned '

@@ -11,8 +11,9 @@ shard complete, so a killed run redoes only unfinished shards.
 
 Tasks, per task and split: `embed/tasks/<task>_<split>.npz` (float16 too) with image_emb
 [N, E] and, for classification, labels [N], class_text_emb [C, T, E] (every template for
-every class name), classnames [C], templates [T]; for retrieval, text_emb [M, E] and
-text_image [M] (the image each caption belongs to). Relevance prototypes and meta-learning
+every class name), classnames [C], templates [T]; for retrieval, text_emb [M, E],
+text_image [M] (the image each caption belongs to) and texts [M] (the captions: a words
+proxy in meta-learning reads them, meta.MetaConfig.text). Relevance prototypes and meta-learning
 feedback read these, through task_embeddings: with config.tads.validation_fraction > 0 its
 'train' is the fit part of the train split and 'validation' the rest (data/task_split.py),
 cut when read, so the files do not depend on the fraction.
@@ -175,7 +176,8 @@ def _embed_task(ctx, encoder: embedding.Encoder, spec, split: str,
       flat = [c for caps in data.captions for c in caps]
       owner = [i for i, caps in enumerate(data.captions) for _ in caps]
       arrays.update(text_emb=encoder.embed_texts(flat).astype(STORE_DTYPE),  # [M, E]
-                    text_image=np.asarray(owner, np.int32))                  # [M]
+                    text_image=np.asarray(owner, np.int32),                  # [M]
+                    texts=np.asarray(flat, dtype=str))                       # [M]
       texts = len(flat)
     _save_npz(item + '.npz', arrays)
     return {'task': spec.name, 'kind': spec.kind, 'split': split, 'npz': item + '.npz',
@@ -476,8 +478,8 @@ class EmbeddingFiles:
 def task_fields(kind: str) -> tuple:
   """The arrays of a task split's npz that the later stages read."""
   if kind == 'classification':
-    return ('image_emb', 'labels', 'class_text_emb', 'classnames')
-  return ('image_emb', 'text_emb', 'text_image')
+    return ('image_emb', 'labels', 'class_text_emb', 'classnames', 'templates')
+  return ('image_emb', 'text_emb', 'text_image', 'texts')
 
 
 # What the later stages read of a task: 'train', what the selection side sees (the fit
@@ -540,5 +542,5 @@ def parts(config) -> dict:
 
 
 STAGE = pipeline.Stage(name='embed', run=run, inputs=('ingest', 'encoder'),
-                       config_keys=config_keys, input_files=input_files, version=1,
+                       config_keys=config_keys, input_files=input_files, version=2,
                        parts=parts, multiprocess=True)

@@ -84,7 +84,7 @@ def _tasks(ctx, needs) -> tuple:
 def _task_dict(spec, arrays) -> dict:
   out = {'name': spec.name, 'kind': spec.kind}
   for key, value in arrays.items():
-    out[key] = value.tolist() if key == 'classnames' else (
+    out[key] = value.tolist() if value.dtype.kind in 'US' else (  # names, prompts, captions
         value.astype(np.float32) if value.dtype == np.float16 else value)
   return out
 

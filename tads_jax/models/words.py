@@ -1,0 +1,60 @@
+"""Word ids for the meta-learning proxy's word-bag text tower (proxy.WordsTower).
+
+The tower learns one vector per word from scratch, as a CLIP trained on the subset learns
+its text tower, so a caption that names the wrong attributes, or too few, teaches the proxy
+that; the reference's text embeddings already know every word and hide it. Words are
+lowercase runs of letters and digits: no tokenizer file is needed, and a task's prompt and
+a caption that share a word share its id. Id 0 pads.
+"""
+
+import collections
+import re
+from typing import Iterable, Sequence
+
+import numpy as np
+
+# Distinct words kept: every word of the tasks' texts, then the pool's most frequent.
+MAX_VOCAB = 16384
+# Words kept per text, in order (the synthetic world's captions have at most 12).
+MAX_WORDS = 32
+_WORD = re.compile(r'[a-z0-9]+')
+
+
+def words(text: str) -> list[str]:
+  """The text's lowercase words, in order."""
+  return _WORD.findall(text.lower())
+
+
+def vocabulary(required: Iterable[str], pool: Iterable[str],
+               size: int = MAX_VOCAB) -> dict[str, int]:
+  """{word: id}, ids from 1: every word of the `required` texts first (the tasks' prompts
+  and captions: the outer loss reads them), in order of first appearance, then the pool's
+  other words by falling count (ties by first appearance) until `size` words in all."""
+  if not isinstance(size, int) or size < 1:
+    raise ValueError(f'vocabulary: size must be an integer >= 1, got {size!r}')
+  vocab = {}
+  for text in required:
+    for word in words(text):
+      vocab.setdefault(word, len(vocab) + 1)
+  if len(vocab) > size:
+    raise ValueError(f"vocabulary: the tasks' texts have {len(vocab)} distinct words, "
+                     f'more than size={size}')
+  counts = collections.Counter()
+  for text in pool:
+    counts.update(words(text))
+  for word, _ in counts.most_common():  # Counter keeps first-seen order among ties
+    if len(vocab) >= size:
+      break
+    vocab.setdefault(word, len(vocab) + 1)
+  return vocab
+
+
+def word_ids(texts: Sequence[str], vocab: dict[str, int],
+             length: int = MAX_WORDS) -> np.ndarray:  # -> [N, length] int32
+  """Each text's first `length` words that are in `vocab`, as ids, 0-padded (a word
+  outside the vocabulary is dropped, so a text of unknown words is all padding)."""
+  out = np.zeros((len(texts), length), np.int32)
+  for i, text in enumerate(texts):
+    ids = [vocab[w] for w in words(text) if w in vocab][:length]
+    out[i, :len(ids)] = ids
+  return out
