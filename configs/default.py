@@ -231,7 +231,8 @@ def get_config():
   # each group left out, each prior weight doubled; BENCHMARKS.md, issue 14 item 1). The
   # steps were then chosen again with the pixel proxy scoring the validation split (a CLIP
   # trained from scratch, DataComp's protocol, not a model like the one TADS meta-learns
-  # against): 300 against 900 and 100 (BENCHMARKS.md, issue 14, session 10).
+  # against): 300 against 900 and 100 (BENCHMARKS.md, issue 14, session 10). The proxy's
+  # text side was chosen the same way: 'words' against 'reference' (session 11).
   c.tads.meta = ml_collections.ConfigDict(dict(
       steps=300,                  # meta steps; 0 = the prior alone (no meta-learning)
       batch_size=256,             # pool samples per meta step
@@ -244,10 +245,10 @@ def get_config():
       task_weight_rate=1.0,       # task weights softmax(rate * L / L0); 0 = uniform
       task_batch_size=256,
       head='mlp',                 # the proxy: residual MLP heads on the reference embeddings
-      # The proxy's text side: 'reference' (a head on the reference's text embeddings) or
-      # 'words' (a word-bag tower learned from scratch on the captions' words, as a CLIP
-      # trained on the subset learns its text side; tads_jax/meta.py TEXTS).
-      text='reference',
+      # The proxy's text side: 'words' (a word-bag tower learned from scratch on the
+      # captions' words, as a CLIP trained on the subset learns its text side) or
+      # 'reference' (a head on the reference's text embeddings); tads_jax/meta.py TEXTS.
+      text='words',
       checkpoint_every=100))
 
   # FLYT (Shechter & Carmon 2025, formll/FLYT): a GLU scoring head over the concatenated unit

@@ -66,6 +66,7 @@ VARIANTS = {
     # Meta-learning's proxy learns its text side from the captions' words (session 11): the
     # feedback a CLIP trained on the subset gets from partial and wrong captions.
     'words_proxy': {'tads.meta.text': 'words'},
+    'reference_text': {'tads.meta.text': 'reference'},
     'words_proxy_prior_signs': {'tads.meta.text': 'words', 'tads.linear_signs': 'prior'},
 }
 
