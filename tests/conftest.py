@@ -145,3 +145,22 @@ def auroc(positive, score):
   ranks = stats.rankdata(score)
   p, n = positive.sum(), (~positive).sum()
   return (ranks[positive].sum() - p * (p + 1) / 2) / (p * n)
+
+
+def assert_matches_finite_differences(f, grad, params, rng, floor, eps=1e-5, rtol=1e-3,
+                                      directions=3):
+  """Each of `directions` random directions d: the central difference
+  (f(p + eps d) - f(p - eps d)) / 2 eps equals <grad, d> within rtol, and |<grad, d>| >
+  floor (so that the check is not of a function that ignores p). Call under float64."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  leaves = jax.tree_util.tree_leaves
+  for _ in range(directions):
+    direction = jax.tree_util.tree_map(
+        lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float64), params)
+    plus = jax.tree_util.tree_map(lambda p, d: p + eps * d, params, direction)
+    minus = jax.tree_util.tree_map(lambda p, d: p - eps * d, params, direction)
+    numeric = float((f(plus) - f(minus)) / (2 * eps))
+    analytic = float(sum(jnp.sum(g * d) for g, d in zip(leaves(grad), leaves(direction))))
+    assert abs(analytic) > floor, analytic
+    assert abs(numeric - analytic) <= rtol * abs(analytic), (numeric, analytic)
