@@ -23,6 +23,8 @@ values:
                        per-task value form, exact duplicates never selected, the first two
   prior_signs, no_mlp, no_mlp_prior_signs: the prior's signs kept through meta-learning
                        (tads.linear_signs), no value MLP (tads.hidden ()), both
+  words_proxy, reference_text (by name only): the meta-learning proxy's text side
+                       (tads.meta.text) 'words' / 'reference'
   no_<group>           that group of tads.groups left out
   prior_<group>_heavy  that group's prior weight doubled, the others' halved
 The proxy is the embedding one unless --proxy pixels.
