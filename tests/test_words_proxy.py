@@ -48,7 +48,10 @@ def test_word_ids_drop_unknown_words_cut_and_pad():
   vocab = {'a': 1, 'red': 2, 'cat': 3}
   got = words.word_ids(['A red dog', 'cat cat cat cat', 'zebra', ''], vocab, length=3)
   np.testing.assert_array_equal(got, [[1, 2, 0], [3, 3, 3], [0, 0, 0], [0, 0, 0]])
-  assert got.dtype == np.int32
+  assert got.dtype == np.int16  # ids up to 32767 fit
+  big = {f'w{i}': i + 1 for i in range(40000)}
+  wide = words.word_ids(['w0 w39999'], big, length=2)
+  assert wide.dtype == np.int32 and wide.tolist() == [[1, 40000]]
 
 
 def test_word_inputs_share_one_vocabulary_between_pool_and_tasks():

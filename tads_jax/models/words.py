@@ -50,10 +50,12 @@ def vocabulary(required: Iterable[str], pool: Iterable[str],
 
 
 def word_ids(texts: Sequence[str], vocab: dict[str, int],
-             length: int = MAX_WORDS) -> np.ndarray:  # -> [N, length] int32
+             length: int = MAX_WORDS) -> np.ndarray:  # -> [N, length] int16 or int32
   """Each text's first `length` words that are in `vocab`, as ids, 0-padded (a word
-  outside the vocabulary is dropped, so a text of unknown words is all padding)."""
-  out = np.zeros((len(texts), length), np.int32)
+  outside the vocabulary is dropped, so a text of unknown words is all padding). int16
+  when every id fits (MAX_VOCAB does): 64 bytes per pool row at MAX_WORDS, not 128."""
+  dtype = np.int16 if max(vocab.values(), default=0) <= np.iinfo(np.int16).max else np.int32
+  out = np.zeros((len(texts), length), dtype)
   for i, text in enumerate(texts):
     ids = [vocab[w] for w in words(text) if w in vocab][:length]
     out[i, :len(ids)] = ids
