@@ -176,12 +176,27 @@ def test_meta_steps_carry_the_proxy_like_plain_training():
 # The meta-gradient against central finite differences, in float64.
 
 
+def _with_word_ids(pool, tasks, vocab=12, words=5, seed=2):
+  """The problem with random word ids beside the embeddings (MetaConfig.text='words')."""
+  rng = np.random.default_rng(seed)
+  ids = lambda *shape: rng.integers(0, vocab, size=shape + (words,)).astype(np.int32)
+  pool = dict(pool, text_ids=ids(len(pool['image_emb'])))
+  tasks = [dict(t, class_text_ids=ids(*t['class_text_emb'].shape[:2])) if 'labels' in t
+           else dict(t, text_ids=ids(len(t['text_emb']))) for t in tasks]
+  return pool, tasks
+
+
+@pytest.mark.parametrize('text', ['reference', 'words'])
 @pytest.mark.parametrize('optimizer', ['sgd', 'adam'])
-def test_meta_gradient_matches_finite_differences(optimizer, float64_proxy):
+def test_meta_gradient_matches_finite_differences(optimizer, text, float64_proxy):
+  """Through either text side of the proxy: the reference's embeddings under a head, or a
+  word-bag tower over word ids."""
   del float64_proxy  # the whole path from V to the outer loss in float64
   pool, tasks = _random_problem(n=8, dim=5)
-  tasks = meta.check_tasks(tasks, 5)
-  cfg = meta.MetaConfig(unroll=3, inner_optimizer=optimizer,
+  if text == 'words':
+    pool, tasks = _with_word_ids(pool, tasks)
+  tasks = meta.check_tasks(tasks, 5, text)
+  cfg = meta.MetaConfig(unroll=3, inner_optimizer=optimizer, text=text,
                         inner_lr=0.5 if optimizer == 'sgd' else 0.05, tau=0.7,
                         task_weight_rate=0.0, inner_eps=1e-3)
   module, vparams = _value_function(hidden=(4,), out_scale=0.7)
@@ -190,10 +205,11 @@ def test_meta_gradient_matches_finite_differences(optimizer, float64_proxy):
         lambda x: jnp.asarray(x, jnp.float64 if np.issubdtype(np.asarray(x).dtype,
                                                                 np.floating) else None),
         tree)
-    proxy = proxy_lib.EmbeddingCLIP(head='linear', out_dim=4, hidden=1, dtype=jnp.float64)
-    pparams = nn.unbox(proxy.init(jax.random.key(0), jnp.zeros((1, 5)),
-                                  jnp.zeros((1, 5)))['params'])
-    # The init is 0.02 * N(0, 1): scaled to O(1) so that the proxy's updates matter.
+    proxy = proxy_lib.EmbeddingCLIP(head='linear', out_dim=4, hidden=1, dtype=jnp.float64,
+                                    text_vocab=12 if text == 'words' else 0)
+    pparams = nn.unbox(proxy.init(jax.random.key(0), jnp.zeros((1, 5)), jnp.zeros(
+        (1, 5), jnp.int32 if text == 'words' else jnp.float32))['params'])
+    # The inits are 0.02 * N(0, 1): scaled to O(1) so that the proxy's updates matter.
     pparams = f64(jax.tree_util.tree_map(lambda x: x * 20.0 if x.ndim == 2 else x,
                                          pparams))
     vparams = f64(vparams)
