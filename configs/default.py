@@ -244,7 +244,8 @@ def get_config():
       value_weight_decay=1e-4,
       task_weight_rate=1.0,       # task weights softmax(rate * L / L0); 0 = uniform
       task_batch_size=256,
-      head='mlp',                 # the proxy: residual MLP heads on the reference embeddings
+      head='mlp',                 # the proxy's residual MLP heads on the reference embeddings
+                                  # (the image's; the text's too with text='reference')
       # The proxy's text side: 'words' (a word-bag tower learned from scratch on the
       # captions' words, as a CLIP trained on the subset learns its text side) or
       # 'reference' (a head on the reference's text embeddings); tads_jax/meta.py TEXTS.
