@@ -3,8 +3,9 @@
 The tower learns one vector per word from scratch, as a CLIP trained on the subset learns
 its text tower, so a caption that names the wrong attributes, or too few, teaches the proxy
 that; the reference's text embeddings already know every word and hide it. Words are
-lowercase runs of letters and digits: no tokenizer file is needed, and a task's prompt and
-a caption that share a word share its id. Id 0 pads.
+lowercase runs of Unicode letters and digits (`words`, which the quality operators also
+count with): no tokenizer file is needed, and a task's prompt and a caption that share a
+word share its id. Id 0 pads.
 """
 
 import collections
@@ -17,11 +18,11 @@ import numpy as np
 MAX_VOCAB = 16384
 # Words kept per text, in order (the synthetic world's captions have at most 12).
 MAX_WORDS = 32
-_WORD = re.compile(r'[a-z0-9]+')
+_WORD = re.compile(r'[^\W_]+')  # runs of Unicode letters and digits
 
 
 def words(text: str) -> list[str]:
-  """The text's lowercase words, in order."""
+  """The text's lowercase words without punctuation, in order."""
   return _WORD.findall(text.lower())
 
 

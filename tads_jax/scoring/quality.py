@@ -6,7 +6,6 @@ and the report lists what was run. Image scores are in the units of images scale
 thresholds quoted for 0..255 images); the value function standardizes features anyway.
 """
 
-import re
 from collections import Counter
 from typing import Iterable, Mapping, Sequence
 
@@ -14,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tads_jax.models import words as words_lib
 from tads_jax.scoring.registry import register
 
 # ITU-R BT.601 luma weights, as OpenCV's and PIL's RGB -> L conversions use.
@@ -119,14 +119,6 @@ def near_uniform(images, threshold: float = 0.02):  # [B, H, W, 3] -> [B] in {0,
 # array would lose the Unicode classes). They cost microseconds per caption, far below
 # decoding the image, so jit would buy nothing.
 
-_WORD = re.compile(r'[^\W_]+')  # runs of Unicode letters and digits
-
-
-def _words(caption: str) -> list[str]:
-  """Lowercased words without punctuation, for repetition and vocabulary counts."""
-  return _WORD.findall(caption.lower())
-
-
 def _repetition(items: Sequence, n: int) -> float:
   """Share of n-gram occurrences whose n-gram occurs more than once (Data-Juicer's
   word_repetition ratio); 0 when there are fewer than n items."""
@@ -167,7 +159,7 @@ def special_char_ratio(captions):  # list of B str -> [B]
 def word_repetition(captions, n: int = 2):  # list of B str -> [B]
   """Share of word n-grams (bigrams by default) that repeat: spam such as
   'buy buy buy now' scores high. Bigrams, because natural captions repeat 'a' and 'the'."""
-  return np.array([_repetition(_words(c), n) for c in captions], np.float32)
+  return np.array([_repetition(words_lib.words(c), n) for c in captions], np.float32)
 
 
 @register('char_repetition', 'text')
@@ -188,7 +180,7 @@ def vocab_share(captions, vocab: frozenset = frozenset()):  # list of B str -> [
   vocab = vocab if isinstance(vocab, (set, frozenset)) else frozenset(vocab)
   shares = []
   for c in captions:
-    ws = _words(c)
+    ws = words_lib.words(c)
     shares.append(sum(w in vocab for w in ws) / len(ws) if ws else 0.0)
   return np.array(shares, np.float32)
 
@@ -200,7 +192,7 @@ def words_from_bpe_vocab(vocab: Mapping[str, int] | Iterable[str]) -> frozenset:
   for token in vocab:
     if token.endswith('</w>'):
       word = token[:-4].lower()
-      if word and _WORD.fullmatch(word):
+      if words_lib.words(word) == [word]:  # letters and digits only
         out.add(word)
   return frozenset(out)
 

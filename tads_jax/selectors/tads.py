@@ -94,7 +94,7 @@ def word_inputs(captions, tasks) -> tuple[np.ndarray, list]:
               for template in task['templates']] if task['kind'] == 'classification'
              else list(task['texts']) for task in tasks]
   vocab = words.vocabulary((p for texts in prompts for p in texts), captions)
-  out = []
+  out, task_words = [], 0
   for task, texts in zip(tasks, prompts):
     ids = words.word_ids(texts, vocab)
     if task['kind'] == 'classification':
@@ -102,8 +102,9 @@ def word_inputs(captions, tasks) -> tuple[np.ndarray, list]:
                                                        len(task['templates']), -1)))
     else:
       out.append(dict(task, text_ids=ids))
+    task_words = max(task_words, int(ids.max(initial=0)))  # the tasks' words come first
   logging.info('learn: tads words proxy, %d words (%d from the tasks)', len(vocab),
-               len({w for texts in prompts for p in texts for w in words.words(p)}))
+               task_words)
   return words.word_ids(captions, vocab), out
 
 
