@@ -383,6 +383,9 @@ def _check_features(config):
     features_stage.relevance_calibration(config)
   except ValueError as e:
     raise ConfigError(str(e)) from None
+  if not isinstance(config.features.get('target_relevance', False), bool):
+    raise ConfigError(f'config.features.target_relevance: expected True or False, got '
+                      f'{config.features.target_relevance!r}')
   eps = _expect_type(config, 'features.semdedup_eps', (float, int), 'a number')
   if not 0 <= eps < 2:
     raise ConfigError(f'config.features.semdedup_eps: must be in [0, 2), got {eps}')

@@ -3,7 +3,8 @@
 Inputs are the columns of features.parquet, in three groups (design section 5):
 
   quality    the registered quality operators (scoring/quality.py): width ... caption_specificity
-  relevance  'relevance_<task>_image' / 'relevance_<task>_text', one pair per task
+  relevance  'relevance_<task>_image' / 'relevance_<task>_text', one pair per task, and
+             'relevance_<task>_target' with features.target_relevance
   diversity  'cluster_weight', 'semantic_duplicate', 'exact_duplicate'
 
 'uid' and 'cluster' (an id) are never inputs; nor is any column outside the three groups.
@@ -38,6 +39,9 @@ GROUPS = ('quality', 'relevance', 'diversity')
 DIVERSITY_COLUMNS = ('cluster_weight', 'semantic_duplicate', 'exact_duplicate')
 NOT_FEATURES = ('uid', 'cluster')
 RELEVANCE_PREFIX = 'relevance_'
+# A task's relevance columns: its image and caption against its prototypes, and (with
+# features.target_relevance) its image against its train images.
+RELEVANCE_SIDES = ('_image', '_text', '_target')
 Z_CLIP = 5.0
 
 # Prior signs of the quality and diversity features; every other quality operator gets 0
@@ -297,10 +301,11 @@ SIGNS = ('free', 'prior')
 
 
 def task_of(name: str) -> str | None:
-  """The task of a relevance column 'relevance_<task>_image' / '_text' (else None)."""
+  """The task of a relevance column 'relevance_<task>_image' / '_text' / '_target' (else
+  None)."""
   if not name.startswith(RELEVANCE_PREFIX):
     return None
-  for side in ('_image', '_text'):
+  for side in RELEVANCE_SIDES:
     if name.endswith(side):
       return name[len(RELEVANCE_PREFIX):-len(side)]
   return None

@@ -273,6 +273,41 @@ def test_classification_relevance_is_the_top_m_mean_cosine_to_class_prototypes(r
   assert checked
 
 
+def test_target_relevance_is_each_image_s_largest_cosine_to_the_task_s_train_images(
+    run, tmp_path):
+  """target_relevance=True (the same run's features redone in a copy): one more column per
+  task, relevance_<task>_target, the max over the task's stored train image embeddings of
+  the cosine with the sample's stored image embedding, worked here in numpy; every other
+  column as before."""
+  workdir, _ = run
+  copy = str(tmp_path / 'targets')
+  shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns('features', 'select'))
+  c = config()
+  c.stages = ('ingest', 'encoder', 'embed', 'features')
+  c.features.target_relevance = True
+  status = main.run(c, copy)
+  assert status['embed'] == 'skipped' and status['features'] == 'ran'
+  raw, table = _features(workdir), _features(copy)
+  _, _, image_emb, _ = _embed_rows(copy)
+  tasks_dir = os.path.join(copy, 'embed', 'tasks')
+  tasks = sorted(n[:-len('_train.npz')] for n in os.listdir(tasks_dir)
+                 if n.endswith('_train.npz'))
+  assert tasks
+  assert sorted(table.column_names) == sorted(
+      raw.column_names + [f'relevance_{t}_target' for t in tasks])
+  for name in raw.column_names:
+    assert table.column(name).equals(raw.column(name)), name
+  for task in tasks:
+    targets = np.load(os.path.join(tasks_dir, f'{task}_train.npz'))['image_emb']
+    expected = (image_emb.astype(np.float64) @ targets.astype(np.float64).T).max(axis=1)
+    np.testing.assert_allclose(table.column(f'relevance_{task}_target').to_numpy(), expected,
+                               atol=1e-4)
+  bad = config()
+  bad.features.target_relevance = 'yes'
+  with pytest.raises(config_lib.ConfigError, match=r'config\.features\.target_relevance'):
+    validate(bad)
+
+
 def test_calibrated_relevance_z_scores_each_prototype_over_the_pool(run, tmp_path):
   """relevance_calibration='zscore' (the same run's features redone in a copy): each class
   prototype's cosines become z-scores over the whole pool before the top-2 mean, worked

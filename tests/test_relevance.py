@@ -108,3 +108,24 @@ def test_calibrated_relevance_vector_is_the_top_m_of_z_scored_cosines():
                                                                  stats)])
   with pytest.raises(ValueError, match='1 calibrations for 2 tasks'):
     relevance.relevance_vector(emb, emb, [protos, protos], calibrations=[(stats, stats)])
+
+
+def test_nearest_target_is_the_max_cosine_over_blocks_of_targets():
+  """Seven targets in blocks of three (the last block filled with copies of the first):
+  the same maxima as numpy over all seven, including a row whose best is a negative cosine
+  and a row whose best target is the seventh."""
+  rng = np.random.default_rng(0)
+  targets = _unit(np.abs(rng.normal(size=(7, 5))))  # all cosines between them positive
+  rows = _unit(np.concatenate([rng.normal(size=(6, 5)), -targets.sum(0, keepdims=True),
+                               targets[6:] + 0.01]))
+  blocks = relevance.target_blocks(targets, block=3)
+  assert blocks.shape == (3, 3, 5)
+  np.testing.assert_array_equal(blocks[2, 1:], targets[[0, 0]])
+  expected = (rows.astype(np.float64) @ targets.T.astype(np.float64)).max(axis=1)
+  assert expected[6] < 0 and np.argmax(rows[7] @ targets.T) == 6
+  np.testing.assert_allclose(relevance.nearest_target(rows, blocks), expected, atol=1e-6)
+  # One block when the targets fit in it.
+  np.testing.assert_allclose(relevance.nearest_target(rows, relevance.target_blocks(targets)),
+                             expected, atol=1e-6)
+  with pytest.raises(ValueError, match='non-empty'):
+    relevance.target_blocks(np.zeros((0, 5), np.float32))

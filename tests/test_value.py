@@ -238,3 +238,14 @@ def test_feature_weights_linear_at_init_then_gradient():
                - module.apply({'params': p64}, z64 - step)) / 2e-5
       assert got[name]['effective'] == pytest.approx(float(np.mean(slope)), rel=1e-4)
   assert any(abs(got[n]['effective'] - got[n]['linear']) > 1e-2 for n in names)
+
+
+def test_target_relevance_columns_belong_to_their_task():
+  """relevance_<task>_target joins the task's image and text columns: the relevance group,
+  the same task in the per-task form, and a third of the task's prior weight."""
+  names = ('clip_score', 'relevance_a_image', 'relevance_a_text', 'relevance_a_target',
+           'relevance_b_c_target')
+  assert [value.task_of(n) for n in names] == [None, 'a', 'a', 'a', 'b_c']
+  assert value.task_names(names) == ['a', 'b_c']
+  assert value.input_columns(names, groups=('relevance',)) == names[1:]
+  np.testing.assert_allclose(value.prior_weights(names), [1.0, 0.25, 0.25, 0.25, 0.25])

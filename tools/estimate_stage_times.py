@@ -152,11 +152,13 @@ def train_step_flops(cfg, width: int | None) -> float:
 
 def tads_feature_names(config) -> list:
   """The columns TADS's value function reads for these tasks: the operators, two
-  relevance columns per task, the diversity columns (value.feature_group)."""
+  relevance columns per task (three with features.target_relevance), the diversity
+  columns (value.feature_group)."""
   from tads_jax import value  # pylint: disable=import-outside-toplevel
   names = list(config.features.operators)
+  sides = ('image', 'text') + (('target',) if config.features.get('target_relevance') else ())
   names += [f'{value.RELEVANCE_PREFIX}{t["name"]}_{side}' for t in config.tasks
-            for side in ('image', 'text')]
+            for side in sides]
   return names + list(value.DIVERSITY_COLUMNS)
 
 

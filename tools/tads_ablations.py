@@ -68,6 +68,10 @@ VARIANTS = {
     'words_proxy': {'tads.meta.text': 'words'},
     'reference_text': {'tads.meta.text': 'reference'},
     'words_proxy_prior_signs': {'tads.meta.text': 'words', 'tads.linear_signs': 'prior'},
+    # Relevance against each task's train images too (session 12): NormSim's signal, the
+    # one that keeps ncl_normsim's subsets mostly on-task, as a value-function input.
+    'target_relevance': {'features.target_relevance': True},
+    'no_target_relevance': {'features.target_relevance': False},
 }
 
 

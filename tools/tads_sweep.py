@@ -25,6 +25,8 @@ values:
                        (tads.linear_signs), no value MLP (tads.hidden ()), both
   words_proxy, reference_text (by name only): the meta-learning proxy's text side
                        (tads.meta.text) 'words' / 'reference'
+  target_relevance     features.target_relevance flipped (no_target_relevance when the
+                       config has it on): relevance against each task's train images
   no_<group>           that group of tads.groups left out
   prior_<group>_heavy  that group's prior weight doubled, the others' halved
 The proxy is the embedding one unless --proxy pixels.
@@ -83,6 +85,8 @@ def candidates(config) -> dict:
   out.update(scaled(config, SCALED))
   for name in NAMED_VARIANTS:
     out[name] = dict(tads_ablations.VARIANTS[name])
+  flip = 'no_target_relevance' if config.features.get('target_relevance') else 'target_relevance'
+  out[flip] = dict(tads_ablations.VARIANTS[flip])
   groups = tuple(config.tads.groups)
   if len(groups) > 1:
     for group in groups:

@@ -10,6 +10,11 @@ prototype's cosines into z-scores over the pool (its mean and std there), so tha
 whose prototype sits close to much of the pool (a tight or generic prompt) does not win
 the max for samples it only loosely fits: every class and every retrieval centroid then
 competes on how unusual the match is, as hubness corrections (CSLS) do for retrieval.
+
+Target relevance (features.target_relevance) compares a sample's image with each task's
+train images themselves rather than with prototypes: its largest cosine to any of them,
+NormSim_inf per task (Wang et al. 2024), so that a sample near a few real task images counts
+even where no class prompt or retrieval centroid sits.
 """
 
 import functools
@@ -76,6 +81,33 @@ def relevance(emb, prototypes, top_m: int = 1):  # [B, D], [P, D] -> [B]
   if top_m < 1:
     raise ValueError(f'relevance: top_m must be >= 1, got {top_m}')
   return _top_m_mean(jnp.dot(prototypes, emb.T, preferred_element_type=jnp.float32), top_m)
+
+
+TARGET_BLOCK = 4096  # target rows per step of nearest_target's scan
+
+
+def target_blocks(targets, block: int = TARGET_BLOCK) -> np.ndarray:  # [T, D] -> [K, b, D]
+  """The targets cut into K equal blocks of b <= block rows for nearest_target, the last
+  one filled up with copies of the first target (a repeat changes no max)."""
+  targets = np.asarray(targets, np.float32)
+  if targets.ndim != 2 or not targets.shape[0]:
+    raise ValueError(f'target_blocks: expected a non-empty [T, D] array, got {targets.shape}')
+  b = min(block, targets.shape[0])
+  k = -(-targets.shape[0] // b)
+  filler = np.broadcast_to(targets[:1], (k * b - targets.shape[0], targets.shape[1]))
+  return np.concatenate([targets, filler]).reshape(k, b, targets.shape[1])
+
+
+@jax.jit
+def nearest_target(emb, blocks):  # [B, D], [K, b, D] -> [B]
+  """Each (L2-normalized) row's largest cosine to any target, one block of targets at a
+  time (memory B x b): NormSim_inf without its absolute value, so that it ranks as the
+  relevance columns do (CLIP image-image cosines are nearly all positive)."""
+  def step(best, block):
+    sims = jnp.dot(emb, block.T, preferred_element_type=jnp.float32)  # [B, b]
+    return jnp.maximum(best, jnp.max(sims, axis=-1)), None
+  best, _ = jax.lax.scan(step, jnp.full(emb.shape[:1], -jnp.inf, jnp.float32), blocks)
+  return best
 
 
 def prototype_moments(emb, prototypes) -> np.ndarray:  # [B, D], [P, D] -> [3, P]

@@ -16,7 +16,8 @@ complete. Memory holds one chunk of images and the reader's few batches in fligh
 
 Global signals, over the whole pool: the functions registered in SIGNALS, run in
 registration order, each adding its columns: task relevance (top-m cosines to each task's
-prototypes from its train split, its fit part when config.tads.validation_fraction > 0),
+prototypes from its train split, its fit part when config.tads.validation_fraction > 0;
+with features.target_relevance also the image's largest cosine to the task's train images),
 spherical k-means on the joint embedding normalize(image + text) with cluster weights
 (|C| / N) ** -alpha, SemDeDup flags inside the clusters (best clip_score kept) and
 exact-duplicate flags by ingest's image sha256. Their settings are config.features fields
@@ -345,7 +346,6 @@ def _task_prototypes(ctx, key) -> list:
   selection side sees it (its fit part when config.tads.validation_fraction > 0)."""
   out = []
   for spec, arrays in embed.task_embeddings(ctx, 'train'):
-    safe = re.sub(r'[^A-Za-z0-9_]', '_', spec.name)
     if spec.kind == 'classification':
       protos = np.asarray(relevance.class_prototypes(arrays['class_text_emb']))  # [C, E]
     else:
@@ -354,8 +354,13 @@ def _task_prototypes(ctx, key) -> list:
       protos = relevance.retrieval_prototypes(
           paired, arrays['text_emb'].astype(np.float32),
           option(ctx.config, 'retrieval_prototypes'), sub)
-    out.append((f'relevance_{safe}', protos))
+    out.append((_column_prefix(spec), protos))
   return out
+
+
+def _column_prefix(spec) -> str:
+  """'relevance_<task>' with every character outside [A-Za-z0-9_] of the name as '_'."""
+  return 'relevance_' + re.sub(r'[^A-Za-z0-9_]', '_', spec.name)
 
 
 RELEVANCE_CALIBRATIONS = ('none', 'zscore')
@@ -532,6 +537,36 @@ def task_relevance(pool: Pool) -> tuple[dict, dict]:
     columns[f'{prefix}_image'] = values[:, 2 * t]
     columns[f'{prefix}_text'] = values[:, 2 * t + 1]
   return columns, {}
+
+
+@signal('target_relevance', columns=None, settings=('target_relevance', 'chunk'))
+def target_relevance(pool: Pool) -> tuple[dict, dict]:
+  """relevance_<task>_target (features.target_relevance): each sample's image against the
+  task's train images (their fit part), its largest cosine to any of them."""
+  if not pool.ctx.config.features.get('target_relevance', False):
+    return {}, {}
+  tasks = []
+  for spec, arrays in embed.task_embeddings(pool.ctx, 'train'):
+    if not len(arrays['image_emb']):
+      raise ValueError(f"config.features.target_relevance: task {spec.name!r} has no train "
+                       "images (field 'image_emb' of its train split is empty)")
+    tasks.append((_column_prefix(spec), relevance.target_blocks(arrays['image_emb'])))
+  chunk = option(pool.ctx.config, 'chunk')
+
+  def block(image_emb):  # [n, E] -> [n, T]
+    out = np.zeros((image_emb.shape[0], len(tasks)), np.float32)
+    for start in range(0, image_emb.shape[0], chunk):
+      count = min(chunk, image_emb.shape[0] - start)
+      rows = _pad(image_emb[start:start + count], chunk)
+      for t, (_, targets) in enumerate(tasks):
+        out[start:start + count, t] = np.asarray(
+            relevance.nearest_target(rows, targets))[:count]
+    return out
+
+  values = pool.gather_rows({index: block(image_emb)
+                             for index, image_emb, _ in pool.embeddings()})
+  values = values.reshape(-1, len(tasks))
+  return {f'{prefix}_target': values[:, t] for t, (prefix, _) in enumerate(tasks)}, {}
 
 
 @signal('clusters', columns=('cluster', 'cluster_weight'),
