@@ -108,8 +108,10 @@ def get_config():
       # (the validation sweep's choice here: 'zscore' 0.7513 vs 0.7517, BENCHMARKS.md).
       relevance_calibration='none',
       # True: also relevance_<task>_target, a sample's image against the task's train images
-      # (its largest cosine to any of them: NormSim_inf per task), beside the prototypes.
-      target_relevance=False,
+      # (its largest cosine to any of them: NormSim_inf per task), beside the prototypes
+      # (the validation sweep's choice: 0.6011 +- 0.0101 vs 0.5835 +- 0.0242 without,
+      # pixel proxy, BENCHMARKS.md).
+      target_relevance=True,
       retrieval_prototypes=32,   # k-means prototypes per side of a retrieval task
       # Settings of the operators, {operator: {setting: value}}: each operator's own
       # parameters (scoring/quality.py), at their defaults here so that the command line can

@@ -384,7 +384,8 @@ def test_sweep_candidates_follow_the_config():
   assert list(got) == ['tads', 'prior_only', 'value_lr_x3', 'value_lr_div3', 'tau_x3',
                        'tau_div3', 'steps_x3', 'steps_div3', 'relevance_zscore', 'per_task',
                        'dedup_exact', 'zscore_per_task', 'prior_signs', 'no_mlp',
-                       'no_mlp_prior_signs', 'target_relevance', 'no_quality', 'no_relevance',
+                       'no_mlp_prior_signs', 'no_target_relevance', 'no_quality',
+                       'no_relevance',
                        'no_diversity', 'prior_quality_heavy', 'prior_relevance_heavy',
                        'prior_diversity_heavy']
   assert got['steps_x3'] == {'tads.meta.steps': 900}
@@ -397,10 +398,11 @@ def test_sweep_candidates_follow_the_config():
   assert list(tool.candidates(c)) == ['tads', 'prior_only', 'value_lr_x3', 'value_lr_div3',
                                       'tau_x3', 'tau_div3', 'relevance_zscore', 'per_task',
                                       'dedup_exact', 'zscore_per_task', 'prior_signs',
-                                      'no_mlp', 'no_mlp_prior_signs', 'target_relevance']
-  c.features.target_relevance = True
+                                      'no_mlp', 'no_mlp_prior_signs', 'no_target_relevance']
   assert tool.candidates(c)['no_target_relevance'] == {'features.target_relevance': False}
-  assert 'target_relevance' not in tool.candidates(c)
+  c.features.target_relevance = False  # the sweep tries the other value
+  assert tool.candidates(c)['target_relevance'] == {'features.target_relevance': True}
+  assert 'no_target_relevance' not in tool.candidates(c)
   assert tool.candidates(c)['per_task'] == {'tads.value_form': 'per_task'}
   assert tool.candidates(c)['no_mlp_prior_signs'] == {'tads.hidden': (),
                                                       'tads.linear_signs': 'prior'}
