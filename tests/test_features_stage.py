@@ -39,7 +39,7 @@ def config():
   c.features = ml_collections.ConfigDict(dict(
       operators=OPERATORS, chunk=32, kmeans_k=4, kmeans_iters=3, alpha=0.5,
       semdedup_eps=0.05, relevance_top_m=2, retrieval_prototypes=2,
-      relevance_calibration='none'))
+      relevance_calibration='none', target_relevance=False))
   c.selector.name = 'clip_score'
   c.selection.fraction = 0.3
   return c
@@ -303,6 +303,7 @@ def test_target_relevance_is_each_image_s_largest_cosine_to_the_task_s_train_ima
     np.testing.assert_allclose(table.column(f'relevance_{task}_target').to_numpy(), expected,
                                atol=1e-4)
   bad = config()
+  del bad.features['target_relevance']  # ml_collections itself refuses a str for a bool field
   bad.features.target_relevance = 'yes'
   with pytest.raises(config_lib.ConfigError, match=r'config\.features\.target_relevance'):
     validate(bad)
@@ -434,8 +435,8 @@ def test_vocab_share_runs_only_with_a_vocabulary():
 
 
 def test_global_signals_run_in_order_and_give_the_global_columns():
-  assert list(features_stage.SIGNALS) == ['relevance', 'clusters', 'semantic_duplicate',
-                                          'exact_duplicate']
+  assert list(features_stage.SIGNALS) == ['relevance', 'target_relevance', 'clusters',
+                                          'semantic_duplicate', 'exact_duplicate']
   assert features_stage.GLOBAL_COLUMNS == ('cluster', 'cluster_weight', 'semantic_duplicate',
                                            'exact_duplicate')
   fields = set(config().features)

@@ -551,6 +551,8 @@ def target_relevance(pool: Pool) -> tuple[dict, dict]:
       raise ValueError(f"config.features.target_relevance: task {spec.name!r} has no train "
                        "images (field 'image_emb' of its train split is empty)")
     tasks.append((_column_prefix(spec), relevance.target_blocks(arrays['image_emb'])))
+  if not tasks:
+    return {}, {}
   chunk = option(pool.ctx.config, 'chunk')
 
   def block(image_emb):  # [n, E] -> [n, T]
