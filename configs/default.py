@@ -231,6 +231,12 @@ def get_config():
   # world), then, as one refits on train + validation once settings are chosen, every
   # selector fits on the whole train split.
   c.tads.validation_fraction = 0.0
+  # A hard quality filter before the value function: only the top `fraction` of the pool
+  # by a features column is ranked (and meta-learned on), as DataComp's filter-then-rank
+  # baselines and ncl_normsim's negCLIPLoss pass do. fraction None: no gate.
+  c.tads.gate = ml_collections.ConfigDict(dict(
+      column='clip_score',
+      fraction=ml_collections.config_dict.placeholder(float)))
   # The meta-learning settings below were chosen by tools/tads_sweep.py on that validation
   # split (best validation mean of 14 candidates: 3x and 1/3 of steps, value_lr and tau,
   # each group left out, each prior weight doubled; BENCHMARKS.md, issue 14 item 1). The

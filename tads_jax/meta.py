@@ -587,15 +587,17 @@ def task_batch(task, rows, class_text_emb=None) -> dict:
 # Checkpoints.
 
 
-def _fingerprint(cfg, scorer: Scorer, value_params, pool, tasks) -> dict:
+def _fingerprint(cfg, scorer: Scorer, value_params, pool, tasks, rows) -> dict:
   """What must match for a checkpoint to be resumed. The pool's embeddings enter by shape
   only (hashing gigabytes on every start is not worth it); the scorer's other inputs (z),
-  the tasks and the starting scorer by content."""
+  the rows batches come from, the tasks and the starting scorer by content."""
   text = TEXT_FIELDS[cfg.text]['pool']
   inputs = {f'{field}_sha256': checkpoints.digest(pool[field]) for field in scorer.fields
             if field not in EMBEDDINGS}
   if cfg.text == 'words':
     inputs[f'{text}_sha256'] = checkpoints.digest(pool[text])
+  if len(rows) != np.shape(pool['image_emb'])[0]:  # part of the pool (absent: all, as before)
+    inputs['rows_sha256'] = checkpoints.digest(rows)
   return {
       'config': checkpoints.config_fields(dataclasses.asdict(cfg), _RESUMABLE_FIELDS),
       'scorer': _describe(scorer),
@@ -698,7 +700,8 @@ def _check_pool(pool, scorer: Scorer, text: str = 'reference') -> tuple[int, int
 
 def learn(cfg: MetaConfig, value_module_and_params, pool: Mapping, tasks: Sequence[Mapping],
           workdir: str | None = None, mesh=None, rules='data_parallel',
-          log: Callable[[str], None] | None = None, stop_after: int | None = None):
+          log: Callable[[str], None] | None = None, stop_after: int | None = None,
+          rows: np.ndarray | None = None):
   """Meta-learns a scorer (the value function, FLYT's head, ...); returns (its params,
   history).
 
@@ -721,6 +724,8 @@ def learn(cfg: MetaConfig, value_module_and_params, pool: Mapping, tasks: Sequen
     rules.
   log: gets a progress line every cfg.log_every steps (default absl).
   stop_after: end after that many meta steps, as if killed there (tests, preemption).
+  rows: the pool rows batches are drawn from (int indices; default every row): a selector
+    that ranks only part of the pool (TADS's quality gate) meta-learns on that part.
   history: per meta step lists 'step', 'outer_loss', 'task_losses' [T], 'task_weights' [T],
     'inner_loss' (mean of the K inner losses), 'weight_entropy' (of w over the batch / log B),
     'value_std', 'value_grad_norm', 'logit_scale'; and 'tasks' (the task names).
@@ -737,9 +742,12 @@ def learn(cfg: MetaConfig, value_module_and_params, pool: Mapping, tasks: Sequen
   if cfg.batch_size % mesh.shape['data']:
     raise ValueError(f'MetaConfig.batch_size: {cfg.batch_size} is not a multiple of the '
                      f"mesh's data axis ({mesh.shape['data']} devices)")
-  if cfg.batch_size > n:
-    raise ValueError(f'MetaConfig.batch_size: {cfg.batch_size} is more than the pool\'s {n} '
-                     'rows')
+  rows = np.arange(n) if rows is None else np.asarray(rows, np.int64)
+  if rows.ndim != 1 or (len(rows) and (rows.min() < 0 or rows.max() >= n)):
+    raise ValueError(f'rows: {rows.shape} indices, not a list of rows of the pool\'s {n}')
+  if cfg.batch_size > len(rows):
+    raise ValueError(f'MetaConfig.batch_size: {cfg.batch_size} is more than the pool\'s '
+                     f'{len(rows)} rows' + ('' if len(rows) == n else ' meta-learned on'))
   try:
     one = {f: jax.ShapeDtypeStruct((1,) + np.shape(pool[f])[1:], jnp.float32)
            for f in scorer.fields}
@@ -762,7 +770,7 @@ def learn(cfg: MetaConfig, value_module_and_params, pool: Mapping, tasks: Sequen
   kept_dtype = EMBEDDINGS + proxy_fields  # gathered as stored (float16 embeddings, int ids)
 
   def make_step(start):
-    pool_rows = train.batch_rows(np.arange(n), cfg.batch_size, cfg.seed, start)
+    pool_rows = train.batch_rows(rows, cfg.batch_size, cfg.seed, start)
     task_rows = [train.batch_rows(np.arange(len(task['labels'] if task['kind'] ==
                                                 'classification' else task['text_image'])),
                                   _task_batch_size(cfg, task), _task_seed(cfg.seed, t), start)
@@ -815,6 +823,6 @@ def learn(cfg: MetaConfig, value_module_and_params, pool: Mapping, tasks: Sequen
         cfg, 'meta', state, history, make_step, total=cfg.steps, record=record,
         describe=describe, workdir=workdir,
         fingerprint=(None if workdir is None else
-                     _fingerprint(cfg, scorer, value_params, pool, tasks)),
+                     _fingerprint(cfg, scorer, value_params, pool, tasks, rows)),
         stop_after=stop_after, log=log)
   return jax.device_get(state.value_params), history

@@ -234,6 +234,11 @@ def _learn_lines(learn: dict) -> list[str]:
           f'{name} {values[-1]:.3f}' for name, values in weights.items()), '']
   else:
     lines += ['No meta-learning (the prior alone scores the pool).', '']
+  gate = learn.get('gate')
+  if gate:
+    lines += [f"Gate: only samples with {gate['column']} >= {gate['cut']:.4f} (the top "
+              f"{gate['fraction']:.0%} of the pool, {gate['passed']} samples) were ranked "
+              'and meta-learned on.', '']
   if learn.get('feature_weights'):
     lines += ['Weight per standardized feature (prior; learned = mean dV/dz over the pool):',
               '']

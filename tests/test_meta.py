@@ -361,6 +361,30 @@ def test_learn_input_errors():
     meta.learn(dataclasses.replace(RESUME, batch_size=256), value_fn, pool, tasks)
 
 
+def test_rows_draw_the_batches_from_part_of_the_pool(tmp_path):
+  """rows=R (TADS's gate) learns what the pool cut to R learns: the batches are the same
+  rows in the same order. A checkpoint written for R does not resume without it."""
+  pool, tasks = _random_problem()
+  value_fn = _value_function(out_scale=0.3)
+  rows = np.flatnonzero(np.arange(128) % 3 != 1)  # 85 of 128
+  got, history = meta.learn(RESUME, value_fn, pool, tasks, rows=rows,
+                            workdir=tmp_path / 'a')
+  cut, cut_history = meta.learn(RESUME, value_fn, {k: v[rows] for k, v in pool.items()},
+                                tasks)
+  assert history == cut_history
+  for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(cut)):
+    np.testing.assert_array_equal(a, b)
+  whole, _ = meta.learn(RESUME, value_fn, pool, tasks)
+  assert not np.allclose(whole['linear'], got['linear'])  # other rows, another result
+  with pytest.raises(ValueError, match=r'written for other data \(pool'):
+    meta.learn(RESUME, value_fn, pool, tasks, workdir=tmp_path / 'a')
+  with pytest.raises(ValueError, match="batch_size: 32 is more than the pool's 20 rows "
+                     'meta-learned on'):
+    meta.learn(RESUME, value_fn, pool, tasks, rows=rows[:20])
+  with pytest.raises(ValueError, match=r'rows: \(1, 3\) indices'):
+    meta.learn(RESUME, value_fn, pool, tasks, rows=np.zeros((1, 3), int))
+
+
 def check_sharded_meta_learning():
   """The pool batch split over 8 devices gives what one device gives; raises otherwise."""
   assert jax.device_count() >= 8, jax.devices()

@@ -222,6 +222,53 @@ def test_words_proxy_learns_through_the_stages(prior_run, tmp_path):
   assert np.abs(learned['words'] - learned['reference']).max() > 1e-3
 
 
+@pytest.mark.parametrize('steps', [0, 6])
+def test_gate_ranks_only_the_top_clip_scores(prior_run, tmp_path, steps):
+  """tads.gate.fraction=0.5: the rows scored are the top half by clip_score (ties at the
+  cut pass), found here by sorting; the rest score NaN and are never kept; the subset is
+  still the budget, the top of the scores among the rows that pass; with meta-learning on,
+  its batches come from those rows alone."""
+  workdir = str(tmp_path / 'w')
+  shutil.copytree(prior_run[0], workdir)
+  c = config(steps=steps)
+  c.tads.gate.fraction = 0.5
+  from tads_jax.selectors import tads  # pylint: disable=g-import-not-at-top
+  original, seen = tads.meta.learn, []
+
+  def recording(*args, rows=None, **kwargs):
+    seen.append(rows)
+    return original(*args, rows=rows, **kwargs)
+
+  tads.meta.learn = recording
+  try:
+    main.run(c, workdir)
+  finally:
+    tads.meta.learn = original
+  scores = pq.read_table(os.path.join(workdir, 'scores.parquet'))
+  clip = scores.column('clip_score').to_numpy()
+  passes = clip >= np.sort(clip)[::-1][round(0.5 * len(clip)) - 1]
+  score = scores.column('score').to_numpy()
+  np.testing.assert_array_equal(np.isfinite(score), passes)
+  counts = scores.column('times_selected').to_numpy()
+  assert counts.sum() == round(0.36 * scores.num_rows) and not counts[~passes].any()
+  kept = np.flatnonzero(counts)
+  assert score[kept].min() >= np.max(score[passes & (counts == 0)], initial=-np.inf)
+  state = learn.load_state(os.path.join(workdir, 'learn', learn.STATE))
+  assert state['gate']['passed'] == passes.sum()
+  assert f"the top 50% of the pool, {passes.sum()} samples" in open(
+      os.path.join(workdir, 'report.md')).read()
+  if steps:
+    np.testing.assert_array_equal(seen[0], np.flatnonzero(passes))
+  else:
+    assert not seen
+  # Without the gate the same run scores every row, and keeps some the gate drops.
+  c.tads.gate.fraction = None
+  main.run(c, workdir)
+  ungated = pq.read_table(os.path.join(workdir, 'scores.parquet'))
+  assert np.isfinite(ungated.column('score').to_numpy()).all()
+  assert ungated.column('times_selected').to_numpy()[~passes].any()
+
+
 def test_soft_cap_writes_repeats_at_the_same_budget(prior_run, tmp_path):
   workdir = str(tmp_path / 'w')
   shutil.copytree(prior_run[0], workdir)
@@ -254,6 +301,16 @@ def test_config_errors_name_the_field():
   ):
     c = config()
     c.tads[field] = bad
+    with pytest.raises(config_lib.ConfigError, match=message):
+      validate(c)
+  for field, bad, message in (
+      ('fraction', 0.3, r'config\.tads\.gate\.fraction: 0\.3 is below selection\.fraction'),
+      ('fraction', 1.5, r'config\.tads\.gate\.fraction: a share of the pool in \(0, 1\]'),
+      ('column', '', r'config\.tads\.gate\.column: a features column name'),
+  ):
+    c = config()
+    c.tads.gate.fraction = 0.5
+    c.tads.gate[field] = bad
     with pytest.raises(config_lib.ConfigError, match=message):
       validate(c)
   c = config()

@@ -15,6 +15,7 @@ come from its eval.json. Variants (config overrides of configs/default.py):
                      meta-learning and prior settings (--variants)
   relevance_zscore, per_task, dedup_exact and their combinations: calibrated relevance,
                      the per-task value form, exact duplicates never selected
+  gate_0.54, gate_0.72 tads.gate.fraction: only the top 54% / 72% by clip_score ranked
 
 These figures are on the eval splits: they report ablations, they do not choose settings.
 tools/tads_sweep.py chooses settings on a validation split (tads.validation_fraction) with
@@ -72,6 +73,11 @@ VARIANTS = {
     # one that keeps ncl_normsim's subsets mostly on-task, as a value-function input.
     'target_relevance': {'features.target_relevance': True},
     'no_target_relevance': {'features.target_relevance': False},
+    # A hard CLIP-score gate before the value function (session 13): ncl_normsim's
+    # filter-then-rank, its pass at the paper's 3:2 ratio to the budget (0.54 at 36%) and
+    # at twice the budget.
+    'gate_0.54': {'tads.gate.fraction': 0.54},
+    'gate_0.72': {'tads.gate.fraction': 0.72},
 }
 
 

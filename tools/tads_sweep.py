@@ -27,6 +27,8 @@ values:
                        (tads.meta.text) 'words' / 'reference'
   target_relevance     features.target_relevance flipped (no_target_relevance when the
                        config has it on): relevance against each task's train images
+  gate_<share>, no_gate  a clip_score gate (tads.gate.fraction) at 1.5x and 2x the budget
+                       when the config has none; none when it has one
   no_<group>           that group of tads.groups left out
   prior_<group>_heavy  that group's prior weight doubled, the others' halved
 The proxy is the embedding one unless --proxy pixels.
@@ -78,6 +80,17 @@ def scaled(config, fields) -> dict:
   return out
 
 
+def gates(config) -> dict:
+  """The gate's candidates: with none in the config, a clip_score gate passing 1.5x and
+  2x the budget (ncl_normsim's pass is 1.5x; named by the share, e.g. 'gate_0.54'), those
+  at most the whole pool; with one, 'no_gate'."""
+  if config.tads.get('gate', {}).get('fraction') is not None:
+    return {'no_gate': {'tads.gate.fraction': None}}
+  budget = config.selection.fraction
+  return {f'gate_{round(budget * k, 4):g}': {'tads.gate.fraction': round(budget * k, 4)}
+          for k in (1.5, 2.0) if budget * k <= 1}
+
+
 def candidates(config) -> dict:
   """{name: {dotted field: value}}: the settings the sweep tries by default (the module
   docstring lists them), derived from the config's own values."""
@@ -87,6 +100,7 @@ def candidates(config) -> dict:
     out[name] = dict(tads_ablations.VARIANTS[name])
   flip = 'no_target_relevance' if config.features.get('target_relevance') else 'target_relevance'
   out[flip] = dict(tads_ablations.VARIANTS[flip])
+  out.update(gates(config))
   groups = tuple(config.tads.groups)
   if len(groups) > 1:
     for group in groups:

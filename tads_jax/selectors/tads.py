@@ -10,6 +10,12 @@ shape, the meta-learning history and the prior's and learned feature weights.
 
 score (in the select stage): V(z) of every sample with the learned params.
 
+tads.gate (column, fraction): a hard quality filter before the value function, as
+DataComp's filter-then-rank baselines and ncl_normsim's negCLIPLoss pass do: only the top
+`fraction` of the pool by a features column (clip_score by default) is ranked; the rest
+score NaN (never selected), and meta-learning draws its batches from the rows that pass,
+so the value function learns to rank among them. fraction None: no gate.
+
 On several processes fit runs on each: the standardizer's moments are summed per shard over
 the processes (in shard order, so one process gets the same bytes), and the meta-learning
 mesh spans every process's devices, each process reading its part of every batch.
@@ -61,6 +67,35 @@ def check_config(config) -> None:
         'group_weights': 'config.tads.prior', 'hidden': 'config.tads.hidden',
         'form': 'config.tads.value_form', 'signs': 'config.tads.linear_signs'}) from None
   meta_config(config)
+  gate(config)
+
+
+def gate(config) -> tuple[str, float] | None:
+  """(column, fraction) of config.tads.gate, checked, or None when there is no gate
+  (block absent or fraction None). The gate must pass at least the budget."""
+  block = config.tads.get('gate')
+  if block is None or block.get('fraction') is None:
+    return None
+  column, fraction = block.get('column'), block['fraction']
+  if not isinstance(column, str) or not column:
+    raise ValueError(f'config.tads.gate.column: a features column name, got {column!r}')
+  if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) \
+      or not 0 < fraction <= 1:
+    raise ValueError(f'config.tads.gate.fraction: a share of the pool in (0, 1] or None, '
+                     f'got {fraction!r}')
+  budget = config.get('selection', {}).get('fraction')
+  if isinstance(budget, (int, float)) and budget > fraction:
+    raise ValueError(f'config.tads.gate.fraction: {fraction} is below selection.fraction '
+                     f'{budget}; the subset could not fill its budget from the gate')
+  return column, float(fraction)
+
+
+def gate_cut(values: np.ndarray, fraction: float) -> float:
+  """The gate's threshold: the round(fraction * N)-th largest of values [N] (NaN ranks
+  last); a row passes at or above it, so ties at the cut all pass."""
+  key = np.where(np.isnan(values), -np.inf, np.asarray(values, np.float64))
+  k = max(1, int(round(fraction * len(key))))
+  return float(np.partition(key, len(key) - k)[len(key) - k])
 
 
 def value_form(config) -> str:
@@ -80,9 +115,11 @@ def reads_words(config) -> bool:
 
 
 def columns(config, names) -> tuple:
-  """The features columns fit reads: the value function's inputs, and the captions when
-  meta-learning reads their words."""
-  return (value.input_columns(names, tuple(config.tads.groups))
+  """The features columns fit and score read: the value function's inputs, the gate's
+  column, and the captions when meta-learning reads their words."""
+  inputs = value.input_columns(names, tuple(config.tads.groups))
+  passes = gate(config)
+  return (inputs + ((passes[0],) if passes and passes[0] not in inputs else ())
           + (('caption',) if reads_words(config) else ()))
 
 
@@ -124,6 +161,16 @@ def fit(config, inputs: selectors.Inputs) -> dict:
                                      form=value_form(config), signs=linear_signs(config))
   params = value.init_params(module, config.seed)
   prior = value.feature_weights(module, params, z)
+  passes = gate(config)
+  rows, gate_state = None, {}
+  if passes:
+    column, fraction = passes
+    values = value.feature_matrix(inputs.features, [column], where='features')[:, 0]
+    cut = gate_cut(values, fraction)
+    rows = np.flatnonzero(values >= cut)
+    gate_state = {'column': column, 'fraction': fraction, 'cut': cut, 'passed': len(rows)}
+    logging.info('learn: tads gate %s >= %.4f passes %d of %d rows', column, cut, len(rows),
+                 len(values))
 
   cfg, steps = meta_config(config)
   history = {}
@@ -138,10 +185,11 @@ def fit(config, inputs: selectors.Inputs) -> dict:
     # the meta batches split over all of them; else this process's devices alone.
     layout = sharding.from_config(
         config, devices=None if inputs.shard_rows is None else jax.devices())
-    cfg = meta.fit_batch_to_pool(cfg, len(z), layout.mesh, 'config.tads.meta')
+    cfg = meta.fit_batch_to_pool(cfg, len(z) if rows is None else len(rows), layout.mesh,
+                                 'config.tads.meta')
     params, raw = meta.learn(
         cfg, (module, params), pool, tasks, workdir=inputs.checkpoints, mesh=layout.mesh,
-        rules=layout.rules)
+        rules=layout.rules, rows=rows)
     history = by_task(raw)
   learned = value.feature_weights(module, params, z)
   weights = [{'feature': n, 'group': value.feature_group(n),
@@ -153,7 +201,7 @@ def fit(config, inputs: selectors.Inputs) -> dict:
           'prior': list(module.prior), 'hidden': list(module.hidden), 'form': module.form,
           'signs': module.signs,
           'meta_steps': steps, 'groups': list(t.groups), 'history': history,
-          'feature_weights': weights}
+          'feature_weights': weights, 'gate': gate_state}
 
 
 def _standardizer(x, names, inputs: selectors.Inputs) -> value.Standardizer:
@@ -169,7 +217,7 @@ def _standardizer(x, names, inputs: selectors.Inputs) -> value.Standardizer:
 def summary(state) -> dict:
   return {'features': len(state['feature_weights']), 'groups': list(state['groups']),
           'meta_steps': int(state['meta_steps']), 'history': state['history'],
-          'feature_weights': state['feature_weights']}
+          'feature_weights': state['feature_weights'], 'gate': state.get('gate')}
 
 
 def score(config, state, inputs: selectors.Inputs) -> np.ndarray:  # -> [N]
@@ -189,7 +237,12 @@ def score(config, state, inputs: selectors.Inputs) -> np.ndarray:  # -> [N]
     block = z[i:i + _SCORE_ROWS]
     padded = np.pad(block, ((0, _SCORE_ROWS - len(block)), (0, 0)))
     out.append(np.asarray(_apply(module, params, padded))[:len(block)])
-  return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
+  scores = np.concatenate(out).astype(np.float64) if out else np.zeros(0)
+  if state.get('gate'):  # below the gate (or NaN there): NaN, never selected
+    g = state['gate']
+    values = value.feature_matrix(inputs.features, [g['column']], where='features')[:, 0]
+    scores[~(values >= g['cut'])] = np.nan
+  return scores
 
 
 _SCORE_ROWS = 4096
