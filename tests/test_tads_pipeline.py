@@ -223,11 +223,11 @@ def test_words_proxy_learns_through_the_stages(prior_run, tmp_path):
 
 
 @pytest.mark.parametrize('steps', [0, 6])
-def test_gate_ranks_only_the_top_clip_scores(prior_run, tmp_path, steps):
+def test_gate_ranks_only_the_rows_that_pass(prior_run, tmp_path, monkeypatch, steps):
   """tads.gate.fraction=0.5: the rows scored are the top half by clip_score (ties at the
   cut pass), found here by sorting; the rest score NaN and are never kept; the subset is
   still the budget, the top of the scores among the rows that pass; with meta-learning on,
-  its batches come from those rows alone."""
+  its batches come from those rows alone. A pattern gates on the largest of its columns."""
   workdir = str(tmp_path / 'w')
   shutil.copytree(prior_run[0], workdir)
   c = config(steps=steps)
@@ -239,11 +239,8 @@ def test_gate_ranks_only_the_top_clip_scores(prior_run, tmp_path, steps):
     seen.append(rows)
     return original(*args, rows=rows, **kwargs)
 
-  tads.meta.learn = recording
-  try:
-    main.run(c, workdir)
-  finally:
-    tads.meta.learn = original
+  monkeypatch.setattr(tads.meta, 'learn', recording)
+  main.run(c, workdir)
   scores = pq.read_table(os.path.join(workdir, 'scores.parquet'))
   clip = scores.column('clip_score').to_numpy()
   passes = clip >= np.sort(clip)[::-1][round(0.5 * len(clip)) - 1]
@@ -261,6 +258,23 @@ def test_gate_ranks_only_the_top_clip_scores(prior_run, tmp_path, steps):
     np.testing.assert_array_equal(seen[0], np.flatnonzero(passes))
   else:
     assert not seen
+  # A pattern gates on the largest of the columns it matches: here every task's relevance.
+  c.tads.gate.column = 'relevance_*'
+  main.run(c, workdir)
+  scores = pq.read_table(os.path.join(workdir, 'scores.parquet'))
+  relevance = np.max([scores.column(n).to_numpy() for n in scores.column_names
+                      if n.startswith('relevance_')], axis=0)
+  relevant = relevance >= np.sort(relevance)[::-1][round(0.5 * len(relevance)) - 1]
+  assert (relevant != passes).any()  # another gate than clip_score's
+  np.testing.assert_array_equal(np.isfinite(scores.column('score').to_numpy()), relevant)
+  assert not scores.column('times_selected').to_numpy()[~relevant].any()
+  if steps:
+    np.testing.assert_array_equal(seen[-1], np.flatnonzero(relevant))
+  c.tads.gate.column = 'no_such_*'
+  with pytest.raises(ValueError, match=r"config\.tads\.gate\.column: 'no_such_\*' matches "
+                     'no features column'):
+    main.run(c, workdir)
+  c.tads.gate.column = 'clip_score'
   # Without the gate the same run scores every row, and keeps some the gate drops.
   c.tads.gate.fraction = None
   main.run(c, workdir)

@@ -16,6 +16,7 @@ come from its eval.json. Variants (config overrides of configs/default.py):
   relevance_zscore, per_task, dedup_exact and their combinations: calibrated relevance,
                      the per-task value form, exact duplicates never selected
   gate_0.54, gate_0.72 tads.gate.fraction: only the top 54% / 72% by clip_score ranked
+  gate_target_0.54, _0.72  the same by the largest target-relevance column (NormSim_inf)
 
 These figures are on the eval splits: they report ablations, they do not choose settings.
 tools/tads_sweep.py chooses settings on a validation split (tads.validation_fraction) with
@@ -78,6 +79,10 @@ VARIANTS = {
     # at twice the budget.
     'gate_0.54': {'tads.gate.fraction': 0.54},
     'gate_0.72': {'tads.gate.fraction': 0.72},
+    # The gate on task relevance instead: NormSim_inf over every task's train images (the
+    # largest target-relevance column), the rest ranked by the value function.
+    'gate_target_0.54': {'tads.gate.column': 'relevance_*_target', 'tads.gate.fraction': 0.54},
+    'gate_target_0.72': {'tads.gate.column': 'relevance_*_target', 'tads.gate.fraction': 0.72},
 }
 
 

@@ -10,17 +10,20 @@ shape, the meta-learning history and the prior's and learned feature weights.
 
 score (in the select stage): V(z) of every sample with the learned params.
 
-tads.gate (column, fraction): a hard quality filter before the value function, as
-DataComp's filter-then-rank baselines and ncl_normsim's negCLIPLoss pass do: only the top
-`fraction` of the pool by a features column (clip_score by default) is ranked; the rest
-score NaN (never selected), and meta-learning draws its batches from the rows that pass,
-so the value function learns to rank among them. fraction None: no gate.
+tads.gate (column, fraction): a hard filter before the value function, as DataComp's
+filter-then-rank baselines and ncl_normsim's negCLIPLoss pass do: only the top `fraction`
+of the pool by a features column (clip_score by default; a pattern such as
+'relevance_*_target' takes the largest of the columns it matches, there NormSim_inf over
+every task's train images) is ranked; the rest score NaN (never selected), and
+meta-learning draws its batches from the rows that pass, so the value function learns to
+rank among them. fraction None: no gate.
 
 On several processes fit runs on each: the standardizer's moments are summed per shard over
 the processes (in shard order, so one process gets the same bytes), and the meta-learning
 mesh spans every process's devices, each process reading its part of every batch.
 """
 
+import fnmatch
 import functools
 
 from absl import logging
@@ -78,7 +81,8 @@ def gate(config) -> tuple[str, float] | None:
     return None
   column, fraction = block.get('column'), block['fraction']
   if not isinstance(column, str) or not column:
-    raise ValueError(f'config.tads.gate.column: a features column name, got {column!r}')
+    raise ValueError(f'config.tads.gate.column: a features column name or pattern, got '
+                     f'{column!r}')
   if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) \
       or not 0 < fraction <= 1:
     raise ValueError(f'config.tads.gate.fraction: a share of the pool in (0, 1] or None, '
@@ -88,6 +92,24 @@ def gate(config) -> tuple[str, float] | None:
     raise ValueError(f'config.tads.gate.fraction: {fraction} is below selection.fraction '
                      f'{budget}; the subset could not fill its budget from the gate')
   return column, float(fraction)
+
+
+def gate_columns(pattern: str, names) -> list:
+  """The features columns the gate reads: those `pattern` matches (fnmatch; a plain name
+  matches itself), in table order; none raises naming the field."""
+  matched = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+  if not matched:
+    raise ValueError(f'config.tads.gate.column: {pattern!r} matches no features column '
+                     f'(have {list(names)})')
+  return matched
+
+
+def gate_values(features, columns) -> np.ndarray:  # -> [N]
+  """The gate's value per row: the column, or the largest of several (NaN only where all
+  are NaN)."""
+  x = value.feature_matrix(features, columns, where='features')  # [N, C]
+  with np.errstate(invalid='ignore'):
+    return np.fmax.reduce(x, axis=1) if x.shape[1] > 1 else x[:, 0]
 
 
 def gate_cut(values: np.ndarray, fraction: float) -> float:
@@ -119,8 +141,8 @@ def columns(config, names) -> tuple:
   column, and the captions when meta-learning reads their words."""
   inputs = value.input_columns(names, tuple(config.tads.groups))
   passes = gate(config)
-  return (inputs + ((passes[0],) if passes and passes[0] not in inputs else ())
-          + (('caption',) if reads_words(config) else ()))
+  gated = tuple(c for c in gate_columns(passes[0], names) if c not in inputs) if passes else ()
+  return inputs + gated + (('caption',) if reads_words(config) else ())
 
 
 def word_inputs(captions, tasks) -> tuple[np.ndarray, list]:
@@ -165,10 +187,12 @@ def fit(config, inputs: selectors.Inputs) -> dict:
   rows, gate_state = None, {}
   if passes:
     column, fraction = passes
-    values = value.feature_matrix(inputs.features, [column], where='features')[:, 0]
+    read = gate_columns(column, inputs.features.column_names)
+    values = gate_values(inputs.features, read)
     cut = gate_cut(values, fraction)
     rows = np.flatnonzero(values >= cut)
-    gate_state = {'column': column, 'fraction': fraction, 'cut': cut, 'passed': len(rows)}
+    gate_state = {'column': column, 'columns': read, 'fraction': fraction, 'cut': cut,
+                  'passed': len(rows)}
     logging.info('learn: tads gate %s >= %.4f passes %d of %d rows', column, cut, len(rows),
                  len(values))
 
@@ -240,7 +264,7 @@ def score(config, state, inputs: selectors.Inputs) -> np.ndarray:  # -> [N]
   scores = np.concatenate(out).astype(np.float64) if out else np.zeros(0)
   if state.get('gate'):  # below the gate (or NaN there): NaN, never selected
     g = state['gate']
-    values = value.feature_matrix(inputs.features, [g['column']], where='features')[:, 0]
+    values = gate_values(inputs.features, list(g['columns']))
     scores[~(values >= g['cut'])] = np.nan
   return scores
 
