@@ -725,7 +725,7 @@ def learn(cfg: MetaConfig, value_module_and_params, pool: Mapping, tasks: Sequen
   log: gets a progress line every cfg.log_every steps (default absl).
   stop_after: end after that many meta steps, as if killed there (tests, preemption).
   rows: the pool rows batches are drawn from (int indices; default every row): a selector
-    that ranks only part of the pool (TADS's quality gate) meta-learns on that part.
+    that ranks only part of the pool (TADS's gate) meta-learns on that part.
   history: per meta step lists 'step', 'outer_loss', 'task_losses' [T], 'task_weights' [T],
     'inner_loss' (mean of the K inner losses), 'weight_entropy' (of w over the batch / log B),
     'value_std', 'value_grad_norm', 'logit_scale'; and 'tasks' (the task names).

@@ -34,6 +34,7 @@ def config(steps=6):
   c.stages = STAGES
   c.selector.name = 'tads'
   c.selection.fraction = 0.36
+  c.tads.gate.fraction = None  # every row ranked (test_gate_ranks_only_the_rows_that_pass)
   c.tads.meta.update(dict(steps=steps, batch_size=16, unroll=2, task_batch_size=8,
                           checkpoint_every=3, head_hidden=32))
   return c
@@ -231,7 +232,7 @@ def test_gate_ranks_only_the_rows_that_pass(prior_run, tmp_path, monkeypatch, st
   workdir = str(tmp_path / 'w')
   shutil.copytree(prior_run[0], workdir)
   c = config(steps=steps)
-  c.tads.gate.fraction = 0.5
+  c.tads.gate.update(dict(column='clip_score', fraction=0.5))
   from tads_jax.selectors import tads  # pylint: disable=g-import-not-at-top
   original, seen = tads.meta.learn, []
 

@@ -384,8 +384,8 @@ def test_sweep_candidates_follow_the_config():
   assert list(got) == ['tads', 'prior_only', 'value_lr_x3', 'value_lr_div3', 'tau_x3',
                        'tau_div3', 'steps_x3', 'steps_div3', 'relevance_zscore', 'per_task',
                        'dedup_exact', 'zscore_per_task', 'prior_signs', 'no_mlp',
-                       'no_mlp_prior_signs', 'no_target_relevance', 'gate_0.54',
-                       'gate_0.72', 'no_quality', 'no_relevance',
+                       'no_mlp_prior_signs', 'no_target_relevance', 'no_gate',
+                       'no_quality', 'no_relevance',
                        'no_diversity', 'prior_quality_heavy', 'prior_relevance_heavy',
                        'prior_diversity_heavy']
   assert got['steps_x3'] == {'tads.meta.steps': 900}
@@ -399,13 +399,12 @@ def test_sweep_candidates_follow_the_config():
                                       'tau_x3', 'tau_div3', 'relevance_zscore', 'per_task',
                                       'dedup_exact', 'zscore_per_task', 'prior_signs',
                                       'no_mlp', 'no_mlp_prior_signs', 'no_target_relevance',
-                                      'gate_0.54', 'gate_0.72']
+                                      'no_gate']
+  assert tool.candidates(c)['no_gate'] == {'tads.gate.fraction': None}
+  c.tads.gate.fraction = None  # the sweep tries gates on the config's column
   assert tool.candidates(c)['gate_0.54'] == {'tads.gate.fraction': 0.54}
-  assert tool.candidates(c)['gate_0.54'] == tool.tads_ablations.VARIANTS['gate_0.54']
   c.selection.fraction = 0.6  # 2x would be more than the pool
   assert [n for n in tool.candidates(c) if 'gate' in n] == ['gate_0.9']
-  c.tads.gate.fraction = 0.9
-  assert tool.candidates(c)['no_gate'] == {'tads.gate.fraction': None}
   assert tool.candidates(c)['no_target_relevance'] == {'features.target_relevance': False}
   c.features.target_relevance = False  # the sweep tries the other value
   assert tool.candidates(c)['target_relevance'] == {'features.target_relevance': True}

@@ -17,6 +17,7 @@ come from its eval.json. Variants (config overrides of configs/default.py):
                      the per-task value form, exact duplicates never selected
   gate_0.54, gate_0.72 tads.gate.fraction: only the top 54% / 72% by clip_score ranked
   gate_target_0.54, _0.72  the same by the largest target-relevance column (NormSim_inf)
+  no_gate            tads.gate.fraction None: every row ranked
 
 These figures are on the eval splits: they report ablations, they do not choose settings.
 tools/tads_sweep.py chooses settings on a validation split (tads.validation_fraction) with
@@ -77,12 +78,13 @@ VARIANTS = {
     # A hard CLIP-score gate before the value function (session 13): ncl_normsim's
     # filter-then-rank, its pass at the paper's 3:2 ratio to the budget (0.54 at 36%) and
     # at twice the budget.
-    'gate_0.54': {'tads.gate.fraction': 0.54},
-    'gate_0.72': {'tads.gate.fraction': 0.72},
+    'gate_0.54': {'tads.gate.column': 'clip_score', 'tads.gate.fraction': 0.54},
+    'gate_0.72': {'tads.gate.column': 'clip_score', 'tads.gate.fraction': 0.72},
     # The gate on task relevance instead: NormSim_inf over every task's train images (the
     # largest target-relevance column), the rest ranked by the value function.
     'gate_target_0.54': {'tads.gate.column': 'relevance_*_target', 'tads.gate.fraction': 0.54},
     'gate_target_0.72': {'tads.gate.column': 'relevance_*_target', 'tads.gate.fraction': 0.72},
+    'no_gate': {'tads.gate.fraction': None},
 }
 
 

@@ -27,8 +27,8 @@ values:
                        (tads.meta.text) 'words' / 'reference'
   target_relevance     features.target_relevance flipped (no_target_relevance when the
                        config has it on): relevance against each task's train images
-  gate_<share>, no_gate  a clip_score gate (tads.gate.fraction) at 1.5x and 2x the budget
-                       when the config has none; none when it has one
+  gate_<share>, no_gate  a gate (tads.gate.fraction, on tads.gate.column) at 1.5x and 2x
+                       the budget when the config has none; none when it has one
   no_<group>           that group of tads.groups left out
   prior_<group>_heavy  that group's prior weight doubled, the others' halved
 The proxy is the embedding one unless --proxy pixels.
@@ -81,11 +81,11 @@ def scaled(config, fields) -> dict:
 
 
 def gates(config) -> dict:
-  """The gate's candidates: with none in the config, a clip_score gate passing 1.5x and
-  2x the budget (ncl_normsim's pass is 1.5x; named by the share, e.g. 'gate_0.54'), those
-  at most the whole pool; with one, 'no_gate'."""
+  """The gate's candidates: with none in the config, a gate on the config's column
+  passing 1.5x and 2x the budget (ncl_normsim's pass is 1.5x; named by the share, e.g.
+  'gate_0.54'), those at most the whole pool; with one, 'no_gate'."""
   if config.tads.get('gate', {}).get('fraction') is not None:
-    return {'no_gate': {'tads.gate.fraction': None}}
+    return {'no_gate': dict(tads_ablations.VARIANTS['no_gate'])}
   budget = config.selection.fraction
   return {f'gate_{round(budget * k, 4):g}': {'tads.gate.fraction': round(budget * k, 4)}
           for k in (1.5, 2.0) if budget * k <= 1}

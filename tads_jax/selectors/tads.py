@@ -88,7 +88,7 @@ def gate(config) -> tuple[str, float] | None:
     raise ValueError(f'config.tads.gate.fraction: a share of the pool in (0, 1] or None, '
                      f'got {fraction!r}')
   budget = config.get('selection', {}).get('fraction')
-  if isinstance(budget, (int, float)) and budget > fraction:
+  if isinstance(budget, (int, float)) and fraction < budget <= 1:  # a bad budget: its own error
     raise ValueError(f'config.tads.gate.fraction: {fraction} is below selection.fraction '
                      f'{budget}; the subset could not fill its budget from the gate')
   return column, float(fraction)
