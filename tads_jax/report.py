@@ -236,7 +236,7 @@ def _learn_lines(learn: dict) -> list[str]:
     lines += ['No meta-learning (the prior alone scores the pool).', '']
   gate = learn.get('gate')
   if gate:
-    columns = list(gate.get('columns') or [gate['column']])
+    columns = list(gate['columns'])
     what = columns[0] if len(columns) == 1 else f"the largest of {', '.join(columns)}"
     lines += [f"Gate: only samples with {what} >= {gate['cut']:.4f} (the top "
               f"{gate['fraction']:.0%} of the pool, {gate['passed']} samples) were ranked "

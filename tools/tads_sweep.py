@@ -49,6 +49,7 @@ import tads_ablations  # noqa: E402  pylint: disable=wrong-import-position
 from tads_jax import main as main_lib  # noqa: E402  pylint: disable=wrong-import-position
 from tads_jax import pipeline  # noqa: E402  pylint: disable=wrong-import-position
 from tads_jax.data import task_split  # noqa: E402  pylint: disable=wrong-import-position
+from tads_jax.selectors import tads as tads_selector  # noqa: E402  pylint: disable=wrong-import-position
 
 SWEEP = 'sweep.json'
 RULE = 'best validation mean'
@@ -84,7 +85,7 @@ def gates(config) -> dict:
   """The gate's candidates: with none in the config, a gate on the config's column
   passing 1.5x and 2x the budget (ncl_normsim's pass is 1.5x; named by the share, e.g.
   'gate_0.54'), those at most the whole pool; with one, 'no_gate'."""
-  if config.tads.get('gate', {}).get('fraction') is not None:
+  if tads_selector.gate(config) is not None:
     return {'no_gate': dict(tads_ablations.VARIANTS['no_gate'])}
   budget = config.selection.fraction
   return {f'gate_{round(budget * k, 4):g}': {'tads.gate.fraction': round(budget * k, 4)}

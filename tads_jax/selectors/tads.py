@@ -105,11 +105,9 @@ def gate_columns(pattern: str, names) -> list:
 
 
 def gate_values(features, columns) -> np.ndarray:  # -> [N]
-  """The gate's value per row: the column, or the largest of several (NaN only where all
-  are NaN)."""
-  x = value.feature_matrix(features, columns, where='features')  # [N, C]
-  with np.errstate(invalid='ignore'):
-    return np.fmax.reduce(x, axis=1) if x.shape[1] > 1 else x[:, 0]
+  """The gate's value per row: the largest of its columns (one column: that column; NaN
+  only where all are NaN)."""
+  return np.fmax.reduce(value.feature_matrix(features, columns, where='features'), axis=1)
 
 
 def gate_cut(values: np.ndarray, fraction: float) -> float:
