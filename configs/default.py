@@ -240,7 +240,14 @@ def get_config():
   # clip_score gate lost: 0.5736 at 72%, 0.5432 at 54%; pixel proxy, BENCHMARKS.md).
   c.tads.gate = ml_collections.ConfigDict(dict(
       column='relevance_*_target',
-      fraction=0.72))
+      fraction=0.72,
+      # A second pass in series (None: none): of the rows the first passed, the top
+      # then_fraction of the pool by then_column.
+      then_column=ml_collections.config_dict.placeholder(str),
+      then_fraction=ml_collections.config_dict.placeholder(float)))
+  # How many value functions are meta-learned, each from its own seed (1: one, from the
+  # run's seed); K > 1 scores by the mean of their standardized values.
+  c.tads.ensemble = 1
   # The meta-learning settings below were chosen by tools/tads_sweep.py on that validation
   # split (best validation mean of 14 candidates: 3x and 1/3 of steps, value_lr and tau,
   # each group left out, each prior weight doubled; BENCHMARKS.md, issue 14 item 1). The

@@ -228,6 +228,10 @@ def _learn_lines(learn: dict) -> list[str]:
     first, last = history['outer_loss'][0], history['outer_loss'][-1]
     lines += [f"{len(history['outer_loss'])} meta steps; outer loss {first:.4f} -> "
               f"{last:.4f}; groups: {', '.join(learn.get('groups', []))}", '']
+    if learn.get('ensemble', 1) > 1:
+      lines += [f"An ensemble of {learn['ensemble']} value functions meta-learned from "
+                'as many seeds (the history above is the first\'s; a score is the mean of '
+                'their standardized values).', '']
     weights = history.get('task_weights') or {}
     if weights:
       lines += ['Task weights at the end: ' + ', '.join(
@@ -236,11 +240,15 @@ def _learn_lines(learn: dict) -> list[str]:
     lines += ['No meta-learning (the prior alone scores the pool).', '']
   gate = learn.get('gate')
   if gate:
-    columns = list(gate['columns'])
-    what = columns[0] if len(columns) == 1 else f"the largest of {', '.join(columns)}"
-    lines += [f"Gate: only samples with {what} >= {gate['cut']:.4f} (the top "
-              f"{gate['fraction']:.0%} of the pool, {gate['passed']} samples) were ranked "
-              'and meta-learned on.', '']
+    passes = [gate] + ([gate['then']] if gate.get('then') else [])
+    said = []
+    for g in passes:
+      columns = list(g['columns'])
+      what = columns[0] if len(columns) == 1 else f"the largest of {', '.join(columns)}"
+      said.append(f"{what} >= {g['cut']:.4f} (the top {g['fraction']:.0%} of the pool, "
+                  f"{g['passed']} samples)")
+    lines += [f"Gate: only samples with {', then '.join(said)} were ranked and "
+              'meta-learned on.', '']
   if learn.get('feature_weights'):
     lines += ['Weight per standardized feature (prior; learned = mean dV/dz over the pool):',
               '']

@@ -43,8 +43,9 @@ def config():
   c.selector.name = 'clip_score'
   c.selection.fraction = 0.3
   # No target-relevance columns here, so TADS's gate (where a test runs TADS on this
-  # world) passes the top 72% by clip_score.
-  c.tads.gate.column = 'clip_score'
+  # world) passes the top 72% by clip_score, then the top half of the pool by relevance
+  # among those (both passes, shard at a time and on several processes).
+  c.tads.gate.update(dict(column='clip_score', then_column='relevance_*', then_fraction=0.5))
   return c
 
 

@@ -12,6 +12,7 @@ import os
 import shutil
 import sys
 
+import jax
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -34,7 +35,8 @@ def config(steps=6):
   c.stages = STAGES
   c.selector.name = 'tads'
   c.selection.fraction = 0.36
-  c.tads.gate.fraction = None  # every row ranked (test_gate_ranks_only_the_rows_that_pass)
+  # every row ranked (test_gate_ranks_only_the_rows_that_pass)
+  c.tads.gate.update(dict(fraction=None, then_column=None, then_fraction=None))
   c.tads.meta.update(dict(steps=steps, batch_size=16, unroll=2, task_batch_size=8,
                           checkpoint_every=3, head_hidden=32))
   return c
@@ -180,6 +182,64 @@ def test_per_task_value_form_learns_trades_and_scores_with_them(prior_run, tmp_p
       rtol=1e-4, atol=1e-4)
 
 
+def test_ensemble_scores_the_mean_of_standardized_members(prior_run, tmp_path):
+  """tads.ensemble=2: member 0 is the single function's run (same seed, same bits), member
+  1 another meta-learned function; the select stage's score is the mean over members of
+  (V_k - mean_k) / std_k, moments over the pool, worked here from the members' params; a
+  member killed mid-way resumes from its own checkpoints to the same subset."""
+  single = str(tmp_path / 'single')
+  shutil.copytree(prior_run[0], single)
+  main.run(config(steps=6), single)
+  one = learn.load_state(os.path.join(single, 'learn', learn.STATE))
+  assert 'ensemble' not in one
+  workdir = str(tmp_path / 'w')
+  shutil.copytree(prior_run[0], workdir)
+  c = config(steps=6)
+  c.tads.ensemble = 2
+  main.run(c, workdir)
+  state = learn.load_state(os.path.join(workdir, 'learn', learn.STATE))
+  flat = jax.tree_util.tree_leaves
+  assert len(flat(state['params'])) == len(flat(one['params']))
+  for a, b in zip(flat(state['params']), flat(one['params'])):
+    np.testing.assert_array_equal(a, b)
+  other = state['ensemble']['params']['1']
+  assert np.abs(np.asarray(other['linear']) - np.asarray(state['params']['linear'])).max() > 0
+  scores = pq.read_table(os.path.join(workdir, 'scores.parquet'))
+  names = state['standardizer']['names']
+  z = value.Standardizer.from_dict(state['standardizer']).transform(
+      value.feature_matrix(scores, names)).astype(np.float32)
+  module = value.ValueFunction(tuple(names), tuple(state['prior']), tuple(state['hidden']))
+  members = [np.asarray(module.apply({'params': p}, z), np.float64)
+             for p in (state['params'], other)]
+  expected = np.mean([(v - v.mean()) / v.std() for v in members], axis=0)
+  np.testing.assert_allclose(scores.column('score').to_numpy(), expected, atol=1e-5)
+  assert 'An ensemble of 2 value functions' in open(os.path.join(workdir, 'report.md')).read()
+
+  # Member 1 killed after its meta step 3 resumes from its own checkpoints.
+  again = str(tmp_path / 'again')
+  shutil.copytree(prior_run[0], again)
+  from tads_jax.selectors import tads  # pylint: disable=g-import-not-at-top
+  original, calls = tads.meta.learn, []
+
+  def killed(*args, **kwargs):
+    calls.append(kwargs['workdir'])
+    if len(calls) == 2:
+      original(*args, stop_after=3, **kwargs)
+      raise KeyboardInterrupt('member 1 killed after meta step 3')
+    return original(*args, **kwargs)
+
+  tads.meta.learn = killed
+  try:
+    with pytest.raises(KeyboardInterrupt):
+      main.run(c, again)
+  finally:
+    tads.meta.learn = original
+  assert calls[1] == os.path.join(calls[0], 'member_1')
+  main.run(c, again)
+  np.testing.assert_array_equal(subset_lib.read_subset(os.path.join(again, 'subset.npy')),
+                                subset_lib.read_subset(os.path.join(workdir, 'subset.npy')))
+
+
 def test_prior_signs_hold_through_meta_learning(prior_run, tmp_path):
   """tads.linear_signs='prior' through learn: meta-learning flips some signed weights of
   this world when free; kept, none ends on the wrong side of zero, and the kept run still
@@ -271,6 +331,24 @@ def test_gate_ranks_only_the_rows_that_pass(prior_run, tmp_path, monkeypatch, st
   assert not scores.column('times_selected').to_numpy()[~relevant].any()
   if steps:
     np.testing.assert_array_equal(seen[-1], np.flatnonzero(relevant))
+  # A second pass in series: of the rows relevance passed, the top 40% of the pool by
+  # clip_score.
+  c.tads.gate.update(dict(then_column='clip_score', then_fraction=0.4))
+  main.run(c, workdir)
+  scores = pq.read_table(os.path.join(workdir, 'scores.parquet'))
+  among = np.where(relevant, clip, -np.inf)
+  both = among >= np.sort(among)[::-1][round(0.4 * len(clip)) - 1]
+  assert both.sum() < relevant.sum() and (both != passes).any()
+  np.testing.assert_array_equal(np.isfinite(scores.column('score').to_numpy()), both)
+  assert not scores.column('times_selected').to_numpy()[~both].any()
+  state = learn.load_state(os.path.join(workdir, 'learn', learn.STATE))
+  assert (state['gate']['passed'], state['gate']['then']['passed']) == (relevant.sum(),
+                                                                         both.sum())
+  assert f"then clip_score >= {state['gate']['then']['cut']:.4f} (the top 40% of the pool, " \
+         f"{both.sum()} samples)" in open(os.path.join(workdir, 'report.md')).read()
+  if steps:
+    np.testing.assert_array_equal(seen[-1], np.flatnonzero(both))
+  c.tads.gate.update(dict(then_column=None, then_fraction=None))
   c.tads.gate.column = 'no_such_*'
   with pytest.raises(ValueError, match=r"config\.tads\.gate\.column: 'no_such_\*' matches "
                      'no features column'):
@@ -322,12 +400,25 @@ def test_config_errors_name_the_field():
       ('fraction', 0.3, r'config\.tads\.gate\.fraction: 0\.3 is below selection\.fraction'),
       ('fraction', 1.5, r'config\.tads\.gate\.fraction: a share of the pool in \(0, 1\]'),
       ('column', '', r'config\.tads\.gate\.column: a features column name'),
+      ('then_fraction', 0.6, r'config\.tads\.gate\.then_fraction: a share of the pool in '
+       r'\(0, 0\.5\]'),
+      ('then_fraction', 0.3, r'config\.tads\.gate\.then_fraction: 0\.3 is below selection'),
+      ('then_column', '', r'config\.tads\.gate\.then_column: a features column name'),
   ):
     c = config()
-    c.tads.gate.fraction = 0.5
+    c.tads.gate.update(dict(fraction=0.5, then_column='clip_score', then_fraction=0.4))
     c.tads.gate[field] = bad
     with pytest.raises(config_lib.ConfigError, match=message):
       validate(c)
+  c = config()
+  c.tads.ensemble = 0
+  with pytest.raises(config_lib.ConfigError, match=r'config\.tads\.ensemble: a count'):
+    validate(c)
+  c = config()
+  c.tads.gate.then_fraction = 0.5  # a second pass without the first
+  with pytest.raises(config_lib.ConfigError, match=r'config\.tads\.gate\.then_fraction: a '
+                     'second pass needs the first'):
+    validate(c)
   c = config()
   c.tads.meta.unroll = 0
   with pytest.raises(config_lib.ConfigError, match='config.tads.meta.unroll'):

@@ -385,6 +385,7 @@ def test_sweep_candidates_follow_the_config():
                        'tau_div3', 'steps_x3', 'steps_div3', 'relevance_zscore', 'per_task',
                        'dedup_exact', 'zscore_per_task', 'prior_signs', 'no_mlp',
                        'no_mlp_prior_signs', 'no_target_relevance', 'no_gate',
+                       'then_clip_score_0.45', 'then_clip_score_0.54',
                        'no_quality', 'no_relevance',
                        'no_diversity', 'prior_quality_heavy', 'prior_relevance_heavy',
                        'prior_diversity_heavy']
@@ -399,8 +400,14 @@ def test_sweep_candidates_follow_the_config():
                                       'tau_x3', 'tau_div3', 'relevance_zscore', 'per_task',
                                       'dedup_exact', 'zscore_per_task', 'prior_signs',
                                       'no_mlp', 'no_mlp_prior_signs', 'no_target_relevance',
-                                      'no_gate']
+                                      'no_gate', 'then_clip_score_0.45',
+                                      'then_clip_score_0.54']
   assert tool.candidates(c)['no_gate'] == {'tads.gate.fraction': None}
+  assert tool.candidates(c)['then_clip_score_0.45'] == {
+      'tads.gate.then_column': 'clip_score', 'tads.gate.then_fraction': 0.45}
+  c.tads.gate.update(dict(then_column='clip_score', then_fraction=0.54))  # two passes
+  assert [n for n in tool.candidates(c) if 'gate' in n] == ['no_gate']
+  c.tads.gate.update(dict(then_column=None, then_fraction=None))
   c.tads.gate.fraction = None  # the sweep tries gates on the config's column
   assert tool.candidates(c)['gate_0.54'] == {'tads.gate.fraction': 0.54}
   c.selection.fraction = 0.6  # 2x would be more than the pool

@@ -18,6 +18,10 @@ come from its eval.json. Variants (config overrides of configs/default.py):
   gate_0.54, gate_0.72 tads.gate.fraction: only the top 54% / 72% by clip_score ranked
   gate_target_0.54, _0.72  the same by the largest target-relevance column (NormSim_inf)
   no_gate            tads.gate.fraction None: every row ranked
+  then_clip_score_0.45, _0.54  the relevance gate at 72%, then a second pass in series:
+                     the top 45% / 54% of the pool by clip_score among those
+  ensemble_3, _5      tads.ensemble: 3 / 5 value functions meta-learned from as many seeds,
+                     scored by the mean of their standardized values
 
 These figures are on the eval splits: they report ablations, they do not choose settings.
 tools/tads_sweep.py chooses settings on a validation split (tads.validation_fraction) with
@@ -85,6 +89,18 @@ VARIANTS = {
     'gate_target_0.54': {'tads.gate.column': 'relevance_*_target', 'tads.gate.fraction': 0.54},
     'gate_target_0.72': {'tads.gate.column': 'relevance_*_target', 'tads.gate.fraction': 0.72},
     'no_gate': {'tads.gate.fraction': None},
+    # Two passes in series (session 14): relevance, then clip_score among those, as
+    # ncl_normsim filters on alignment and on the tasks both, the value function ranking
+    # what is left. Inside the relevance gate TADS kept blank, blurred and partial-caption
+    # samples that a CLIP-score filter drops.
+    **{f'then_clip_score_{share:g}': {
+        'tads.gate.column': 'relevance_*_target', 'tads.gate.fraction': 0.72,
+        'tads.gate.then_column': 'clip_score', 'tads.gate.then_fraction': share}
+       for share in (0.45, 0.54)},
+    # Several meta-learned value functions, one per seed (session 14): meta-learning's
+    # outcome moved with small changes of its rows; the mean of several is steadier.
+    'ensemble_3': {'tads.ensemble': 3},
+    'ensemble_5': {'tads.ensemble': 5},
 }
 
 

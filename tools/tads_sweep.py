@@ -25,10 +25,15 @@ values:
                        (tads.linear_signs), no value MLP (tads.hidden ()), both
   words_proxy, reference_text (by name only): the meta-learning proxy's text side
                        (tads.meta.text) 'words' / 'reference'
+  ensemble_3, ensemble_5 (by name only): 3 / 5 meta-learned value functions
+                       (tads.ensemble)
   target_relevance     features.target_relevance flipped (no_target_relevance when the
                        config has it on): relevance against each task's train images
   gate_<share>, no_gate  a gate (tads.gate.fraction, on tads.gate.column) at 1.5x and 2x
                        the budget when the config has none; none when it has one
+  then_clip_score_<share>  with a one-pass gate: a second pass in series
+                       (tads.gate.then_*), clip_score at 1.25x and 1.5x the budget, those
+                       within the first pass
   no_<group>           that group of tads.groups left out
   prior_<group>_heavy  that group's prior weight doubled, the others' halved
 The proxy is the embedding one unless --proxy pixels.
@@ -84,10 +89,18 @@ def scaled(config, fields) -> dict:
 def gates(config) -> dict:
   """The gate's candidates: with none in the config, a gate on the config's column
   passing 1.5x and 2x the budget (ncl_normsim's pass is 1.5x; named by the share, e.g.
-  'gate_0.54'), those at most the whole pool; with one, 'no_gate'."""
-  if tads_selector.gate(config) is not None:
-    return {'no_gate': dict(tads_ablations.VARIANTS['no_gate'])}
+  'gate_0.54'), those at most the whole pool; with one, 'no_gate', and with one pass, a
+  second on clip_score (ncl_normsim's other filter) at 1.25x and 1.5x the budget, those
+  below the first pass."""
   budget = config.selection.fraction
+  passes = tads_selector.gate(config)
+  if passes:
+    out = {'no_gate': dict(tads_ablations.VARIANTS['no_gate'])}
+    if len(passes) == 1:
+      out.update({f'then_clip_score_{round(budget * k, 4):g}': {
+          'tads.gate.then_column': 'clip_score', 'tads.gate.then_fraction': round(budget * k, 4)}
+                  for k in (1.25, 1.5) if budget * k < passes[0][1]})
+    return out
   return {f'gate_{round(budget * k, 4):g}': {'tads.gate.fraction': round(budget * k, 4)}
           for k in (1.5, 2.0) if budget * k <= 1}
 

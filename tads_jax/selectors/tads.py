@@ -16,15 +16,28 @@ of the pool by a features column (clip_score by default; a pattern such as
 'relevance_*_target' takes the largest of the columns it matches, there NormSim_inf over
 every task's train images) is ranked; the rest score NaN (never selected), and
 meta-learning draws its batches from the rows that pass, so the value function learns to
-rank among them. fraction None: no gate.
+rank among them. fraction None: no gate. then_column / then_fraction: a second pass in
+series, keeping the top then_fraction of the pool by another column among the rows the
+first passed (relevance first, then a quality column such as clip_score: ncl_normsim's two
+filters, with the value function ranking what is left).
+
+tads.ensemble K > 1: K value functions meta-learned from K seeds (member 0 from the run's
+seed, the one a single function uses), each its own draw of batches, proxy init and value
+init; a sample's score is the mean over members of its standardized value (each member's
+mean and std over the rows that pass the gate, kept in the state, so a shard scores the
+same alone as in the pool). Meta-learning's outcome moves with its seed; the mean of
+several is a steadier ranking. Without meta-learning every member would be the prior, so
+K is then 1.
 
 On several processes fit runs on each: the standardizer's moments are summed per shard over
 the processes (in shard order, so one process gets the same bytes), and the meta-learning
 mesh spans every process's devices, each process reading its part of every batch.
 """
 
+import dataclasses
 import fnmatch
 import functools
+import os
 
 from absl import logging
 import jax
@@ -71,51 +84,100 @@ def check_config(config) -> None:
         'form': 'config.tads.value_form', 'signs': 'config.tads.linear_signs'}) from None
   meta_config(config)
   gate(config)
+  ensemble(config)
 
 
-def gate(config) -> tuple[str, float] | None:
-  """(column, fraction) of config.tads.gate, checked, or None when there is no gate
-  (block absent or fraction None). The gate must pass at least the budget."""
+def ensemble(config) -> int:
+  """config.tads.ensemble (1 when absent): how many value functions are meta-learned."""
+  k = config.tads.get('ensemble', 1)
+  if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+    raise ValueError(f'config.tads.ensemble: a count of value functions >= 1, got {k!r}')
+  return k
+
+
+def member_seed(seed: int, k: int) -> int:
+  """Member k's seed: the run's own for member 0, a derived one for the others."""
+  return seed if k == 0 else int(np.random.SeedSequence([seed, 3, k]).generate_state(1)[0])
+
+
+def gate(config) -> tuple:
+  """The gate's passes, checked: ((column, fraction),) for config.tads.gate, then
+  (then_column, then_fraction) when set, a second filter in series; () when there is no
+  gate (block absent or fraction None). Each fraction is a share of the whole pool; each
+  pass keeps no more than the one before and at least the budget."""
   block = config.tads.get('gate')
   if block is None or block.get('fraction') is None:
-    return None
-  column, fraction = block.get('column'), block['fraction']
-  if not isinstance(column, str) or not column:
-    raise ValueError(f'config.tads.gate.column: a features column name or pattern, got '
-                     f'{column!r}')
-  if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) \
-      or not 0 < fraction <= 1:
-    raise ValueError(f'config.tads.gate.fraction: a share of the pool in (0, 1] or None, '
-                     f'got {fraction!r}')
+    if block is not None and block.get('then_fraction') is not None:
+      raise ValueError('config.tads.gate.then_fraction: a second pass needs the first; '
+                       'set config.tads.gate.fraction')
+    return ()
   budget = config.get('selection', {}).get('fraction')
-  if isinstance(budget, (int, float)) and fraction < budget <= 1:  # a bad budget: its own error
-    raise ValueError(f'config.tads.gate.fraction: {fraction} is below selection.fraction '
-                     f'{budget}; the subset could not fill its budget from the gate')
-  return column, float(fraction)
+  passes, previous = [], 1.0
+  for prefix in ('', 'then_'):
+    column, fraction = block.get(prefix + 'column'), block.get(prefix + 'fraction')
+    if prefix and fraction is None:
+      break
+    if not isinstance(column, str) or not column:
+      raise ValueError(f'config.tads.gate.{prefix}column: a features column name or '
+                       f'pattern, got {column!r}')
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) \
+        or not 0 < fraction <= previous:
+      raise ValueError(f'config.tads.gate.{prefix}fraction: a share of the pool in '
+                       f'(0, {previous:g}] or None, got {fraction!r}')
+    if isinstance(budget, (int, float)) and fraction < budget <= 1:  # a bad budget: its own error
+      raise ValueError(f'config.tads.gate.{prefix}fraction: {fraction} is below '
+                       f'selection.fraction {budget}; the subset could not fill its budget '
+                       'from the gate')
+    passes.append((column, float(fraction)))
+    previous = fraction
+  return tuple(passes)
 
 
-def gate_columns(pattern: str, names) -> list:
-  """The features columns the gate reads: those `pattern` matches (fnmatch; a plain name
-  matches itself), in table order; none raises naming the field."""
+def gate_columns(pattern: str, names, field: str = 'column') -> list:
+  """The features columns a gate pass reads: those `pattern` matches (fnmatch; a plain
+  name matches itself), in table order; none raises naming the field."""
   matched = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
   if not matched:
-    raise ValueError(f'config.tads.gate.column: {pattern!r} matches no features column '
+    raise ValueError(f'config.tads.gate.{field}: {pattern!r} matches no features column '
                      f'(have {list(names)})')
   return matched
 
 
 def gate_values(features, columns) -> np.ndarray:  # -> [N]
-  """The gate's value per row: the largest of its columns (one column: that column; NaN
-  only where all are NaN)."""
+  """A gate pass's value per row: the largest of its columns (one column: that column;
+  NaN only where all are NaN)."""
   return np.fmax.reduce(value.feature_matrix(features, columns, where='features'), axis=1)
 
 
-def gate_cut(values: np.ndarray, fraction: float) -> float:
-  """The gate's threshold: the round(fraction * N)-th largest of values [N] (NaN ranks
-  last); a row passes at or above it, so ties at the cut all pass."""
+def gate_cut(values: np.ndarray, keep: int) -> float:
+  """A gate pass's threshold: the keep-th largest of values [n] (NaN ranks last); a row
+  passes at or above it, so ties at the cut all pass."""
   key = np.where(np.isnan(values), -np.inf, np.asarray(values, np.float64))
-  k = max(1, int(round(fraction * len(key))))
+  k = min(max(1, keep), len(key))
   return float(np.partition(key, len(key) - k)[len(key) - k])
+
+
+def gate_rows(features, passes) -> tuple[np.ndarray, list]:
+  """(the rows that pass every gate pass, in pool order; each pass's state): each pass
+  keeps the top round(fraction * N) of the rows the one before passed."""
+  rows, states = np.arange(features.num_rows), []
+  for (column, fraction), field in zip(passes, ('column', 'then_column')):
+    read = gate_columns(column, features.column_names, field)
+    values = gate_values(features, read)[rows]
+    cut = gate_cut(values, int(round(fraction * features.num_rows)))
+    rows = rows[values >= cut]
+    states.append({'column': column, 'columns': read, 'fraction': fraction, 'cut': cut,
+                   'passed': len(rows)})
+  return rows, states
+
+
+def gate_passed(features, state) -> np.ndarray:  # -> [N] bool
+  """Which rows of features pass the learned gate (state['gate']), a shard at a time as
+  well as whole: every pass's cut, applied to every row."""
+  passed = np.ones(features.num_rows, bool)
+  for g in [state] + ([state['then']] if state.get('then') else []):
+    passed &= gate_values(features, list(g['columns'])) >= g['cut']
+  return passed
 
 
 def value_form(config) -> str:
@@ -138,9 +200,10 @@ def columns(config, names) -> tuple:
   """The features columns fit and score read: the value function's inputs, the gate's
   column, and the captions when meta-learning reads their words."""
   inputs = value.input_columns(names, tuple(config.tads.groups))
-  passes = gate(config)
-  gated = tuple(c for c in gate_columns(passes[0], names) if c not in inputs) if passes else ()
-  return inputs + gated + (('caption',) if reads_words(config) else ())
+  gated = []
+  for (column, _), field in zip(gate(config), ('column', 'then_column')):
+    gated += [c for c in gate_columns(column, names, field) if c not in inputs + tuple(gated)]
+  return inputs + tuple(gated) + (('caption',) if reads_words(config) else ())
 
 
 def word_inputs(captions, tasks) -> tuple[np.ndarray, list]:
@@ -184,18 +247,14 @@ def fit(config, inputs: selectors.Inputs) -> dict:
   passes = gate(config)
   rows, gate_state = None, {}
   if passes:
-    column, fraction = passes
-    read = gate_columns(column, inputs.features.column_names)
-    values = gate_values(inputs.features, read)
-    cut = gate_cut(values, fraction)
-    rows = np.flatnonzero(values >= cut)
-    gate_state = {'column': column, 'columns': read, 'fraction': fraction, 'cut': cut,
-                  'passed': len(rows)}
-    logging.info('learn: tads gate %s >= %.4f passes %d of %d rows', column, cut, len(rows),
-                 len(values))
+    rows, states = gate_rows(inputs.features, passes)
+    gate_state = dict(states[0], then=states[1] if len(states) > 1 else None)
+    for g in states:
+      logging.info('learn: tads gate %s >= %.4f passes %d of %d rows', g['column'], g['cut'],
+                   g['passed'], len(z))
 
   cfg, steps = meta_config(config)
-  history = {}
+  history, members = {}, []
   if steps:
     image_emb, text_emb = inputs.embedding_rows('tads')  # gathered a batch at a time
     tasks = [dict(task) for task in inputs.task_list('tads')]
@@ -209,21 +268,39 @@ def fit(config, inputs: selectors.Inputs) -> dict:
         config, devices=None if inputs.shard_rows is None else jax.devices())
     cfg = meta.fit_batch_to_pool(cfg, len(z) if rows is None else len(rows), layout.mesh,
                                  'config.tads.meta')
-    params, raw = meta.learn(
-        cfg, (module, params), pool, tasks, workdir=inputs.checkpoints, mesh=layout.mesh,
-        rules=layout.rules, rows=rows)
-    history = by_task(raw)
-  learned = value.feature_weights(module, params, z)
+    for k in range(ensemble(config)):
+      seed = member_seed(config.seed, k)
+      start = params if k == 0 else value.init_params(module, seed)
+      checkpoints = inputs.checkpoints
+      if k and checkpoints is not None:  # each member resumes from its own checkpoints
+        checkpoints = os.path.join(checkpoints, f'member_{k}')
+      learned_params, raw = meta.learn(
+          dataclasses.replace(cfg, seed=seed), (module, start), pool, tasks,
+          workdir=checkpoints, mesh=layout.mesh, rules=layout.rules, rows=rows)
+      members.append(jax.device_get(learned_params))
+      if k == 0:
+        history = by_task(raw)
+  else:
+    members = [jax.device_get(params)]
+  # Per feature, the members' mean of mean dV/dz (each member on its own scale).
+  learned = [value.feature_weights(module, p, z) for p in members]
   weights = [{'feature': n, 'group': value.feature_group(n),
-              'prior': prior[n]['effective'], 'learned': learned[n]['effective'],
-              'linear': learned[n]['linear']} for n in names]
-  logging.info('learn: tads value function over %d features, %d meta steps', len(names),
-               steps)
-  return {'params': jax.device_get(params), 'standardizer': standardizer.to_dict(),
-          'prior': list(module.prior), 'hidden': list(module.hidden), 'form': module.form,
-          'signs': module.signs,
-          'meta_steps': steps, 'groups': list(t.groups), 'history': history,
-          'feature_weights': weights, 'gate': gate_state}
+              'prior': prior[n]['effective'],
+              'learned': float(np.mean([w[n]['effective'] for w in learned])),
+              'linear': float(np.mean([w[n]['linear'] for w in learned]))} for n in names]
+  logging.info('learn: tads %d value function(s) over %d features, %d meta steps',
+               len(members), len(names), steps)
+  state = {'params': members[0], 'standardizer': standardizer.to_dict(),
+           'prior': list(module.prior), 'hidden': list(module.hidden), 'form': module.form,
+           'signs': module.signs,
+           'meta_steps': steps, 'groups': list(t.groups), 'history': history,
+           'feature_weights': weights, 'gate': gate_state}
+  if len(members) > 1:
+    values = np.stack([_values(module, p, z if rows is None else z[rows]) for p in members])
+    state['ensemble'] = {'params': {str(k): p for k, p in enumerate(members) if k},
+                         'mean': values.mean(axis=1).tolist(),
+                         'std': values.std(axis=1).tolist()}
+  return state
 
 
 def _standardizer(x, names, inputs: selectors.Inputs) -> value.Standardizer:
@@ -239,7 +316,8 @@ def _standardizer(x, names, inputs: selectors.Inputs) -> value.Standardizer:
 def summary(state) -> dict:
   return {'features': len(state['feature_weights']), 'groups': list(state['groups']),
           'meta_steps': int(state['meta_steps']), 'history': state['history'],
-          'feature_weights': state['feature_weights'], 'gate': state.get('gate')}
+          'feature_weights': state['feature_weights'], 'gate': state.get('gate'),
+          'ensemble': len(state['ensemble']['mean']) if state.get('ensemble') else 1}
 
 
 def score(config, state, inputs: selectors.Inputs) -> np.ndarray:  # -> [N]
@@ -249,22 +327,29 @@ def score(config, state, inputs: selectors.Inputs) -> np.ndarray:  # -> [N]
   module = value.ValueFunction(standardizer.names, tuple(state['prior']),
                                tuple(state['hidden']), state.get('form', 'additive'),
                                state.get('signs', 'free'))
-  params = state['params']
   x = value.feature_matrix(inputs.features, standardizer.names, where='features')
   z = standardizer.transform(x)  # [N, F]
-  # Fixed-size blocks (the tail padded): one program, and a row's score the same bits
-  # whether the pool is scored whole or a shard at a time.
+  e = state.get('ensemble')
+  if e:  # the mean of the members' standardized values
+    members = [state['params']] + [e['params'][str(k)] for k in range(1, len(e['mean']))]
+    scores = np.mean([(_values(module, p, z) - mean) / max(std, 1e-12)
+                      for p, mean, std in zip(members, e['mean'], e['std'])], axis=0)
+  else:
+    scores = _values(module, state['params'], z)
+  if state.get('gate'):  # below the gate (or NaN there): NaN, never selected
+    scores[~gate_passed(inputs.features, state['gate'])] = np.nan
+  return scores
+
+
+def _values(module, params, z) -> np.ndarray:  # [N, F] -> [N] float64
+  """V(z) per row, in fixed-size blocks (the tail padded): one program, and a row's value
+  the same bits whether the pool is scored whole or a shard at a time."""
   out = []
   for i in range(0, len(z), _SCORE_ROWS):
     block = z[i:i + _SCORE_ROWS]
     padded = np.pad(block, ((0, _SCORE_ROWS - len(block)), (0, 0)))
     out.append(np.asarray(_apply(module, params, padded))[:len(block)])
-  scores = np.concatenate(out).astype(np.float64) if out else np.zeros(0)
-  if state.get('gate'):  # below the gate (or NaN there): NaN, never selected
-    g = state['gate']
-    values = gate_values(inputs.features, list(g['columns']))
-    scores[~(values >= g['cut'])] = np.nan
-  return scores
+  return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
 
 
 _SCORE_ROWS = 4096
