@@ -182,7 +182,7 @@ def test_per_task_value_form_learns_trades_and_scores_with_them(prior_run, tmp_p
       rtol=1e-4, atol=1e-4)
 
 
-def test_ensemble_scores_the_mean_of_standardized_members(prior_run, tmp_path):
+def test_ensemble_scores_the_mean_of_standardized_members(prior_run, tmp_path, monkeypatch):
   """tads.ensemble=2: member 0 is the single function's run (same seed, same bits), member
   1 another meta-learned function; the select stage's score is the mean over members of
   (V_k - mean_k) / std_k, moments over the pool, worked here from the members' params; a
@@ -228,13 +228,12 @@ def test_ensemble_scores_the_mean_of_standardized_members(prior_run, tmp_path):
       raise KeyboardInterrupt('member 1 killed after meta step 3')
     return original(*args, **kwargs)
 
-  tads.meta.learn = killed
-  try:
+  with monkeypatch.context() as patch:
+    patch.setattr(tads.meta, 'learn', killed)
     with pytest.raises(KeyboardInterrupt):
       main.run(c, again)
-  finally:
-    tads.meta.learn = original
   assert calls[1] == os.path.join(calls[0], 'member_1')
+  assert os.listdir(os.path.join(calls[1], 'checkpoints'))  # step 3's, resumed from
   main.run(c, again)
   np.testing.assert_array_equal(subset_lib.read_subset(os.path.join(again, 'subset.npy')),
                                 subset_lib.read_subset(os.path.join(workdir, 'subset.npy')))
