@@ -242,10 +242,17 @@ def test_streamed_clusters_and_flags_match_the_in_memory_functions(run):
   joint = np.asarray(kmeans.normalize(image_emb + text_emb))  # [N, E]
   key = jax.random.split(jax.random.PRNGKey(c.seed))[1]
   fit = kmeans.fit(joint, c.features.kmeans_k, c.features.kmeans_iters, key)
-  np.testing.assert_array_equal(table.column('cluster').to_numpy(), fit.assignment)
+  clusters = table.column('cluster').to_numpy()
+  # The same assignment, but for a point whose two nearest centroids tie to float32
+  # rounding (streamed and whole-array matmuls round differently on some CPUs).
+  cos = joint @ fit.centroids.T  # [N, k]
+  differ = np.flatnonzero(clusters != fit.assignment)
+  assert len(differ) <= 1
+  np.testing.assert_allclose(cos[differ, clusters[differ]], cos[differ, fit.assignment[differ]],
+                             atol=1e-5)
   summary = json.load(open(os.path.join(workdir, 'features', '_done.json')))['summary']
   np.testing.assert_allclose(summary['kmeans']['objective'], fit.objective, rtol=1e-6)
-  flags = dedup.semdedup_flags(joint, fit.assignment, table.column('clip_score').to_numpy(),
+  flags = dedup.semdedup_flags(joint, clusters, table.column('clip_score').to_numpy(),
                                c.features.semdedup_eps)
   np.testing.assert_array_equal(table.column('semantic_duplicate').to_numpy(), flags)
   assert not [f for f in os.listdir(os.path.join(workdir, 'features'))
