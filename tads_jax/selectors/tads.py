@@ -100,6 +100,10 @@ def member_seed(seed: int, k: int) -> int:
   return seed if k == 0 else int(np.random.SeedSequence([seed, 3, k]).generate_state(1)[0])
 
 
+# The config.tads.gate fields of each pass, in order: '' then 'then_' (column, fraction).
+GATE_PASSES = ('', 'then_')
+
+
 def gate(config) -> tuple:
   """The gate's passes, checked: ((column, fraction),) for config.tads.gate, then
   (then_column, then_fraction) when set, a second filter in series; () when there is no
@@ -113,7 +117,7 @@ def gate(config) -> tuple:
     return ()
   budget = config.get('selection', {}).get('fraction')
   passes, previous = [], 1.0
-  for prefix in ('', 'then_'):
+  for prefix in GATE_PASSES:
     column, fraction = block.get(prefix + 'column'), block.get(prefix + 'fraction')
     if prefix and fraction is None:
       break
@@ -161,8 +165,8 @@ def gate_rows(features, passes) -> tuple[np.ndarray, list]:
   """(the rows that pass every gate pass, in pool order; each pass's state): each pass
   keeps the top round(fraction * N) of the rows the one before passed."""
   rows, states = np.arange(features.num_rows), []
-  for (column, fraction), field in zip(passes, ('column', 'then_column')):
-    read = gate_columns(column, features.column_names, field)
+  for (column, fraction), prefix in zip(passes, GATE_PASSES):
+    read = gate_columns(column, features.column_names, prefix + 'column')
     values = gate_values(features, read)[rows]
     cut = gate_cut(values, int(round(fraction * features.num_rows)))
     rows = rows[values >= cut]
@@ -197,13 +201,13 @@ def reads_words(config) -> bool:
 
 
 def columns(config, names) -> tuple:
-  """The features columns fit and score read: the value function's inputs, the gate's
-  column, and the captions when meta-learning reads their words."""
+  """The features columns fit and score read: the value function's inputs, each gate
+  pass's columns, and the captions when meta-learning reads their words (repeats are
+  dropped by Selector.columns_for)."""
   inputs = value.input_columns(names, tuple(config.tads.groups))
-  gated = []
-  for (column, _), field in zip(gate(config), ('column', 'then_column')):
-    gated += [c for c in gate_columns(column, names, field) if c not in inputs + tuple(gated)]
-  return inputs + tuple(gated) + (('caption',) if reads_words(config) else ())
+  gated = tuple(c for (column, _), prefix in zip(gate(config), GATE_PASSES)
+                for c in gate_columns(column, names, prefix + 'column'))
+  return inputs + gated + (('caption',) if reads_words(config) else ())
 
 
 def word_inputs(captions, tasks) -> tuple[np.ndarray, list]:
@@ -296,7 +300,8 @@ def fit(config, inputs: selectors.Inputs) -> dict:
            'meta_steps': steps, 'groups': list(t.groups), 'history': history,
            'feature_weights': weights, 'gate': gate_state}
   if len(members) > 1:
-    values = np.stack([_values(module, p, z if rows is None else z[rows]) for p in members])
+    gated = z if rows is None else z[rows]  # [R, F]: the moments are over the rows ranked
+    values = np.stack([_values(module, p, gated) for p in members])
     state['ensemble'] = {'params': {str(k): p for k, p in enumerate(members) if k},
                          'mean': values.mean(axis=1).tolist(),
                          'std': values.std(axis=1).tolist()}
