@@ -141,7 +141,7 @@ def test_ingest_joins_tars_to_metadata_by_uid(tmp_path):
   assert summary['images'] and summary['embedding_dim'] == 8
   assert summary['per_source'][0]['tar'] == datacomp.tar_path(path)
   # The images are read back where the features stage reads them.
-  assert ingest.image_shard(c, path) == datacomp.tar_path(path)
+  assert ingest.image_shard(main.pipeline.Context(c, work), path) == datacomp.tar_path(path)
 
 
 def test_ingest_refuses_metadata_files_of_two_widths(tmp_path):

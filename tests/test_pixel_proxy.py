@@ -8,6 +8,7 @@ stage's metrics from a proxy retrained here with train.train and scored with eva
 """
 
 import dataclasses
+import json
 import os
 import shutil
 
@@ -239,6 +240,44 @@ def test_a_killed_seed_resumes_to_the_same_result(run, tmp_path):
   for name, task in before['tasks'].items():
     for s in range(2):
       assert after['tasks'][name]['per_seed'][s] == pytest.approx(task['per_seed'][s]), name
+
+
+def test_a_moved_workdir_reads_its_own_world_not_the_original(run, tmp_path):
+  """Ingest recorded the world's files where the workdir was. A copy whose original world
+  is gone embeds, decodes, exports and reports from its own ingest/world, and trains the
+  same proxies as the original."""
+  workdir = str(tmp_path / 'w')
+  shutil.copytree(run[0], workdir)
+  before = read_eval_json(workdir)
+  for stage in ('embed', 'evaluate'):  # redone: each reads the pool's images again
+    shutil.rmtree(os.path.join(workdir, stage))
+  shutil.rmtree(os.path.join(workdir, evaluate.CACHE))
+  os.remove(os.path.join(workdir, evaluate.EVAL))
+  c = config()
+  c.stages = STAGES + ('export', 'report')
+  c.export.shards = True
+  original_world = os.path.join(run[0], 'ingest', 'world')
+  os.rename(original_world, original_world + '.away')
+  try:
+    status = main.run(c, workdir)
+  finally:
+    os.rename(original_world + '.away', original_world)
+  assert status['ingest'] == status['encoder'] == status['select'] == 'skipped'
+  assert status['embed'] == status['evaluate'] == status['report'] == 'ran'
+  after = read_eval_json(workdir)
+  assert after['pixel_cache']['shards_decoded'] == 2
+  for name, task in before['tasks'].items():
+    for s in range(2):
+      assert after['tasks'][name]['per_seed'][s] == pytest.approx(task['per_seed'][s]), name
+  entries = subset_lib.read_subset(os.path.join(workdir, 'subset.npy'))
+  exported = pipeline.read_done(os.path.join(workdir, 'export'))['summary']
+  assert exported['samples'] == len(entries)
+  with open(os.path.join(workdir, 'report.json')) as f:
+    report = json.load(f)
+  assert report['ground_truth']  # read from this workdir's world
+  with open(os.path.join(workdir, 'report.html'), encoding='utf-8') as f:
+    page = f.read()
+  assert 'data:image/jpeg;base64' in page and 'image not found' not in page
 
 
 def test_pixel_and_embedding_results_never_mix(run, tmp_path):

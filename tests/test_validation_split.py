@@ -319,14 +319,18 @@ def test_evaluate_scores_the_validation_rows(split_run, tmp_path):
   assert result['final_loss'] == on_eval['final_loss']
 
 
-def test_the_pixel_proxy_decodes_the_validation_examples(split_run):
+def test_the_pixel_proxy_decodes_the_validation_examples(base_run, split_run):
   workdir, _ = split_run
   ctx = pipeline.Context(config=config(FRACTION), workdir=workdir)
   specs, splits = evaluate.pixel_tasks(ctx, 16, 'validation')
+  # The copy's embed stage was the base's: its keys name the base's world, and the
+  # examples come from the copy's own.
+  base_world, own_world = (os.path.join(w, 'ingest', 'world') for w in (base_run[0], workdir))
   for spec, split in zip(specs, splits):
     raw = _raw(workdir, spec)
     _, val = _rows(spec, raw)
-    assert split.keys == raw['keys'][val].tolist()
+    assert split.keys == [k.replace(base_world, own_world) for k in raw['keys'][val]]
+    assert all(k.startswith(own_world + os.sep) for k in split.keys)
     assert split.images.shape == (len(val), 16, 16, 3)
     whole = tasks_lib.load_split(spec, 'train', 16)
     np.testing.assert_array_equal(split.images, whole.images[val])

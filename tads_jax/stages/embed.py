@@ -67,7 +67,7 @@ def task_specs(ctx) -> list:
   """The configured tasks; 'synthetic' means the synthetic world's own task list."""
   tasks = ctx.config.tasks
   if isinstance(tasks, str) and tasks == 'synthetic':
-    return tasks_lib.parse_tasks(ctx.summary('ingest')['tasks'])
+    return tasks_lib.parse_tasks(ingest.local_path(ctx, ctx.summary('ingest')['tasks']))
   if isinstance(tasks, str):
     return tasks_lib.parse_tasks(tasks)
   if not tasks:  # no downstream tasks: only the pool is embedded
@@ -134,7 +134,8 @@ def _embed_shard(ctx, encoder: embedding.Encoder, path: str, uids: list,
   def compute():
     start = time.time()
     skips = collections.Counter()
-    got, image_emb = encoder.embed_images(shard_images(path, set(uids), skips), skips=skips)
+    got, image_emb = encoder.embed_images(shard_images(ingest.local_path(ctx, path), set(uids),
+                                                       skips), skips=skips)
     got, image_emb = _first_of_each(got, image_emb)
     if got != uids:
       got_set = set(got)

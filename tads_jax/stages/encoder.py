@@ -21,6 +21,7 @@ from tads_jax.models import bpe
 from tads_jax.models import hf_export
 from tads_jax.models import preprocess
 from tads_jax.models import tokenizer as tokenizer_lib
+from tads_jax.stages import ingest
 
 CLIP_DIR = 'clip'
 
@@ -32,7 +33,7 @@ def train_source(ctx) -> str:
     if ctx.config.pool.format != 'synthetic':
       raise ValueError("config.encoder.train_on: 'trusted' names the synthetic world's "
                        'trusted set; give a shard pattern of trusted pairs for this pool')
-    return os.path.join(ctx.summary('ingest')['world'], 'trusted', '*.tar')
+    return os.path.join(ingest.world_dir(ctx), 'trusted', '*.tar')
   return source
 
 

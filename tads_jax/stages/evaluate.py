@@ -374,7 +374,7 @@ def _decode_shards(ctx, items: list, size: int) -> list:
   todo = {}  # path: (item, tar)
   for path, item in items:
     if not pipeline.item_done(item):
-      tar = ingest.image_shard(ctx.config, path)  # a pool shard, or a DataComp metadata's tar
+      tar = ingest.image_shard(ctx, path)  # a pool shard, or a DataComp metadata's tar
       if tar is None:
         raise ValueError(f'{path}: no images beside this DataComp metadata file; the pixel '
                          "proxy (config.evaluate.proxy='pixels' or evaluate.pixel_check) "
@@ -468,12 +468,15 @@ def pixel_tasks(ctx, image_size: int, split: str = 'eval') -> tuple:
   for spec, arrays in embed_stage.task_embeddings(ctx, split, extra=('keys',)):
     data = tasks_lib.load_split(spec, stored, image_size)
     index = {key: i for i, key in enumerate(data.keys)}
-    missing = [str(k) for k in arrays['keys'] if str(k) not in index]
+    # A key names the file it came from: a synthetic world's, where embed found it.
+    then, now = ingest.recorded_world(ctx), ingest.world_dir(ctx)
+    keys = [ingest.moved(str(k), then, now) for k in arrays['keys']]
+    missing = [k for k in keys if k not in index]
     if missing:
       raise ValueError(f'{embed_stage.task_item(ctx, spec.name, stored)}.npz: example '
                        f'{missing[0]!r} of task {spec.name!r} ({stored} split) is no longer '
                        'in its source; rerun embed')
-    rows = np.asarray([index[str(k)] for k in arrays['keys']], np.int64)
+    rows = np.asarray([index[k] for k in keys], np.int64)
     out.append(task_split.take_examples(data, rows))
   return specs, out
 

@@ -36,7 +36,7 @@ def run(ctx) -> dict:
   out_dir = ctx.stage_dir('export')
   subset = subset_lib.read_subset(ctx.path(select.SUBSET))
   # Pool shards, or the tars beside a DataComp pool's metadata (validation requires them).
-  paths = [ingest.image_shard(config, r['path'])
+  paths = [ingest.image_shard(ctx, r['path'])
            for r in ctx.summary('ingest')['per_source']]
   if None in paths:
     raise ValueError('config.export.shards: a DataComp pool is exported from the tars beside '

@@ -254,7 +254,7 @@ def _features_shard(ctx, path: str, table: dict, names: list, settings: dict,
     flipped = 'flipped_clip_score' in names
     if image_ops or flipped:
       # A pool shard, or the tar beside a DataComp metadata file.
-      tar = ingest.image_shard(config, path)
+      tar = ingest.image_shard(ctx, path)
       chunks = _chunks(_shard_images(decoded, tar, uids, skips), chunk)
     else:
       chunks = ([None] * min(chunk, n - s) for s in range(0, n, chunk))
@@ -315,7 +315,7 @@ def _shard_pass(ctx, names: list) -> tuple[list, int, list]:
     # reader; flipped_clip_score needs the originals, one size each (the encoder
     # preprocesses the flipped original, and flipping after a center crop is not the same
     # pixels), so they come as a list beside the batch.
-    todo = [ingest.image_shard(config, p) for i, p in enumerate(paths)
+    todo = [ingest.image_shard(ctx, p) for i, p in enumerate(paths)
             if distributed.owns(i) and not pipeline.item_done(shard_item(ctx, p))]
     decoded = grain_source.DecodedShards(
         todo, image_sizes=(config.pool.image_size,) if image_ops else (),

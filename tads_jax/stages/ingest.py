@@ -94,11 +94,37 @@ def has_images(config) -> bool:
   return image_tars(config) is not None
 
 
-def image_shard(config, source: str) -> str | None:
+def local_path(ctx, path: str) -> str:
+  """A path ingest recorded, in this workdir.
+
+  A synthetic world lives in the workdir, and ingest recorded its files (the summary's
+  world, tasks and ground truth, the shards in samples.parquet) where the workdir was
+  then. A workdir moved or copied since finds them under its own ingest/world; an external
+  pool's paths are returned as they are.
+  """
+  return moved(path, recorded_world(ctx), world_dir(ctx))
+
+
+def recorded_world(ctx) -> str | None:
+  """Where ingest generated the synthetic world (None for another pool, or before ingest)."""
+  if ctx.config.pool.format != 'synthetic':
+    return None
+  done = pipeline.read_done(ctx.stage_dir('ingest'))
+  return done and done['summary'].get('world')
+
+
+def moved(path: str, recorded_world: str | None, world: str) -> str:
+  """`path` under `world` when it was under `recorded_world` (ingest's summary['world'])."""
+  if recorded_world and path.startswith(recorded_world + os.sep):
+    return world + path[len(recorded_world):]
+  return world if path == recorded_world else path
+
+
+def image_shard(ctx, source: str) -> str | None:
   """The tar holding the images of an ingested source (a pool shard itself, or a DataComp
-  metadata file's tar); None for a DataComp pool without tars."""
-  if config.pool.format != 'datacomp':
-    return source
+  metadata file's tar), in this workdir; None for a DataComp pool without tars."""
+  if ctx.config.pool.format != 'datacomp':
+    return local_path(ctx, source)
   tar = datacomp.tar_path(source)
   return tar if os.path.isfile(tar) else None
 
@@ -229,7 +255,7 @@ def _ingest_source(ctx, path: str) -> dict:
     skips = collections.Counter()
     extra = {}
     if ctx.config.pool.format == 'datacomp':
-      tar = image_shard(ctx.config, path)
+      tar = image_shard(ctx, path)
       rows, dim = _rows_from_metadata(path, ctx.config.pool.embedding_model, skips, tar)
       extra = {'embedding_dim': dim, 'tar': tar}
     else:

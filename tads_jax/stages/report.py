@@ -23,6 +23,7 @@ from tads_jax.data import datacomp
 from tads_jax.data import subset as subset_lib
 from tads_jax.data import webdataset
 from tads_jax.stages import evaluate
+from tads_jax.stages import ingest
 from tads_jax.stages import select
 
 
@@ -32,7 +33,8 @@ THUMB = 128  # thumbnail side in pixels (JPEG, embedded in report.html)
 
 
 def ground_truth_path(ctx) -> str:
-  return ctx.config.pool.ground_truth or ctx.summary('ingest').get('ground_truth', '')
+  recorded = ctx.summary('ingest').get('ground_truth', '')
+  return ctx.config.pool.ground_truth or (recorded and ingest.local_path(ctx, recorded))
 
 
 def run(ctx) -> dict:
@@ -108,6 +110,13 @@ def html_parts(report: dict, scores_path: str, gt_path: str | None = None, seed:
       tar = datacomp.tar_path(info['shard']) if info.get('shard') else None
       if tar and os.path.isfile(tar):
         info['shard'] = tar
+  recorded_world = (((report.get('stages') or {}).get('ingest') or {}).get('summary')
+                    or {}).get('world')
+  if recorded_world and report.get('workdir'):  # a moved or copied workdir: its own world
+    world = os.path.join(report['workdir'], 'ingest', 'world')
+    for info in shown.values():
+      if info.get('shard'):
+        info['shard'] = ingest.moved(info['shard'], recorded_world, world)
   thumbnails(shown)
   plots_png = {}
   for name, path in (report.get('plots') or {}).items():
