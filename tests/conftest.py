@@ -10,10 +10,13 @@ Helpers that are not fixtures are imported by the modules that use them
 (`from conftest import tiny_world_config`): pytest puts tests/ on sys.path.
 """
 
+import atexit
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -21,6 +24,17 @@ import pytest
 DEVICE_COUNT_FLAG = '--xla_force_host_platform_device_count'
 if DEVICE_COUNT_FLAG not in os.environ.get('XLA_FLAGS', ''):
   os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {DEVICE_COUNT_FLAG}=8".strip()
+
+# XLA's compiled programs on disk for this run, shared with the fresh processes some tests
+# start (they inherit the variable): many tests compile the same tiny models' programs
+# again, in closures the in-memory cache cannot match, and compiling is most of what the
+# suite costs on 2 cores (BENCHMARKS.md, "Test suite and CI time"). A fresh directory per
+# run, removed at its end, so no run reads another's programs.
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  _CACHE = tempfile.mkdtemp(prefix='tads_jax_test_xla_')
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = _CACHE
+  os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.2')
+  atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # for `from configs import default`
