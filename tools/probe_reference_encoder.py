@@ -29,6 +29,9 @@ A conv stem is overrides {"vision_stem": "conv"}. The recipes:
   "hard_batches": f   a share f of the batches drawn from one colour (colour read from
                       the caption with the world's word tables): same-colour negatives;
                       "hard_after": k starts them after step k (a curriculum)
+  "sibling_batches": f  (session 15) a share f of each batch: siblings of its first rows,
+                      whose captions name the same values in every attribute but one;
+                      "hard_after": k starts them after step k
   "negatives": [...]  NegCLIP-style (Yuksekgonul et al. 2023): each caption gets one extra
                       negative caption with a word of these attributes ('shape', 'texture',
                       'color') swapped for another value's, scored in image->text only
@@ -114,6 +117,71 @@ def _use_colour_batches(captions, share, after=0):
         yield rng.choice(g, batch_size, replace=len(g) < batch_size)
       else:
         yield rng.choice(rows, batch_size, replace=False)
+  train.batch_rows = batch_rows
+
+
+def _use_sibling_batches(captions, share, after=0):
+  """A share of each batch: siblings of its first rows, whose captions name the same values
+  in every attribute but one (shape, colour, texture or size, picked uniformly among those
+  that have a sibling), so that each attribute has negatives that differ in it alone."""
+  attrs = ('shape', 'color', 'texture', 'size')
+  sizes = {w: k for k, ws in synthetic.SIZE_WORDS.items() for w in ws}
+
+  def values(c):
+    out = [(_find_value(c, a) or ('?', None))[0] for a in attrs[:3]]
+    size = next((sizes[w] for w in re.findall(r'[a-z]+', c) if w in sizes), '?')
+    return tuple(out) + (size,)
+  keys = [values(c) for c in captions]
+  siblings = []  # per row, per attribute: rows differing there alone
+  index = {}
+  for i, k in enumerate(keys):
+    for a in range(len(attrs)):
+      index.setdefault(k[:a] + ('*',) + k[a + 1:], []).append(i)
+  for i, k in enumerate(keys):
+    options = []
+    for a in range(len(attrs)):
+      if '?' in k:
+        continue
+      rows = [j for j in index[k[:a] + ('*',) + k[a + 1:]] if keys[j][a] != k[a]]
+      if rows:
+        options.append(np.asarray(rows))
+    siblings.append(options)
+  print(f'sibling batches: share {share}, rows with a sibling '
+        f'{sum(bool(o) for o in siblings)} of {len(captions)}')
+
+  def batch_rows(rows, batch_size, seed, start_step=0):
+    rng = np.random.default_rng([seed, start_step])
+    rows = np.asarray(rows)
+    n_sib = int(round(share * batch_size))
+    step = start_step
+    while True:
+      step += 1
+      batch = rng.choice(rows, batch_size, replace=False)
+      if step > after:
+        out, k = list(batch[:batch_size - n_sib]), 0
+        taken = set(out)
+        while len(out) < batch_size and k < len(out):
+          options = siblings[out[k]]
+          k += 1
+          if options:
+            group = options[rng.integers(len(options))]
+            j = int(group[rng.integers(len(group))])
+            if j not in taken:
+              out.append(j)
+              taken.add(j)
+        for j in batch[batch_size - n_sib:]:  # fill up with the random rows
+          if len(out) == batch_size:
+            break
+          if j not in taken:
+            out.append(j)
+            taken.add(j)
+        while len(out) < batch_size:
+          j = int(rng.choice(rows))
+          if j not in taken:
+            out.append(j)
+            taken.add(j)
+        batch = np.asarray(out)
+      yield batch
   train.batch_rows = batch_rows
 
 
@@ -239,6 +307,8 @@ def main():
     _use_cnn_tower()
   if s.get('hard_batches'):
     _use_colour_batches(captions, s['hard_batches'], s.get('hard_after', 0))
+  if s.get('sibling_batches'):
+    _use_sibling_batches(captions, s['sibling_batches'], s.get('hard_after', 0))
   if s.get('negatives'):
     token_ids = _with_negatives(captions, token_ids, tokenizer, s['negatives'])
   params, history = train.train(cfg, (pixels, token_ids))
