@@ -24,8 +24,8 @@ from tads_jax import main
 from tads_jax.scoring import kmeans
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CHILD_TIMEOUT_S = 300  # a hung collective fails the test instead of hanging CI (the children
-# share 2 cores with the other pytest worker: the pipeline test takes ~3 min under `make test`)
+CHILD_TIMEOUT_S = 300  # a hung collective fails the test instead of hanging CI (each spawn
+# takes about a minute or less alone; 300 s leaves room for a loaded or slower machine)
 
 
 def _config(**fields):
