@@ -88,7 +88,7 @@ def probe(x, y, folds: int = 5) -> float:
 
 def _word_table(attribute):
   return {'shape': synthetic.SHAPE_WORDS, 'color': synthetic.COLOR_WORDS,
-          'texture': synthetic.TEXTURE_ADJ}[attribute]
+          'texture': synthetic.TEXTURE_ADJ, 'size': synthetic.SIZE_WORDS}[attribute]
 
 
 def _find_value(caption, attribute):
@@ -125,23 +125,15 @@ def _use_sibling_batches(captions, share, after=0):
   in every attribute but one (shape, colour, texture or size, picked uniformly among those
   that have a sibling), so that each attribute has negatives that differ in it alone."""
   attrs = ('shape', 'color', 'texture', 'size')
-  sizes = {w: k for k, ws in synthetic.SIZE_WORDS.items() for w in ws}
-
-  def values(c):
-    out = [(_find_value(c, a) or ('?', None))[0] for a in attrs[:3]]
-    size = next((sizes[w] for w in re.findall(r'[a-z]+', c) if w in sizes), '?')
-    return tuple(out) + (size,)
-  keys = [values(c) for c in captions]
+  keys = [tuple((_find_value(c, a) or ('?', None))[0] for a in attrs) for c in captions]
   siblings = []  # per row, per attribute: rows differing there alone
   index = {}
   for i, k in enumerate(keys):
     for a in range(len(attrs)):
       index.setdefault(k[:a] + ('*',) + k[a + 1:], []).append(i)
-  for i, k in enumerate(keys):
-    options = []
-    for a in range(len(attrs)):
-      if '?' in k:
-        continue
+  for k in keys:
+    options = []  # none for a caption that does not name all four
+    for a in range(len(attrs)) if '?' not in k else ():
       rows = [j for j in index[k[:a] + ('*',) + k[a + 1:]] if keys[j][a] != k[a]]
       if rows:
         options.append(np.asarray(rows))

@@ -465,11 +465,11 @@ def pixel_tasks(ctx, image_size: int, split: str = 'eval') -> tuple:
     return specs, [tasks_lib.load_split(spec, 'eval', image_size) for spec in specs]
   stored = embed_stage.stored_split(split)
   out = []
+  # A key names the file it came from: a synthetic world's, where embed found it.
+  then, now = ingest.recorded_world(ctx), ingest.world_dir(ctx)
   for spec, arrays in embed_stage.task_embeddings(ctx, split, extra=('keys',)):
     data = tasks_lib.load_split(spec, stored, image_size)
     index = {key: i for i, key in enumerate(data.keys)}
-    # A key names the file it came from: a synthetic world's, where embed found it.
-    then, now = ingest.recorded_world(ctx), ingest.world_dir(ctx)
     keys = [ingest.moved(str(k), then, now) for k in arrays['keys']]
     missing = [k for k in keys if k not in index]
     if missing:

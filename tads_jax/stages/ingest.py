@@ -113,11 +113,11 @@ def recorded_world(ctx) -> str | None:
   return done and done['summary'].get('world')
 
 
-def moved(path: str, recorded_world: str | None, world: str) -> str:
-  """`path` under `world` when it was under `recorded_world` (ingest's summary['world'])."""
-  if recorded_world and path.startswith(recorded_world + os.sep):
-    return world + path[len(recorded_world):]
-  return world if path == recorded_world else path
+def moved(path: str, recorded: str | None, world: str) -> str:
+  """`path` under `world` when it was under `recorded` (ingest's summary['world'])."""
+  if recorded and path.startswith(recorded + os.sep):
+    return world + path[len(recorded):]
+  return world if path == recorded else path
 
 
 def image_shard(ctx, source: str) -> str | None:

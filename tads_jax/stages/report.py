@@ -110,13 +110,12 @@ def html_parts(report: dict, scores_path: str, gt_path: str | None = None, seed:
       tar = datacomp.tar_path(info['shard']) if info.get('shard') else None
       if tar and os.path.isfile(tar):
         info['shard'] = tar
-  recorded_world = (((report.get('stages') or {}).get('ingest') or {}).get('summary')
-                    or {}).get('world')
-  if recorded_world and report.get('workdir'):  # a moved or copied workdir: its own world
-    world = os.path.join(report['workdir'], 'ingest', 'world')
+  recorded = report.get('stages', {}).get('ingest', {}).get('summary', {}).get('world')
+  if recorded:  # a moved or copied workdir: the world beside this scores file
+    world = os.path.join(os.path.dirname(os.path.abspath(scores_path)), 'ingest', 'world')
     for info in shown.values():
       if info.get('shard'):
-        info['shard'] = ingest.moved(info['shard'], recorded_world, world)
+        info['shard'] = ingest.moved(info['shard'], recorded, world)
   thumbnails(shown)
   plots_png = {}
   for name, path in (report.get('plots') or {}).items():
