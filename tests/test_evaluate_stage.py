@@ -222,6 +222,35 @@ def test_tool_matches_the_stage_and_names_what_is_missing(run, tmp_path):
     tool.evaluate_subset(other, workdir, os.path.join(workdir, 'subset.npy'), seeds=1)
 
 
+def test_comparison_ends_with_the_ground_truth_row(run, tmp_path):
+  """tools/compare_selectors.py --ground_truth: the world's clean on-task samples, each
+  once, evaluated as tools/evaluate_subset.py evaluates a subset written by hand."""
+  workdir = str(tmp_path / 'copy')
+  shutil.copytree(run[0], workdir)
+  compare = load_tool('compare_selectors')
+  result = compare.evaluate_ground_truth(config(), workdir, seeds=1)
+  gt = pq.read_table(os.path.join(workdir, 'ingest', 'world', 'ground_truth.parquet'))
+  expected = sorted(u for u, noise, on_task in zip(gt['uid'].to_pylist(),
+                                                   gt['noise'].to_pylist(),
+                                                   gt['on_task'].to_pylist())
+                    if noise == 'clean' and on_task)
+  written = os.path.join(workdir, 'compare', 'clean_on_task.npy')
+  assert sorted(subset_lib.array_to_uids(subset_lib.read_subset(written))) == expected
+  by_hand = str(tmp_path / 'by_hand.npy')
+  subset_lib.write_subset(by_hand, expected)
+  again = tool.evaluate_subset(config(), workdir, by_hand, seeds=1)
+  assert result['subset']['entries'] == len(expected) == again['subset']['entries']
+  assert result['tasks'] == again['tasks']
+  table = compare.markdown({'evaluation': read_eval_json(workdir)}, result).splitlines()
+  assert table[-1].startswith(f'| ground truth: clean on-task | {len(expected)} | '
+                              f'{len(expected)} | ')
+  assert table[-2].startswith('| ')  # the selectors' rows come first
+  missing = config()
+  missing.pool.ground_truth = str(tmp_path / 'nowhere.parquet')
+  with pytest.raises(ValueError, match='no ground truth for this pool'):
+    compare.evaluate_ground_truth(missing, workdir, seeds=1)
+
+
 def test_bad_evaluate_fields_name_the_field():
   c = config()
   c.evaluate.head = 'transformer'
