@@ -250,6 +250,9 @@ def get_config():
   # run's seed); K > 1 scores by the mean of their standardized values. 3 and 5 lost on
   # the validation split (0.5714, 0.5808 against 0.5899; BENCHMARKS.md, session 14).
   c.tads.ensemble = 1
+  # Duplicates kept out of TADS's subset (selectors.DEDUP: 'none' | 'exact' | 'semantic' |
+  # 'both'; one copy of each group stays), whatever their value.
+  c.tads.dedup = 'none'
   # The meta-learning settings below were chosen by tools/tads_sweep.py on that validation
   # split (best validation mean of 14 candidates: 3x and 1/3 of steps, value_lr and tau,
   # each group left out, each prior weight doubled; BENCHMARKS.md, issue 14 item 1). The

@@ -18,10 +18,6 @@ from tads_jax import selectors
 from tads_jax.data import subset
 
 METHODS = ('topk', 'soft_cap', 'hard_cap')
-# selection.dedup: which duplicate flags of the features stage exclude a sample. Of each
-# group of duplicates the features stage flags all copies but one, so one is always left.
-DEDUP = {'none': (), 'exact': ('exact_duplicate',), 'semantic': ('semantic_duplicate',),
-         'both': ('exact_duplicate', 'semantic_duplicate')}
 
 
 def topk_counts(scores: np.ndarray, uids, fraction: float, eligible=None) -> np.ndarray:
@@ -181,23 +177,10 @@ def counts_for(method: str, scores, uids, fraction: float, options=None, seed: i
 def dedup_mode(config) -> str:
   """config.selection.dedup ('none' when absent), checked."""
   mode = config.selection.get('dedup', 'none')
-  if mode not in DEDUP:
-    raise ValueError(f'config.selection.dedup: one of {", ".join(DEDUP)}, got {mode!r}')
+  if mode not in selectors.DEDUP:
+    raise ValueError(f'config.selection.dedup: one of {", ".join(selectors.DEDUP)}, got '
+                     f'{mode!r}')
   return mode
-
-
-def eligible_rows(features, mode: str) -> np.ndarray | None:
-  """bool [N]: rows no duplicate flag of `mode` excludes (None: every row)."""
-  columns = DEDUP[mode]
-  if not columns:
-    return None
-  keep = np.ones(features.num_rows, bool)
-  for column in columns:
-    if column not in features.column_names:
-      raise ValueError(f'config.selection.dedup: {mode!r} needs the features column '
-                       f'{column!r}; add the features stage to config.stages')
-    keep &= ~features.column(column).to_numpy(zero_copy_only=False).astype(bool)
-  return keep
 
 
 def select(config, selector: selectors.Selector, state, inputs: selectors.Inputs):
@@ -205,7 +188,7 @@ def select(config, selector: selectors.Selector, state, inputs: selectors.Inputs
   a subset at selection.fraction (top-k, soft or hard cap sampling), or a filter's own counts;
   either way duplicates excluded by selection.dedup are never selected."""
   values = selectors.run_selector(selector, config, state, inputs)
-  eligible = eligible_rows(inputs.features, dedup_mode(config))
+  eligible = selectors.eligible_rows(inputs.features, dedup_mode(config))
   return values.astype(np.float64), counts_of(config, selector, values,
                                               inputs.features.column('uid'), eligible)
 

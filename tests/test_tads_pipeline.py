@@ -37,6 +37,7 @@ def config(steps=6):
   c.selection.fraction = 0.36
   # every row ranked (test_gate_ranks_only_the_rows_that_pass)
   c.tads.gate.update(dict(fraction=None, then_column=None, then_fraction=None))
+  c.tads.dedup = 'none'  # every copy scored (test_dedup_keeps_flagged_copies_out)
   c.tads.meta.update(dict(steps=steps, batch_size=16, unroll=2, task_batch_size=8,
                           checkpoint_every=3, head_hidden=32))
   return c
@@ -359,6 +360,40 @@ def test_gate_ranks_only_the_rows_that_pass(prior_run, tmp_path, monkeypatch, st
   ungated = pq.read_table(os.path.join(workdir, 'scores.parquet'))
   assert np.isfinite(ungated.column('score').to_numpy()).all()
   assert ungated.column('times_selected').to_numpy()[~passes].any()
+
+
+def test_dedup_keeps_flagged_copies_out(prior_run, tmp_path):
+  """tads.dedup: the rows a duplicate flag marks score NaN and are never kept; every other
+  row keeps the score it has without dedup (the prior, by hand), and the budget fills
+  from them. The flags are the features stage's, read here from scores.parquet."""
+  workdir = str(tmp_path / 'w')
+  shutil.copytree(prior_run[0], workdir)
+  c = config(steps=0)
+  # The tiny encoder puts most rows within the default eps of another; a tighter one
+  # leaves more rows than the budget unflagged.
+  c.features.semdedup_eps = 1e-4
+  for mode, columns in (('exact', ('exact_duplicate',)),
+                        ('both', ('exact_duplicate', 'semantic_duplicate'))):
+    c.tads.dedup = mode
+    main.run(c, workdir)
+    scores = pq.read_table(os.path.join(workdir, 'scores.parquet'))
+    flagged = np.zeros(scores.num_rows, bool)
+    for column in columns:
+      flagged |= scores.column(column).to_numpy(zero_copy_only=False).astype(bool)
+    assert 0 < flagged.sum() < scores.num_rows - round(0.36 * scores.num_rows), flagged.sum()
+    score = scores.column('score').to_numpy()
+    assert np.isnan(score[flagged]).all()
+    np.testing.assert_allclose(score[~flagged], _prior_scores_by_hand(scores)[~flagged],
+                               rtol=1e-4, atol=1e-4)
+    counts = scores.column('times_selected').to_numpy()
+    assert counts.sum() == round(0.36 * scores.num_rows) and counts.max() == 1
+    assert not counts[flagged].any()
+    state = learn.load_state(os.path.join(workdir, 'learn', learn.STATE))
+    assert state['dedup'] == mode
+  c.tads.dedup = 'sometimes'
+  with pytest.raises(config_lib.ConfigError, match=r'config\.tads\.dedup: one of none, '
+                     'exact, semantic, both'):
+    validate(c)
 
 
 def test_soft_cap_writes_repeats_at_the_same_budget(prior_run, tmp_path):

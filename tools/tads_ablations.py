@@ -20,6 +20,8 @@ come from its eval.json. Variants (config overrides of configs/default.py):
   no_gate            tads.gate.fraction None: every row ranked
   then_clip_score_0.45, _0.54  the relevance gate at 72%, then a second pass in series:
                      the top 45% / 54% of the pool by clip_score among those
+  clip_score_then_target_0.45  ncl_normsim's order: clip_score at 54%, then the top 45%
+                     of the pool by target relevance among those
   ensemble_3, _5      tads.ensemble: 3 / 5 value functions meta-learned from as many seeds,
                      scored by the mean of their standardized values
 
@@ -60,6 +62,12 @@ VARIANTS = {
     'relevance_zscore': {'features.relevance_calibration': 'zscore'},
     'per_task': {'tads.value_form': 'per_task'},
     'dedup_exact': {'selection.dedup': 'exact'},
+    # Near duplicates too (session 16): meta-learning moves the duplicate flags' weights to
+    # about 0, since a copy of a clean sample trains the proxy as well as the sample does
+    # within a batch; only the budget sees that a copy displaces a new sample.
+    'dedup_semantic': {'selection.dedup': 'semantic'},
+    'dedup_both': {'selection.dedup': 'both'},
+    'dedup_both_eps_0.01': {'selection.dedup': 'both', 'features.semdedup_eps': 0.01},
     'zscore_per_task': {'features.relevance_calibration': 'zscore',
                         'tads.value_form': 'per_task'},
     'zscore_per_task_dedup': {'features.relevance_calibration': 'zscore',
@@ -97,6 +105,12 @@ VARIANTS = {
         'tads.gate.column': 'relevance_*_target', 'tads.gate.fraction': 0.72,
         'tads.gate.then_column': 'clip_score', 'tads.gate.then_fraction': share}
        for share in (0.45, 0.54)},
+    # The same two passes in ncl_normsim's order (session 16): alignment first, at the
+    # paper's 54%, then relevance among those, the value function ranking what is left.
+    **{f'clip_score_then_target_{share:g}': {
+        'tads.gate.column': 'clip_score', 'tads.gate.fraction': 0.54,
+        'tads.gate.then_column': 'relevance_*_target', 'tads.gate.then_fraction': share}
+       for share in (0.45,)},
     # Several meta-learned value functions, one per seed (session 14): meta-learning's
     # outcome moved with small changes of its rows; the mean of several is steadier.
     'ensemble_3': {'tads.ensemble': 3},

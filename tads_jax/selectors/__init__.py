@@ -12,8 +12,10 @@ numbers, strings and nested dicts of those, so that the learn stage can save it 
 select stage restore it without knowing the selector. Selectors never open a file.
 
 Two kinds of output (`Selector.output`):
-  'scores': float, higher = more worth training on; NaN = never select. The select stage
-            turns them into a subset at `selection.fraction` (top-k or soft cap sampling).
+  'scores': float, higher = more worth training on; NaN ranks below every number (top-k
+            keeps it only to fill the budget; the cap samplers never draw it). The select
+            stage turns them into a subset at `selection.fraction` (top-k or soft cap
+            sampling).
   'counts': int times each sample is kept; a filter (DataComp's basic filter, SemDeDup,
             ...) decides its own subset size, and `selection.fraction` does not apply.
 
@@ -35,6 +37,11 @@ from tads_jax import distributed
 # embeddings), 'images' (pixel sizes from the pool; DataComp's original_width/height).
 NEEDS = ('features', 'embeddings', 'tasks')
 OUTPUTS = ('scores', 'counts')
+# Which duplicate flags of the features stage exclude a sample (selection.dedup for every
+# selector of a run, tads.dedup for TADS's own scores). Of each group of duplicates the
+# features stage flags all copies but one, so one is always left.
+DEDUP = {'none': (), 'exact': ('exact_duplicate',), 'semantic': ('semantic_duplicate',),
+         'both': ('exact_duplicate', 'semantic_duplicate')}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,6 +252,21 @@ def number(config, selector: str, field: str, low=None, high=None, integer=False
   if high is not None and value > high:
     raise ValueError(f'config.{selector}.{field}: must be <= {high}, got {value}')
   return value
+
+
+def eligible_rows(features, mode: str, field: str = 'config.selection.dedup'):
+  """bool [N]: rows no duplicate flag of `mode` (a DEDUP key) excludes (None: every
+  row); `field` names the setting in the error when a flag column is missing."""
+  columns = DEDUP[mode]
+  if not columns:
+    return None
+  keep = np.ones(features.num_rows, bool)
+  for column in columns:
+    if column not in features.column_names:
+      raise ValueError(f'{field}: {mode!r} needs the features column {column!r}; add the '
+                       'features stage to config.stages')
+    keep &= ~features.column(column).to_numpy(zero_copy_only=False).astype(bool)
+  return keep
 
 
 def fitted_counts(name: str, state: Mapping, inputs: Inputs) -> np.ndarray:  # -> [N]

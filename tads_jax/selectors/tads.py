@@ -21,6 +21,14 @@ series, keeping the top then_fraction of the pool by another column among the ro
 first passed (relevance first, then a quality column such as clip_score: ncl_normsim's two
 filters, with the value function ranking what is left).
 
+tads.dedup ('none' | 'exact' | 'semantic' | 'both'): the duplicate flags that keep a row
+out of TADS's subset (score NaN, below every other row: a flagged copy is kept only when
+the pool has too few other rows to fill the budget; one copy of each group is never
+flagged), as selection.dedup does for every selector of a run. Meta-learning cannot see
+duplicates: within a batch a copy of a clean sample trains the proxy as well as the sample,
+so the duplicate flags' weights end near 0; only the budget sees that a copy displaces a
+new sample.
+
 tads.ensemble K > 1: K value functions meta-learned from K seeds (member 0 from the run's
 seed, the one a single function uses), each its own draw of batches, proxy init and value
 init; a sample's score is the mean over members of its standardized value (each member's
@@ -85,6 +93,15 @@ def check_config(config) -> None:
   meta_config(config)
   gate(config)
   ensemble(config)
+  dedup(config)
+
+
+def dedup(config) -> str:
+  """config.tads.dedup ('none' when absent): which duplicate flags keep a row out."""
+  mode = config.tads.get('dedup', 'none')
+  if mode not in selectors.DEDUP:
+    raise ValueError(f'config.tads.dedup: one of {", ".join(selectors.DEDUP)}, got {mode!r}')
+  return mode
 
 
 def ensemble(config) -> int:
@@ -202,12 +219,13 @@ def reads_words(config) -> bool:
 
 def columns(config, names) -> tuple:
   """The features columns fit and score read: the value function's inputs, each gate
-  pass's columns, and the captions when meta-learning reads their words (repeats are
-  dropped by Selector.columns_for)."""
+  pass's columns, the duplicate flags of tads.dedup, and the captions when meta-learning
+  reads their words (repeats are dropped by Selector.columns_for)."""
   inputs = value.input_columns(names, tuple(config.tads.groups))
   gated = tuple(c for (column, _), prefix in zip(gate(config), GATE_PASSES)
                 for c in gate_columns(column, names, prefix + 'column'))
-  return inputs + gated + (('caption',) if reads_words(config) else ())
+  return (inputs + gated + selectors.DEDUP[dedup(config)]
+          + (('caption',) if reads_words(config) else ()))
 
 
 def word_inputs(captions, tasks) -> tuple[np.ndarray, list]:
@@ -298,7 +316,7 @@ def fit(config, inputs: selectors.Inputs) -> dict:
            'prior': list(module.prior), 'hidden': list(module.hidden), 'form': module.form,
            'signs': module.signs,
            'meta_steps': steps, 'groups': list(t.groups), 'history': history,
-           'feature_weights': weights, 'gate': gate_state}
+           'feature_weights': weights, 'gate': gate_state, 'dedup': dedup(config)}
   if len(members) > 1:
     gated = z if rows is None else z[rows]  # [R, F]: the moments are over the rows ranked
     values = np.stack([_values(module, p, gated) for p in members])
@@ -322,7 +340,8 @@ def summary(state) -> dict:
   return {'features': len(state['feature_weights']), 'groups': list(state['groups']),
           'meta_steps': int(state['meta_steps']), 'history': state['history'],
           'feature_weights': state['feature_weights'], 'gate': state.get('gate'),
-          'ensemble': len(state['ensemble']['mean']) if state.get('ensemble') else 1}
+          'ensemble': len(state['ensemble']['mean']) if state.get('ensemble') else 1,
+          'dedup': state.get('dedup', 'none')}
 
 
 def score(config, state, inputs: selectors.Inputs) -> np.ndarray:  # -> [N]
@@ -343,6 +362,10 @@ def score(config, state, inputs: selectors.Inputs) -> np.ndarray:  # -> [N]
     scores = _values(module, state['params'], z)
   if state.get('gate'):  # below the gate (or NaN there): NaN, never selected
     scores[~gate_passed(inputs.features, state['gate'])] = np.nan
+  eligible = selectors.eligible_rows(inputs.features, state.get('dedup', 'none'),
+                                     field='config.tads.dedup')
+  if eligible is not None:  # a flagged copy: NaN, never selected
+    scores[~eligible] = np.nan
   return scores
 
 

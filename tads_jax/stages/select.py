@@ -55,9 +55,9 @@ def run(ctx) -> dict:
   if not distributed.is_writer():
     return {}
   mode = selection.dedup_mode(config)
-  table = features_stage.read_features(ctx, ('uid',) + selection.DEDUP[mode])
+  table = features_stage.read_features(ctx, ('uid',) + selectors.DEDUP[mode])
   counts = selection.counts_of(config, selector, values, table.column('uid'),
-                               selection.eligible_rows(table, mode))
+                               selectors.eligible_rows(table, mode))
   written = subset.write_subset(ctx.path(SUBSET), table.column('uid'), counts)
   _write_scores(ctx, values.astype(np.float64), counts)
   logging.info('select: %s kept %d of %d samples (%d entries in %s)', selector.name,
