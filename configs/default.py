@@ -101,7 +101,11 @@ def get_config():
       kmeans_k=100,              # diversity clusters (capped at the pool size)
       kmeans_iters=20,
       alpha=0.5,                 # cluster weight (|C|/N)**-alpha; 0 turns it off
-      semdedup_eps=0.05,         # SemDeDup: duplicates at cosine >= 1 - eps
+      # SemDeDup flag: duplicates at cosine >= 1 - eps. 0.01 flags 1,960 of the default
+      # world's 10,000 (precision 0.50, recall 0.98 against its near and exact copies); 0.05
+      # flagged 5,966 (0.27, 1.00), and TADS kept out of those lost on the validation
+      # split (0.6521 against 0.7340 at 0.01; BENCHMARKS.md, session 16).
+      semdedup_eps=0.01,
       relevance_top_m=1,         # mean of the top-m prototype cosines (1 = max)
       # 'zscore': each prototype's cosines as z-scores over the pool before the top-m, so no
       # class or centroid wins by sitting close to much of the pool; 'none': raw cosines
@@ -158,7 +162,7 @@ def get_config():
   c.semdedup = ml_collections.ConfigDict(dict(
       k=100,          # theirs: 50_000 for LAION-440M (~9k/cluster); capped at the pool size
       iters=100,      # clustering_configs.yaml niter: 100
-      eps=0.05,       # their code sweeps eps_list ~0.01-0.07; same as features.semdedup_eps
+      eps=0.05,       # their code sweeps eps_list ~0.01-0.07
       init='random'))  # faiss.Kmeans default init ('kmeans++' also accepted)
   # NormSim_p (Wang et al. 2024): p-norm of the image's cosines to all tasks' train images.
   c.normsim = ml_collections.ConfigDict(dict(
@@ -242,17 +246,24 @@ def get_config():
       column='relevance_*_target',
       fraction=0.72,
       # A second pass in series (None: none): of the rows the first passed, the top
-      # then_fraction of the pool by then_column. clip_score at 45% and 54% lost on the
-      # validation split (0.5685, 0.5779 against 0.5899; BENCHMARKS.md, session 14).
-      then_column=ml_collections.config_dict.placeholder(str),
-      then_fraction=ml_collections.config_dict.placeholder(float)))
+      # then_fraction of the pool by then_column. Here clip_score at 54%, ncl_normsim's
+      # quality pass: the embedding proxy's validation sweep chose it (0.7204 against
+      # 0.6975 without; 0.7146 at 45%), and the pixel proxy's validation put it, with
+      # tads.dedup below, 0.033 lower (0.5569 +- 0.0209 against 0.5899 +- 0.0016), within
+      # twice its spread: the rule set before that run adopts it then (BENCHMARKS.md,
+      # session 16; session 14's pixel sweep alone: 0.5779 against 0.5899).
+      then_column='clip_score',
+      then_fraction=0.54))
   # How many value functions are meta-learned, each from its own seed (1: one, from the
   # run's seed); K > 1 scores by the mean of their standardized values. 3 and 5 lost on
   # the validation split (0.5714, 0.5808 against 0.5899; BENCHMARKS.md, session 14).
   c.tads.ensemble = 1
   # Duplicates kept out of TADS's subset (selectors.DEDUP: 'none' | 'exact' | 'semantic' |
-  # 'both'; one copy of each group stays), whatever their value.
-  c.tads.dedup = 'none'
+  # 'both'; one copy of each group stays), whatever their value: meta-learning alone kept
+  # 59% of the exact and 54% of the near copies. 'both' (with features.semdedup_eps 0.01)
+  # was the validation sweep's choice: 0.7340 against 0.7204 without and 0.7185 for
+  # 'exact' (embedding proxy; BENCHMARKS.md, session 16).
+  c.tads.dedup = 'both'
   # The meta-learning settings below were chosen by tools/tads_sweep.py on that validation
   # split (best validation mean of 14 candidates: 3x and 1/3 of steps, value_lr and tau,
   # each group left out, each prior weight doubled; BENCHMARKS.md, issue 14 item 1). The

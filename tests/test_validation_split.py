@@ -387,12 +387,14 @@ def test_sweep_candidates_follow_the_config():
   got = tool.candidates(c)
   assert list(got) == ['tads', 'prior_only', 'value_lr_x3', 'value_lr_div3', 'tau_x3',
                        'tau_div3', 'steps_x3', 'steps_div3', 'relevance_zscore', 'per_task',
-                       'dedup_exact', 'zscore_per_task', 'prior_signs', 'no_mlp',
-                       'no_mlp_prior_signs', 'no_target_relevance', 'no_gate',
-                       'then_clip_score_0.45', 'then_clip_score_0.54',
+                       'zscore_per_task', 'prior_signs', 'no_mlp',
+                       'no_mlp_prior_signs', 'no_target_relevance', 'no_gate', 'no_then',
+                       'no_dedup', 'dedup_exact', 'dedup_semantic',
                        'no_quality', 'no_relevance',
                        'no_diversity', 'prior_quality_heavy', 'prior_relevance_heavy',
                        'prior_diversity_heavy']
+  assert got['no_then'] == {'tads.gate.then_column': None, 'tads.gate.then_fraction': None}
+  assert got['no_dedup'] == {'tads.dedup': 'none'}
   assert got['steps_x3'] == {'tads.meta.steps': 900}
   assert got['steps_div3'] == {'tads.meta.steps': 100}
   assert got['value_lr_x3']['tads.meta.value_lr'] == pytest.approx(0.03)
@@ -400,17 +402,21 @@ def test_sweep_candidates_follow_the_config():
   assert got['prior_quality_heavy'] == tool.tads_ablations.VARIANTS['prior_quality_heavy']
   c.tads.groups = ('quality',)
   c.tads.meta.steps = 0
+  c.tads.gate.update(dict(then_column=None, then_fraction=None))  # one pass
+  c.tads.dedup = 'none'
   assert list(tool.candidates(c)) == ['tads', 'prior_only', 'value_lr_x3', 'value_lr_div3',
                                       'tau_x3', 'tau_div3', 'relevance_zscore', 'per_task',
-                                      'dedup_exact', 'zscore_per_task', 'prior_signs',
+                                      'zscore_per_task', 'prior_signs',
                                       'no_mlp', 'no_mlp_prior_signs', 'no_target_relevance',
                                       'no_gate', 'then_clip_score_0.45',
-                                      'then_clip_score_0.54']
+                                      'then_clip_score_0.54', 'dedup_exact',
+                                      'dedup_semantic', 'dedup_both']
   assert tool.candidates(c)['no_gate'] == {'tads.gate.fraction': None}
   assert tool.candidates(c)['then_clip_score_0.45'] == {
       'tads.gate.then_column': 'clip_score', 'tads.gate.then_fraction': 0.45}
   c.tads.gate.update(dict(then_column='clip_score', then_fraction=0.54))  # two passes
-  assert [n for n in tool.candidates(c) if 'gate' in n] == ['no_gate']
+  assert [n for n in tool.candidates(c) if 'gate' in n or 'then' in n] == ['no_gate',
+                                                                           'no_then']
   c.tads.gate.update(dict(then_column=None, then_fraction=None))
   c.tads.gate.fraction = None  # the sweep tries gates on the config's column
   assert tool.candidates(c)['gate_0.54'] == {'tads.gate.fraction': 0.54}

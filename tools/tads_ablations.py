@@ -15,11 +15,14 @@ come from its eval.json. Variants (config overrides of configs/default.py):
                      meta-learning and prior settings (--variants)
   relevance_zscore, per_task, dedup_exact and their combinations: calibrated relevance,
                      the per-task value form, exact duplicates never selected
+  no_dedup, dedup_semantic, dedup_both, dedup_both_eps_*: tads.dedup's other modes (and
+                     the SemDeDup flag's eps)
   gate_0.54, gate_0.72 tads.gate.fraction: only the top 54% / 72% by clip_score ranked
   gate_target_0.54, _0.72  the same by the largest target-relevance column (NormSim_inf)
   no_gate            tads.gate.fraction None: every row ranked
   then_clip_score_0.45, _0.54  the relevance gate at 72%, then a second pass in series:
                      the top 45% / 54% of the pool by clip_score among those
+  no_then            the gate's second pass left out
   clip_score_then_target_0.45  ncl_normsim's order: clip_score at 54%, then the top 45%
                      of the pool by target relevance among those
   ensemble_3, _5      tads.ensemble: 3 / 5 value functions meta-learned from as many seeds,
@@ -61,17 +64,20 @@ VARIANTS = {
     # What the world showed TADS misses (issue 14 item 2), each alone and together:
     'relevance_zscore': {'features.relevance_calibration': 'zscore'},
     'per_task': {'tads.value_form': 'per_task'},
-    'dedup_exact': {'selection.dedup': 'exact'},
-    # Near duplicates too (session 16): meta-learning moves the duplicate flags' weights to
+    # Duplicates kept out of TADS's subset (tads.dedup; the baselines keep theirs). Near
+    # duplicates too (session 16): meta-learning moves the duplicate flags' weights to
     # about 0, since a copy of a clean sample trains the proxy as well as the sample does
     # within a batch; only the budget sees that a copy displaces a new sample.
-    'dedup_semantic': {'selection.dedup': 'semantic'},
-    'dedup_both': {'selection.dedup': 'both'},
-    'dedup_both_eps_0.01': {'selection.dedup': 'both', 'features.semdedup_eps': 0.01},
+    'no_dedup': {'tads.dedup': 'none'},
+    'dedup_exact': {'tads.dedup': 'exact'},
+    'dedup_semantic': {'tads.dedup': 'semantic'},
+    'dedup_both': {'tads.dedup': 'both'},
+    'dedup_both_eps_0.05': {'tads.dedup': 'both', 'features.semdedup_eps': 0.05},
+    'dedup_both_eps_0.01': {'tads.dedup': 'both', 'features.semdedup_eps': 0.01},
     'zscore_per_task': {'features.relevance_calibration': 'zscore',
                         'tads.value_form': 'per_task'},
     'zscore_per_task_dedup': {'features.relevance_calibration': 'zscore',
-                              'tads.value_form': 'per_task', 'selection.dedup': 'exact'},
+                              'tads.value_form': 'per_task', 'tads.dedup': 'exact'},
     # The prior's signs kept through meta-learning, the value MLP left out, both (a value
     # monotone in every signed feature): what world 2 showed the embedding proxy's
     # feedback can flip (session 9).
@@ -105,6 +111,7 @@ VARIANTS = {
         'tads.gate.column': 'relevance_*_target', 'tads.gate.fraction': 0.72,
         'tads.gate.then_column': 'clip_score', 'tads.gate.then_fraction': share}
        for share in (0.45, 0.54)},
+    'no_then': {'tads.gate.then_column': None, 'tads.gate.then_fraction': None},
     # The same two passes in ncl_normsim's order (session 16): alignment first, at the
     # paper's 54%, then relevance among those, the value function ranking what is left.
     **{f'clip_score_then_target_{share:g}': {

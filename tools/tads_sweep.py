@@ -19,8 +19,8 @@ values:
   tads                 the config as it is
   prior_only           tads.meta.steps = 0: the weak-supervision prior alone
   value_lr_x3 / _div3  tads.meta.value_lr times 3 / divided by 3; likewise tau_*, steps_*
-  relevance_zscore, per_task, dedup_exact, zscore_per_task: calibrated relevance, the
-                       per-task value form, exact duplicates never selected, the first two
+  relevance_zscore, per_task, zscore_per_task: calibrated relevance, the per-task value
+                       form, both
   prior_signs, no_mlp, no_mlp_prior_signs: the prior's signs kept through meta-learning
                        (tads.linear_signs), no value MLP (tads.hidden ()), both
   words_proxy, reference_text (by name only): the meta-learning proxy's text side
@@ -33,7 +33,9 @@ values:
                        the budget when the config has none; none when it has one
   then_clip_score_<share>  with a one-pass gate: a second pass in series
                        (tads.gate.then_*), clip_score at 1.25x and 1.5x the budget, those
-                       within the first pass
+                       within the first pass; no_then with a two-pass gate: the first alone
+  no_dedup, dedup_exact, dedup_semantic, dedup_both  tads.dedup's modes other than the
+                       config's
   no_<group>           that group of tads.groups left out
   prior_<group>_heavy  that group's prior weight doubled, the others' halved
 The proxy is the embedding one unless --proxy pixels.
@@ -63,8 +65,8 @@ SCALED = ('value_lr', 'tau', 'steps')
 # Variants of tads_ablations.VARIANTS tried as named: calibrated relevance, the per-task
 # value form, exact dedup, the first two together; the prior's signs kept, no value MLP,
 # both.
-NAMED_VARIANTS = ('relevance_zscore', 'per_task', 'dedup_exact', 'zscore_per_task',
-                  'prior_signs', 'no_mlp', 'no_mlp_prior_signs')
+NAMED_VARIANTS = ('relevance_zscore', 'per_task', 'zscore_per_task', 'prior_signs',
+                  'no_mlp', 'no_mlp_prior_signs')
 
 
 # Meta-learning settings counted in whole numbers.
@@ -86,12 +88,21 @@ def scaled(config, fields) -> dict:
   return out
 
 
+def dedups(config) -> dict:
+  """tads.dedup's other modes: 'no_dedup', 'dedup_exact', 'dedup_semantic', 'dedup_both',
+  less the config's own."""
+  mode = tads_selector.dedup(config)
+  return {name: dict(tads_ablations.VARIANTS[name])
+          for name in ('no_dedup', 'dedup_exact', 'dedup_semantic', 'dedup_both')
+          if tads_ablations.VARIANTS[name]['tads.dedup'] != mode}
+
+
 def gates(config) -> dict:
   """The gate's candidates: with none in the config, a gate on the config's column
   passing 1.5x and 2x the budget (ncl_normsim's pass is 1.5x; named by the share, e.g.
   'gate_0.54'), those at most the whole pool; with one, 'no_gate', and with one pass, a
   second on clip_score (ncl_normsim's other filter) at 1.25x and 1.5x the budget, those
-  below the first pass."""
+  below the first pass; with two, 'no_gate' and 'no_then' (the first pass alone)."""
   budget = config.selection.fraction
   passes = tads_selector.gate(config)
   if passes:
@@ -100,6 +111,8 @@ def gates(config) -> dict:
       out.update({f'then_clip_score_{round(budget * k, 4):g}': {
           'tads.gate.then_column': 'clip_score', 'tads.gate.then_fraction': round(budget * k, 4)}
                   for k in (1.25, 1.5) if budget * k < passes[0][1]})
+    else:
+      out['no_then'] = dict(tads_ablations.VARIANTS['no_then'])
     return out
   return {f'gate_{round(budget * k, 4):g}': {'tads.gate.fraction': round(budget * k, 4)}
           for k in (1.5, 2.0) if budget * k <= 1}
@@ -115,6 +128,7 @@ def candidates(config) -> dict:
   flip = 'no_target_relevance' if config.features.get('target_relevance') else 'target_relevance'
   out[flip] = dict(tads_ablations.VARIANTS[flip])
   out.update(gates(config))
+  out.update(dedups(config))
   groups = tuple(config.tads.groups)
   if len(groups) > 1:
     for group in groups:
