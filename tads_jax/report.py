@@ -249,6 +249,9 @@ def _learn_lines(learn: dict) -> list[str]:
                   f"{g['passed']} samples)")
     lines += [f"Gate: only samples with {', then '.join(said)} were ranked and "
               'meta-learned on.', '']
+  if learn.get('dedup', 'none') != 'none':
+    lines += [f"Duplicates kept out of the subset (tads.dedup={learn['dedup']!r}): every "
+              'copy the features stage flags, one of each group left.', '']
   if learn.get('feature_weights'):
     lines += ['Weight per standardized feature (prior; learned = mean dV/dz over the pool):',
               '']

@@ -390,6 +390,8 @@ def test_dedup_keeps_flagged_copies_out(prior_run, tmp_path):
     assert not counts[flagged].any()
     state = learn.load_state(os.path.join(workdir, 'learn', learn.STATE))
     assert state['dedup'] == mode
+    assert f"Duplicates kept out of the subset (tads.dedup='{mode}')" in open(
+        os.path.join(workdir, 'report.md')).read()
   c.tads.dedup = 'sometimes'
   with pytest.raises(config_lib.ConfigError, match=r'config\.tads\.dedup: one of none, '
                      'exact, semantic, both'):
