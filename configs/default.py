@@ -101,9 +101,9 @@ def get_config():
       kmeans_k=100,              # diversity clusters (capped at the pool size)
       kmeans_iters=20,
       alpha=0.5,                 # cluster weight (|C|/N)**-alpha; 0 turns it off
-      # SemDeDup flag: duplicates at cosine >= 1 - eps. 0.01 flags 1,960 of the default
-      # world's 10,000 (precision 0.50, recall 0.98 against its near and exact copies); 0.05
-      # flagged 5,966 (0.27, 1.00), and TADS kept out of those lost on the validation
+      # SemDeDup flag: duplicates at cosine >= 1 - eps. 0.01 flags 1,819 of the default
+      # world's 10,000 (precision 0.53, recall 0.97 against its near and exact copies); 0.05
+      # flagged 5,934 (0.27, 1.00), and TADS kept out of those lost on the validation
       # split (0.6521 against 0.7340 at 0.01; BENCHMARKS.md, session 16).
       semdedup_eps=0.01,
       relevance_top_m=1,         # mean of the top-m prototype cosines (1 = max)
