@@ -244,6 +244,7 @@ def test_comparison_ends_with_the_ground_truth_row(run, tmp_path):
   table = compare.markdown({'evaluation': read_eval_json(workdir)}, result).splitlines()
   assert table[-1].startswith(f'| ground truth: clean on-task | {len(expected)} | '
                               f'{len(expected)} | ')
+  assert table[-1].endswith(' | embedding proxy |')  # as the selectors' rows say it
   assert table[-2].startswith('| ')  # the selectors' rows come first
   missing = config()
   missing.pool.ground_truth = str(tmp_path / 'nowhere.parquet')

@@ -101,7 +101,7 @@ def markdown(report: dict, ground_truth: dict | None = None) -> str:
                  f"{ground_truth['subset']['unique']} | "
                  f"{ground_truth['average']['mean']:.4f} ± "
                  f"{ground_truth['average']['std']:.4f} | " + ' | '.join(cells)
-                 + f" | {ground_truth.get('proxy', 'embedding')} |")
+                 + f" | {report_lib.proxy_label(ground_truth)} |")
   kept = report_lib.comparison_kept_rows(report)
   if kept:
     columns = list(dict.fromkeys(c for r in kept for c in r))

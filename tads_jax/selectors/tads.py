@@ -364,7 +364,7 @@ def score(config, state, inputs: selectors.Inputs) -> np.ndarray:  # -> [N]
     scores[~gate_passed(inputs.features, state['gate'])] = np.nan
   eligible = selectors.eligible_rows(inputs.features, state.get('dedup', 'none'),
                                      field='config.tads.dedup')
-  if eligible is not None:  # a flagged copy: NaN, never selected
+  if eligible is not None:  # a flagged copy: NaN, below every row that is not flagged
     scores[~eligible] = np.nan
   return scores
 
