@@ -176,11 +176,7 @@ def counts_for(method: str, scores, uids, fraction: float, options=None, seed: i
 
 def dedup_mode(config) -> str:
   """config.selection.dedup ('none' when absent), checked."""
-  mode = config.selection.get('dedup', 'none')
-  if mode not in selectors.DEDUP:
-    raise ValueError(f'config.selection.dedup: one of {", ".join(selectors.DEDUP)}, got '
-                     f'{mode!r}')
-  return mode
+  return selectors.dedup_mode(config.selection.get('dedup', 'none'), 'config.selection.dedup')
 
 
 def select(config, selector: selectors.Selector, state, inputs: selectors.Inputs):

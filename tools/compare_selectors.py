@@ -87,21 +87,16 @@ def markdown(report: dict, ground_truth: dict | None = None) -> str:
   tasks = list(ev['tasks'])
   lines = ['| subset | entries | unique | average (mean ± std) | ' + ' | '.join(tasks)
            + ' | proxy |', '|' + '---|' * (5 + len(tasks))]
-  runs = [ev] + list(ev.get('baselines', {}).values())
-  for row, run in zip(rows, runs):
+  runs = list(zip((row['subset'] for row in rows),
+                  [ev] + list(ev.get('baselines', {}).values())))
+  if ground_truth is not None:
+    runs.append(('ground truth: clean on-task', ground_truth))
+  for name, run in runs:
     cells = [f"{run['tasks'][t]['mean']['main']:.3f} ± {run['tasks'][t]['std']['main']:.3f}"
              for t in tasks]
-    lines.append(f"| {row['subset']} | {row['entries']} | {row['unique']} | "
-                 f"{row['average']:.4f} ± {row['std']:.4f} | " + ' | '.join(cells)
-                 + f" | {row['proxy']} |")
-  if ground_truth is not None:
-    cells = [f"{ground_truth['tasks'][t]['mean']['main']:.3f} ± "
-             f"{ground_truth['tasks'][t]['std']['main']:.3f}" for t in tasks]
-    lines.append(f"| ground truth: clean on-task | {ground_truth['subset']['entries']} | "
-                 f"{ground_truth['subset']['unique']} | "
-                 f"{ground_truth['average']['mean']:.4f} ± "
-                 f"{ground_truth['average']['std']:.4f} | " + ' | '.join(cells)
-                 + f" | {report_lib.proxy_label(ground_truth)} |")
+    lines.append(f"| {name} | {run['subset']['entries']} | {run['subset']['unique']} | "
+                 f"{run['average']['mean']:.4f} ± {run['average']['std']:.4f} | "
+                 + ' | '.join(cells) + f" | {report_lib.proxy_label(run)} |")
   kept = report_lib.comparison_kept_rows(report)
   if kept:
     columns = list(dict.fromkeys(c for r in kept for c in r))

@@ -114,10 +114,9 @@ VARIANTS = {
     'no_then': {'tads.gate.then_column': None, 'tads.gate.then_fraction': None},
     # The same two passes in ncl_normsim's order (session 16): alignment first, at the
     # paper's 54%, then relevance among those, the value function ranking what is left.
-    **{f'clip_score_then_target_{share:g}': {
+    'clip_score_then_target_0.45': {
         'tads.gate.column': 'clip_score', 'tads.gate.fraction': 0.54,
-        'tads.gate.then_column': 'relevance_*_target', 'tads.gate.then_fraction': share}
-       for share in (0.45,)},
+        'tads.gate.then_column': 'relevance_*_target', 'tads.gate.then_fraction': 0.45},
     # Several meta-learned value functions, one per seed (session 14): meta-learning's
     # outcome moved with small changes of its rows; the mean of several is steadier.
     'ensemble_3': {'tads.ensemble': 3},

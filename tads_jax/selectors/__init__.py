@@ -254,6 +254,13 @@ def number(config, selector: str, field: str, low=None, high=None, integer=False
   return value
 
 
+def dedup_mode(mode, field: str) -> str:
+  """mode, checked to be a DEDUP key; `field` names the setting in the error."""
+  if mode not in DEDUP:
+    raise ValueError(f'{field}: one of {", ".join(DEDUP)}, got {mode!r}')
+  return mode
+
+
 def eligible_rows(features, mode: str, field: str = 'config.selection.dedup'):
   """bool [N]: rows no duplicate flag of `mode` (a DEDUP key) excludes (None: every
   row); `field` names the setting in the error when a flag column is missing."""

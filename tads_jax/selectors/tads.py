@@ -98,10 +98,7 @@ def check_config(config) -> None:
 
 def dedup(config) -> str:
   """config.tads.dedup ('none' when absent): which duplicate flags keep a row out."""
-  mode = config.tads.get('dedup', 'none')
-  if mode not in selectors.DEDUP:
-    raise ValueError(f'config.tads.dedup: one of {", ".join(selectors.DEDUP)}, got {mode!r}')
-  return mode
+  return selectors.dedup_mode(config.tads.get('dedup', 'none'), 'config.tads.dedup')
 
 
 def ensemble(config) -> int:
