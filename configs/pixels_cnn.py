@@ -1,7 +1,7 @@
 """The default run evaluated with the pixel proxy alone (its CNN image tower, the
 reference encoder's, at the pool's 64 px: configs/default.py evaluate.pixels) over the
 selected subset and every baseline at 3 seeds: the full pixel-proxy comparison that the
-demo's pixel check (2 subsets, 2 seeds) samples. About 20 minutes from an empty workdir on
+demo's pixel check (2 subsets, 1 seed) samples. About 20 minutes from an empty workdir on
 2 CPU cores (README).
 
 Run: python -m tads_jax.main --config configs/pixels_cnn.py --workdir /tmp/tads-px

@@ -118,10 +118,12 @@ def _pixel_check_lines(evaluation: dict) -> list[str]:
   proxy does."""
   check = pixel_check_evaluation(evaluation)
   seeds = evaluation['pixel_check']['seeds']
-  lines = [f"{proxy_label(check)}: {seeds} seeds; {check['train']['samples_seen']} samples "
-           f'seen; {proxy_description(check)}. Mean +- std over {seeds} seeds of the mean '
-           "main metric over tasks, then each task's mean; each subset is the one of the "
-           'table above.', '']
+  spread = (f'Mean +- std over {seeds} seeds' if seeds > 1 else
+            'One seed (a single run each, so no spread)')
+  lines = [f"{proxy_label(check)}: {seeds} seed{'s' if seeds > 1 else ''}; "
+           f"{check['train']['samples_seen']} samples seen; {proxy_description(check)}. "
+           f"{spread} of the mean main metric over tasks, then each task's mean; each "
+           'subset is the one of the table above.', '']
   lines += _comparison_table(check)
   sentence = order_sentence(evaluation)
   return lines + (['', sentence] if sentence else [])
@@ -210,14 +212,17 @@ def order_sentence(evaluation: dict) -> str | None:
     return None
   pairs = proxy_disagreements(evaluation)
   main, pixel = proxy_label(evaluation), proxy_label(check)
+  # One seed of the pixel proxy has no spread to tell its order from the seed's noise.
+  caveat = ('' if evaluation['pixel_check'].get('seeds', 2) > 1 else
+            f' The {pixel} ran one seed per subset, so its order may be that seed\'s.')
   if not pairs:
     return (f'The {main} and the {pixel} order these subsets the same way (average main '
-            'metric, mean over seeds).')
+            'metric, mean over seeds).' + caveat)
   return (f'The {main} and the {pixel} order these subsets differently (average main '
           'metric, mean over seeds): ' + '; '.join(
               f"{p['above']} is above {p['below']} under the {main} ({p['main'][0]:.4f} vs "
               f"{p['main'][1]:.4f}) but below it under the {pixel} ({p['check'][0]:.4f} vs "
-              f"{p['check'][1]:.4f})" for p in pairs) + '.')
+              f"{p['check'][1]:.4f})" for p in pairs) + '.' + caveat)
 
 
 def _learn_lines(learn: dict) -> list[str]:

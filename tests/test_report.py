@@ -134,3 +134,15 @@ def test_no_disagreement_sentence_when_the_orders_agree_or_there_is_no_check():
   text = '\n'.join(_evaluation_lines(plain))
   assert 'Pixel check' not in text and 'pixel proxy' not in text
   assert report_lib.order_sentence(plain) is None
+
+
+def test_one_pixel_seed_is_said_to_have_no_spread():
+  evaluation = checked_eval(0.20)
+  evaluation['pixel_check']['seeds'] = 1
+  lines = _evaluation_lines(evaluation)
+  text = '\n'.join(lines)
+  assert 'pixel proxy: 1 seed; 96 samples seen' in text
+  assert 'One seed (a single run each, so no spread) of the mean main metric' in text
+  assert lines[-1].endswith('(0.2000 vs 0.2500). The pixel proxy ran one seed per subset, '
+                            "so its order may be that seed's.")
+  assert 'one seed per subset' not in '\n'.join(_evaluation_lines(checked_eval(0.20)))
