@@ -212,7 +212,11 @@ def get_config():
   # TADS: a value function over the standardized features, started at a weak-supervision
   # prior and meta-learned against the tasks' train splits (tads_jax/value.py, meta.py).
   c.tads = ml_collections.ConfigDict()
-  c.tads.groups = ('quality', 'relevance', 'diversity')  # ablate by leaving groups out
+  # The feature groups the value function reads (value.GROUPS: quality, relevance,
+  # diversity). Diversity (k-means cluster weights, duplicate flags) is left out: the
+  # validation sweep over 3 validation draws chose that (0.7465 against 0.7437 with it;
+  # BENCHMARKS.md, session 18), and tads.dedup below keeps duplicates out either way.
+  c.tads.groups = ('quality', 'relevance')
   c.tads.prior = ml_collections.ConfigDict(dict(quality=1.0, relevance=1.0, diversity=1.0))
   c.tads.hidden = (32,)           # the value MLP's hidden widths (its output starts at 0)
   # 'additive': V = linear . z + MLP(z); 'per_task': V = diversity + logsumexp over tasks of
@@ -235,6 +239,10 @@ def get_config():
   # world), then, as one refits on train + validation once settings are chosen, every
   # selector fits on the whole train split.
   c.tads.validation_fraction = 0.0
+  # The seed of that cut (None: config.seed). Another seed draws another validation split
+  # of the same world: tools/tads_sweep.py --draws K scores each candidate on K of them, so
+  # that a choice does not rest on which few examples one draw held out.
+  c.tads.validation_seed = ml_collections.config_dict.placeholder(int)
   # A hard filter before the value function: only the top `fraction` of the pool by a
   # features column is ranked (and meta-learned on), as DataComp's filter-then-rank
   # baselines and ncl_normsim do; a pattern takes the largest of the columns it matches.

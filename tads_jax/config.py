@@ -420,6 +420,7 @@ def _check_validation_split(config):
   from tads_jax.data import task_split  # pylint: disable=g-import-not-at-top
   try:
     fraction = task_split.validation_fraction(config)
+    task_split.validation_seed(config)
   except ValueError as e:
     raise ConfigError(str(e)) from None
   if not fraction or config.tasks != 'synthetic' or config.pool.format != 'synthetic':

@@ -90,6 +90,32 @@ def test_validation_fraction_reader():
     del c.tads['validation_fraction']
 
 
+def test_validation_seed_reader_and_fingerprints():
+  """tads.validation_seed: None reads config.seed; a bad value names the field; set, it
+  reruns what reads the cut (with a cut) and nothing upstream of it."""
+  c = default.get_config()
+  c.seed = 5
+  assert task_split.validation_seed(c) == 5
+  del c.tads['validation_seed']  # a config written before the field
+  assert task_split.validation_seed(c) == 5
+  for value in (-1, 1.5, 'a', True):
+    c.tads.validation_seed = value
+    with pytest.raises(ValueError, match=r'^config\.tads\.validation_seed: '):
+      task_split.validation_seed(c)
+    del c.tads['validation_seed']
+  c = default.get_config()
+  c.tads.validation_fraction = 0.2
+  before = _fingerprints(c)
+  c.tads.validation_seed = c.seed  # the same cut, named: fingerprinted all the same
+  named = _fingerprints(c)
+  c.tads.validation_seed = c.seed + 1
+  after = _fingerprints(c)
+  assert {n for n in before if before[n] != named[n]} == {'features', 'learn', 'select',
+                                                          'evaluate'}
+  assert {n for n in named if named[n] != after[n]} == {'features', 'learn', 'select',
+                                                        'evaluate'}
+
+
 def test_retrieval_keeps_an_image_with_its_captions():
   # 5 images; captions 0,1 -> image 0, 2 -> 1, 3,4,5 -> 2, 6 -> 3, 7 -> 4.
   arrays = {'image_emb': np.arange(5, dtype=np.float16)[:, None] * np.ones((1, 2)),
@@ -381,6 +407,46 @@ def test_sweep_chooses_on_validation_and_scores_only_its_choice_on_eval(split_ru
     tool.sweep(config(), split_run[0], out)
 
 
+def test_sweep_draws_score_each_candidate_on_several_cuts(split_run, tmp_path):
+  """--draws 2: the second draw's candidate scores the examples seed + 1 holds out, and
+  the candidate's validation figures are those of both draws' eval.json together."""
+  out = str(tmp_path / 'sweep')
+  summary = tool.sweep(config(FRACTION), split_run[0], out, names=['prior_only'], seeds=2,
+                       draws=2)
+  seed = config().seed
+  assert summary['validation_seeds'] == [seed, seed + 1]
+  entry = summary['tried'][0]
+  # The first draw's workdir then scored the chosen candidate on eval; the second's kept
+  # its validation eval.json.
+  first = entry['validation']['per_draw'][0]
+  second = read_eval_json(os.path.join(out, f'prior_only_draw{seed + 1}'))
+  assert second['split'] == 'validation'
+  assert len(first['per_seed']) == 2
+  per_seed = first['per_seed'] + second['average']['per_seed']
+  assert entry['validation']['per_seed'] == per_seed
+  assert entry['validation']['mean'] == pytest.approx(np.mean(per_seed))
+  assert entry['validation']['std'] == pytest.approx(np.std(per_seed, ddof=1))
+  assert [d['validation_seed'] for d in entry['validation']['per_draw']] == [seed, seed + 1]
+  assert entry['validation']['per_draw'][1]['mean'] == second['average']['mean']
+  # The second draw's workdir cut with seed + 1: its validation rows are that cut's.
+  c = config(FRACTION)
+  c.tads.validation_seed = seed + 1
+  ctx = pipeline.Context(config=c, workdir=os.path.join(out, f'prior_only_draw{seed + 1}'))
+  moved = 0
+  for spec, arrays in embed.task_embeddings(ctx, 'validation'):
+    raw = _raw(ctx.workdir, spec)
+    labels = raw['labels'] if spec.kind == 'classification' else None
+    rows = task_split.split_rows(len(raw['image_emb']), FRACTION, seed + 1, spec.name,
+                                 labels)[1]
+    if spec.kind == 'classification':
+      np.testing.assert_array_equal(arrays['image_emb'], raw['image_emb'][rows])
+    moved += not np.array_equal(rows, _rows(spec, raw)[1])
+  assert moved  # another cut than the run's own
+  assert any('per draw' in line for line in tool.markdown(summary))
+  with pytest.raises(ValueError, match=r'^draws: '):
+    tool.sweep(config(FRACTION), split_run[0], out, names=['tads'], draws=0)
+
+
 def test_sweep_candidates_follow_the_config():
   c = default.get_config()
   c.tads.meta.steps = 300
@@ -390,15 +456,22 @@ def test_sweep_candidates_follow_the_config():
                        'zscore_per_task', 'prior_signs', 'no_mlp',
                        'no_mlp_prior_signs', 'no_target_relevance', 'no_gate', 'no_then',
                        'no_dedup', 'dedup_exact', 'dedup_semantic',
-                       'no_quality', 'no_relevance',
-                       'no_diversity', 'prior_quality_heavy', 'prior_relevance_heavy',
-                       'prior_diversity_heavy']
+                       'no_quality', 'no_relevance', 'with_diversity',
+                       'prior_quality_heavy', 'prior_relevance_heavy']
   assert got['no_then'] == {'tads.gate.then_column': None, 'tads.gate.then_fraction': None}
   assert got['no_dedup'] == {'tads.dedup': 'none'}
   assert got['steps_x3'] == {'tads.meta.steps': 900}
   assert got['steps_div3'] == {'tads.meta.steps': 100}
   assert got['value_lr_x3']['tads.meta.value_lr'] == pytest.approx(0.03)
-  assert got['no_relevance'] == {'tads.groups': ('quality', 'diversity')}
+  assert got['no_relevance'] == {'tads.groups': ('quality',)}
+  assert got['with_diversity'] == {'tads.groups': ('quality', 'relevance', 'diversity')}
+  assert got['prior_quality_heavy'] == {'tads.prior.quality': 2.0,
+                                        'tads.prior.relevance': 0.5}
+  c.tads.groups = ('quality', 'relevance', 'diversity')
+  got = tool.candidates(c)
+  assert [n for n in got if n.startswith(('no_qu', 'no_re', 'no_di', 'with_', 'prior_'))] == [
+      'prior_only', 'prior_signs', 'no_quality', 'no_relevance', 'no_diversity',
+      'prior_quality_heavy', 'prior_relevance_heavy', 'prior_diversity_heavy']
   assert got['prior_quality_heavy'] == tool.tads_ablations.VARIANTS['prior_quality_heavy']
   c.tads.groups = ('quality',)
   c.tads.meta.steps = 0
@@ -410,7 +483,8 @@ def test_sweep_candidates_follow_the_config():
                                       'no_mlp', 'no_mlp_prior_signs', 'no_target_relevance',
                                       'no_gate', 'then_clip_score_0.45',
                                       'then_clip_score_0.54', 'dedup_exact',
-                                      'dedup_semantic', 'dedup_both']
+                                      'dedup_semantic', 'dedup_both', 'with_relevance',
+                                      'with_diversity']
   assert tool.candidates(c)['no_gate'] == {'tads.gate.fraction': None}
   assert tool.candidates(c)['then_clip_score_0.45'] == {
       'tads.gate.then_column': 'clip_score', 'tads.gate.then_fraction': 0.45}

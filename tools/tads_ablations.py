@@ -8,9 +8,10 @@ The base run's own subset (the default TADS) and its baselines (full, random, cl
 come from its eval.json. Variants (config overrides of configs/default.py):
   tads               the default again (a check that a rerun reproduces the base run)
   prior_only         tads.meta.steps = 0: the weak-supervision prior alone
-  no_quality         tads.groups without 'quality'
-  no_relevance       tads.groups without 'relevance'
-  no_diversity       tads.groups without 'diversity'
+  no_quality         tads.groups ('relevance', 'diversity')
+  no_relevance       tads.groups ('quality', 'diversity')
+  no_diversity       tads.groups ('quality', 'relevance'): the default since session 18
+  with_diversity     tads.groups ('quality', 'relevance', 'diversity'): the default before
   tau_0.3, tau_0.3_600_steps, linear_proxy, value_lr_*, steps_600, prior_quality_heavy: other
                      meta-learning and prior settings (--variants)
   relevance_zscore, per_task, dedup_exact and their combinations: calibrated relevance,
@@ -52,6 +53,7 @@ VARIANTS = {
     'no_quality': {'tads.groups': ('relevance', 'diversity')},
     'no_relevance': {'tads.groups': ('quality', 'diversity')},
     'no_diversity': {'tads.groups': ('quality', 'relevance')},
+    'with_diversity': {'tads.groups': ('quality', 'relevance', 'diversity')},
     # Method settings tried beside the default (reported, not picked silently):
     'tau_0.3': {'tads.meta.tau': 0.3},
     'tau_0.3_600_steps': {'tads.meta.tau': 0.3, 'tads.meta.steps': 600},

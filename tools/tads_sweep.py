@@ -11,11 +11,19 @@ splits, to report. Nothing else ever touches the eval splits.
   python tools/tads_sweep.py --config configs/default.py \
       --config.tads.validation_fraction=0.2 --workdir /tmp/tads-val --out /tmp/sweep
 
-Writes --out/sweep.json: {tried: [{name, overrides, validation: {mean, std, per_seed},
-tasks}], chosen, chosen_overrides, eval: {mean, std, per_seed, tasks}, rule, proxy, seeds,
-validation_fraction} and prints a Markdown table. Candidates (`--variants`, default all of
-candidates(); any name of tads_ablations.VARIANTS also works), relative to the config's own
-values:
+--draws K scores every candidate on K validation splits of the same world (cuts seeded
+tads.validation_seed, then the next K - 1 integers; the run's own cut is the first, the
+others rerun the features stage once each in --out/_draw_<seed>), and the validation mean
+is over every draw's seeds. Why: with a few examples per class one draw holds out, which
+examples it holds out moves a candidate's score by more than the proxy's seed spread, so
+one draw cannot order settings that differ by less than that.
+
+Writes --out/sweep.json: {tried: [{name, overrides, validation: {mean, std, per_seed}
+(and per_draw: [{validation_seed, mean, std, per_seed}] with several draws), tasks}],
+chosen, chosen_overrides, eval: {mean, std, per_seed, tasks}, rule, proxy, seeds,
+validation_fraction, validation_seeds} and prints a Markdown table. Candidates
+(`--variants`, default all of candidates(); any name of tads_ablations.VARIANTS also
+works), relative to the config's own values:
   tads                 the config as it is
   prior_only           tads.meta.steps = 0: the weak-supervision prior alone
   value_lr_x3 / _div3  tads.meta.value_lr times 3 / divided by 3; likewise tau_*, steps_*
@@ -37,10 +45,12 @@ values:
   no_dedup, dedup_exact, dedup_semantic, dedup_both  tads.dedup's modes other than the
                        config's
   no_<group>           that group of tads.groups left out
+  with_<group>         a group of value.GROUPS that tads.groups leaves out, added
   prior_<group>_heavy  that group's prior weight doubled, the others' halved
 The proxy is the embedding one unless --proxy pixels.
 """
 
+import itertools
 import json
 import os
 import shlex
@@ -49,12 +59,14 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import tads_ablations  # noqa: E402  pylint: disable=wrong-import-position
 from tads_jax import main as main_lib  # noqa: E402  pylint: disable=wrong-import-position
 from tads_jax import pipeline  # noqa: E402  pylint: disable=wrong-import-position
+from tads_jax import value  # noqa: E402  pylint: disable=wrong-import-position
 from tads_jax.data import task_split  # noqa: E402  pylint: disable=wrong-import-position
 from tads_jax.selectors import tads as tads_selector  # noqa: E402  pylint: disable=wrong-import-position
 
@@ -133,6 +145,11 @@ def candidates(config) -> dict:
   if len(groups) > 1:
     for group in groups:
       out[f'no_{group}'] = {'tads.groups': tuple(g for g in groups if g != group)}
+  for group in value.GROUPS:
+    if group not in groups:
+      out[f'with_{group}'] = {'tads.groups': tuple(g for g in value.GROUPS
+                                                   if g in groups or g == group)}
+  if len(groups) > 1:
     for group in groups:
       out[f'prior_{group}_heavy'] = {
           f'tads.prior.{g}': config.tads.prior[g] * (2.0 if g == group else 0.5)
@@ -176,12 +193,59 @@ def _figures(result: dict) -> tuple:
   return average, {name: t['mean']['main'] for name, t in result['tasks'].items()}
 
 
+def draw_seeds(config, draws: int) -> list:
+  """The seeds of `draws` validation cuts: the config's own (task_split.validation_seed)
+  first, then the next integers."""
+  if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
+    raise ValueError(f'draws: a count of validation splits >= 1, got {draws!r}')
+  first = task_split.validation_seed(config)
+  return [first + d for d in range(draws)]
+
+
+def _draw_overrides(config, seed: int) -> dict:
+  """The override that cuts validation split `seed` ({} for the config's own)."""
+  return {} if seed == task_split.validation_seed(config) else {'tads.validation_seed': seed}
+
+
+def _draw_base(config, workdir: str, out: str, seed: int) -> str:
+  """The finished run a draw's candidates copy: `workdir` for the config's own cut, else a
+  copy of it in out/_draw_<seed> whose features and learn stages reran with that cut
+  (ingest, encoder and embed do not read the cut, so they are reused; learn is there
+  because a learning selector's config needs it, and each candidate reruns it)."""
+  overrides = _draw_overrides(config, seed)
+  if not overrides:
+    return workdir
+  path = os.path.join(out, f'_draw_{seed}')
+  tads_ablations.copy_workdir(workdir, path)
+  c = tads_ablations.variant_config(overrides, config.evaluate.seeds, base=config)
+  c.unlock()
+  c.stages = tuple(itertools.takewhile(lambda s: s != 'select', pipeline.stage_names(c)))
+  main_lib.run(c, path)
+  return path
+
+
+def combine(figures: list, seeds: list) -> tuple:
+  """One candidate's figures over draws: figures [(average, tasks) per draw] (_figures),
+  seeds the draws' validation seeds. One draw: its own figures. Several: mean and std
+  (ddof 1, as eval.json's) over every draw's per-seed averages, per_draw the draws' own,
+  and each task's mean over the draws."""
+  if len(figures) == 1:
+    return figures[0]
+  values = np.asarray([v for average, _ in figures for v in average['per_seed']], np.float64)
+  per_draw = [{'validation_seed': seed, **a} for seed, (a, _) in zip(seeds, figures)]
+  average = {'mean': float(values.mean()), 'std': float(values.std(ddof=1)),
+             'per_seed': values.tolist(), 'per_draw': per_draw}
+  tasks = {name: float(np.mean([t[name] for _, t in figures])) for name in figures[0][1]}
+  return average, tasks
+
+
 def sweep(config, workdir: str, out: str, names=None, seeds: int | None = None,
-          proxy: str = 'embedding') -> dict:
+          proxy: str = 'embedding', draws: int = 1) -> dict:
   """Runs the sweep (see the module docstring); writes and returns sweep.json's dict.
 
   config: the config `workdir` finished with. names: candidates to try, in order (default
   every one of candidates(config)). seeds: proxy seeds (default config.evaluate.seeds).
+  draws: validation splits each candidate is scored on (draw_seeds).
   """
   fraction = task_split.validation_fraction(config)
   if not fraction:
@@ -200,12 +264,19 @@ def sweep(config, workdir: str, out: str, names=None, seeds: int | None = None,
   if len(set(names)) != len(names):
     raise ValueError(f'variants: names repeat in {names}')
   seeds = seeds or config.evaluate.seeds
+  cuts = draw_seeds(config, draws)
   os.makedirs(out, exist_ok=True)
+  bases = [_draw_base(config, workdir, out, seed) for seed in cuts]
   tried = []
   for name in names:
-    result = _evaluate(config, workdir, os.path.join(out, name), known[name], seeds, proxy,
-                       'validation')
-    validation, tasks = _figures(result)
+    figures = []
+    for seed, base in zip(cuts, bases):
+      where = name if base == workdir else f'{name}_draw{seed}'
+      result = _evaluate(config, base, os.path.join(out, where),
+                         {**known[name], **_draw_overrides(config, seed)}, seeds, proxy,
+                         'validation')
+      figures.append(_figures(result))
+    validation, tasks = combine(figures, cuts)
     tried.append({'name': name, 'overrides': known[name], 'validation': validation,
                   'tasks': tasks})
     logging.warning('sweep: %s: validation %.4f +- %.4f', name, validation['mean'],
@@ -216,7 +287,8 @@ def sweep(config, workdir: str, out: str, names=None, seeds: int | None = None,
   evaluation, tasks = _figures(result)
   summary = {'tried': tried, 'chosen': chosen['name'],
              'chosen_overrides': chosen['overrides'], 'eval': {**evaluation, 'tasks': tasks},
-             'rule': RULE, 'proxy': proxy, 'seeds': seeds, 'validation_fraction': fraction}
+             'rule': RULE, 'proxy': proxy, 'seeds': seeds, 'validation_fraction': fraction,
+             'validation_seeds': cuts}
   pipeline.write_json_atomic(os.path.join(out, SWEEP), summary)
   return summary
 
@@ -224,15 +296,23 @@ def sweep(config, workdir: str, out: str, names=None, seeds: int | None = None,
 def markdown(summary: dict) -> list:
   """The sweep as Markdown lines: one row per candidate (validation figures), then the
   chosen one's eval figures."""
-  rows = [{'variant': e['name'] + (' (chosen)' if e['name'] == summary['chosen'] else ''),
-           'overrides': json.dumps(e['overrides'], default=list) if e['overrides'] else '',
-           'validation': e['validation']['mean'], 'std': e['validation']['std'],
-           **e['tasks']} for e in summary['tried']]
+  rows = []
+  for e in summary['tried']:
+    draws = e['validation'].get('per_draw')
+    rows.append({
+        'variant': e['name'] + (' (chosen)' if e['name'] == summary['chosen'] else ''),
+        'overrides': json.dumps(e['overrides'], default=list) if e['overrides'] else '',
+        'validation': e['validation']['mean'], 'std': e['validation']['std'],
+        **({'per draw': ', '.join(f"{d['mean']:.4f}" for d in draws)} if draws else {}),
+        **e['tasks']})
   ev = summary['eval']
+  cuts = summary.get('validation_seeds', [])
   return tads_ablations.markdown_table(rows) + [
       '', f"Chosen by the {summary['rule']} ({summary['proxy']} proxy, {summary['seeds']} "
-      f"seeds, validation_fraction {summary['validation_fraction']}): {summary['chosen']}; "
-      f"on the eval split {ev['mean']:.4f} +- {ev['std']:.4f}."]
+      f"seeds, validation_fraction {summary['validation_fraction']}"
+      + (f", {len(cuts)} validation splits (seeds {', '.join(map(str, cuts))})"
+         if len(cuts) > 1 else '')
+      + f"): {summary['chosen']}; on the eval split {ev['mean']:.4f} +- {ev['std']:.4f}."]
 
 
 def _define_flags():
@@ -243,6 +323,7 @@ def _define_flags():
   flags.DEFINE_list('variants', None, 'Candidates to try (default: all of candidates()).')
   flags.DEFINE_integer('seeds', None, 'Proxy seeds (default config.evaluate.seeds).')
   flags.DEFINE_enum('proxy', 'embedding', ['embedding', 'pixels'], 'The proxy that scores.')
+  flags.DEFINE_integer('draws', 1, 'Validation splits each candidate is scored on.')
   flags.mark_flags_as_required(['out'])
 
 
@@ -252,7 +333,7 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   f = flags.FLAGS
   try:
-    summary = sweep(f.config, f.workdir, f.out, f.variants, f.seeds, f.proxy)
+    summary = sweep(f.config, f.workdir, f.out, f.variants, f.seeds, f.proxy, f.draws)
   except ValueError as e:
     sys.exit(f'error: {e}')
   print('\n'.join(markdown(summary)))

@@ -8,10 +8,10 @@ prototypes, NormSim targets, meta-learning feedback, every selector's Inputs.tas
 "validation" part, which evaluate.split='validation' scores. The cut applies to every
 selector, not to TADS alone, so that comparisons between selectors stay fair.
 
-The cut is a pure function of the split's size (and labels), the fraction, config.seed and
-the task's name: classification is stratified per class (every class present keeps at
-least one fit and one validation example); retrieval is cut by image, so an image's
-captions stay with it.
+The cut is a pure function of the split's size (and labels), the fraction, the cut's seed
+(config.tads.validation_seed, config.seed when unset) and the task's name: classification
+is stratified per class (every class present keeps at least one fit and one validation
+example); retrieval is cut by image, so an image's captions stay with it.
 """
 
 import dataclasses
@@ -22,6 +22,7 @@ import numpy as np
 from tads_jax.data import tasks as tasks_lib
 
 FIELD = 'config.tads.validation_fraction'
+SEED_FIELD = 'config.tads.validation_seed'
 
 
 def validation_fraction(config) -> float:
@@ -36,11 +37,31 @@ def validation_fraction(config) -> float:
   return float(value)
 
 
+def validation_seed(config) -> int:
+  """The seed of the cut: config.tads.validation_seed, or config.seed when it is unset
+  (None or absent). Another seed draws another validation split of the same world, so that
+  a choice of settings can be checked on several draws (tools/tads_sweep.py --draws)
+  without the world, which config.seed also draws, changing. ValueError names the field."""
+  value = (config.get('tads') or {}).get('validation_seed')
+  if value is None:
+    return int(config.seed)
+  if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    raise ValueError(f'{SEED_FIELD}: expected an int >= 0 or None (config.seed), got {value!r}')
+  return value
+
+
 def config_keys(config) -> tuple:
-  """The fingerprint key of the cut for every stage that reads the tasks' train splits:
-  ('tads.validation_fraction',) when it is > 0, else (), so that a config without a cut
-  keeps the fingerprint it had before the field existed."""
-  return ('tads.validation_fraction',) if validation_fraction(config) else ()
+  """The fingerprint keys of the cut for every stage that reads the tasks' train splits:
+  ('tads.validation_fraction',) when it is > 0, and 'tads.validation_seed' when that is
+  set too, else (), so that a config without a cut (or with the default seed) keeps the
+  fingerprint it had before the fields existed."""
+  if not validation_fraction(config):
+    return ()
+  keys = ('tads.validation_fraction',)
+  if (config.get('tads') or {}).get('validation_seed') is not None:
+    validation_seed(config)  # checked before it is fingerprinted
+    keys += ('tads.validation_seed',)
+  return keys
 
 
 def _rng(seed: int, task: str) -> np.random.Generator:

@@ -509,9 +509,9 @@ def split_part(config, spec, arrays: dict, split: str) -> np.ndarray | None:
   if stored == 'eval' or not fraction:
     return None
   labels = arrays['labels'] if spec.kind == 'classification' else None
-  fit, validation = task_split.split_rows(len(arrays['image_emb']), fraction, config.seed,
-                                          spec.name, labels=labels,
-                                          classnames=spec.classnames)
+  fit, validation = task_split.split_rows(
+      len(arrays['image_emb']), fraction, task_split.validation_seed(config), spec.name,
+      labels=labels, classnames=spec.classnames)
   return fit if split == 'train' else validation
 
 
