@@ -41,6 +41,17 @@ sys.path.insert(0, REPO)  # for `from configs import default`
 from configs import default  # noqa: E402  pylint: disable=wrong-import-position
 
 
+@pytest.fixture
+def tfds_tmp(tmp_path, monkeypatch):
+  """The system temp folder, for this test, under its tmp_path: tfds's mock builders
+  (tfds.testing.mock_data) each leave an empty folder there (DatasetInfo.
+  initialize_from_bucket, for a dataset not prepared on disk), which /tmp kept."""
+  folder = tmp_path / 'tfds_tmp'
+  folder.mkdir()
+  monkeypatch.setattr(tempfile, 'tempdir', str(folder))
+  return folder
+
+
 def _on_devices(request, count: int):
   """run(check): check() here when jax has `count` devices, else in a fresh pytest process
   running only this test with XLA_FLAGS set to that count; its failure fails this test."""

@@ -317,6 +317,7 @@ def _retrieval_shards(folder, n=3):
                  'txt': f'caption one of {i}\ncaption two of {i}'}) for i in range(n)])
 
 
+@pytest.mark.usefixtures('tfds_tmp')
 def test_datacomp_config_validates_with_stand_in_data(tmp_path):
   """The ready config, its paths pointed at stand-in data: a small pool with tars, a
   checkpoint of the npz's width, retrieval shards, and TFDS mock data for ImageNet and

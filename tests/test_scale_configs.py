@@ -61,6 +61,7 @@ def _check_tasks(c):
 
 @pytest.mark.parametrize('module,samples_seen,kmeans_k', [
     (datacomp_small, 12_800_000, 1_000), (datacomp_medium, 128_000_000, 10_000)])
+@pytest.mark.usefixtures('tfds_tmp')
 def test_datacomp_scales_validate_with_stand_in_data(tmp_path, module, samples_seen, kmeans_k):
   """Each scale on a small pool with tars and a checkpoint of the npz's width: DataComp's
   budget (samples seen = the pool; batch 4096, lr 5e-4, 500 warmup steps: scale_configs.py)
@@ -149,6 +150,7 @@ def _two_shards(data) -> str:
   return os.path.join(data, 'cc12m', '{00000..00001}.tar')
 
 
+@pytest.mark.usefixtures('tfds_tmp')
 def test_cc12m_config_validates_and_loads_its_reference(cc12m_data, tmp_path):
   """The paper's setting: a webdataset pool of every tar img2dataset writes for cc12m.tsv
   (1,243; the first missing one named), 36% kept, the four tasks, DataComp small's
@@ -188,6 +190,7 @@ def test_cc12m_config_validates_and_loads_its_reference(cc12m_data, tmp_path):
     validate(c)
 
 
+@pytest.mark.usefixtures('tfds_tmp')
 def test_cc12m_config_runs_end_to_end_on_stand_in_data(cc12m_data, tmp_path):
   """Every stage of configs/cc12m.py on the stand-in data, its budgets cut to seconds:
   the pool and the tasks are embedded with the given checkpoint (its 40-d projection),

@@ -218,6 +218,7 @@ def test_webdataset_retrieval_multiple_captions(tmp_path):
 # examples, no files, no network) works with tfds.data_source without TensorFlow.
 
 
+@pytest.mark.usefixtures('tfds_tmp')
 def test_tfds_source_matches_data_source(tmp_path):
   cifar = [str(i) for i in range(10)]
   (spec,) = tasks.parse_tasks([_task(classnames=cifar, eval='tfds:cifar10:test',
@@ -236,6 +237,7 @@ def test_tfds_source_matches_data_source(tmp_path):
     np.testing.assert_array_equal(split.labels, [mnist[i]['label'] for i in range(3)])
 
 
+@pytest.mark.usefixtures('tfds_tmp')
 def test_tfds_errors(tmp_path):
   (spec,) = tasks.parse_tasks([_task(classnames=['a', 'b'], eval='tfds:cifar10:test')])
   with tfds.testing.mock_data(num_examples=2):
