@@ -462,7 +462,7 @@ def test_sweep_candidates_follow_the_config():
   assert got['no_dedup'] == {'tads.dedup': 'none'}
   assert got['steps_x3'] == {'tads.meta.steps': 900}
   assert got['steps_div3'] == {'tads.meta.steps': 100}
-  assert got['value_lr_x3']['tads.meta.value_lr'] == pytest.approx(0.03)
+  assert got['value_lr_x3']['tads.meta.value_lr'] == pytest.approx(0.09)
   assert got['no_relevance'] == {'tads.groups': ('quality',)}
   assert got['with_diversity'] == {'tads.groups': ('quality', 'relevance', 'diversity')}
   assert got['prior_quality_heavy'] == {'tads.prior.quality': 2.0,
