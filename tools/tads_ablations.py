@@ -12,6 +12,7 @@ come from its eval.json. Variants (config overrides of configs/default.py):
   no_relevance       tads.groups ('quality', 'diversity')
   no_diversity       tads.groups ('quality', 'relevance'): the default since session 18
   with_diversity     tads.groups ('quality', 'relevance', 'diversity'): the default before
+                     session 18
   tau_0.3, tau_0.3_600_steps, linear_proxy, value_lr_*, steps_600, prior_quality_heavy: other
                      meta-learning and prior settings (--variants)
   relevance_zscore, per_task, dedup_exact and their combinations: calibrated relevance,
