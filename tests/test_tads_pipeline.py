@@ -38,6 +38,9 @@ def config(steps=6):
   # every row ranked (test_gate_ranks_only_the_rows_that_pass)
   c.tads.gate.update(dict(fraction=None, then_column=None, then_fraction=None))
   c.tads.dedup = 'none'  # every copy scored (test_dedup_keeps_flagged_copies_out)
+  # Every group, so that the hand-computed prior covers all three (the default leaves
+  # diversity out since session 18).
+  c.tads.groups = ('quality', 'relevance', 'diversity')
   c.tads.meta.update(dict(steps=steps, batch_size=16, unroll=2, task_batch_size=8,
                           checkpoint_every=3, head_hidden=32))
   return c
