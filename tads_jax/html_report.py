@@ -512,7 +512,7 @@ def _evaluation_html(report: dict, plots: Mapping[str, bytes]) -> str:
     out.append('<h3>Pixel check: the pixel proxy on a few of these subsets</h3>')
     out.append(f'<p class="note">{html.escape(report_lib.proxy_label(check))}: '
                f'{html.escape(report_lib.proxy_description(check))}; '
-               f'{seeds} seed{"s" * (seeds > 1)}; '
+               f'{report_lib.seeds_phrase(seeds)}; '
                f'{check["train"]["samples_seen"]} samples seen per run.</p>')
     out.append(_comparison_table(check))
     sentence = report_lib.order_sentence(ev)

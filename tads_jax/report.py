@@ -113,6 +113,11 @@ def _evaluation_lines(evaluation: dict) -> list[str]:
   return lines
 
 
+def seeds_phrase(seeds: int) -> str:
+  """'1 seed' or 'N seeds'."""
+  return f"{seeds} seed{'s' if seeds != 1 else ''}"
+
+
 def _pixel_check_lines(evaluation: dict) -> list[str]:
   """The pixel check's comparison table, and whether it orders the subsets as the main
   proxy does."""
@@ -120,7 +125,7 @@ def _pixel_check_lines(evaluation: dict) -> list[str]:
   seeds = evaluation['pixel_check']['seeds']
   spread = (f'Mean +- std over {seeds} seeds' if seeds > 1 else
             'One seed (a single run each, so no spread)')
-  lines = [f"{proxy_label(check)}: {seeds} seed{'s' if seeds > 1 else ''}; "
+  lines = [f"{proxy_label(check)}: {seeds_phrase(seeds)}; "
            f"{check['train']['samples_seen']} samples seen; {proxy_description(check)}. "
            f"{spread} of the mean main metric over tasks, then each task's mean; each "
            'subset is the one of the table above.', '']
@@ -213,7 +218,7 @@ def order_sentence(evaluation: dict) -> str | None:
   pairs = proxy_disagreements(evaluation)
   main, pixel = proxy_label(evaluation), proxy_label(check)
   # One seed of the pixel proxy has no spread to tell its order from the seed's noise.
-  caveat = ('' if evaluation['pixel_check'].get('seeds', 2) > 1 else
+  caveat = ('' if evaluation['pixel_check']['seeds'] > 1 else
             f' The {pixel} ran one seed per subset, so its order may be that seed\'s.')
   if not pairs:
     return (f'The {main} and the {pixel} order these subsets the same way (average main '

@@ -142,18 +142,17 @@ def candidates(config) -> dict:
   out.update(gates(config))
   out.update(dedups(config))
   groups = tuple(config.tads.groups)
-  if len(groups) > 1:
-    for group in groups:
-      out[f'no_{group}'] = {'tads.groups': tuple(g for g in groups if g != group)}
+  several = groups if len(groups) > 1 else ()  # one group: none to leave out or reweigh
+  for group in several:
+    out[f'no_{group}'] = {'tads.groups': tuple(g for g in groups if g != group)}
   for group in value.GROUPS:
     if group not in groups:
       out[f'with_{group}'] = {'tads.groups': tuple(g for g in value.GROUPS
                                                    if g in groups or g == group)}
-  if len(groups) > 1:
-    for group in groups:
-      out[f'prior_{group}_heavy'] = {
-          f'tads.prior.{g}': config.tads.prior[g] * (2.0 if g == group else 0.5)
-          for g in groups}
+  for group in several:
+    out[f'prior_{group}_heavy'] = {
+        f'tads.prior.{g}': config.tads.prior[g] * (2.0 if g == group else 0.5)
+        for g in groups}
   return out
 
 
@@ -207,7 +206,7 @@ def _draw_overrides(config, seed: int) -> dict:
   return {} if seed == task_split.validation_seed(config) else {'tads.validation_seed': seed}
 
 
-def _draw_base(config, workdir: str, out: str, seed: int) -> str:
+def _draw_base(config, workdir: str, out: str, seed: int, seeds: int, proxy: str) -> str:
   """The finished run a draw's candidates copy: `workdir` for the config's own cut, else a
   copy of it in out/_draw_<seed> whose features and learn stages reran with that cut
   (ingest, encoder and embed do not read the cut, so they are reused; learn is there
@@ -217,9 +216,8 @@ def _draw_base(config, workdir: str, out: str, seed: int) -> str:
     return workdir
   path = os.path.join(out, f'_draw_{seed}')
   tads_ablations.copy_workdir(workdir, path)
-  c = tads_ablations.variant_config(overrides, config.evaluate.seeds, base=config)
-  c.unlock()
-  c.stages = tuple(itertools.takewhile(lambda s: s != 'select', pipeline.stage_names(c)))
+  c = _config(config, overrides, seeds, proxy, 'validation')
+  c.stages = tuple(itertools.takewhile(lambda s: s != 'select', c.stages))
   main_lib.run(c, path)
   return path
 
@@ -266,7 +264,7 @@ def sweep(config, workdir: str, out: str, names=None, seeds: int | None = None,
   seeds = seeds or config.evaluate.seeds
   cuts = draw_seeds(config, draws)
   os.makedirs(out, exist_ok=True)
-  bases = [_draw_base(config, workdir, out, seed) for seed in cuts]
+  bases = [_draw_base(config, workdir, out, seed, seeds, proxy) for seed in cuts]
   tried = []
   for name in names:
     figures = []

@@ -37,12 +37,17 @@ def validation_fraction(config) -> float:
   return float(value)
 
 
+def _seed_field(config):
+  """config.tads.validation_seed as written (None when unset or absent)."""
+  return (config.get('tads') or {}).get('validation_seed')
+
+
 def validation_seed(config) -> int:
   """The seed of the cut: config.tads.validation_seed, or config.seed when it is unset
   (None or absent). Another seed draws another validation split of the same world, so that
   a choice of settings can be checked on several draws (tools/tads_sweep.py --draws)
   without the world, which config.seed also draws, changing. ValueError names the field."""
-  value = (config.get('tads') or {}).get('validation_seed')
+  value = _seed_field(config)
   if value is None:
     return int(config.seed)
   if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -58,7 +63,7 @@ def config_keys(config) -> tuple:
   if not validation_fraction(config):
     return ()
   keys = ('tads.validation_fraction',)
-  if (config.get('tads') or {}).get('validation_seed') is not None:
+  if _seed_field(config) is not None:
     validation_seed(config)  # checked before it is fingerprinted
     keys += ('tads.validation_seed',)
   return keys
