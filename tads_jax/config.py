@@ -163,9 +163,9 @@ def validate(config: ml_collections.ConfigDict, known_stages, known_selectors) -
     raise ConfigError(f'config.selector.name: unknown selector {name!r}; known: '
                       f'{", ".join(sorted(known_selectors))}')
   learns = known_selectors[name].learns
-  if learns and 'learn' not in stages:
-    raise ConfigError(f'config.stages: selector {name!r} learns from the pool; add learn '
-                      '(after features, before select)')
+  if learns and 'select' in stages and 'learn' not in stages:
+    raise ConfigError(f'config.stages: selector {name!r} learns from the pool before it '
+                      'selects; add learn (after features, before select)')
   if not learns and 'learn' in stages:
     raise ConfigError(f'config.stages: selector {name!r} has nothing to learn; remove learn')
   if 'select' in stages or 'learn' in stages:

@@ -442,6 +442,10 @@ def test_sweep_draws_score_each_candidate_on_several_cuts(split_run, tmp_path):
       np.testing.assert_array_equal(arrays['image_emb'], raw['image_emb'][rows])
     moved += not np.array_equal(rows, _rows(spec, raw)[1])
   assert moved  # another cut than the run's own
+  # The draw's base reran features with its cut and stopped there: every candidate
+  # learns its own value function, so the base learns none.
+  assert os.path.isdir(os.path.join(out, f'_draw_{seed + 1}', 'features'))
+  assert not os.path.exists(os.path.join(out, f'_draw_{seed + 1}', 'learn'))
   assert any('per draw' in line for line in tool.markdown(summary))
   with pytest.raises(ValueError, match=r'^draws: '):
     tool.sweep(config(FRACTION), split_run[0], out, names=['tads'], draws=0)

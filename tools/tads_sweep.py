@@ -208,16 +208,15 @@ def _draw_overrides(config, seed: int) -> dict:
 
 def _draw_base(config, workdir: str, out: str, seed: int, seeds: int, proxy: str) -> str:
   """The finished run a draw's candidates copy: `workdir` for the config's own cut, else a
-  copy of it in out/_draw_<seed> whose features and learn stages reran with that cut
-  (ingest, encoder and embed do not read the cut, so they are reused; learn is there
-  because a learning selector's config needs it, and each candidate reruns it)."""
+  copy of it in out/_draw_<seed> whose features stage reran with that cut (ingest,
+  encoder and embed do not read the cut, so they are reused; each candidate runs learn)."""
   overrides = _draw_overrides(config, seed)
   if not overrides:
     return workdir
   path = os.path.join(out, f'_draw_{seed}')
   tads_ablations.copy_workdir(workdir, path)
   c = _config(config, overrides, seeds, proxy, 'validation')
-  c.stages = tuple(itertools.takewhile(lambda s: s != 'select', c.stages))
+  c.stages = tuple(itertools.takewhile(lambda s: s != 'learn', c.stages))
   main_lib.run(c, path)
   return path
 
