@@ -228,6 +228,11 @@ def get_config():
   # zero (0 allowed) through meta-learning (tads_jax/value.py ValueFunction.constrain);
   # 'free': meta-learning may flip any of them.
   c.tads.linear_signs = 'free'
+  # Quality features whose both tails are bad (value.ValueFunction.two_sided): V also
+  # weighs |z| of each, starting at a negative prior. () = none. A candidate of the sweep
+  # ('two_sided': sharpness, contrast and entropy, the pixel statistics a blurred, a noisy
+  # or a blank image sits at either end of).
+  c.tads.two_sided = ()
   # Share of each task's train split held out as a validation split (per class for
   # classification, by image for retrieval; seeded by `seed` and the task's name): settings
   # are chosen on it (evaluate.split='validation', tools/tads_sweep.py), the eval splits

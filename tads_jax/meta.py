@@ -424,6 +424,8 @@ def _describe(scorer: Scorer) -> dict:
       arch['form'] = module.form
     if module.signs != 'free':  # likewise
       arch['signs'] = module.signs
+    if module.two_sided:  # likewise
+      arch['two_sided'] = list(module.two_sided)
   else:
     arch = {f.name: repr(getattr(module, f.name)) for f in dataclasses.fields(module)
             if f.name not in ('parent', 'name')}

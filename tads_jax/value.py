@@ -74,6 +74,28 @@ PRIOR_SIGNS = {
 }
 
 
+def two_sided_term(name: str) -> str:
+  """The name of the |z| term of a two-sided feature (see ValueFunction.two_sided)."""
+  return f'|{name}|'
+
+
+def check_two_sided(names: Sequence[str], two_sided: Sequence[str]) -> tuple[str, ...]:
+  """two_sided as a tuple, each a quality feature among `names` without a named prior
+  sign (a one-sided prior already says which tail is bad), none twice."""
+  two_sided = (two_sided,) if isinstance(two_sided, str) else tuple(two_sided)
+  for name in two_sided:
+    if name not in names or feature_group(name) != 'quality':
+      raise ValueError(f'two_sided: {name!r} is not a quality feature among the value '
+                       f'function\'s inputs ({", ".join(names)})')
+    if name in PRIOR_SIGNS:
+      raise ValueError(f'two_sided: {name!r} has a one-sided prior sign '
+                       f'({PRIOR_SIGNS[name]:+g}); only a feature without one can be '
+                       'two-sided')
+  if len(set(two_sided)) != len(two_sided):
+    raise ValueError(f'two_sided: names repeat in {two_sided}')
+  return two_sided
+
+
 def feature_group(name: str) -> str | None:
   """'quality' | 'relevance' | 'diversity', or None for a column that is not an input."""
   if name in NOT_FEATURES:
@@ -107,14 +129,16 @@ def input_columns(columns: Sequence[str], groups: Sequence[str] = GROUPS) -> tup
 
 
 def prior_weights(names: Sequence[str],
-                  group_weights: Mapping[str, float] | None = None) -> np.ndarray:
-  """The prior's weight per feature [F] float32.
+                  group_weights: Mapping[str, float] | None = None,
+                  two_sided: Sequence[str] = ()) -> np.ndarray:
+  """The prior's weight per feature [F] float32, then per two-sided term [S] ([F + S]).
 
   Within each group the signed weights are scaled to an L1 norm of 1 (quality: the named
-  signs; relevance: +1 on the image and the text side of every task, so all tasks together
-  weigh like the quality group; diversity: the named signs), then multiplied by the
-  group's weight (default 1; 0 removes the group from the prior but keeps its features as
-  MLP inputs). Quality operators without a named sign get 0.
+  signs and -1 on each two-sided term |z_f|; relevance: +1 on the image and the text side
+  of every task, so all tasks together weigh like the quality group; diversity: the named
+  signs), then multiplied by the group's weight (default 1; 0 removes the group from the
+  prior but keeps its features as MLP inputs). Quality operators without a named sign get
+  0 (on z; a two-sided one's |z| term gets its -1).
   """
   group_weights = dict(group_weights or {})
   for group, weight in group_weights.items():
@@ -123,12 +147,15 @@ def prior_weights(names: Sequence[str],
     if not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
       raise ValueError(f'group_weights.{group}: expected a finite number >= 0, got '
                        f'{weight!r}')
-  weights = np.zeros(len(names), np.float64)
   groups = [feature_group(n) for n in names]
-  for i, (name, group) in enumerate(zip(names, groups)):
+  for name, group in zip(names, groups):
     if group is None:
       raise ValueError(f'names: {name!r} is not a value-function feature')
-    weights[i] = 1.0 if group == 'relevance' else PRIOR_SIGNS.get(name, 0.0)
+  two_sided = check_two_sided(names, two_sided)
+  weights = np.array([1.0 if group == 'relevance' else PRIOR_SIGNS.get(name, 0.0)
+                      for name, group in zip(names, groups)] + [-1.0] * len(two_sided),
+                     np.float64)  # [F + S]
+  groups += ['quality'] * len(two_sided)
   for group in GROUPS:
     members = np.array([g == group for g in groups])
     norm = np.abs(weights[members]).sum()
@@ -330,6 +357,12 @@ class ValueFunction(nn.Module):
   samples than one that does not. Without relevance columns it is the additive form.
   A constant added to V changes no softmax over a batch, so there is no output bias.
 
+  two_sided names features whose both tails are bad (an image statistic: blur and noise
+  are the two ends of sharpness): the linear part also reads |z_f| of each, its weight
+  starting at the prior's negative one, so that V can fall toward either tail, which a
+  weight on z_f alone cannot express. `prior` and `linear` run over the features, then
+  these terms. The additive form only.
+
   signs='prior' keeps the linear weight of every feature the prior gives a sign (the named
   quality and diversity features, every relevance column) on the prior's side of zero:
   meta-learning may shrink such a weight to 0 but not flip it (constrain, applied after
@@ -343,6 +376,14 @@ class ValueFunction(nn.Module):
   hidden: tuple[int, ...] = (64,)
   form: str = 'additive'
   signs: str = 'free'
+  two_sided: tuple[str, ...] = ()
+
+  def terms(self, z):  # [B, F] -> [B, F + S]
+    """z, then |z_f| of each two-sided feature: what the linear part weighs."""
+    if not self.two_sided:
+      return z
+    index = np.asarray([self.names.index(n) for n in self.two_sided])
+    return jnp.concatenate([z, jnp.abs(z[:, index])], axis=-1)
 
   def constrain(self, params):
     """params with each signed feature's linear weight clipped to its prior's side of 0
@@ -360,19 +401,23 @@ class ValueFunction(nn.Module):
 
   @nn.compact
   def __call__(self, z):  # [B, F] -> [B]
-    if len(self.prior) != len(self.names):
+    check_two_sided(self.names, self.two_sided)
+    if len(self.prior) != len(self.names) + len(self.two_sided):
       raise ValueError(f'ValueFunction: {len(self.prior)} prior weights for '
-                       f'{len(self.names)} features')
+                       f'{len(self.names)} features and {len(self.two_sided)} two-sided '
+                       'terms')
     if z.shape[-1] != len(self.names):
       raise ValueError(f'ValueFunction: expected [B, {len(self.names)}] features '
                        f'({", ".join(self.names)}), got {z.shape}')
     if self.form not in FORMS:
       raise ValueError(f'ValueFunction.form: one of {FORMS}, got {self.form!r}')
+    if self.two_sided and self.form != 'additive':
+      raise ValueError(f'two_sided: the additive form only, not {self.form!r}')
     prior = np.asarray(self.prior, np.float32)
-    linear = self.param('linear', lambda _: jnp.asarray(prior))  # [F]
+    linear = self.param('linear', lambda _: jnp.asarray(prior))  # [F + S]
     tasks = task_names(self.names)
     if self.form == 'additive' or not tasks:
-      value = z @ linear.astype(z.dtype)  # [B]
+      value = self.terms(z) @ linear.astype(z.dtype)  # [B]
     else:
       parts = z * linear.astype(z.dtype)  # [B, F]: each feature's term
       groups = [feature_group(n) for n in self.names]
@@ -398,7 +443,7 @@ class ValueFunction(nn.Module):
 
 def make_value_function(names: Sequence[str], group_weights=None, hidden=(64,),
                         zero_prior: bool = False, form: str = 'additive',
-                        signs: str = 'free') -> ValueFunction:
+                        signs: str = 'free', two_sided: Sequence[str] = ()) -> ValueFunction:
   """ValueFunction over `names` with the prior of prior_weights (or all zeros).
 
   In the per-task form each task's relevance weighs, at the prior, what the whole group
@@ -408,7 +453,11 @@ def make_value_function(names: Sequence[str], group_weights=None, hidden=(64,),
     raise ValueError(f'form: one of {FORMS}, got {form!r}')
   if signs not in SIGNS:
     raise ValueError(f'signs: one of {SIGNS}, got {signs!r}')
-  prior = np.zeros(len(names)) if zero_prior else prior_weights(names, group_weights)
+  two_sided = check_two_sided(names, two_sided)
+  if two_sided and form != 'additive':
+    raise ValueError(f'two_sided: the additive form only, not {form!r}')
+  prior = (np.zeros(len(names) + len(two_sided)) if zero_prior
+           else prior_weights(names, group_weights, two_sided))
   if form == 'per_task':
     prior = np.where([task_of(n) is not None for n in names],
                      prior * max(len(task_names(names)), 1), prior)
@@ -416,7 +465,7 @@ def make_value_function(names: Sequence[str], group_weights=None, hidden=(64,),
     if not isinstance(width, int) or isinstance(width, bool) or width < 1:
       raise ValueError(f'hidden: expected positive integers, got {tuple(hidden)}')
   return ValueFunction(tuple(names), tuple(float(w) for w in prior), tuple(hidden), form,
-                       signs)
+                       signs, two_sided)
 
 
 def init_params(module: ValueFunction, seed: int = 0):
@@ -426,11 +475,13 @@ def init_params(module: ValueFunction, seed: int = 0):
 
 
 def feature_weights(module: ValueFunction, params, z, chunk: int = 65536) -> dict:
-  """{name: {'linear': w_f, 'effective': mean over rows of dV/dz_f}} for the report.
+  """{name: {'linear': w_f, 'effective': mean over rows of dV/dz_f}} for the report, then
+  {'|f|': {'linear': w, 'effective': w}} per two-sided term (V is linear in it).
 
   'effective' includes the MLP, so it tells how V actually responds to each feature on
-  these rows; it equals 'linear' while the MLP is at its zero init. Rows are independent,
-  so the gradient of sum(V) w.r.t. z holds every row's dV/dz_f at once.
+  these rows; it equals 'linear' while the MLP is at its zero init and no two-sided term
+  reads the feature (then it is the mean slope of both). Rows are independent, so the
+  gradient of sum(V) w.r.t. z holds every row's dV/dz_f at once.
   """
   z = np.asarray(z, np.float32)  # [N, F]
   if z.ndim != 2 or not len(z):
@@ -440,6 +491,10 @@ def feature_weights(module: ValueFunction, params, z, chunk: int = 65536) -> dic
   for lo in range(0, len(z), chunk):
     total += np.asarray(grad_fn(z[lo:lo + chunk]), np.float64).sum(axis=0)
   effective = total / len(z)  # [F]
-  linear = np.asarray(params['linear'])
-  return {name: {'linear': float(linear[i]), 'effective': float(effective[i])}
-          for i, name in enumerate(module.names)}
+  linear = np.asarray(params['linear'])  # [F + S]
+  out = {name: {'linear': float(linear[i]), 'effective': float(effective[i])}
+         for i, name in enumerate(module.names)}
+  for j, name in enumerate(module.two_sided):
+    w = float(linear[len(module.names) + j])
+    out[two_sided_term(name)] = {'linear': w, 'effective': w}
+  return out

@@ -54,26 +54,27 @@ def prior_run(tmp_path_factory):
   return workdir, status
 
 
-def _prior_scores_by_hand(features):
+def _prior_scores_by_hand(features, two_sided=()):
   """sum_f w_f clip((x_f - mean_f) / std_f, -5, 5), NaN -> 0, with the prior's weights:
   quality signs from value.PRIOR_SIGNS written out, relevance +1, each group scaled to an
-  L1 norm of 1."""
+  L1 norm of 1; each two-sided quality feature adds a term -|z_f| to its group."""
   signs = {'aspect_ratio': -1, 'clip_score': 1, 'flipped_clip_score': 1,
            'caption_specificity': 1, 'cluster_weight': 1, 'semantic_duplicate': -1,
            'exact_duplicate': -1}  # width, sharpness, words: 0 (no prior sign)
-  quality = list(test_features_stage.OPERATORS)
+  quality = list(test_features_stage.OPERATORS) + [f'|{n}|' for n in two_sided]
   relevance = [c for c in features.column_names if c.startswith('relevance_')]
   diversity = ['cluster_weight', 'semantic_duplicate', 'exact_duplicate']
   total = np.zeros(features.num_rows)
   for group in (quality, relevance, diversity):
-    w = np.array([1.0 if c.startswith('relevance_') else signs.get(c, 0.0) for c in group],
-                 float)
+    w = np.array([1.0 if c.startswith('relevance_') else -1.0 if c.startswith('|')
+                  else signs.get(c, 0.0) for c in group], float)
     w /= np.abs(w).sum()
     for name, weight in zip(group, w):
-      x = features.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
+      x = features.column(name.strip('|')).to_numpy(zero_copy_only=False).astype(np.float64)
       std = x.std()
       z = (x - x.mean()) / std if std > 1e-7 * max(abs(x.mean()), 1) else np.zeros_like(x)
-      total += weight * np.clip(z, -5, 5)
+      z = np.clip(z, -5, 5)
+      total += weight * (np.abs(z) if name.startswith('|') else z)
   return total
 
 
@@ -95,6 +96,29 @@ def test_prior_alone_scores_are_the_hand_computed_combination(prior_run):
   assert weights['clip_score']['prior'] == pytest.approx(0.25)  # 1 of 4 signed quality ops
   assert weights['clip_score']['learned'] == pytest.approx(0.25)  # nothing learned
   assert 'No meta-learning' in open(os.path.join(workdir, 'report.md')).read()
+
+
+def test_two_sided_prior_scores_by_hand(prior_run, tmp_path):
+  """tads.two_sided=('sharpness',) through learn and select: the prior alone adds
+  -|z_sharpness| to the quality group (1 of its 5 signed terms), by hand; the report lists
+  the term with its weight."""
+  workdir = str(tmp_path / 'w')
+  shutil.copytree(prior_run[0], workdir)
+  c = config(steps=0)
+  c.tads.two_sided = ('sharpness',)
+  status = main.run(c, workdir)
+  assert status['learn'] == 'ran' and status['select'] == 'ran'
+  scores = pq.read_table(os.path.join(workdir, 'scores.parquet'))
+  np.testing.assert_allclose(scores.column('score').to_numpy(),
+                             _prior_scores_by_hand(scores, ('sharpness',)),
+                             rtol=1e-4, atol=1e-4)
+  assert not np.allclose(scores.column('score').to_numpy(), _prior_scores_by_hand(scores),
+                         atol=1e-2)  # the term moved the scores
+  report = json.load(open(os.path.join(workdir, 'report.json')))
+  weights = {w['feature']: w for w in report['learn']['feature_weights']}
+  assert weights['|sharpness|']['prior'] == pytest.approx(-0.2)
+  assert weights['|sharpness|']['group'] == 'quality'
+  assert weights['clip_score']['prior'] == pytest.approx(0.2)
 
 
 def test_meta_learning_runs_resumes_and_is_reported(prior_run, tmp_path):
@@ -436,6 +460,8 @@ def test_config_errors_name_the_field():
       ('hidden', (0,), 'config.tads.hidden'),
       ('value_form', 'max', r'config\.tads\.value_form: one of'),
       ('linear_signs', 'sticky', r'config\.tads\.linear_signs: one of'),
+      ('two_sided', ('vibes',), r'config\.tads\.two_sided: a tuple of quality feature'),
+      ('two_sided', ('clip_score',), r"config\.tads\.two_sided: 'clip_score' has a one-sided"),
   ):
     c = config()
     c.tads[field] = bad

@@ -461,7 +461,9 @@ def test_sweep_candidates_follow_the_config():
                        'no_mlp_prior_signs', 'no_target_relevance', 'no_gate', 'no_then',
                        'no_dedup', 'dedup_exact', 'dedup_semantic',
                        'no_quality', 'no_relevance', 'with_diversity',
-                       'prior_quality_heavy', 'prior_relevance_heavy']
+                       'prior_quality_heavy', 'prior_relevance_heavy', 'two_sided',
+                       'two_sided_prior_signs']
+  assert got['two_sided'] == {'tads.two_sided': ('sharpness', 'contrast', 'entropy')}
   assert got['no_then'] == {'tads.gate.then_column': None, 'tads.gate.then_fraction': None}
   assert got['no_dedup'] == {'tads.dedup': 'none'}
   assert got['steps_x3'] == {'tads.meta.steps': 900}
@@ -471,6 +473,15 @@ def test_sweep_candidates_follow_the_config():
   assert got['with_diversity'] == {'tads.groups': ('quality', 'relevance', 'diversity')}
   assert got['prior_quality_heavy'] == {'tads.prior.quality': 2.0,
                                         'tads.prior.relevance': 0.5}
+  # With two-sided terms in the config: 'no_two_sided' instead, and the candidates that
+  # cannot have them (the per-task form, no quality group) drop them.
+  c.tads.two_sided = ('sharpness',)
+  got = tool.candidates(c)
+  assert 'two_sided' not in got and got['no_two_sided'] == {'tads.two_sided': ()}
+  assert got['per_task']['tads.two_sided'] == () and got['no_quality']['tads.two_sided'] == ()
+  assert 'tads.two_sided' not in got['prior_signs']
+  assert tool.tads_ablations.VARIANTS['per_task'] == {'tads.value_form': 'per_task'}
+  c.tads.two_sided = ()
   c.tads.groups = ('quality', 'relevance', 'diversity')
   got = tool.candidates(c)
   assert [n for n in got if n.startswith(('no_qu', 'no_re', 'no_di', 'with_', 'prior_'))] == [
@@ -488,7 +499,7 @@ def test_sweep_candidates_follow_the_config():
                                       'no_gate', 'then_clip_score_0.45',
                                       'then_clip_score_0.54', 'dedup_exact',
                                       'dedup_semantic', 'dedup_both', 'with_relevance',
-                                      'with_diversity']
+                                      'with_diversity', 'two_sided', 'two_sided_prior_signs']
   assert tool.candidates(c)['no_gate'] == {'tads.gate.fraction': None}
   assert tool.candidates(c)['then_clip_score_0.45'] == {
       'tads.gate.then_column': 'clip_score', 'tads.gate.then_fraction': 0.45}

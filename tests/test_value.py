@@ -128,6 +128,37 @@ def test_prior_signs_clip_each_signed_weight_to_its_side_of_zero():
     value.make_value_function(names, signs='sticky')
 
 
+def test_two_sided_terms_by_hand():
+  """two_sided=('sharpness',): V also weighs |z_sharpness|, its prior -1 in the quality
+  group's L1 norm (clip_score +1, near_uniform -1: each 1/3); signs='prior' keeps that
+  weight <= 0; the report's weights list the term; bad names are refused."""
+  names = ('sharpness', 'clip_score', 'near_uniform', 'relevance_t_image')
+  module = value.make_value_function(names, hidden=(8,), two_sided=('sharpness',))
+  np.testing.assert_allclose(module.prior, [0.0, 1 / 3, -1 / 3, 1.0, -1 / 3], rtol=1e-6)
+  z = np.array([[2.0, 1.0, 0.0, 0.5], [-2.0, 1.0, 0.0, 0.5], [1.0, -1.0, 3.0, 0.0]],
+               np.float32)
+  # Rows 0 and 1 differ only in the sign of z_sharpness: V is the same at both tails.
+  expected = [-2 / 3 + 1 / 3 + 0.5, -2 / 3 + 1 / 3 + 0.5, -1 / 3 - 1 / 3 - 1.0]
+  params = value.init_params(module, seed=2)
+  np.testing.assert_allclose(module.apply({'params': params}, z), expected, rtol=1e-6)
+  weights = value.feature_weights(module, params, z)
+  assert weights['|sharpness|'] == {'linear': pytest.approx(-1 / 3),
+                                     'effective': pytest.approx(-1 / 3)}
+  # The slope in z_sharpness is the term's: -1/3 at rows 0 and 2 (z > 0), +1/3 at row 1.
+  assert weights['sharpness']['effective'] == pytest.approx(-1 / 9, abs=1e-6)
+  signed = value.make_value_function(names, hidden=(), signs='prior', two_sided=('sharpness',))
+  moved = {'linear': jnp.asarray([0.4, 0.2, -0.1, 0.3, 0.25], jnp.float32)}
+  np.testing.assert_array_equal(np.asarray(signed.constrain(moved)['linear']),
+                                np.asarray([0.4, 0.2, -0.1, 0.3, 0.0], np.float32))
+  for two_sided, message in ((('width',), "'width' is not a quality feature among"),
+                             (('clip_score',), "'clip_score' has a one-sided prior"),
+                             (('sharpness', 'sharpness'), 'names repeat')):
+    with pytest.raises(ValueError, match=f'^two_sided: {message}'):
+      value.make_value_function(names, two_sided=two_sided)
+  with pytest.raises(ValueError, match='^two_sided: the additive form only'):
+    value.make_value_function(names, form='per_task', two_sided=('sharpness',))
+
+
 def test_excluded_groups_are_not_inputs():
   rng = np.random.default_rng(0)
   table = {name: rng.normal(size=10) for name in COLUMNS if name != 'uid'}

@@ -47,6 +47,9 @@ works), relative to the config's own values:
   no_<group>           that group of tads.groups left out
   with_<group>         a group of value.GROUPS that tads.groups leaves out, added
   prior_<group>_heavy  that group's prior weight doubled, the others' halved
+  two_sided, two_sided_prior_signs, no_two_sided: |z| terms with a negative prior on
+                       sharpness, contrast and entropy (tads.two_sided), those with the
+                       prior's signs kept; none when the config has some
 The proxy is the embedding one unless --proxy pixels.
 """
 
@@ -130,6 +133,18 @@ def gates(config) -> dict:
           for k in (1.5, 2.0) if budget * k <= 1}
 
 
+def two_sideds(config) -> dict:
+  """tads.two_sided's candidates: with none in the config (and quality among its groups),
+  'two_sided' and 'two_sided_prior_signs' (tads_ablations.VARIANTS); with some,
+  'no_two_sided'."""
+  if tads_selector.two_sided(config):
+    return {'no_two_sided': {'tads.two_sided': ()}}
+  if 'quality' not in tuple(config.tads.groups):
+    return {}
+  return {name: dict(tads_ablations.VARIANTS[name])
+          for name in ('two_sided', 'two_sided_prior_signs')}
+
+
 def candidates(config) -> dict:
   """{name: {dotted field: value}}: the settings the sweep tries by default (the module
   docstring lists them), derived from the config's own values."""
@@ -153,6 +168,12 @@ def candidates(config) -> dict:
     out[f'prior_{group}_heavy'] = {
         f'tads.prior.{g}': config.tads.prior[g] * (2.0 if g == group else 0.5)
         for g in groups}
+  out.update(two_sideds(config))
+  if tads_selector.two_sided(config):  # two-sided terms need the additive form and quality
+    for overrides in out.values():
+      if (overrides.get('tads.value_form') == 'per_task'
+          or 'quality' not in overrides.get('tads.groups', ('quality',))):
+        overrides['tads.two_sided'] = ()
   return out
 
 

@@ -82,14 +82,15 @@ def check_config(config) -> None:
   for field in ('groups', 'prior', 'hidden', 'meta'):
     if field not in t:
       raise ValueError(f'config.tads.{field}: missing field')
-  value.check_groups(tuple(t.groups), field='config.tads.groups')
-  try:  # the prior's group weights and the hidden widths, as fit will use them
-    value.make_value_function(['clip_score'], dict(t.prior), tuple(t.hidden),
-                              form=value_form(config), signs=linear_signs(config))
+  groups = value.check_groups(tuple(t.groups), field='config.tads.groups')
+  sided = two_sided(config)
+  if sided and 'quality' not in groups:
+    raise ValueError(f'config.tads.two_sided: {sided} are quality features; add quality to '
+                     'config.tads.groups or leave two_sided empty')
+  try:  # the prior, the hidden widths and the two-sided terms, as fit will use them
+    _value_function(config, ('clip_score',) + sided)
   except ValueError as e:
-    raise config_lib.field_error(e, 'config.tads', renames={
-        'group_weights': 'config.tads.prior', 'hidden': 'config.tads.hidden',
-        'form': 'config.tads.value_form', 'signs': 'config.tads.linear_signs'}) from None
+    raise _field_error(e) from None
   meta_config(config)
   gate(config)
   ensemble(config)
@@ -203,6 +204,31 @@ def value_form(config) -> str:
   return config.tads.get('value_form', 'additive')
 
 
+def two_sided(config) -> tuple:
+  """config.tads.two_sided (() when absent): quality features whose |z| V also weighs."""
+  sided = config.tads.get('two_sided', ())
+  if isinstance(sided, str) or not all(value.feature_group(n) == 'quality'
+                                       for n in (sided or ())):
+    raise ValueError(f'config.tads.two_sided: a tuple of quality feature names '
+                     f'(scoring.registry.OPERATORS), got {sided!r}')
+  return tuple(sided or ())
+
+
+def _value_function(config, names) -> value.ValueFunction:
+  t = config.tads
+  return value.make_value_function(names, dict(t.prior), tuple(t.hidden),
+                                   form=value_form(config), signs=linear_signs(config),
+                                   two_sided=two_sided(config))
+
+
+def _field_error(error: ValueError) -> Exception:
+  """A ValueError of value.make_value_function as a ConfigError naming config.tads's field."""
+  return config_lib.field_error(error, 'config.tads', renames={
+      'group_weights': 'config.tads.prior', 'hidden': 'config.tads.hidden',
+      'form': 'config.tads.value_form', 'signs': 'config.tads.linear_signs',
+      'two_sided': 'config.tads.two_sided'})
+
+
 def linear_signs(config) -> str:
   """config.tads.linear_signs ('free' when absent; value.SIGNS)."""
   return config.tads.get('linear_signs', 'free')
@@ -259,8 +285,10 @@ def fit(config, inputs: selectors.Inputs) -> dict:
   x = value.feature_matrix(inputs.features, names, where='features')  # [N, F]
   standardizer = _standardizer(x, names, inputs)
   z = standardizer.transform(x, out=x)  # [N, F], in place: one copy of the features
-  module = value.make_value_function(names, dict(t.prior), tuple(t.hidden),
-                                     form=value_form(config), signs=linear_signs(config))
+  try:
+    module = _value_function(config, names)
+  except ValueError as e:  # a two-sided feature the features stage did not compute
+    raise _field_error(e) from None
   params = value.init_params(module, config.seed)
   prior = value.feature_weights(module, params, z)
   passes = gate(config)
@@ -303,15 +331,17 @@ def fit(config, inputs: selectors.Inputs) -> dict:
     members = [jax.device_get(params)]
   # Per feature, the members' mean of mean dV/dz (each member on its own scale).
   learned = [value.feature_weights(module, p, z) for p in members]
-  weights = [{'feature': n, 'group': value.feature_group(n),
-              'prior': prior[n]['effective'],
+  groups = {n: value.feature_group(n) for n in names}
+  groups.update({value.two_sided_term(n): 'quality' for n in module.two_sided})
+  weights = [{'feature': n, 'group': group, 'prior': prior[n]['effective'],
               'learned': float(np.mean([w[n]['effective'] for w in learned])),
-              'linear': float(np.mean([w[n]['linear'] for w in learned]))} for n in names]
+              'linear': float(np.mean([w[n]['linear'] for w in learned]))}
+             for n, group in groups.items()]
   logging.info('learn: tads %d value function(s) over %d features, %d meta steps',
                len(members), len(names), steps)
   state = {'params': members[0], 'standardizer': standardizer.to_dict(),
            'prior': list(module.prior), 'hidden': list(module.hidden), 'form': module.form,
-           'signs': module.signs,
+           'signs': module.signs, 'two_sided': list(module.two_sided),
            'meta_steps': steps, 'groups': list(t.groups), 'history': history,
            'feature_weights': weights, 'gate': gate_state, 'dedup': dedup(config)}
   if len(members) > 1:
@@ -347,7 +377,8 @@ def score(config, state, inputs: selectors.Inputs) -> np.ndarray:  # -> [N]
                                               where='learn state: standardizer')
   module = value.ValueFunction(standardizer.names, tuple(state['prior']),
                                tuple(state['hidden']), state.get('form', 'additive'),
-                               state.get('signs', 'free'))
+                               state.get('signs', 'free'),
+                               tuple(state.get('two_sided', ())))
   x = value.feature_matrix(inputs.features, standardizer.names, where='features')
   z = standardizer.transform(x)  # [N, F]
   e = state.get('ensemble')
