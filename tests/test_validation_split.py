@@ -383,6 +383,13 @@ def test_sweep_chooses_on_validation_and_scores_only_its_choice_on_eval(split_ru
     assert json.load(f) == json.loads(json.dumps(summary))
   assert [t['name'] for t in summary['tried']] == names
   assert summary['tried'][2]['overrides'] == {'tads.meta.tau': 3.0}
+  # Each other candidate's paired difference against the config's own ('tads').
+  tads_seeds = np.asarray(summary['tried'][0]['validation']['per_seed'])
+  assert 'paired' not in summary['tried'][0]
+  for entry in summary['tried'][1:]:
+    assert entry['paired']['against'] == 'tads'
+    assert entry['paired']['mean'] == pytest.approx(
+        np.mean(np.asarray(entry['validation']['per_seed']) - tads_seeds))
   means = [t['validation']['mean'] for t in summary['tried']]
   assert summary['chosen'] == names[int(np.argmax(means))]
   assert summary['rule'] == 'best validation mean'
@@ -449,6 +456,43 @@ def test_sweep_draws_score_each_candidate_on_several_cuts(split_run, tmp_path):
   assert any('per draw' in line for line in tool.markdown(summary))
   with pytest.raises(ValueError, match=r'^draws: '):
     tool.sweep(config(FRACTION), split_run[0], out, names=['tads'], draws=0)
+
+
+def test_paired_differences_by_hand():
+  """A candidate 0.01 under the reference on every draw and seed while the draws move both
+  by 0.05: unpaired stds of 0.04, a paired difference of exactly -0.01 +- 0, ahead on none
+  of the draws; the Markdown table says so."""
+  ref_seeds = [0.70, 0.71, 0.75, 0.76]  # 2 draws x 2 seeds
+  ref = {'name': 'tads', 'validation': {
+      'per_seed': ref_seeds, 'mean': float(np.mean(ref_seeds)),
+      'std': float(np.std(ref_seeds, ddof=1)),
+      'per_draw': [{'validation_seed': 0, 'mean': 0.705}, {'validation_seed': 1, 'mean': 0.755}]},
+      'overrides': {}, 'tasks': {}}
+  cand_seeds = [v - 0.01 for v in ref_seeds]
+  cand = {'name': 'other', 'validation': {
+      'per_seed': cand_seeds, 'mean': float(np.mean(cand_seeds)),
+      'std': float(np.std(cand_seeds, ddof=1)),
+      'per_draw': [{'validation_seed': 0, 'mean': 0.695}, {'validation_seed': 1, 'mean': 0.745}]},
+      'overrides': {'tads.tau': 3.0}, 'tasks': {}}
+  got = tool.paired(cand, ref)
+  assert got['against'] == 'tads' and (got['wins'], got['of']) == (0, 2)
+  assert got['mean'] == pytest.approx(-0.01) and got['std'] == pytest.approx(0.0, abs=1e-12)
+  assert cand['validation']['std'] > 0.025  # what the unpaired figure shows
+  lead = dict(cand, validation=dict(cand['validation'], per_seed=[0.72, 0.70, 0.77, 0.75],
+                                    per_draw=[{'mean': 0.71}, {'mean': 0.76}]))
+  got = tool.paired(lead, ref)  # +0.02, -0.01, +0.02, -0.01: mean +0.005, ahead on both draws
+  assert got['mean'] == pytest.approx(0.005)
+  assert got['std'] == pytest.approx(np.std([0.02, -0.01, 0.02, -0.01], ddof=1))
+  assert got['wins'] == 2
+  cand['paired'] = tool.paired(cand, ref)
+  summary = {'tried': [ref, cand], 'chosen': 'tads', 'eval': {'mean': 0.6, 'std': 0.01},
+             'rule': tool.RULE, 'proxy': 'embedding', 'seeds': 2, 'validation_fraction': 0.25,
+             'validation_seeds': [0, 1]}
+  lines = tool.markdown(summary)
+  assert 'paired vs tads' in lines[0]
+  assert '-0.0100 +- 0.0000, ahead on 0 of 2 draws' in lines[3]
+  with pytest.raises(ValueError, match='^paired: other has 3 figures, tads 4'):
+    tool.paired(dict(cand, validation=dict(cand['validation'], per_seed=[0.1, 0.2, 0.3])), ref)
 
 
 def test_sweep_candidates_follow_the_config():

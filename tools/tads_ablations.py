@@ -29,6 +29,9 @@ come from its eval.json. Variants (config overrides of configs/default.py):
                      of the pool by target relevance among those
   ensemble_3, _5      tads.ensemble: 3 / 5 value functions meta-learned from as many seeds,
                      scored by the mean of their standardized values
+  prior_signs, two_sided, two_sided_prior_signs  the prior's signs kept (tads.linear_signs);
+                     |z| terms with a negative prior on sharpness, contrast and entropy
+                     (tads.two_sided); both
 
 These figures are on the eval splits: they report ablations, they do not choose settings.
 tools/tads_sweep.py chooses settings on a validation split (tads.validation_fraction) with

@@ -19,7 +19,8 @@ examples it holds out moves a candidate's score by more than the proxy's seed sp
 one draw cannot order settings that differ by less than that.
 
 Writes --out/sweep.json: {tried: [{name, overrides, validation: {mean, std, per_seed}
-(and per_draw: [{validation_seed, mean, std, per_seed}] with several draws), tasks}],
+(and per_draw: [{validation_seed, mean, std, per_seed}] with several draws), tasks,
+paired (when 'tads' was tried: the candidate minus it, pair by pair; see paired())}],
 chosen, chosen_overrides, eval: {mean, std, per_seed, tasks}, rule, proxy, seeds,
 validation_fraction, validation_seeds} and prints a Markdown table. Candidates
 (`--variants`, default all of candidates(); any name of tads_ablations.VARIANTS also
@@ -177,6 +178,29 @@ def candidates(config) -> dict:
   return out
 
 
+def paired(entry: dict, reference: dict) -> dict:
+  """entry's validation figures minus the reference's, pair by pair (the same draw and
+  proxy seed: the same held-out examples and the same proxy init and batch order, so what
+  both share cancels): {against, mean, std (ddof 1), wins: draws (or, with one draw, seeds)
+  whose difference is > 0, of}. Why: the draw moves every candidate together by more than
+  the candidates differ, so the unpaired std over draws hides a consistent difference."""
+  a = np.asarray(entry['validation']['per_seed'], np.float64)
+  b = np.asarray(reference['validation']['per_seed'], np.float64)
+  if a.shape != b.shape:
+    raise ValueError(f"paired: {entry['name']} has {a.size} figures, {reference['name']} "
+                     f'{b.size}; pairs need the same draws and seeds')
+  diff = a - b
+  draws = entry['validation'].get('per_draw')
+  if draws:
+    per_draw = [d['mean'] - r['mean']
+                for d, r in zip(draws, reference['validation']['per_draw'])]
+  else:
+    per_draw = diff.tolist()
+  return {'against': reference['name'], 'mean': float(diff.mean()),
+          'std': float(diff.std(ddof=1)) if diff.size > 1 else 0.0,
+          'wins': int(sum(d > 0 for d in per_draw)), 'of': len(per_draw)}
+
+
 def choose(tried: list) -> int:
   """The index of the entry with the best validation mean, the first of equals."""
   means = [entry['validation']['mean'] for entry in tried]
@@ -299,6 +323,11 @@ def sweep(config, workdir: str, out: str, names=None, seeds: int | None = None,
                   'tasks': tasks})
     logging.warning('sweep: %s: validation %.4f +- %.4f', name, validation['mean'],
                     validation['std'])
+  reference = next((e for e in tried if e['name'] == 'tads'), None)
+  if reference is not None:  # the config's own setting: every other's paired difference
+    for entry in tried:
+      if entry is not reference:
+        entry['paired'] = paired(entry, reference)
   chosen = tried[choose(tried)]
   result = _evaluate(config, workdir, os.path.join(out, chosen['name']), chosen['overrides'],
                      seeds, proxy, 'eval')
@@ -315,6 +344,7 @@ def markdown(summary: dict) -> list:
   """The sweep as Markdown lines: one row per candidate (validation figures), then the
   chosen one's eval figures."""
   rows = []
+  against = next((e['paired']['against'] for e in summary['tried'] if e.get('paired')), None)
   for e in summary['tried']:
     draws = e['validation'].get('per_draw')
     rows.append({
@@ -322,6 +352,8 @@ def markdown(summary: dict) -> list:
         'overrides': json.dumps(e['overrides'], default=list) if e['overrides'] else '',
         'validation': e['validation']['mean'], 'std': e['validation']['std'],
         **({'per draw': ', '.join(f"{d['mean']:.4f}" for d in draws)} if draws else {}),
+        **({'paired vs ' + against: _paired_text(e.get('paired'), bool(draws))}
+           if against else {}),
         **e['tasks']})
   ev = summary['eval']
   cuts = summary.get('validation_seeds', [])
@@ -331,6 +363,14 @@ def markdown(summary: dict) -> list:
       + (f", {len(cuts)} validation splits (seeds {', '.join(map(str, cuts))})"
          if len(cuts) > 1 else '')
       + f"): {summary['chosen']}; on the eval split {ev['mean']:.4f} +- {ev['std']:.4f}."]
+
+
+def _paired_text(p: dict | None, draws: bool) -> str:
+  """'+0.0049 +- 0.0240, ahead on 2 of 3 draws' ('' for the reference itself)."""
+  if not p:
+    return ''
+  return (f"{p['mean']:+.4f} +- {p['std']:.4f}, ahead on {p['wins']} of {p['of']} "
+          + ('draws' if draws else 'seeds'))
 
 
 def _define_flags():
