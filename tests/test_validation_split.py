@@ -382,7 +382,7 @@ def test_sweep_chooses_on_validation_and_scores_only_its_choice_on_eval(split_ru
   with open(os.path.join(out, tool.SWEEP)) as f:
     assert json.load(f) == json.loads(json.dumps(summary))
   assert [t['name'] for t in summary['tried']] == names
-  assert summary['tried'][2]['overrides'] == {'tads.meta.tau': 3.0}
+  assert summary['tried'][2]['overrides'] == {'tads.meta.tau': config().tads.meta.tau * 3.0}
   # Each other candidate's paired difference against the config's own ('tads').
   tads_seeds = np.asarray(summary['tried'][0]['validation']['per_seed'])
   assert 'paired' not in summary['tried'][0]
@@ -577,7 +577,7 @@ def test_robustness_moves_each_setting_3x_and_reports_the_margin_over_clip_score
   rows = robust.robustness(workdir, str(tmp_path / 'out'), fields=('tau',), seeds=2,
                            config=c)
   assert [r['variant'] for r in rows] == ['tads (base run)', 'tau_x3', 'tau_div3']
-  assert json.loads(rows[1]['overrides']) == {'tads.meta.tau': 3.0}
+  assert json.loads(rows[1]['overrides']) == {'tads.meta.tau': c.tads.meta.tau * 3.0}
   clip = read_eval_json(workdir)['baselines']['clip_score']['average']
   for row, where in zip(rows, (workdir, str(tmp_path / 'out' / 'tau_x3'),
                                str(tmp_path / 'out' / 'tau_div3'))):
