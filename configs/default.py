@@ -229,9 +229,10 @@ def get_config():
   # 'free': meta-learning may flip any of them.
   c.tads.linear_signs = 'free'
   # Quality features whose both tails are bad (value.ValueFunction.two_sided): V also
-  # weighs |z| of each, starting at a negative prior. () = none. A candidate of the sweep
-  # ('two_sided': sharpness, contrast and entropy, the pixel statistics a blurred, a noisy
-  # or a blank image sits at either end of).
+  # weighs |z| of each, starting at a negative prior. () = none. The sweep's 'two_sided'
+  # (sharpness, contrast and entropy, the pixel statistics a blurred, a noisy or a blank
+  # image sits at either end of) lost on the 3-draw validation round of session 19
+  # (0.7419 against 0.7514; BENCHMARKS.md).
   c.tads.two_sided = ()
   # Share of each task's train split held out as a validation split (per class for
   # classification, by image for retrieval; seeded by `seed` and the task's name): settings
