@@ -51,6 +51,10 @@ sys.path.insert(0, REPO)
 from configs import default  # noqa: E402  pylint: disable=wrong-import-position
 from tads_jax import main  # noqa: E402  pylint: disable=wrong-import-position
 
+# The pixel statistics whose both tails are corruption (a blurred and a noisy image at the
+# two ends of sharpness; a blank and a noisy one of contrast and entropy): the two-sided
+# terms (tads.two_sided) the variants below try.
+TWO_SIDED = ('sharpness', 'contrast', 'entropy')
 VARIANTS = {
     'tads': {},
     'prior_only': {'tads.meta.steps': 0},
@@ -88,13 +92,11 @@ VARIANTS = {
     # monotone in every signed feature): what world 2 showed the embedding proxy's
     # feedback can flip (session 9).
     'prior_signs': {'tads.linear_signs': 'prior'},
-    # The pixel statistics whose both tails are corruption (a blurred and a noisy image at
-    # the two ends of sharpness; a blank and a noisy one of contrast and entropy) as
-    # two-sided terms |z| with a negative prior (session 19): what world 2 showed TADS
-    # keeps, noisy images whose high contrast meta-learning turned into a reward.
-    'two_sided': {'tads.two_sided': ('sharpness', 'contrast', 'entropy')},
-    'two_sided_prior_signs': {'tads.two_sided': ('sharpness', 'contrast', 'entropy'),
-                              'tads.linear_signs': 'prior'},
+    # TWO_SIDED as two-sided terms |z| with a negative prior (session 19), alone and with
+    # the prior's signs kept: what world 2 showed TADS keeps, noisy images whose high
+    # contrast meta-learning turned into a reward.
+    'two_sided': {'tads.two_sided': TWO_SIDED},
+    'two_sided_prior_signs': {'tads.two_sided': TWO_SIDED, 'tads.linear_signs': 'prior'},
     'no_mlp': {'tads.hidden': ()},
     'no_mlp_prior_signs': {'tads.hidden': (), 'tads.linear_signs': 'prior'},
     # Meta-learning's proxy learns its text side from the captions' words (session 11): the
