@@ -61,7 +61,9 @@ def _on_devices(request, count: int):
       return check()
     flags = [f for f in os.environ.get('XLA_FLAGS', '').split()
              if not f.startswith(DEVICE_COUNT_FLAG)]
-    env = dict(os.environ, XLA_FLAGS=' '.join(flags + [f'{DEVICE_COUNT_FLAG}={count}']))
+    env = dict(os.environ, XLA_FLAGS=' '.join(flags + [f'{DEVICE_COUNT_FLAG}={count}']),
+               JAX_DISABLE_MOST_OPTIMIZATIONS='1')  # as fast_compiles: a fresh process
+    # compiles every program again, which costs more than running these tiny ones
     result = subprocess.run(
         [sys.executable, '-m', 'pytest', '-q', '-m', '', '-p', 'no:cacheprovider',
          request.node.nodeid], cwd=str(request.config.rootpath), env=env,
