@@ -39,6 +39,14 @@ A conv stem is overrides {"vision_stem": "conv"}. The recipes:
                       3x3 stride-2 conv, GroupNorm, ReLU; channels 32, 64, 128; mean pool).
                       It is not clip.CNNTower, and at lr 1e-3 without augmentation it did
                       not learn shape.
+  "word_targets": w   (session 20) adds w x a word-classification loss (SuperClass-style):
+                      the image embedding's softmax over the trusted captions' words (each
+                      word's class vector: the text tower's embedding of it alone) against
+                      its caption's words
+  "view_pairs": w     (session 20) adds w x a two-view instance loss (SLIP-style): each
+                      image against a copy moved <= 2 px and lit +-10 levels, at scale 10
+--save DIR writes the trained CLIP where config.encoder.checkpoint can read it, so that the
+pipeline's features and tools/ground_truth_auroc.py can measure SemDeDup with it.
 """
 
 import argparse
@@ -64,7 +72,10 @@ from tads_jax.data import synthetic  # noqa: E402  pylint: disable=wrong-import-
 from tads_jax.data import tasks as tasks_lib  # noqa: E402  pylint: disable=wrong-import-position
 from tads_jax.models import api  # noqa: E402  pylint: disable=wrong-import-position
 from tads_jax.models import bpe  # noqa: E402  pylint: disable=wrong-import-position
+from tads_jax.models import hf_export  # noqa: E402  pylint: disable=wrong-import-position
+from tads_jax.models import preprocess  # noqa: E402  pylint: disable=wrong-import-position
 from tads_jax.models import tokenizer as tokenizer_lib  # noqa: E402  pylint: disable=wrong-import-position
+from tads_jax.models import words as words_lib  # noqa: E402  pylint: disable=wrong-import-position
 from tads_jax.stages import encoder as encoder_stage  # noqa: E402  pylint: disable=wrong-import-position
 
 
@@ -218,6 +229,85 @@ def _with_negatives(captions, token_ids, tokenizer, attributes):
   return np.concatenate([token_ids, neg_ids], 1)
 
 
+def _with_word_targets(captions, token_ids, tokenizer, weight, min_count=10):
+  """token_ids [N, L + V]: each caption's ids, then a multi-hot row over a word vocabulary
+  (the trusted captions' words seen at least min_count times). The loss adds `weight` x a
+  word-classification term in the spirit of SuperClass (Huang et al. 2024): the image
+  embedding's softmax over the vocabulary, each word's class vector being the text tower's
+  embedding of the word alone, against the caption's words (uniform over them). No new
+  parameters: it asks the image tower for every word its caption names, each step,
+  which the contrastive loss asks only when a batch holds a near twin."""
+  counts = {}
+  for caption in captions:
+    for w in set(words_lib.words(caption)):
+      counts[w] = counts.get(w, 0) + 1
+  vocab = sorted(w for w, n in counts.items() if n >= min_count)
+  index = {w: i for i, w in enumerate(vocab)}
+  targets = np.zeros((len(captions), len(vocab)), np.int32)
+  for r, caption in enumerate(captions):
+    for w in words_lib.words(caption):
+      if w in index:
+        targets[r, index[w]] = 1
+  word_ids = jnp.asarray(tokenizer(vocab))  # [V, L]
+  length, v = token_ids.shape[1], len(vocab)
+  print(f'word targets: {v} words, {targets.sum(1).mean():.1f} per caption')
+
+  def make_loss_fn(model, kind):
+    def loss_fn(params, images, texts, weights=None, row_ids=None):
+      del weights, row_ids  # uniform weights, no repeats in this experiment
+      both = jnp.concatenate([texts[:, :length], word_ids], 0)  # [B + V, L]
+      img, txt, scale = model.apply({'params': params},
+                                    train.prepare_images(kind, images), both)
+      img, txt = losses.normalize(img), losses.normalize(txt)
+      b = img.shape[0]
+      clip_loss = losses.weighted_clip_loss(img, txt[:b], scale)
+      logits = jnp.exp(scale) * img @ txt[b:].T  # [B, V]
+      hot = texts[:, length:].astype(jnp.float32)  # [B, V]
+      target = hot / jnp.maximum(hot.sum(1, keepdims=True), 1.0)
+      word_loss = -jnp.mean(jnp.sum(target * jax.nn.log_softmax(logits, 1), 1))
+      return clip_loss + weight * word_loss
+    return loss_fn
+
+  check_data = train._check_data  # pylint: disable=protected-access
+  train._check_data = lambda cfg, data: check_data(cfg, (data[0], data[1][:, :length]))  # pylint: disable=protected-access
+  train.make_loss_fn = make_loss_fn
+  assert v > 0
+  return np.concatenate([token_ids, targets], 1)
+
+
+def _with_view_pairs(weight, shift=2, brightness=10.0, scale=10.0):
+  """The loss adds `weight` x a two-view instance loss in the spirit of SLIP (Mu et al.
+  2022; SimCLR's objective beside CLIP's): each batch image against a second view of
+  itself, moved by up to `shift` px (edges wrapping) and lit up or down by up to
+  `brightness` grey levels, the other images' second views its negatives, at a fixed
+  scale (SimCLR's temperature 0.1). No projection head: the embedding that SemDeDup reads
+  must itself tell one picture from another that shares its caption's words."""
+  from tads_jax.models import clip  # pylint: disable=g-import-not-at-top
+
+  def second_view(x, key):  # x [B, S, S, 3] normalized
+    k1, k2 = jax.random.split(key)
+    moves = jax.random.randint(k1, (x.shape[0], 2), -shift, shift + 1)
+    x = jax.vmap(lambda im, m: jnp.roll(im, (m[0], m[1]), (0, 1)))(x, moves)
+    lift = jax.random.uniform(k2, (x.shape[0], 1, 1, 1), minval=-1.0, maxval=1.0)
+    return x + lift * (brightness / 255.0 / 0.27)  # CLIP's std is ~0.27 per channel
+
+  def make_loss_fn(model, kind):
+    def loss_fn(params, images, texts, weights=None, row_ids=None):
+      del weights, row_ids  # uniform weights, no repeats in this experiment
+      x = train.prepare_images(kind, images)
+      img, txt, logit_scale = model.apply({'params': params}, x, texts)
+      img = losses.normalize(img)
+      # The batch's own pixels pick the views: a pure function, new draws every step.
+      key = jax.random.fold_in(jax.random.key(0),
+                               (jnp.sum(jnp.abs(x[:, ::8, ::8])) * 1000).astype(jnp.int32))
+      view = losses.normalize(model.apply({'params': params}, second_view(x, key),
+                                          method=clip.CLIP.encode_image))
+      return (losses.weighted_clip_loss(img, losses.normalize(txt), logit_scale)
+              + weight * losses.weighted_clip_loss(img, view, jnp.log(scale)))
+    return loss_fn
+  train.make_loss_fn = make_loss_fn
+
+
 def _use_cnn_tower():
   from tads_jax.models import clip  # pylint: disable=g-import-not-at-top
 
@@ -259,6 +349,8 @@ def main():
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--workdir', required=True)
   parser.add_argument('--settings', default='{}')
+  parser.add_argument('--save', default='',
+                      help='write the trained CLIP here, for config.encoder.checkpoint')
   parser.add_argument('--trained', action='store_true',
                       help="score the run's own reference (workdir/encoder/clip)")
   args = parser.parse_args()
@@ -303,10 +395,17 @@ def main():
     _use_sibling_batches(captions, s['sibling_batches'], s.get('hard_after', 0))
   if s.get('negatives'):
     token_ids = _with_negatives(captions, token_ids, tokenizer, s['negatives'])
+  if s.get('word_targets'):
+    token_ids = _with_word_targets(captions, token_ids, tokenizer, s['word_targets'])
+  if s.get('view_pairs'):
+    _with_view_pairs(s['view_pairs'])
   params, history = train.train(cfg, (pixels, token_ids))
   seconds = time.perf_counter() - start
   encode_images, encode_texts = train.encoders(cfg, params, tokenizer=tokenizer,
                                                batch_size=256)
+  if args.save:  # a folder the pipeline reads as config.encoder.checkpoint
+    hf_export.save_checkpoint(args.save, cfg.clip_config(), params,
+                              preprocess.default_config(size), tokenizer_dir=tok_dir)
   row = {'settings': json.dumps(s), 'steps': cfg.steps, 'seconds': round(seconds),
          'final_loss': round(float(np.mean(history['loss'][-20:])), 3)}
   score(row, world, size, encode_images, encode_texts)
