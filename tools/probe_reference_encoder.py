@@ -291,19 +291,21 @@ def _with_view_pairs(weight, shift=2, brightness=10.0, scale=10.0):
     lift = jax.random.uniform(k2, (x.shape[0], 1, 1, 1), minval=-1.0, maxval=1.0)
     return x + lift * (brightness / 255.0 / 0.27)  # CLIP's std is ~0.27 per channel
 
+  base_loss_fn = train.make_loss_fn  # CLIP's, or another recipe's set before this one
+
   def make_loss_fn(model, kind):
+    base = base_loss_fn(model, kind)
+
     def loss_fn(params, images, texts, weights=None, row_ids=None):
-      del weights, row_ids  # uniform weights, no repeats in this experiment
       x = train.prepare_images(kind, images)
-      img, txt, logit_scale = model.apply({'params': params}, x, texts)
-      img = losses.normalize(img)
       # The batch's own pixels pick the views: a pure function, new draws every step.
       key = jax.random.fold_in(jax.random.key(0),
                                (jnp.sum(jnp.abs(x[:, ::8, ::8])) * 1000).astype(jnp.int32))
-      view = losses.normalize(model.apply({'params': params}, second_view(x, key),
-                                          method=clip.CLIP.encode_image))
-      return (losses.weighted_clip_loss(img, losses.normalize(txt), logit_scale)
-              + weight * losses.weighted_clip_loss(img, view, jnp.log(scale)))
+      encode = lambda p: losses.normalize(model.apply(  # noqa: E731
+          {'params': params}, p, method=clip.CLIP.encode_image))
+      return (base(params, images, texts, weights, row_ids)
+              + weight * losses.weighted_clip_loss(encode(x), encode(second_view(x, key)),
+                                                   jnp.log(scale)))
     return loss_fn
   train.make_loss_fn = make_loss_fn
 
