@@ -36,6 +36,12 @@ if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
   os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.2')
   atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
+# For the fresh processes that tests start: XLA's CPU optimizations off, as the
+# fast_compiles fixture turns them off inside a module. Each such process compiles every
+# tiny program afresh, which costs more than running it (BENCHMARKS.md, "Test suite and CI
+# time": the two-process pipeline test 97 s with them off against 120 s on).
+FRESH_PROCESS_ENV = {'JAX_DISABLE_MOST_OPTIMIZATIONS': '1'}
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # for `from configs import default`
 from configs import default  # noqa: E402  pylint: disable=wrong-import-position
@@ -62,8 +68,7 @@ def _on_devices(request, count: int):
     flags = [f for f in os.environ.get('XLA_FLAGS', '').split()
              if not f.startswith(DEVICE_COUNT_FLAG)]
     env = dict(os.environ, XLA_FLAGS=' '.join(flags + [f'{DEVICE_COUNT_FLAG}={count}']),
-               JAX_DISABLE_MOST_OPTIMIZATIONS='1')  # as fast_compiles: a fresh process
-    # compiles every program again, which costs more than running these tiny ones
+               **FRESH_PROCESS_ENV)
     result = subprocess.run(
         [sys.executable, '-m', 'pytest', '-q', '-m', '', '-p', 'no:cacheprovider',
          request.node.nodeid], cwd=str(request.config.rootpath), env=env,

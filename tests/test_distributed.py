@@ -258,11 +258,11 @@ def _spawn(tmp_path, runs, check=True):
   env = {k: v for k, v in os.environ.items()
          if k not in distributed.ENV.values() and not k.startswith(('JAX_COMPILATION_CACHE',
                                                                      'JAX_PERSISTENT_CACHE'))}
-  # XLA's CPU optimizations off, as the fast_compiles fixture turns them off in a module:
-  # each child compiles every tiny program afresh, which costs more than running it (the
-  # pipeline test took 97 s with them off against 120 s on, BENCHMARKS.md).
+  # (Imported here: the children run this file as a script, and importing conftest there
+  # would give them the suite's compilation cache, which they must not use.)
+  from conftest import FRESH_PROCESS_ENV  # pylint: disable=g-import-not-at-top
   env.update(PYTHONPATH=os.pathsep.join([REPO, env.get('PYTHONPATH', '')]).rstrip(os.pathsep),
-             JAX_PLATFORMS='cpu', JAX_DISABLE_MOST_OPTIMIZATIONS='1')
+             JAX_PLATFORMS='cpu', **FRESH_PROCESS_ENV)
   address = f'127.0.0.1:{_free_port()}'
   procs, logs, pair = [], [], 0
   for i, (args, in_pair, *devices) in enumerate(runs):

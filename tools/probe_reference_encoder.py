@@ -50,6 +50,7 @@ pipeline's features and tools/ground_truth_auroc.py can measure SemDeDup with it
 """
 
 import argparse
+import collections
 import json
 import os
 import re
@@ -188,6 +189,13 @@ def _use_sibling_batches(captions, share, after=0):
   train.batch_rows = batch_rows
 
 
+def _read_first_columns(length):
+  """The recipes below append columns to the caption ids (negatives, word targets): the
+  training loop's data check then reads only the first `length`, the ids themselves."""
+  check_data = train._check_data  # pylint: disable=protected-access
+  train._check_data = lambda cfg, data: check_data(cfg, (data[0], data[1][:, :length]))  # pylint: disable=protected-access
+
+
 def _with_negatives(captions, token_ids, tokenizer, attributes):
   """token_ids [N, 2L]: each caption, then its swapped negative (all-zero ids: none)."""
   rng = np.random.default_rng(0)
@@ -223,8 +231,7 @@ def _with_negatives(captions, token_ids, tokenizer, attributes):
       return jnp.mean(0.5 * (i2t + t2i))
     return loss_fn
 
-  check_data = train._check_data  # pylint: disable=protected-access
-  train._check_data = lambda cfg, data: check_data(cfg, (data[0], data[1][:, :length]))  # pylint: disable=protected-access
+  _read_first_columns(length)
   train.make_loss_fn = make_loss_fn
   return np.concatenate([token_ids, neg_ids], 1)
 
@@ -237,17 +244,14 @@ def _with_word_targets(captions, token_ids, tokenizer, weight, min_count=10):
   embedding of the word alone, against the caption's words (uniform over them). No new
   parameters: it asks the image tower for every word its caption names, each step,
   which the contrastive loss asks only when a batch holds a near twin."""
-  counts = {}
-  for caption in captions:
-    for w in set(words_lib.words(caption)):
-      counts[w] = counts.get(w, 0) + 1
+  caption_words = [set(words_lib.words(caption)) for caption in captions]
+  counts = collections.Counter(w for ws in caption_words for w in ws)
   vocab = sorted(w for w, n in counts.items() if n >= min_count)
+  assert vocab, f'no word is in {min_count} captions'
   index = {w: i for i, w in enumerate(vocab)}
   targets = np.zeros((len(captions), len(vocab)), np.int32)
-  for r, caption in enumerate(captions):
-    for w in words_lib.words(caption):
-      if w in index:
-        targets[r, index[w]] = 1
+  for r, ws in enumerate(caption_words):
+    targets[r, [index[w] for w in ws if w in index]] = 1
   word_ids = jnp.asarray(tokenizer(vocab))  # [V, L]
   length, v = token_ids.shape[1], len(vocab)
   print(f'word targets: {v} words, {targets.sum(1).mean():.1f} per caption')
@@ -268,10 +272,8 @@ def _with_word_targets(captions, token_ids, tokenizer, weight, min_count=10):
       return clip_loss + weight * word_loss
     return loss_fn
 
-  check_data = train._check_data  # pylint: disable=protected-access
-  train._check_data = lambda cfg, data: check_data(cfg, (data[0], data[1][:, :length]))  # pylint: disable=protected-access
+  _read_first_columns(length)
   train.make_loss_fn = make_loss_fn
-  assert v > 0
   return np.concatenate([token_ids, targets], 1)
 
 
