@@ -69,6 +69,16 @@ def get_config():
   c.encoder.warmup = 100
   c.encoder.augment_flip = True
   c.encoder.augment_shift = 4       # pixels
+  # Terms added to the CLIP loss (train.TrainConfig), each a weight; 0 turns one off.
+  # word_loss: each image's softmax over the words that word_min_count trusted captions
+  # use, against its caption's words (SuperClass-style); view_loss: each image against a
+  # second view of itself moved by up to view_shift px and lit by up to view_brightness
+  # grey levels (SLIP's two-view term).
+  c.encoder.word_loss = 0.0
+  c.encoder.word_min_count = 10
+  c.encoder.view_loss = 0.0
+  c.encoder.view_shift = 2
+  c.encoder.view_brightness = 10
   c.encoder.dtype = 'float32'
   c.encoder.checkpoint_every = 200
 

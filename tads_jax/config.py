@@ -401,6 +401,10 @@ def _check_encoder_training(config):
     encoder.train_config(config, vocab).clip_config()
   except (ValueError, TypeError, KeyError) as e:
     raise field_error(e, 'config.encoder', 'TrainConfig') from None
+  if config.encoder.get('word_loss', 0.0):
+    count = _expect_type(config, 'encoder.word_min_count', (int,), 'an integer')
+    if count < 1:
+      raise ConfigError(f'config.encoder.word_min_count: must be >= 1, got {count}')
 
 
 def _check_world(config):

@@ -73,5 +73,27 @@ def weighted_clip_loss(image_emb, text_emb, logit_scale, weights=None, row_ids=N
   return jnp.sum(jnp.where(present, w * jnp.where(present, per_sample, 0.0), 0.0))
 
 
+def word_classification_loss(image_emb, word_emb, targets, logit_scale, weights=None):
+  """A word-classification loss beside CLIP's (in the spirit of SuperClass, Huang et al.
+  2024): each image's softmax over a word vocabulary against its caption's words.
+
+      loss = sum_i w_i sum_v -t_iv log softmax_v(exp(logit_scale) <u_i, c_v>)
+
+  u_i unit image embeddings [B, E], c_v unit word embeddings [V, E] (the text tower's
+  embedding of each word alone, so there are no new parameters), t_i [B, V] target
+  distributions (rows summing to 1, or 0 for a caption without a vocabulary word), w =
+  weights / sum(weights) (uniform when None). It asks the image tower for every word a
+  caption names in every step; the contrastive loss asks that only of the words that
+  tell a batch's captions apart."""
+  dtype = jnp.promote_types(image_emb.dtype, jnp.float32)
+  logits = jnp.exp(logit_scale) * _dot(image_emb, word_emb, dtype)  # [B, V]
+  per_sample = -jnp.sum(targets.astype(dtype) * jax.nn.log_softmax(logits, axis=1), 1)
+  if weights is None:
+    return jnp.mean(per_sample)
+  weights = weights.astype(dtype)
+  total = jnp.sum(weights)
+  return jnp.sum(weights * per_sample) / jnp.where(total > 0, total, 1.0)
+
+
 def _dot(a, b, dtype=jnp.float32):  # [B, E] x [C, E] -> [B, C], float32 accumulation
   return jnp.einsum('be,ce->bc', a, b, preferred_element_type=dtype)

@@ -50,7 +50,10 @@ DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 # of these may be resumed.
 _RESUMABLE_FIELDS = ('checkpoint_every', 'log_every', 'keep_checkpoints')
 # TrainConfig fields added later, with the default that leaves them out of to_dict.
-_LATER_FIELDS = {'mask_repeats': False, 'augment_flip': False, 'augment_shift': 0}
+_LATER_FIELDS = {'mask_repeats': False, 'augment_flip': False, 'augment_shift': 0,
+                 'word_loss': 0.0, 'view_loss': 0.0, 'view_shift': 2, 'view_brightness': 10}
+# The two-view term's fixed scale: SimCLR's temperature 0.1 (SLIP's).
+VIEW_LOGIT_SCALE = math.log(10.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +86,18 @@ class TrainConfig:
   # A contrastive model trained for many epochs on a small set overfits without it.
   augment_flip: bool = False
   augment_shift: int = 0
+  # 'pixels': terms added to the CLIP loss, each a weight (0: off). word_loss:
+  # losses.word_classification_loss against the word targets given to train() (each
+  # caption's words, models.words.caption_word_targets). view_loss: the CLIP loss between
+  # each image and a second view of it (preprocess.second_view: moved up to view_shift px,
+  # lit up or down by up to view_brightness grey levels) at VIEW_LOGIT_SCALE, the other
+  # images' second views its negatives (SLIP). They teach the image tower what the
+  # contrastive loss alone rarely asks of it on a small trusted set: every word of its
+  # caption (texture, here), and one picture from another with the same caption words.
+  word_loss: float = 0.0
+  view_loss: float = 0.0
+  view_shift: int = 2
+  view_brightness: int = 10
   rules: str = 'data_parallel'   # sharding.RULES name
   seed: int = 0                  # params init and data order
   checkpoint_every: int = 1000   # steps; 0 = only at the end
@@ -102,7 +117,8 @@ class TrainConfig:
     for name in ('batch_size', 'samples_seen', 'head_hidden', 'keep_checkpoints',
                  'log_every'):
       _int(name, getattr(self, name), 1)
-    for name in ('head_dim', 'warmup', 'checkpoint_every', 'seed', 'augment_shift'):
+    for name in ('head_dim', 'warmup', 'checkpoint_every', 'seed', 'augment_shift',
+                 'view_shift', 'view_brightness'):
       _int(name, getattr(self, name), 0)
     if self.samples_seen < self.batch_size:
       raise ValueError(f'TrainConfig.samples_seen: {self.samples_seen} is less than one '
@@ -111,7 +127,7 @@ class TrainConfig:
       if not isinstance(getattr(self, name), bool):
         raise ValueError(f'TrainConfig.{name}: expected true or false, got '
                          f'{getattr(self, name)!r}')
-    for name in ('lr', 'weight_decay', 'eps'):
+    for name in ('lr', 'weight_decay', 'eps', 'word_loss', 'view_loss'):
       value = getattr(self, name)
       if not isinstance(value, (int, float)) or not value >= 0 or not math.isfinite(value):
         raise ValueError(f'TrainConfig.{name}: expected a finite number >= 0, got {value!r}')
@@ -124,6 +140,9 @@ class TrainConfig:
                        f'[0, log(100)]')
     if self.kind == 'pixels':
       self.clip_config()  # raises on a bad preset or override
+    elif self.word_loss or self.view_loss:
+      raise ValueError("TrainConfig.word_loss, view_loss: terms of the 'pixels' proxy; "
+                       f'kind is {self.kind!r}')
 
   @property
   def steps(self) -> int:
@@ -250,31 +269,51 @@ class TrainState:
   opt_state: Any
 
 
-def make_loss_fn(model: nn.Module, kind: str) -> Callable:
-  """(params, images, texts, weights=None, row_ids=None) -> the weighted CLIP loss of a
-  batch (row_ids: see losses.weighted_clip_loss)."""
-  def loss_fn(params, images, texts, weights=None, row_ids=None):
-    image_emb, text_emb, logit_scale = model.apply(
-        {'params': params}, prepare_images(kind, images), texts)
-    return losses.weighted_clip_loss(losses.normalize(image_emb), losses.normalize(text_emb),
+def make_loss_fn(model: nn.Module, kind: str, word_loss: float = 0.0,
+                 view_loss: float = 0.0) -> Callable:
+  """(params, images, texts, weights=None, row_ids=None, aux=None) -> the weighted CLIP
+  loss of a batch (row_ids: see losses.weighted_clip_loss), plus, with a weight > 0
+  (TrainConfig.word_loss, view_loss), the word and two-view terms. aux: {'views': [B, S,
+  S, 3] second views} with view_loss; {'word_ids': [V, Lw], 'word_targets': [B, V]} with
+  word_loss. The batch and its second views go through the image tower as one batch."""
+  def loss_fn(params, images, texts, weights=None, row_ids=None, aux=None):
+    aux = aux or {}
+    pixels = prepare_images(kind, images)
+    if view_loss:
+      pixels = jnp.concatenate([pixels, prepare_images(kind, aux['views'])])
+    image_emb, text_emb, logit_scale = model.apply({'params': params}, pixels, texts)
+    image_emb = losses.normalize(image_emb)
+    b = images.shape[0]
+    loss = losses.weighted_clip_loss(image_emb[:b], losses.normalize(text_emb),
                                      logit_scale, weights, row_ids)
+    if view_loss:
+      loss = loss + view_loss * losses.weighted_clip_loss(
+          image_emb[:b], image_emb[b:], VIEW_LOGIT_SCALE, weights, row_ids)
+    if word_loss:
+      word_emb = losses.normalize(model.apply({'params': params}, aux['word_ids'],
+                                              method='encode_text'))
+      loss = loss + word_loss * losses.word_classification_loss(
+          image_emb[:b], word_emb, aux['word_targets'], logit_scale, weights)
+    return loss
   return loss_fn
 
 
 def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
-                    kind: str, mask_repeats: bool = False) -> Callable:
+                    kind: str, mask_repeats: bool = False, word_loss: float = 0.0,
+                    view_loss: float = 0.0) -> Callable:
   """Pure step (jit it): (state, images [B, ...], texts [B, ...], weights [B],
-  row_ids [B] = None) -> (state, {'loss', 'logit_scale'}); the loss is that of the params
-  before the update. row_ids (the batch's data rows) are read only with mask_repeats."""
+  row_ids [B] = None, aux = None) -> (state, {'loss', 'logit_scale'}); the loss is that of
+  the params before the update. row_ids (the batch's data rows) are read only with
+  mask_repeats; aux feeds the extra terms (make_loss_fn)."""
   if kind not in KINDS:
     raise ValueError(f'kind: {kind!r} is not one of {", ".join(KINDS)}')
-  loss_fn = make_loss_fn(model, kind)
+  loss_fn = make_loss_fn(model, kind, word_loss, view_loss)
 
-  def train_step(state, images, texts, weights, row_ids=None):
+  def train_step(state, images, texts, weights, row_ids=None, aux=None):
     if not mask_repeats:
       row_ids = None
     loss, grads = jax.value_and_grad(loss_fn)(state.params, images, texts, weights,
-                                              row_ids)
+                                              row_ids, aux)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = dict(optax.apply_updates(state.params, updates))
     params['logit_scale'] = jnp.clip(params['logit_scale'], 0.0, losses.MAX_LOGIT_SCALE)
@@ -378,15 +417,45 @@ def _check_rows_weights(rows, weights, n):
   return rows, weights
 
 
+def _check_word_targets(cfg: TrainConfig, word_targets, n: int):
+  """(word_ids int32 [V, Lw], targets float32 [N, V]) or None; raises naming the field."""
+  if not cfg.word_loss:
+    if word_targets is not None:
+      raise ValueError('word_targets: given, but TrainConfig.word_loss is 0')
+    return None
+  if word_targets is None or len(word_targets) != 2:
+    raise ValueError('word_targets: TrainConfig.word_loss > 0 needs (word_ids, targets)')
+  ids, targets = np.asarray(word_targets[0]), np.asarray(word_targets[1], np.float32)
+  c = cfg.clip_config()
+  if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer) or not len(ids):
+    raise ValueError(f'word_targets.word_ids: expected integers [V, Lw], got {ids.dtype} '
+                     f'{ids.shape}')
+  if ids.shape[1] > c.context_length or ids.min() < 0 or ids.max() >= c.vocab_size:
+    raise ValueError(f'word_targets.word_ids: expected at most {c.context_length} ids per '
+                     f'word in [0, {c.vocab_size}), got {ids.shape[1]} in [{ids.min()}, '
+                     f'{ids.max()}]')
+  if c.eos_token_id != 2 and not (ids == c.eos_token_id).any(axis=1).all():
+    raise ValueError(f'word_targets.word_ids: a word has no end-of-text token '
+                     f'{c.eos_token_id} (the text tower pools there)')
+  if targets.shape != (n, ids.shape[0]) or not np.all(np.isfinite(targets)) or (
+      targets < 0).any():
+    raise ValueError(f'word_targets.targets: expected finite values >= 0 of shape '
+                     f'({n}, {ids.shape[0]}) (data rows x words), got {targets.shape}')
+  return ids.astype(np.int32), targets
+
+
 # ---------------------------------------------------------------------------------------
 # Checkpoints.
 
 
-def _fingerprint(cfg: TrainConfig, n: int, width, rows, weights) -> dict:
+def _fingerprint(cfg: TrainConfig, n: int, width, rows, weights,
+                 word_targets=None) -> dict:
   """What must match for a checkpoint to be resumed."""
   digest = hashlib.sha256(np.ascontiguousarray(rows, np.int64).tobytes())
   if weights is not None:
     digest.update(np.ascontiguousarray(weights, np.float32).tobytes())
+  for array in word_targets or ():  # the key name stays, so older checkpoints still match
+    digest.update(np.ascontiguousarray(array).tobytes())
   return {'config': checkpoints.config_fields(cfg.to_dict(), _RESUMABLE_FIELDS),
           'num_rows': n, 'width': width, 'rows_and_weights_sha256': digest.hexdigest()}
 
@@ -427,8 +496,14 @@ def _program(cfg: TrainConfig, width, mesh) -> _Program:
       param_sh, transform_non_params=lambda _: repl)
   state_sh = TrainState(step=repl, params=param_sh, opt_state=opt_sh)
   batch_sh = sharding.batch_sharding(mesh)
-  step = jax.jit(make_train_step(model, optimizer, cfg.kind, cfg.mask_repeats),
-                 in_shardings=(state_sh, batch_sh, batch_sh, batch_sh, batch_sh),
+  aux_sh = {}  # the extra terms' inputs: per-row ones split like the batch
+  if cfg.view_loss:
+    aux_sh['views'] = batch_sh
+  if cfg.word_loss:
+    aux_sh.update(word_ids=repl, word_targets=batch_sh)
+  step = jax.jit(make_train_step(model, optimizer, cfg.kind, cfg.mask_repeats,
+                                 cfg.word_loss, cfg.view_loss),
+                 in_shardings=(state_sh, batch_sh, batch_sh, batch_sh, batch_sh, aux_sh),
                  out_shardings=(state_sh, repl), donate_argnums=0)
   init = _init_fn(model, cfg.kind, width, param_sh)
   init_opt = jax.jit(optimizer.init, out_shardings=opt_sh)
@@ -436,7 +511,7 @@ def _program(cfg: TrainConfig, width, mesh) -> _Program:
 
 
 def train(cfg: TrainConfig, data, workdir: str | None = None, mesh=None, weights=None,
-          rows=None, stop_after: int | None = None):
+          rows=None, stop_after: int | None = None, word_targets=None):
   """Trains a proxy; returns (params, history).
 
   data: 'embedding': (image_emb [N, D], text_emb [N, D]) float;
@@ -448,6 +523,9 @@ def train(cfg: TrainConfig, data, workdir: str | None = None, mesh=None, weights
     (default: one device). stop_after: end this call after that many steps of the run, as
     if killed there (the schedule and data order stay the full run's; the next call with
     the same workdir resumes from the last checkpoint): tests and preemptible jobs.
+  word_targets: with cfg.word_loss, (word_ids [V, Lw] int, the token ids of each word of
+    the vocabulary alone, Lw <= the context length; targets [N, V], each data row's
+    distribution over the words), e.g. from models.words.caption_word_targets.
   history: {'step', 'loss', 'logit_scale', 'lr'} lists, one entry per step (the loss of
     the batch before that step's update, the logit scale after it, the rate it used).
 
@@ -456,6 +534,7 @@ def train(cfg: TrainConfig, data, workdir: str | None = None, mesh=None, weights
   """
   n, width = _check_data(cfg, data)
   rows, weights = _check_rows_weights(rows, weights, n)
+  word_targets = _check_word_targets(cfg, word_targets, n)
   mesh = mesh if mesh is not None else sharding.make_mesh(1, 1, devices=jax.local_devices()[:1])
   shards = mesh.shape['data']
   if cfg.batch_size % shards:
@@ -469,22 +548,34 @@ def train(cfg: TrainConfig, data, workdir: str | None = None, mesh=None, weights
 
   augmenting = cfg.kind == 'pixels' and (cfg.augment_flip or cfg.augment_shift > 0)
 
+  word_ids = None if word_targets is None else jax.device_put(
+      word_targets[0], sharding.replicated(mesh))
+
   def make_step(start):
     batches = batch_rows(rows, cfg.batch_size, cfg.seed, start)
     steps = itertools.count(start)
 
     def run_step(state, _):
-      idx = next(batches)  # [B]
+      idx, step = next(batches), next(steps)  # [B], this step's index
       batch_w = np.ones(len(idx), np.float32) if weights is None else weights[idx]
       batch_images = np.asarray(images[idx])
-      if augmenting:  # a resumed run draws what an uninterrupted one would
+      # A resumed run draws what an uninterrupted one would: draws are (seed, step)'s.
+      if augmenting:
         batch_images = preprocess.augment(
-            batch_images, np.random.default_rng([cfg.seed, next(steps), 1]),
+            batch_images, np.random.default_rng([cfg.seed, step, 1]),
             cfg.augment_flip, cfg.augment_shift)
+      aux = {}
+      if cfg.view_loss:
+        aux['views'] = jax.device_put(preprocess.second_view(
+            batch_images, np.random.default_rng([cfg.seed, step, 2]), cfg.view_shift,
+            cfg.view_brightness), batch_sh)
+      if cfg.word_loss:
+        aux.update(word_ids=word_ids,
+                   word_targets=jax.device_put(word_targets[1][idx], batch_sh))
       return program.step(state, jax.device_put(batch_images, batch_sh),
                           jax.device_put(np.asarray(texts[idx]), batch_sh),
                           jax.device_put(batch_w, batch_sh),
-                          jax.device_put(idx.astype(np.int32), batch_sh))
+                          jax.device_put(idx.astype(np.int32), batch_sh), aux)
     return run_step
 
   def record(history, steps, metrics):
@@ -509,7 +600,8 @@ def train(cfg: TrainConfig, data, workdir: str | None = None, mesh=None, weights
     state, history = loop.run(
         cfg, 'train', state, {'step': [], 'loss': [], 'logit_scale': [], 'lr': []},
         make_step, total=total, record=record, describe=describe, workdir=workdir,
-        fingerprint=None if workdir is None else _fingerprint(cfg, n, width, rows, weights),
+        fingerprint=None if workdir is None else _fingerprint(cfg, n, width, rows, weights,
+                                                              word_targets),
         stop_after=stop_after)
   return state.params, history
 

@@ -39,18 +39,16 @@ A conv stem is overrides {"vision_stem": "conv"}. The recipes:
                       3x3 stride-2 conv, GroupNorm, ReLU; channels 32, 64, 128; mean pool).
                       It is not clip.CNNTower, and at lr 1e-3 without augmentation it did
                       not learn shape.
-  "word_targets": w   (session 20) adds w x a word-classification loss (SuperClass-style):
-                      the image embedding's softmax over the trusted captions' words (each
-                      word's class vector: the text tower's embedding of it alone) against
-                      its caption's words
-  "view_pairs": w     (session 20) adds w x a two-view instance loss (SLIP-style): each
-                      image against a copy moved <= 2 px and lit +-10 levels, at scale 10
+  The word and two-view losses of session 20 are the encoder stage's own since session
+  21: {"train": {"word_loss": w, "view_loss": v}} (TrainConfig fields). Session 20's
+  rows with "word_targets" and "view_pairs" ran this tool's first versions of them, at
+  7c46e93 (its two-view term rolled the image with wrap-around and drew its views from
+  the batch's pixels).
 --save DIR writes the trained CLIP where config.encoder.checkpoint can read it, so that the
 pipeline's features and tools/ground_truth_auroc.py can measure SemDeDup with it.
 """
 
 import argparse
-import collections
 import json
 import os
 import re
@@ -76,7 +74,6 @@ from tads_jax.models import bpe  # noqa: E402  pylint: disable=wrong-import-posi
 from tads_jax.models import hf_export  # noqa: E402  pylint: disable=wrong-import-position
 from tads_jax.models import preprocess  # noqa: E402  pylint: disable=wrong-import-position
 from tads_jax.models import tokenizer as tokenizer_lib  # noqa: E402  pylint: disable=wrong-import-position
-from tads_jax.models import words as words_lib  # noqa: E402  pylint: disable=wrong-import-position
 from tads_jax.stages import encoder as encoder_stage  # noqa: E402  pylint: disable=wrong-import-position
 
 
@@ -190,8 +187,8 @@ def _use_sibling_batches(captions, share, after=0):
 
 
 def _read_first_columns(length):
-  """The recipes below append columns to the caption ids (negatives, word targets): the
-  training loop's data check then reads only the first `length`, the ids themselves."""
+  """A recipe that appends columns to the caption ids (negatives): the training loop's
+  data check then reads only the first `length`, the ids themselves."""
   check_data = train._check_data  # pylint: disable=protected-access
   train._check_data = lambda cfg, data: check_data(cfg, (data[0], data[1][:, :length]))  # pylint: disable=protected-access
 
@@ -215,9 +212,11 @@ def _with_negatives(captions, token_ids, tokenizer, attributes):
   neg_ids[[n is None for n in negatives]] = 0
   length = token_ids.shape[1]
 
-  def make_loss_fn(model, kind):
-    def loss_fn(params, images, texts, weights=None, row_ids=None):
-      del weights, row_ids  # uniform weights, no repeats in this experiment
+  def make_loss_fn(model, kind, word_loss=0.0, view_loss=0.0):
+    assert not word_loss and not view_loss, 'negatives replace the loss: no other terms'
+
+    def loss_fn(params, images, texts, weights=None, row_ids=None, aux=None):
+      del weights, row_ids, aux  # uniform weights, no repeats in this experiment
       both = jnp.concatenate([texts[:, :length], texts[:, length:]], 0)  # [2B, L]
       img, txt, scale = model.apply({'params': params},
                                     train.prepare_images(kind, images), both)
@@ -234,82 +233,6 @@ def _with_negatives(captions, token_ids, tokenizer, attributes):
   _read_first_columns(length)
   train.make_loss_fn = make_loss_fn
   return np.concatenate([token_ids, neg_ids], 1)
-
-
-def _with_word_targets(captions, token_ids, tokenizer, weight, min_count=10):
-  """token_ids [N, L + V]: each caption's ids, then a multi-hot row over a word vocabulary
-  (the trusted captions' words seen at least min_count times). The loss adds `weight` x a
-  word-classification term in the spirit of SuperClass (Huang et al. 2024): the image
-  embedding's softmax over the vocabulary, each word's class vector being the text tower's
-  embedding of the word alone, against the caption's words (uniform over them). No new
-  parameters: it asks the image tower for every word its caption names, each step,
-  which the contrastive loss asks only when a batch holds a near twin."""
-  caption_words = [set(words_lib.words(caption)) for caption in captions]
-  counts = collections.Counter(w for ws in caption_words for w in ws)
-  vocab = sorted(w for w, n in counts.items() if n >= min_count)
-  assert vocab, f'no word is in {min_count} captions'
-  index = {w: i for i, w in enumerate(vocab)}
-  targets = np.zeros((len(captions), len(vocab)), np.int32)
-  for r, ws in enumerate(caption_words):
-    targets[r, [index[w] for w in ws if w in index]] = 1
-  word_ids = jnp.asarray(tokenizer(vocab))  # [V, L]
-  length, v = token_ids.shape[1], len(vocab)
-  print(f'word targets: {v} words, {targets.sum(1).mean():.1f} per caption')
-
-  def make_loss_fn(model, kind):
-    def loss_fn(params, images, texts, weights=None, row_ids=None):
-      del weights, row_ids  # uniform weights, no repeats in this experiment
-      both = jnp.concatenate([texts[:, :length], word_ids], 0)  # [B + V, L]
-      img, txt, scale = model.apply({'params': params},
-                                    train.prepare_images(kind, images), both)
-      img, txt = losses.normalize(img), losses.normalize(txt)
-      b = img.shape[0]
-      clip_loss = losses.weighted_clip_loss(img, txt[:b], scale)
-      logits = jnp.exp(scale) * img @ txt[b:].T  # [B, V]
-      hot = texts[:, length:].astype(jnp.float32)  # [B, V]
-      target = hot / jnp.maximum(hot.sum(1, keepdims=True), 1.0)
-      word_loss = -jnp.mean(jnp.sum(target * jax.nn.log_softmax(logits, 1), 1))
-      return clip_loss + weight * word_loss
-    return loss_fn
-
-  _read_first_columns(length)
-  train.make_loss_fn = make_loss_fn
-  return np.concatenate([token_ids, targets], 1)
-
-
-def _with_view_pairs(weight, shift=2, brightness=10.0, scale=10.0):
-  """The loss adds `weight` x a two-view instance loss in the spirit of SLIP (Mu et al.
-  2022; SimCLR's objective beside CLIP's): each batch image against a second view of
-  itself, moved by up to `shift` px (edges wrapping) and lit up or down by up to
-  `brightness` grey levels, the other images' second views its negatives, at a fixed
-  scale (SimCLR's temperature 0.1). No projection head: the embedding that SemDeDup reads
-  must itself tell one picture from another that shares its caption's words."""
-  from tads_jax.models import clip  # pylint: disable=g-import-not-at-top
-
-  def second_view(x, key):  # x [B, S, S, 3] normalized
-    k1, k2 = jax.random.split(key)
-    moves = jax.random.randint(k1, (x.shape[0], 2), -shift, shift + 1)
-    x = jax.vmap(lambda im, m: jnp.roll(im, (m[0], m[1]), (0, 1)))(x, moves)
-    lift = jax.random.uniform(k2, (x.shape[0], 1, 1, 1), minval=-1.0, maxval=1.0)
-    return x + lift * (brightness / 255.0 / 0.27)  # CLIP's std is ~0.27 per channel
-
-  base_loss_fn = train.make_loss_fn  # CLIP's, or another recipe's set before this one
-
-  def make_loss_fn(model, kind):
-    base = base_loss_fn(model, kind)
-
-    def loss_fn(params, images, texts, weights=None, row_ids=None):
-      x = train.prepare_images(kind, images)
-      # The batch's own pixels pick the views: a pure function, new draws every step.
-      key = jax.random.fold_in(jax.random.key(0),
-                               (jnp.sum(jnp.abs(x[:, ::8, ::8])) * 1000).astype(jnp.int32))
-      encode = lambda p: losses.normalize(model.apply(  # noqa: E731
-          {'params': params}, p, method=clip.CLIP.encode_image))
-      return (base(params, images, texts, weights, row_ids)
-              + weight * losses.weighted_clip_loss(encode(x), encode(second_view(x, key)),
-                                                   jnp.log(scale)))
-    return loss_fn
-  train.make_loss_fn = make_loss_fn
 
 
 def _use_cnn_tower():
@@ -389,7 +312,9 @@ def main():
                           samples_seen=s.get('samples_seen', e.samples_seen),
                           lr=s.get('lr', e.lr), warmup=s.get('warmup', e.warmup), seed=0,
                           **{'augment_flip': e.augment_flip, 'augment_shift': e.augment_shift,
-                             **s.get('train', {})})
+                             'word_loss': e.word_loss, 'view_loss': e.view_loss,
+                             'view_shift': e.view_shift,
+                             'view_brightness': e.view_brightness, **s.get('train', {})})
   token_ids = tokenizer(captions)
   if s.get('tower') == 'cnn':
     _use_cnn_tower()
@@ -399,11 +324,9 @@ def main():
     _use_sibling_batches(captions, s['sibling_batches'], s.get('hard_after', 0))
   if s.get('negatives'):
     token_ids = _with_negatives(captions, token_ids, tokenizer, s['negatives'])
-  if s.get('word_targets'):
-    token_ids = _with_word_targets(captions, token_ids, tokenizer, s['word_targets'])
-  if s.get('view_pairs'):
-    _with_view_pairs(s['view_pairs'])
-  params, history = train.train(cfg, (pixels, token_ids))
+  words_and_targets = (encoder_stage.word_targets(captions, tokenizer, e.word_min_count)
+                       if cfg.word_loss else None)
+  params, history = train.train(cfg, (pixels, token_ids), word_targets=words_and_targets)
   seconds = time.perf_counter() - start
   encode_images, encode_texts = train.encoders(cfg, params, tokenizer=tokenizer,
                                                batch_size=256)

@@ -182,3 +182,14 @@ def augment(images: np.ndarray, rng: np.random.Generator, flip: bool,
   rows = dy[:, None] + np.arange(h)  # [B, S]
   cols = dx[:, None] + np.where(mirror[:, None], np.arange(w)[::-1], np.arange(w))  # [B, S]
   return padded[np.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+def second_view(images: np.ndarray, rng: np.random.Generator, shift: int,
+                brightness: int) -> np.ndarray:
+  """Another view of each uint8 image [B, S, S, C], for a two-view instance loss (SLIP's
+  SimCLR term): moved by up to `shift` pixels each way as `augment` moves it, then lit up
+  or down by the same whole number of grey levels, up to `brightness`, in every channel
+  (clipped to [0, 255]). The changes a re-encoded near-copy of a picture shows."""
+  moved = augment(images, rng, flip=False, shift=shift)
+  lift = rng.integers(-brightness, brightness + 1, images.shape[0])  # [B]
+  return np.clip(moved.astype(np.int16) + lift[:, None, None, None], 0, 255).astype(np.uint8)

@@ -61,3 +61,26 @@ def word_ids(texts: Sequence[str], vocab: dict[str, int],
     ids = [vocab[w] for w in words(text) if w in vocab][:length]
     out[i, :len(ids)] = ids
   return out
+
+
+def caption_word_targets(captions: Sequence[str],
+                         min_count: int) -> tuple[list[str], np.ndarray]:
+  """(vocabulary, targets [N, V] float32) for a word-classification loss over captions
+  (losses.word_classification_loss): the words that at least `min_count` captions use,
+  sorted, and each caption's distribution over them, uniform over the distinct words it
+  uses (a zero row when it uses none)."""
+  if not isinstance(min_count, int) or isinstance(min_count, bool) or min_count < 1:
+    raise ValueError(f'caption_word_targets: min_count must be an integer >= 1, got '
+                     f'{min_count!r}')
+  caption_words = [set(words(caption)) for caption in captions]
+  counts = collections.Counter(w for ws in caption_words for w in ws)
+  vocab = sorted(w for w, n in counts.items() if n >= min_count)
+  if not vocab:
+    raise ValueError(f'caption_word_targets: no word is in {min_count} of the '
+                     f'{len(captions)} captions')
+  index = {w: i for i, w in enumerate(vocab)}
+  targets = np.zeros((len(captions), len(vocab)), np.float32)
+  for row, ws in enumerate(caption_words):
+    hits = [index[w] for w in ws if w in index]
+    targets[row, hits] = 1.0 / max(len(hits), 1)
+  return vocab, targets

@@ -18,9 +18,11 @@ from tads_jax import train
 from tads_jax.data import images as images_lib
 from tads_jax.data import webdataset
 from tads_jax.models import bpe
+from tads_jax.models import clip
 from tads_jax.models import hf_export
 from tads_jax.models import preprocess
 from tads_jax.models import tokenizer as tokenizer_lib
+from tads_jax.models import words
 from tads_jax.stages import ingest
 
 CLIP_DIR = 'clip'
@@ -61,7 +63,19 @@ def train_config(config, vocab_size: int) -> train.TrainConfig:
       samples_seen=e.samples_seen, lr=e.lr, warmup=e.warmup, seed=config.seed,
       dtype=e.dtype, checkpoint_every=e.checkpoint_every,
       augment_flip=e.get('augment_flip', False), augment_shift=e.get('augment_shift', 0),
+      word_loss=e.get('word_loss', 0.0), view_loss=e.get('view_loss', 0.0),
+      view_shift=e.get('view_shift', 2), view_brightness=e.get('view_brightness', 10),
       rules=sharding.from_config(config).rules)
+
+
+def word_targets(captions, tokenizer, min_count: int):
+  """(word_ids [V, Lw], targets [N, V]) for TrainConfig.word_loss, over the words that at
+  least `min_count` captions use. Each word is tokenized alone and cut after its
+  end-of-text token (the causal text tower pools there, so what follows never counts)."""
+  vocab, targets = words.caption_word_targets(captions, min_count)
+  ids = np.asarray(tokenizer(vocab))  # [V, L]
+  ends = np.asarray(clip.eos_positions(ids, tokenizer.eos_token_id))
+  return ids[:, :int(ends.max()) + 1], targets
 
 
 def run(ctx) -> dict:
@@ -82,9 +96,11 @@ def run(ctx) -> dict:
   tokenizer = tokenizer_lib.CLIPTextTokenizer(tok_dir, config.encoder.context_length)
   vocab_size = len(tokenizer.tokenizer)
   cfg = train_config(config, vocab_size)
+  words_and_targets = (word_targets(captions, tokenizer, config.encoder.word_min_count)
+                       if cfg.word_loss else None)
   params, history = train.train(cfg, (pixels, tokenizer(captions)),
                                 workdir=os.path.join(out, 'train'),
-                                mesh=_mesh(config))
+                                mesh=_mesh(config), word_targets=words_and_targets)
   folder = os.path.join(out, CLIP_DIR)
   hf_export.save_checkpoint(folder, cfg.clip_config(), params,
                             preprocess.default_config(config.encoder.image_size),
@@ -92,6 +108,7 @@ def run(ctx) -> dict:
   losses = history['loss']
   return {'checkpoint': folder, 'trained': True, 'pairs': len(captions),
           'skips': dict(skips), 'vocab_size': vocab_size, 'steps': cfg.steps,
+          'word_targets': None if words_and_targets is None else words_and_targets[0].shape[0],
           'first_loss': float(losses[0]) if losses else None,
           'final_loss': float(np.mean(losses[-20:])) if losses else None,
           'loss_curve': [float(x) for x in losses[::max(1, len(losses) // 100)]]}
