@@ -54,6 +54,10 @@ class Stage:
   # quantities from collectives (distributed.py); False: the writer (process 0) runs it
   # alone while the others wait.
   multiprocess: bool = False
+  # Config fields added after workdirs were fingerprinted: {dotted field: the value that
+  # does what the code did before the field existed}. At that value a field is left out of
+  # the fingerprint, so those workdirs' finished stages stay valid.
+  later_fields: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -103,12 +107,27 @@ def stage_inputs(stage: Stage, config) -> tuple:
   return tuple(stage.inputs(config) if callable(stage.inputs) else stage.inputs)
 
 
+def _config_payload(stage: Stage, config, keys) -> dict:
+  """{dotted key: value} of the fields a fingerprint hashes, without the stage's later
+  fields that are at their earlier value."""
+  payload = {k: config_value(config, k) for k in keys}
+  for dotted, earlier in stage.later_fields.items():
+    for key, value in payload.items():
+      if dotted.startswith(key + '.') and isinstance(value, dict):
+        *parents, leaf = dotted[len(key) + 1:].split('.')
+        for part in parents:
+          value = value.get(part, {})
+        if leaf in value and value[leaf] == earlier:
+          del value[leaf]
+  return payload
+
+
 def fingerprint(stage: Stage, config, upstream: dict) -> str:
   keys = stage.config_keys(config) if callable(stage.config_keys) else stage.config_keys
   payload = {
       'stage': stage.name,
       'version': stage.version,
-      'config': {k: config_value(config, k) for k in keys},
+      'config': _config_payload(stage, config, keys),
       'inputs': {name: upstream[name] for name in stage_inputs(stage, config)},
       'files': stage.input_files(config) if stage.input_files else [],
   }
@@ -122,7 +141,7 @@ def part_fingerprints(stage: Stage, config, upstream: dict) -> dict:
   parts = stage.parts(config) if callable(stage.parts) else stage.parts
   for folder, keys in (parts or {}).items():
     payload = {'stage': stage.name, 'version': stage.version, 'part': folder,
-               'config': {k: config_value(config, k) for k in keys},
+               'config': _config_payload(stage, config, keys),
                'inputs': {name: upstream[name] for name in stage_inputs(stage, config)}}
     blob = json.dumps(payload, sort_keys=True, default=list).encode()
     out[folder] = hashlib.sha256(blob).hexdigest()[:16]

@@ -50,6 +50,26 @@ def test_rerun_skips_and_changes_rerun_dependents(tmp_path):
   assert (tmp_path / 'second' / 'item.txt').read_text() == '3'
 
 
+def test_a_later_field_at_its_earlier_value_leaves_the_fingerprint_as_it_was():
+  before = ml_collections.ConfigDict({'block': {'x': 1, 'inner': {'y': 2}}})
+  stage = pipeline.Stage('s', lambda ctx: {}, config_keys=('block',),
+                         later_fields={'block.new': 0.0, 'block.inner.deep': 'off'})
+  old = pipeline.fingerprint(stage, before, {})
+  after = ml_collections.ConfigDict({'block': {'x': 1, 'new': 0.0,
+                                               'inner': {'y': 2, 'deep': 'off'}}})
+  assert pipeline.fingerprint(stage, after, {}) == old
+  for path, value in ((('new',), 0.5), (('inner', 'deep'), 'on'), (('x',), 3)):
+    changed = after.to_dict()
+    node = changed['block']
+    for part in path[:-1]:
+      node = node[part]
+    node[path[-1]] = value
+    assert pipeline.fingerprint(stage, ml_collections.ConfigDict(changed), {}) != old, path
+  # Without later_fields the new entries count, as for any other field.
+  plain = pipeline.Stage('s', lambda ctx: {}, config_keys=('block',))
+  assert pipeline.fingerprint(plain, after, {}) != pipeline.fingerprint(plain, before, {})
+
+
 def test_killed_stage_keeps_items_of_same_fingerprint(tmp_path):
   calls = []
   run(tmp_path, config(), calls)

@@ -22,10 +22,12 @@ from conftest import tiny_world_config
 from tads_jax import config as config_lib
 from tads_jax import losses
 from tads_jax import main
+from tads_jax import pipeline
 from tads_jax import train
 from tads_jax.models import clip
 from tads_jax.models import preprocess
 from tads_jax.models import words
+from tads_jax.stages import encoder
 
 pytestmark = pytest.mark.usefixtures('fast_compiles')
 
@@ -202,3 +204,17 @@ def test_cutting_a_word_after_its_end_token_leaves_its_embedding():
   full = model.apply({'params': params}, ids, method=clip.CLIP.encode_text)
   cut = model.apply({'params': params}, ids[:, :3], method=clip.CLIP.encode_text)
   np.testing.assert_allclose(np.asarray(cut), np.asarray(full), rtol=1e-5, atol=1e-6)
+
+
+def test_the_terms_off_leave_the_encoder_fingerprint_of_earlier_workdirs():
+  """A workdir whose encoder ran before these fields existed is not retrained for them."""
+  c = tiny_world_config()
+  earlier = tiny_world_config()
+  for field in ('word_loss', 'word_min_count', 'view_loss', 'view_shift', 'view_brightness'):
+    del earlier.encoder[field]
+  upstream = {'ingest': 'x'}
+  assert (pipeline.fingerprint(encoder.STAGE, c, upstream)
+          == pipeline.fingerprint(encoder.STAGE, earlier, upstream))
+  c.encoder.view_loss = 1.0
+  assert (pipeline.fingerprint(encoder.STAGE, c, upstream)
+          != pipeline.fingerprint(encoder.STAGE, earlier, upstream))

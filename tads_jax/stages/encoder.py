@@ -140,4 +140,7 @@ def input_files(config) -> list:
 
 
 STAGE = pipeline.Stage(name='encoder', run=run, inputs=('ingest',), config_keys=config_keys,
-                       input_files=input_files)
+                       input_files=input_files,
+                       later_fields={'encoder.word_loss': 0.0, 'encoder.word_min_count': 10,
+                                     'encoder.view_loss': 0.0, 'encoder.view_shift': 2,
+                                     'encoder.view_brightness': 10})
