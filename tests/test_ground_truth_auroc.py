@@ -22,3 +22,21 @@ def test_checks_use_the_intended_direction():
   rows = tool.evaluate(table, noise, np.ones(4, bool))
   assert rows == [{'noise': 'misaligned', 'vs': 'clean', 'feature': 'clip_score',
                    'meaning': 'low', 'n': 2, 'auroc': 1.0}]
+
+
+def test_duplicate_flags_and_which_copies_they_catch_by_hand():
+  # Groups: a <- b (exact), c <- d (near, same caption), e <- f (near, paraphrased).
+  uids = np.array(list('abcdefg'), dtype=object)
+  noise = np.array(['clean', 'exact_dup', 'clean', 'near_dup', 'clean', 'near_dup', 'clean'],
+                   dtype=object)
+  dup_of = np.array(['', 'a', '', 'c', '', 'e', ''], dtype=object)
+  captions = ['x', 'x', 'y', 'y', 'z', 'z again', 'w']
+  flags = np.array([0, 1, 1, 0, 0, 0, 1], float)  # b and c right, g wrong, f missed
+  rows = tool.duplicate_flags({'semantic_duplicate': flags, 'exact_duplicate': flags},
+                              noise, dup_of, uids)
+  assert rows[1] == {'flag': 'semantic_duplicate', 'truth': 'exact_dup + near_dup',
+                     'flagged': 3, 'copies': 3, 'precision': 2 / 3, 'recall': 2 / 3}
+  assert rows[0]['copies'] == 1 and rows[0]['precision'] == 1 / 3  # only b is exact
+  assert tool.caught_by_copy_kind(flags > 0, noise, dup_of, uids, captions) == [
+      ('exact_dup', 1, 1.0), ('near_dup, same caption', 1, 1.0),
+      ('near_dup, paraphrased caption', 1, 0.0)]

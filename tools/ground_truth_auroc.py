@@ -62,6 +62,41 @@ def evaluate(table: dict, noise: np.ndarray, on_task: np.ndarray) -> list[dict]:
   return rows
 
 
+def duplicate_flags(table: dict, noise, dup_of, uids) -> list[dict]:
+  """Precision and recall of each duplicate flag against the world's copies. A duplicate
+  group is an original and its copies; a flag is right on any member, and all but one
+  member of a group should be flagged: recall = flags inside groups / copies."""
+  out = []
+  for flag, kinds in (('exact_duplicate', ('exact_dup',)),
+                      ('semantic_duplicate', ('exact_dup', 'near_dup'))):
+    if flag not in table:
+      continue
+    copies = np.isin(noise, kinds)
+    originals = np.isin(uids, dup_of[copies])
+    flagged = table[flag] > 0
+    right = int((flagged & (copies | originals)).sum())
+    out.append({'flag': flag, 'truth': ' + '.join(kinds), 'flagged': int(flagged.sum()),
+                'copies': int(copies.sum()), 'precision': right / max(flagged.sum(), 1),
+                'recall': min(right, copies.sum()) / max(copies.sum(), 1)})
+  return out
+
+
+def caught_by_copy_kind(flagged, noise, dup_of, uids, captions) -> list[tuple]:
+  """(kind, copies, share caught) for exact copies, near copies that kept their
+  original's caption, and near copies whose caption was paraphrased: a copy is caught when
+  it or its original is flagged. Tells which copies a flag misses."""
+  where = {u: i for i, u in enumerate(uids)}
+  kinds = {'exact_dup': [], 'near_dup, same caption': [], 'near_dup, paraphrased caption': []}
+  for i in np.flatnonzero(np.isin(noise, ('exact_dup', 'near_dup'))):
+    j = where.get(dup_of[i])
+    if j is None:  # the original is not in the table
+      continue
+    kind = ('exact_dup' if noise[i] == 'exact_dup' else 'near_dup, same caption'
+            if captions[i] == captions[j] else 'near_dup, paraphrased caption')
+    kinds[kind].append(bool(flagged[i] or flagged[j]))
+  return [(kind, len(hits), float(np.mean(hits))) for kind, hits in kinds.items() if hits]
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--workdir', required=True, help='a workdir that ran features+select')
@@ -87,21 +122,17 @@ def main(argv=None):
   print()
   print('| flag | ground truth | flagged | true | precision | recall |')
   print('|---|---|---|---|---|---|')
-  # A duplicate group is an original and its copies; a flag is right on any member but one.
   dup_of = np.asarray(gt['dup_of'], dtype=object)[rows]
   uids = np.asarray(scores['uid'], dtype=object)
-  for flag, kinds in (('exact_duplicate', ('exact_dup',)),
-                      ('semantic_duplicate', ('exact_dup', 'near_dup'))):
-    if flag not in table:
-      continue
-    copies = np.isin(noise, kinds)
-    originals = np.isin(uids, dup_of[copies])
-    flagged = table[flag] > 0
-    precision = (flagged & (copies | originals)).sum() / max(flagged.sum(), 1)
-    # Per group, all but one member should be flagged: recall = flags in groups / copies.
-    recall = min((flagged & (copies | originals)).sum(), copies.sum()) / max(copies.sum(), 1)
-    print(f"| {flag} | {' + '.join(kinds)} (and their originals) | {int(flagged.sum())} | "
-          f"{int(copies.sum())} copies | {precision:.3f} | {recall:.3f} |")
+  for r in duplicate_flags(table, noise, dup_of, uids):
+    print(f"| {r['flag']} | {r['truth']} (and their originals) | {r['flagged']} | "
+          f"{r['copies']} copies | {r['precision']:.3f} | {r['recall']:.3f} |")
+  if 'semantic_duplicate' in table:
+    print('\n| semantic_duplicate on | copies | caught (the copy or its original flagged) |')
+    print('|---|---|---|')
+    for kind, n, caught in caught_by_copy_kind(table['semantic_duplicate'] > 0, noise,
+                                               dup_of, uids, scores['caption']):
+      print(f'| {kind} | {n} | {caught:.3f} |')
   print(f'\ncommand: python tools/ground_truth_auroc.py --workdir {args.workdir}')
 
 
