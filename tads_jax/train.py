@@ -496,14 +496,15 @@ def _program(cfg: TrainConfig, width, mesh) -> _Program:
       param_sh, transform_non_params=lambda _: repl)
   state_sh = TrainState(step=repl, params=param_sh, opt_state=opt_sh)
   batch_sh = sharding.batch_sharding(mesh)
-  aux_sh = {}  # the extra terms' inputs: per-row ones split like the batch
-  if cfg.view_loss:
+  aux_sh = {}  # the extra terms' inputs (a 6th argument only with a term on): per-row
+  if cfg.view_loss:  # ones split like the batch
     aux_sh['views'] = batch_sh
   if cfg.word_loss:
     aux_sh.update(word_ids=repl, word_targets=batch_sh)
   step = jax.jit(make_train_step(model, optimizer, cfg.kind, cfg.mask_repeats,
                                  cfg.word_loss, cfg.view_loss),
-                 in_shardings=(state_sh, batch_sh, batch_sh, batch_sh, batch_sh, aux_sh),
+                 in_shardings=(state_sh, batch_sh, batch_sh, batch_sh, batch_sh)
+                 + ((aux_sh,) if aux_sh else ()),
                  out_shardings=(state_sh, repl), donate_argnums=0)
   init = _init_fn(model, cfg.kind, width, param_sh)
   init_opt = jax.jit(optimizer.init, out_shardings=opt_sh)
@@ -575,7 +576,8 @@ def train(cfg: TrainConfig, data, workdir: str | None = None, mesh=None, weights
       return program.step(state, jax.device_put(batch_images, batch_sh),
                           jax.device_put(np.asarray(texts[idx]), batch_sh),
                           jax.device_put(batch_w, batch_sh),
-                          jax.device_put(idx.astype(np.int32), batch_sh), aux)
+                          jax.device_put(idx.astype(np.int32), batch_sh),
+                          *((aux,) if aux else ()))
     return run_step
 
   def record(history, steps, metrics):

@@ -184,7 +184,7 @@ def test_the_encoder_stage_trains_with_both_terms(tmp_path):
   main.run(c, workdir)
   with open(os.path.join(workdir, 'encoder', '_done.json'), encoding='utf-8') as f:
     summary = json.load(f)['summary']
-  assert summary['trained'] and summary['steps'] == 4 and summary['word_targets'] > 10
+  assert summary['trained'] and summary['steps'] == 4 and summary['word_vocabulary'] > 10
   bad = tiny_world_config()
   bad.encoder.update(dict(word_loss=1.0, word_min_count=0))
   with pytest.raises(config_lib.ConfigError, match='config.encoder.word_min_count: must be'):

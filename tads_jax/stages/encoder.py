@@ -108,7 +108,7 @@ def run(ctx) -> dict:
   losses = history['loss']
   return {'checkpoint': folder, 'trained': True, 'pairs': len(captions),
           'skips': dict(skips), 'vocab_size': vocab_size, 'steps': cfg.steps,
-          'word_targets': None if words_and_targets is None else words_and_targets[0].shape[0],
+          'word_vocabulary': None if words_and_targets is None else len(words_and_targets[0]),
           'first_loss': float(losses[0]) if losses else None,
           'final_loss': float(np.mean(losses[-20:])) if losses else None,
           'loss_curve': [float(x) for x in losses[::max(1, len(losses) // 100)]]}
