@@ -496,8 +496,10 @@ def _program(cfg: TrainConfig, width, mesh) -> _Program:
       param_sh, transform_non_params=lambda _: repl)
   state_sh = TrainState(step=repl, params=param_sh, opt_state=opt_sh)
   batch_sh = sharding.batch_sharding(mesh)
-  aux_sh = {}  # the extra terms' inputs (a 6th argument only with a term on): per-row
-  if cfg.view_loss:  # ones split like the batch
+  # The extra terms' inputs, a 6th argument only with a term on; per-row ones are split
+  # like the batch.
+  aux_sh = {}
+  if cfg.view_loss:
     aux_sh['views'] = batch_sh
   if cfg.word_loss:
     aux_sh.update(word_ids=repl, word_targets=batch_sh)
