@@ -159,6 +159,15 @@ def validate(c):
   config_lib.validate(c, stages.STAGE_NAMES, selectors.SELECTORS)
 
 
+def assert_same_training(got, ref, rtol=1e-5, atol=1e-5):
+  """Two train.train results (params, history) agree: every step's loss and every param.
+  For a sharded run against one device, whose layouts round differently in the last bits."""
+  import jax  # pylint: disable=g-import-not-at-top
+  np.testing.assert_allclose(got[1]['loss'], ref[1]['loss'], rtol=rtol)
+  for a, b in zip(jax.tree_util.tree_leaves(ref[0]), jax.tree_util.tree_leaves(got[0])):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=atol)
+
+
 def unit(x):  # [..., D] -> float32 unit rows
   return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
 

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import read_eval_json, tiny_world_config, validate
+from conftest import assert_same_training, read_eval_json, tiny_world_config, validate
 from tads_jax import config as config_lib
 from tads_jax import eval as eval_lib
 from tads_jax import main
@@ -514,9 +514,7 @@ def check_sharded_pixel_proxy():
           vision_stem='conv', vision_stem_width=8))
   ref = train.train(cfg, (images, ids), rows=rows)
   got = train.train(cfg, (images, ids), rows=rows, mesh=sharding.make_mesh(8, 1))
-  np.testing.assert_allclose(got[1]['loss'], ref[1]['loss'], rtol=1e-5)
-  for a, b in zip(jax.tree_util.tree_leaves(ref[0]), jax.tree_util.tree_leaves(got[0])):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+  assert_same_training(got, ref)
 
 
 @pytest.mark.slow
