@@ -49,6 +49,7 @@ pipeline's features and tools/ground_truth_auroc.py can measure SemDeDup with it
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -186,13 +187,6 @@ def _use_sibling_batches(captions, share, after=0):
   train.batch_rows = batch_rows
 
 
-def _read_first_columns(length):
-  """A recipe that appends columns to the caption ids (negatives): the training loop's
-  data check then reads only the first `length`, the ids themselves."""
-  check_data = train._check_data  # pylint: disable=protected-access
-  train._check_data = lambda cfg, data: check_data(cfg, (data[0], data[1][:, :length]))  # pylint: disable=protected-access
-
-
 def _with_negatives(captions, token_ids, tokenizer, attributes):
   """token_ids [N, 2L]: each caption, then its swapped negative (all-zero ids: none)."""
   rng = np.random.default_rng(0)
@@ -230,7 +224,9 @@ def _with_negatives(captions, token_ids, tokenizer, attributes):
       return jnp.mean(0.5 * (i2t + t2i))
     return loss_fn
 
-  _read_first_columns(length)
+  # The appended columns are negatives: the loop's data check reads the ids alone.
+  check_data = train._check_data  # pylint: disable=protected-access
+  train._check_data = lambda cfg, data: check_data(cfg, (data[0], data[1][:, :length]))  # pylint: disable=protected-access
   train.make_loss_fn = make_loss_fn
   return np.concatenate([token_ids, neg_ids], 1)
 
@@ -293,7 +289,8 @@ def main():
           '--trained')
     return
   s = json.loads(args.settings)
-  e = default.get_config().encoder
+  config = default.get_config()
+  e = config.encoder
   size = s.get('image_size', e.image_size)
   start = time.perf_counter()
   pixels, captions, _ = encoder_stage.load_pairs(os.path.join(world, 'trusted', '*.tar'),
@@ -302,19 +299,13 @@ def main():
   bpe.train_bpe(captions, s.get('vocab_size', e.vocab_size), tok_dir)
   context = s.get('context_length', e.context_length)
   tokenizer = tokenizer_lib.CLIPTextTokenizer(tok_dir, context)
-  vocab = len(tokenizer.tokenizer)
-  overrides = dict(e.model_overrides.to_dict())
-  overrides.update(s.get('overrides', {}))
-  overrides.update(image_size=size, vocab_size=vocab, eos_token_id=vocab - 1,
-                   context_length=context)
-  cfg = train.TrainConfig(kind='pixels', model=e.model, model_overrides=overrides,
-                          batch_size=s.get('batch_size', e.batch_size),
-                          samples_seen=s.get('samples_seen', e.samples_seen),
-                          lr=s.get('lr', e.lr), warmup=s.get('warmup', e.warmup), seed=0,
-                          **{'augment_flip': e.augment_flip, 'augment_shift': e.augment_shift,
-                             'word_loss': e.word_loss, 'view_loss': e.view_loss,
-                             'view_shift': e.view_shift,
-                             'view_brightness': e.view_brightness, **s.get('train', {})})
+  # The encoder stage's TrainConfig, with the settings' changes.
+  e.update({name: s[name] for name in ('batch_size', 'samples_seen', 'lr', 'warmup')
+            if name in s})
+  e.update(image_size=size, context_length=context)
+  e.model_overrides.update(s.get('overrides', {}))
+  cfg = dataclasses.replace(encoder_stage.train_config(config, len(tokenizer.tokenizer)),
+                            **s.get('train', {}))
   token_ids = tokenizer(captions)
   if s.get('tower') == 'cnn':
     _use_cnn_tower()
