@@ -392,7 +392,18 @@ def _assert_same_table(a, b):
                                   b.column(name).to_numpy(zero_copy_only=False), err_msg=name)
 
 
-def test_two_processes_run_the_pipeline_one_process_runs(tmp_path):
+@pytest.fixture(scope='module')
+def pipeline_pair(tmp_path_factory):
+  """The whole pipeline run by the pair (root/pair) and by one process on one device
+  (root/single), once for the tests below: returns root."""
+  root = tmp_path_factory.mktemp('pipeline')
+  _spawn(root, [(('pipeline', str(root / 'pair')), True),
+                (('pipeline', str(root / 'pair')), True),
+                (('pipeline', str(root / 'single')), False)])
+  return root
+
+
+def test_two_processes_run_the_pipeline_one_process_runs(pipeline_pair, tmp_path):
   """ingest, embed, features (the shards, and the pool-wide signals from collectives),
   learn (TADS's meta batches split over the 2 processes' devices) and select split over 2
   processes of one device each: every stage's table and each selector's subset and scores
@@ -402,9 +413,8 @@ def test_two_processes_run_the_pipeline_one_process_runs(tmp_path):
   again."""
   import shutil  # pylint: disable=g-import-not-at-top
   import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
-  pair, single, two = tmp_path / 'pair', tmp_path / 'single', tmp_path / 'two_devices'
-  _spawn(tmp_path, [(('pipeline', str(pair)), True), (('pipeline', str(pair)), True),
-                    (('pipeline', str(single)), False)])
+  pair, single = pipeline_pair / 'pair', pipeline_pair / 'single'
+  two = tmp_path / 'two_devices'
   shutil.copytree(pair / 'work', two / 'work', ignore=shutil.ignore_patterns('learn', 'select'))
   _spawn(tmp_path, [(('tads', str(two)), False, 2)])
   # (The pair's meta steps are programs over both processes' devices: had process 1 not
@@ -416,24 +426,6 @@ def test_two_processes_run_the_pipeline_one_process_runs(tmp_path):
   assert (pair / 'tads.npy').read_bytes() == (two / 'tads.npy').read_bytes()
   _assert_same_table(pq.read_table(pair / 'tads.parquet'), pq.read_table(two / 'tads.parquet'))
 
-  # A real kill in meta-learning: process 1 SIGKILLs itself once the writer's checkpoint
-  # at step 8 is on disk; process 0, waiting in a collective, aborts when process 1's
-  # heartbeat stops. The pair's rerun resumes both processes from the writer's last
-  # checkpoint and ends with the bytes of an uninterrupted run (one process, 2 devices).
-  killed, whole = tmp_path / 'killed', tmp_path / 'whole'
-  for root in (killed, whole):
-    shutil.copytree(pair / 'work', root / 'work',
-                    ignore=shutil.ignore_patterns('learn', 'select'))
-  codes, _ = _spawn(tmp_path, [(('tads_kill', str(killed)), True)] * 2, check=False)
-  assert codes[1] == -9 and codes[0] != 0, codes
-  assert not (killed / 'tads.npy').exists()
-  _, logs = _spawn(tmp_path, [(('tads_long', str(killed)), True)] * 2 +
-                   [(('tads_long', str(whole)), False, 2)])
-  resumed = [re.findall(r'resumed at meta step (\d+) of 40', log) for log in logs[:2]]
-  assert resumed[0] == resumed[1] and 8 <= int(resumed[0][0]) < 40, resumed
-  assert (killed / 'tads.npy').read_bytes() == (whole / 'tads.npy').read_bytes()
-  _assert_same_table(pq.read_table(killed / 'tads.parquet'),
-                     pq.read_table(whole / 'tads.parquet'))
   for name in ('ingest/samples.parquet', 'features/features.parquet'):
     tables = [pq.read_table(root / 'work' / name) for root in (pair, single)]
     if 'shard' in tables[0].column_names:  # the world's path: each run generated its own
@@ -465,6 +457,32 @@ def test_two_processes_run_the_pipeline_one_process_runs(tmp_path):
     assert summary['samples_computed'] == len(b['uid']) < summary['samples']
     for key in b.files:
       np.testing.assert_array_equal(a[key], b[key])
+
+
+# Slow (about 40 s of the suite's two-process time): one process of the pair killed
+# mid-stage is resumed in the fast test above; this one kills inside meta-learning.
+@pytest.mark.slow
+def test_two_processes_resume_meta_learning_after_a_kill(pipeline_pair, tmp_path):
+  """A real kill in meta-learning: process 1 SIGKILLs itself once the writer's checkpoint
+  at step 8 is on disk; process 0, waiting in a collective, aborts when process 1's
+  heartbeat stops. The pair's rerun resumes both processes from the writer's last
+  checkpoint and ends with the bytes of an uninterrupted run (one process, 2 devices)."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+  killed, whole = tmp_path / 'killed', tmp_path / 'whole'
+  for root in (killed, whole):
+    shutil.copytree(pipeline_pair / 'pair' / 'work', root / 'work',
+                    ignore=shutil.ignore_patterns('learn', 'select'))
+  codes, _ = _spawn(tmp_path, [(('tads_kill', str(killed)), True)] * 2, check=False)
+  assert codes[1] == -9 and codes[0] != 0, codes
+  assert not (killed / 'tads.npy').exists()
+  _, logs = _spawn(tmp_path, [(('tads_long', str(killed)), True)] * 2 +
+                   [(('tads_long', str(whole)), False, 2)])
+  resumed = [re.findall(r'resumed at meta step (\d+) of 40', log) for log in logs[:2]]
+  assert resumed[0] == resumed[1] and 8 <= int(resumed[0][0]) < 40, resumed
+  assert (killed / 'tads.npy').read_bytes() == (whole / 'tads.npy').read_bytes()
+  _assert_same_table(pq.read_table(killed / 'tads.parquet'),
+                     pq.read_table(whole / 'tads.parquet'))
 
 
 if __name__ == '__main__':
