@@ -52,7 +52,8 @@ def get_config():
                                train_per_class=1, eval_per_class=1, retrieval_train=4,
                                retrieval_eval=4))
   c.encoder.update(dict(image_size=32, model='tiny', context_length=16, vocab_size=600,
-                        batch_size=32, samples_seen=32 * 30, warmup=5, checkpoint_every=10))
+                        batch_size=32, samples_seen=32 * 30, warmup=5, checkpoint_every=10,
+                        word_loss=0.0))  # as conftest.tiny_world_config
   c.encoder.model_overrides = {}
   c.embed.batch_size = 32
   c.features = ml_collections.ConfigDict(dict(

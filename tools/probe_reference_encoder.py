@@ -11,7 +11,8 @@ embeddings (does the image tower carry the attribute at all, whatever the text s
 --workdir: a run whose ingest generated the synthetic world (ingest/world). --settings: JSON
 with any of image_size, overrides (CLIPConfig fields), batch_size, samples_seen, lr, warmup,
 context_length, vocab_size, and 'train' (other TrainConfig fields). Defaults: the encoder
-block of configs/default.py. --trained scores the reference the run's encoder stage
+block of configs/default.py, which since session 22 trains with the word loss; the rows of
+sessions 4-21 ran without it, so add "train": {"word_loss": 0} to rerun them. --trained scores the reference the run's encoder stage
 trained (workdir/encoder/clip) instead of training one:
 
   python tools/probe_reference_encoder.py --workdir workdir/default --trained
@@ -207,7 +208,8 @@ def _with_negatives(captions, token_ids, tokenizer, attributes):
   length = token_ids.shape[1]
 
   def make_loss_fn(model, kind, word_loss=0.0, view_loss=0.0):
-    assert not word_loss and not view_loss, 'negatives replace the loss: no other terms'
+    assert not word_loss and not view_loss, ('negatives replace the loss: no other terms '
+                                              '(add "train": {"word_loss": 0})')
 
     def loss_fn(params, images, texts, weights=None, row_ids=None, aux=None):
       del weights, row_ids, aux  # uniform weights, no repeats in this experiment
