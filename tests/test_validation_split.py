@@ -498,6 +498,8 @@ def test_paired_differences_by_hand():
 def test_sweep_candidates_follow_the_config():
   c = default.get_config()
   c.tads.meta.steps = 300
+  # A two-pass gate (the default's until session 21): 'no_then' among the candidates.
+  c.tads.gate.update(dict(then_column='clip_score', then_fraction=0.54))
   got = tool.candidates(c)
   assert list(got) == ['tads', 'prior_only', 'value_lr_x3', 'value_lr_div3', 'tau_x3',
                        'tau_div3', 'steps_x3', 'steps_div3', 'relevance_zscore', 'per_task',
