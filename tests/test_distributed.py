@@ -459,7 +459,7 @@ def test_two_processes_run_the_pipeline_one_process_runs(pipeline_pair, tmp_path
       np.testing.assert_array_equal(a[key], b[key])
 
 
-# Slow (about 40 s of the suite's two-process time): one process of the pair killed
+# Slow (34 s of the suite's two-process time): one process of the pair killed
 # mid-stage is resumed in the fast test above; this one kills inside meta-learning.
 @pytest.mark.slow
 def test_two_processes_resume_meta_learning_after_a_kill(pipeline_pair, tmp_path):

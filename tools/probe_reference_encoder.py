@@ -12,8 +12,9 @@ embeddings (does the image tower carry the attribute at all, whatever the text s
 with any of image_size, overrides (CLIPConfig fields), batch_size, samples_seen, lr, warmup,
 context_length, vocab_size, and 'train' (other TrainConfig fields). Defaults: the encoder
 block of configs/default.py, which since session 22 trains with the word loss; the rows of
-sessions 4-21 ran without it, so add "train": {"word_loss": 0} to rerun them. --trained scores the reference the run's encoder stage
-trained (workdir/encoder/clip) instead of training one:
+sessions 4-21 ran without it, so add "train": {"word_loss": 0} to rerun them. --trained
+scores the reference the run's encoder stage trained (workdir/encoder/clip) instead of
+training one:
 
   python tools/probe_reference_encoder.py --workdir workdir/default --trained
 
