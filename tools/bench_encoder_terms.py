@@ -11,6 +11,11 @@ throughput does not depend on the values.
 
   python tools/bench_encoder_terms.py
   python tools/bench_encoder_terms.py --steps 10 --warmup 2
+  python tools/bench_encoder_terms.py --terms 'CLIP only,+ word loss' --dtypes float32,bfloat16
+
+--dtypes times each variant at each matmul compute dtype (TrainConfig.dtype), ratios to
+the first row. XLA's CPU flags (XLA_FLAGS) apply to the whole invocation, so compare them
+across invocations only by their rows' ratios to a row both ran.
 """
 
 import argparse
@@ -79,18 +84,31 @@ def main():
   parser.add_argument('--steps', type=int, default=10, help='timed steps per variant')
   parser.add_argument('--warmup', type=int, default=2, help='untimed steps (compile)')
   parser.add_argument('--words', type=int, default=131, help='word vocabulary size')
+  parser.add_argument('--terms', default=','.join(name for name, _, _ in VARIANTS),
+                      help='comma-separated variant names, of: ' +
+                      ', '.join(name for name, _, _ in VARIANTS))
+  parser.add_argument('--dtypes', default='float32', help='comma-separated compute dtypes')
   args = parser.parse_args()
+  known = {name: (w, v) for name, w, v in VARIANTS}
+  terms = [t.strip() for t in args.terms.split(',')]
+  dtypes = [d.strip() for d in args.dtypes.split(',')]
+  for name in terms:
+    if name not in known:
+      parser.error(f'--terms: {name!r} is not one of {list(known)}')
   from configs import default
   from tads_jax.stages import encoder
   base = encoder.train_config(default.get_config(), vocab_size=2000)
-  print('| terms | ms/step (median) | x CLIP only |')
-  print('|---|---|---|')
+  print(f'| terms | dtype | ms/step (median) | x {terms[0]}, {dtypes[0]} |')
+  print('|---|---|---|---|')
   reference = None
-  for name, word_loss, view_loss in VARIANTS:
-    cfg = dataclasses.replace(base, word_loss=word_loss, view_loss=view_loss)
-    seconds = bench(cfg, args.words, args.steps, args.warmup)
-    reference = reference or seconds
-    print(f'| {name} | {1000 * seconds:.0f} | {seconds / reference:.2f} |', flush=True)
+  for name in terms:
+    for dtype in dtypes:
+      word_loss, view_loss = known[name]
+      cfg = dataclasses.replace(base, word_loss=word_loss, view_loss=view_loss, dtype=dtype)
+      seconds = bench(cfg, args.words, args.steps, args.warmup)
+      reference = reference or seconds
+      print(f'| {name} | {dtype} | {1000 * seconds:.0f} | {seconds / reference:.2f} |',
+            flush=True)
   print(f"\n`python {' '.join(shlex.quote(a) for a in sys.argv)}`")
 
 
