@@ -394,12 +394,13 @@ def _assert_same_table(a, b):
 
 @pytest.fixture(scope='module')
 def pipeline_pair(tmp_path_factory):
-  """The whole pipeline run by the pair (root/pair) and by one process on one device
-  (root/single), once for the tests below: returns root."""
+  """The whole pipeline run by the pair (root/pair), and by one process on one device
+  (root/single) up to select, what the pair's tables and subsets are compared with, once
+  for the tests below: returns root."""
   root = tmp_path_factory.mktemp('pipeline')
   _spawn(root, [(('pipeline', str(root / 'pair')), True),
                 (('pipeline', str(root / 'pair')), True),
-                (('pipeline', str(root / 'single')), False)])
+                (('select', str(root / 'single')), False)])
   return root
 
 
@@ -488,7 +489,8 @@ def test_two_processes_resume_meta_learning_after_a_kill(pipeline_pair, tmp_path
 if __name__ == '__main__':
   from absl import logging  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.INFO)  # the resume lines the test reads
-  {'pipeline': lambda root: _pipeline_child(root, evaluate=True), 'resume': _resume_child,
+  {'pipeline': lambda root: _pipeline_child(root, evaluate=True),
+   'select': _pipeline_child, 'resume': _resume_child,
    'tads': lambda root: _pipeline_child(root, ('tads',)),
    'tads_long': lambda root: _pipeline_child(root, ('tads',), **_LONG),
    'tads_kill': _kill_child}.get(
