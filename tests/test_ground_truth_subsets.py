@@ -1,9 +1,9 @@
 """tools/ground_truth_subsets.py: the subsets a proxy must order, from a world's ground truth."""
 
 import numpy as np
-import pytest
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from tads_jax.data import subset as subset_lib
 

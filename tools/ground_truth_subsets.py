@@ -101,7 +101,8 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--workdir', required=True, help='a workdir whose ingest made a world')
   parser.add_argument('--out', required=True, help='folder for the subset files')
-  parser.add_argument('--fraction', type=float, default=0.36, help='the budget: size of random.npy and of the filled subsets')
+  parser.add_argument('--fraction', type=float, default=0.36,
+                      help='the budget: the size of random.npy and of the filled subsets')
   parser.add_argument('--seed', type=int, default=0,
                       help='numpy seed of random.npy and of the filled and cleaned subsets')
   parser.add_argument('--clean', action='append', default=[], metavar='SUBSET',
