@@ -46,6 +46,12 @@ from tads_jax.data import subset as subset_lib  # noqa: E402  pylint: disable=wr
 NAMES = ('clean_on_task', 'clean', 'full', 'random', 'misaligned')
 
 
+def on_task_copies(noise: np.ndarray, on_task: np.ndarray) -> np.ndarray:
+  """bool [N]: the exact and near copies of on-task samples (a copy repeats its original's
+  content), which the filled and cleaned subsets count as good samples."""
+  return np.isin(noise, ('exact_dup', 'near_dup')) & on_task
+
+
 def ground_truth_masks(noise: np.ndarray, on_task: np.ndarray, fraction: float,
                        seed: int) -> dict:
   """{subset name: bool [N]} from the ground truth's noise type and on_task columns."""
@@ -68,7 +74,7 @@ def filled_masks(noise: np.ndarray, on_task: np.ndarray, fraction: float,
   if room < 0:
     return {}, [f'the {int(best.sum())} clean on-task samples exceed the budget {budget}']
   fillers = {'clean_on_task_filled_off_task': (noise == 'clean') & ~on_task,
-             'clean_on_task_filled_copies': np.isin(noise, ('exact_dup', 'near_dup')) & on_task}
+             'clean_on_task_filled_copies': on_task_copies(noise, on_task)}
   out, missing = {}, []
   for name, pool in fillers.items():
     rows = np.flatnonzero(pool)
@@ -86,7 +92,7 @@ def cleaned_mask(chosen: np.ndarray, noise: np.ndarray, on_task: np.ndarray,
   """bool [N]: the rows `chosen` (bool [N]) with every member that is neither clean on-task
   nor an on-task copy swapped for a random clean on-task row outside `chosen`."""
   best = (noise == 'clean') & on_task
-  good = best | (np.isin(noise, ('exact_dup', 'near_dup')) & on_task)
+  good = best | on_task_copies(noise, on_task)
   bad = chosen & ~good
   spare = np.flatnonzero(best & ~chosen)
   if len(spare) < bad.sum():
@@ -122,7 +128,7 @@ def main(argv=None):
   for why in missing:
     print(f'not written: {why}')
   for path in args.clean:
-    chosen = np.isin(uids, subset_lib.array_to_uids(subset_lib.read_subset(path)))
+    chosen = subset_lib.times_selected(subset_lib.read_subset(path), uids) > 0
     name = os.path.splitext(os.path.basename(path))[0]
     if name == 'subset':  # an evaluate baseline's folder names the selector
       name = os.path.basename(os.path.dirname(os.path.abspath(path)))
